@@ -193,16 +193,14 @@ class Engine:
         return out.last_hidden_state
 
     def _positions(self, p: Prompt):
-        """3 x L mRoPE positions of one unpadded prompt and its rope delta."""
-        torch = self._torch
-        ids = p.input_ids.to(self.device)
-        L = ids.shape[0]
-        if p.image_grid_thw is None:
-            return torch.arange(L, device=self.device).view(1, L).expand(3, L), 0
-        mm = (ids == self.tokens.image).int()
-        pos, delta = self.model.model.get_rope_index(ids[None], mm_token_type_ids=mm[None],
-                                                     image_grid_thw=p.image_grid_thw.to(self.device))
-        return pos[:, 0], int(delta.view(-1)[0])
+        """3 x L mRoPE positions of one unpadded prompt (prepared with the prompt, else computed here)."""
+        from latentcheck.core.prompts import mrope_positions
+
+        pos = p.positions
+        if pos is None:
+            grid = None if p.image_grid_thw is None else p.image_grid_thw.to(self.device)
+            pos = mrope_positions(self.model, p.input_ids.to(self.device), grid, self.tokens.image)
+        return pos.to(self.device)
 
     def image_features(self, prompts: list[Prompt]) -> list:
         """Merged visual tokens of each prompt's images ([n_image_tokens, H] per prompt); a prompt's cached
@@ -236,7 +234,7 @@ class Engine:
             ids[b, P - L:] = p.input_ids.to(self.device)
             kinds[b, P - L:] = torch.where(p.image_mask.to(self.device), IMAGE, TEXT)
             qmask[b, P - L:] = p.question_mask.to(self.device)
-            pp, _ = self._positions(p)
+            pp = self._positions(p)
             pos[:, b, P - L:] = pp
             next_pos[b] = int(pp.max()) + 1
         embeds = self.embed(ids)
@@ -662,7 +660,7 @@ class Engine:
             fed = [i for i, f in enumerate(trace.fed_mask[:n_gen]) if f]
             for j, i in enumerate(fed):
                 emb[0, prompt.length + i] = torch.as_tensor(trace.latents[j], dtype=emb.dtype)
-            pp, delta = self._positions(prompt)
+            pp = self._positions(prompt)
             last = int(pp.max())
             gpos = torch.arange(last + 1, last + 1 + n_gen, device=self.device).view(1, -1).expand(3, -1)
             pos = torch.cat([pp, gpos], 1)[:, None]

@@ -21,10 +21,33 @@ class Prompt:
     question_mask: Any = None  # BoolTensor [L]
     text: str = ""  # the rendered chat text (image pad not yet expanded)
     image_embeds: Any = None  # optional cached merged visual tokens [n_image_tokens, H] (frozen vision tower)
+    positions: Any = None  # LongTensor [3, L]: mRoPE positions of the unpadded prompt (see mrope_positions)
 
     @property
     def length(self) -> int:
         return int(self.input_ids.shape[0])
+
+
+def mrope_positions(model, input_ids, image_grid_thw, image_token: int | None):
+    """3 x L mRoPE positions of one unpadded prompt (Qwen2.5-VL ``get_rope_index``; text-only: 0..L-1 on all three
+    axes). Model-free work (config only), so it is done with the rest of the input preparation; Qwen2.5-VL models
+    take the identical numpy version (core/fastpaths.py)."""
+    import torch
+
+    L = int(input_ids.shape[0])
+    if image_grid_thw is None:
+        return torch.arange(L, device=input_ids.device).view(1, L).expand(3, L)
+    inner = model.model
+    if type(inner).__name__ == "Qwen2_5_VLModel":
+        from latentcheck.core.fastpaths import qwen2_5_vl_positions
+
+        pos = qwen2_5_vl_positions(input_ids, image_token, image_grid_thw,
+                                   inner.config.vision_config.spatial_merge_size)
+        if pos is not None:
+            return pos
+    mm = (input_ids == image_token).int()
+    pos, _ = inner.get_rope_index(input_ids[None], mm_token_type_ids=mm[None], image_grid_thw=image_grid_thw)
+    return pos[:, 0]
 
 
 def format_options(options: list[str], fmt: str) -> str:
@@ -78,8 +101,9 @@ def build_prompt(lm, key: str, user_text: str, image=None, assistant_prefix: str
     rendered = text
     pixel_values = grid = None
     if images:
-        out = proc.image_processor(images=images, return_tensors="pt")
-        pixel_values, grid = out["pixel_values"], out["image_grid_thw"]
+        from latentcheck.core.fastpaths import image_inputs
+
+        pixel_values, grid = image_inputs(proc.image_processor, images)
         pad = "<|image_pad|>"
         start = 0
         for g in grid:
@@ -97,7 +121,8 @@ def build_prompt(lm, key: str, user_text: str, image=None, assistant_prefix: str
     image_mask = input_ids == lm.tokens.image if lm.tokens.image is not None else torch.zeros_like(input_ids, dtype=torch.bool)
     qmask = torch.tensor([s >= q_start and e <= q_end and e > s for s, e in offsets], dtype=torch.bool)
     return Prompt(key=key, input_ids=input_ids, pixel_values=pixel_values, image_grid_thw=grid,
-                  image_mask=image_mask, question_mask=qmask, text=rendered)
+                  image_mask=image_mask, question_mask=qmask, text=rendered,
+                  positions=mrope_positions(lm.model, input_ids, grid, lm.tokens.image))
 
 
 def option_token_ids(lm, n_options: int) -> list[int]:

@@ -11,12 +11,19 @@ a block, and batched float arithmetic depends (at the 1e-7 level) on which rows 
 processed whole: a resumed run re-runs the block it was interrupted in (writing only the records still missing), and a
 data-parallel run hands out whole blocks. Either way every sample sees exactly the batches of an uninterrupted
 single-process run, and the records are byte-identical (timing aside; see records.strip_timing).
+
+Input preparation overlaps model compute: an analysis that splits its block function into ``prepare_block`` (decode
+images, run the image processor, tokenise; CPU work that does not touch the model) and ``process_block`` gets the
+next block prepared in one background thread while the current block runs on the model, like a DataLoader worker.
+Preparation is pure per-task work, so the records do not depend on it; errors raised in it surface in order, at the
+block they belong to.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -166,8 +173,9 @@ class RunResult:
 
 
 def run_records(command: str, opts: CommonOptions, config: dict[str, Any], model_info: dict | None,
-                items: list[Task | BadRecord], process_block: Callable[[list[Task]], Iterable[dict]],
-                block_size: int | None = None, description: str | None = None) -> RunResult:
+                items: list[Task | BadRecord], process_block: Callable[[Any], Iterable[dict]],
+                block_size: int | None = None, description: str | None = None,
+                prepare_block: Callable[[list[Task]], Any] | None = None, prefetch: bool = True) -> RunResult:
     """Stream per-sample records for ``items`` through ``process_block`` into ``<out>/samples.jsonl``.
 
     ``process_block(tasks)`` returns one dict per task with a ``key`` field (or an ``error`` dict with ``key``,
@@ -176,6 +184,10 @@ def run_records(command: str, opts: CommonOptions, config: dict[str, Any], model
     Bad input records become error records (``strict`` raises instead, after writing the records before it). Records
     are written in item order. Returns counts; the caller computes its summary from the file, so a resumed run's
     summary covers all records. Only the main process (``RunResult.is_main``) may write summaries or plots.
+
+    With ``prepare_block``, ``process_block`` receives ``prepare_block(tasks)`` instead of the tasks; with
+    ``prefetch`` the next block's preparation runs in a background thread while the current block is processed
+    (module docstring), else just before it.
     """
     out_dir = Path(opts.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -192,16 +204,14 @@ def run_records(command: str, opts: CommonOptions, config: dict[str, Any], model
     with ResultWriter(path, prov, resume=opts.resume) as w:
         with progress_bar(len(mine), description or command, quiet=opts.quiet or rank != 0,
                           completed=sum(k in w.done for k in mine)) as bar:
+            work = []
             for s, e in blocks:
                 chunk = items[s:e]
                 todo = [it for it in chunk if item_key(it) not in w.done]
-                if not todo:
-                    continue
-                tasks = [t for t in chunk if isinstance(t, Task)]
-                results: dict[str, dict] = {}
-                if any(isinstance(t, Task) for t in todo):
-                    for rec in process_block(tasks):
-                        results[rec["key"]] = rec
+                if todo:
+                    tasks = [t for t in chunk if isinstance(t, Task)]
+                    work.append((todo, tasks if any(isinstance(t, Task) for t in todo) else None))
+            for todo, results in _processed_blocks(work, process_block, prepare_block, prefetch):
                 for it in todo:
                     k = item_key(it)
                     if isinstance(it, BadRecord):
@@ -233,6 +243,34 @@ def run_records(command: str, opts: CommonOptions, config: dict[str, Any], model
         counts = merge_shards([final], final, keys).as_dict()
     _remove_stale_shards(final)
     return RunResult(str(final), counts)
+
+
+def _processed_blocks(work: list[tuple[list, list[Task] | None]], process_block: Callable[[Any], Iterable[dict]],
+                      prepare_block: Callable[[list[Task]], Any] | None,
+                      prefetch: bool = True) -> Iterator[tuple[list, dict[str, dict]]]:
+    """Yield ``(todo, {key: record})`` per block, in order (``tasks`` None: only bad records, nothing to compute).
+    With ``prepare_block`` and ``prefetch``, the next block with tasks is prepared in a background thread while this
+    one is processed."""
+    if prepare_block is None or not prefetch:
+        prep = prepare_block or (lambda tasks: tasks)
+        for todo, tasks in work:
+            yield todo, ({r["key"]: r for r in process_block(prep(tasks))} if tasks is not None else {})
+        return
+    computed = [i for i, (_, tasks) in enumerate(work) if tasks is not None]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentcheck-prepare") as pool:
+        futures: dict[int, Future] = {}
+        if computed:
+            futures[computed[0]] = pool.submit(prepare_block, work[computed[0]][1])
+        for n, i in enumerate(computed):
+            prepared = futures.pop(i).result()
+            if n + 1 < len(computed):
+                j = computed[n + 1]
+                futures[j] = pool.submit(prepare_block, work[j][1])
+            for todo, _ in work[computed[n - 1] + 1 if n else 0:i]:  # blocks of bad records only
+                yield todo, {}
+            yield work[i][0], {r["key"]: r for r in process_block(prepared)}
+        for todo, _ in work[computed[-1] + 1 if computed else 0:]:
+            yield todo, {}
 
 
 def _shard_files(final: Path) -> list[Path]:

@@ -426,7 +426,8 @@ class _BenchRun:
                     "tokens": 0, "latent_steps": 0, "timing": timing}}
         return result
 
-    def process_block(self, tasks: list[Task]) -> list[dict]:
+    def prepare_block(self, tasks: list[Task]) -> tuple[list[Task], list[_Sample], dict[str, dict]]:
+        """The model-free part of a block (images, processor, tokenizer): the runner runs it one block ahead."""
         records: dict[str, dict] = {}
         samples = []
         for t in tasks:
@@ -436,6 +437,10 @@ class _BenchRun:
                 samples.append(self.prepare(t))
             except RecordError as e:
                 records[t.id] = error_record(t.id, e)
+        return tasks, samples, records
+
+    def process_block(self, prepared: tuple[list[Task], list[_Sample], dict[str, dict]]) -> list[dict]:
+        tasks, samples, records = prepared
         per = (self._likelihood(samples) if self.scoring == "likelihood" else self._generate(samples)) \
             if samples else {}
         for s in samples:
@@ -600,6 +605,9 @@ def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, var
     calibration = run.calibrate(tasks, settings.calibration_size) if _needs_stats(specs) else None
     config = {**opts.config(), **asdict(settings)}
     res = run_records(COMMAND, opts, config, lm.describe(), items, run.process_block, block_size=block,
+                      # on CPU the preparation thread competes with the model for the GIL and the cores: no gain
+                      # measured (docs/performance.md); on a GPU it hides image decoding behind the forward passes
+                      prepare_block=run.prepare_block, prefetch=lm.device != "cpu",
                       description=f"bench {bench.name}")
     if not res.is_main:
         return {"is_main": False, "results_path": res.results_path, "counts": res.counts,

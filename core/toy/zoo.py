@@ -119,10 +119,11 @@ def _latent_targets(lm, crops, k: int, mode: str = "rows"):
     (one per latent); ``centre`` gives every latent the mean of the central 2x2 tokens (the target itself)."""
     import torch
 
-    proc = lm.processor.image_processor
-    out = proc(images=crops, return_tensors="pt")
+    from latentcheck.core.fastpaths import image_inputs
+
+    pixel_values, grid = image_inputs(lm.processor.image_processor, crops)
     with torch.no_grad():
-        feats = lm.model.model.get_image_features(out["pixel_values"], out["image_grid_thw"]).pooler_output
+        feats = lm.model.model.get_image_features(pixel_values, grid).pooler_output
     if mode == "centre":
         g = int(round(feats[0].shape[0] ** 0.5))
         return [f.view(g, g, -1)[g // 4: g - g // 4, g // 4: g - g // 4].reshape(-1, f.shape[-1]).mean(0,
@@ -240,7 +241,8 @@ def _build_model(spec, name, out_root, seed, on_step, steps, n_train, t0):
         cfg["latentcheck_profile"] = spec.profile
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
     torch.manual_seed(seed)
-    lm = load_model(str(tmp), profile=spec.profile, device="cpu", quant="none")
+    # the exact Conv3d patch embedding (no CPU fast path): the build stays byte-identical to the shipped weights
+    lm = load_model(str(tmp), profile=spec.profile, device="cpu", quant="none", fast_paths=False)
     n = n_train or ZOO_SIZES["train"]
     train_samples = training_samples(n)
     val = make_samples(ZOO_SIZES["val"], "val", WORLD_SEED, MAIN_QUESTION_TYPES)
