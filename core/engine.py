@@ -434,6 +434,7 @@ class Engine:
             no_rows = torch.zeros(R, dtype=torch.bool, device=dev)
             mask_4d = self._step_mask_4d()
             spec_of_row = row_cond.tolist()
+            spec_groups: dict[tuple[int, ...], list] = {}  # rows needing a vector -> [(spec, rows, keys)]
             any_unfixed = bool((~fixed).any())
 
             def suffix_is(seq, n: int):
@@ -472,13 +473,21 @@ class Engine:
                     else:
                         take = no_rows
                     if spec_list:
-                        by_spec: dict[int, list[int]] = {}
-                        for i in (need & ~take & (row_cond >= 0)).nonzero().view(-1).tolist():
-                            by_spec.setdefault(spec_of_row[i], []).append(i)
-                        for j, rows_j in sorted(by_spec.items()):
-                            sel = torch.tensor(rows_j, dtype=torch.long, device=dev)
-                            ctx = VectorContext(keys=[keys[i] for i in rows_j], seed=self.seed, stats=self.stats)
-                            vec[sel] = apply_vector(spec_list[j], fb[sel], li[sel], ctx).to(vec.dtype)
+                        rows_now = tuple((need & ~take & (row_cond >= 0)).nonzero().view(-1).tolist())
+                        groups = spec_groups.get(rows_now)
+                        if groups is None:  # (the same rows need vectors at every latent step, as a rule)
+                            by_spec: dict[int, list[int]] = {}
+                            for i in rows_now:
+                                by_spec.setdefault(spec_of_row[i], []).append(i)
+                            groups = spec_groups[rows_now] = [
+                                (spec_list[j], torch.tensor(rows_j, dtype=torch.long, device=dev),
+                                 [keys[i] for i in rows_j]) for j, rows_j in sorted(by_spec.items())]
+                        for spec, sel, sel_keys in groups:
+                            sub = fb[sel]
+                            new = apply_vector(spec, sub, li[sel], VectorContext(keys=sel_keys, seed=self.seed,
+                                                                                 stats=self.stats))
+                            if new is not sub:  # (identity returns its input: nothing to write)
+                                vec[sel] = new.to(vec.dtype)
                 # next token for rows that feed a token
                 nxt = sampled
                 entered_tok = enter & ~enter_vec if on_start else enter

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -103,18 +104,26 @@ class VectorContext:
     stats: LatentStats | None = None
 
 
-def _row_noise(shape_h: int, key: str, step: int, seed: int, device, dtype):
-    import torch
+_GENERATORS = threading.local()
 
-    g = torch.Generator().manual_seed(int(hashlib.sha256(f"{seed}|{key}|{step}".encode()).hexdigest()[:8], 16))
-    return torch.randn(shape_h, generator=g).to(device=device, dtype=dtype)
+
+def _row_seed(key: str, step: int, seed: int) -> int:
+    return int(hashlib.sha256(f"{seed}|{key}|{step}".encode()).hexdigest()[:8], 16)
 
 
 def _noise(v, steps, ctx, spec_seed):
+    """Standard normal noise [n, H], row i seeded by (spec seed, sample key, latent step) only, so a row's noise does
+    not depend on what else shares its batch. One reseeded CPU generator per thread (reseeding resets the state, so
+    the values equal a fresh ``torch.Generator().manual_seed(s)`` per row; tests/core/test_interventions.py)."""
     import torch
 
-    return torch.stack([_row_noise(v.shape[-1], k, int(s), spec_seed, v.device, v.dtype)
-                        for k, s in zip(ctx.keys, steps.tolist())])
+    g = getattr(_GENERATORS, "g", None)
+    if g is None:
+        g = _GENERATORS.g = torch.Generator()
+    out = torch.empty((v.shape[0], v.shape[-1]), dtype=torch.float32)
+    for i, (k, st) in enumerate(zip(ctx.keys, steps.tolist())):
+        torch.randn(v.shape[-1], generator=g.manual_seed(_row_seed(k, int(st), spec_seed)), out=out[i])
+    return out.to(device=v.device, dtype=v.dtype)
 
 
 @register("identity", "vector", "leave the vector unchanged (must equal the baseline exactly)")
