@@ -105,8 +105,7 @@ def bench_cmd(
                                                  "fails.")] = None,
     judge_profile: Annotated[Optional[str], typer.Option(
         "--judge-profile", rich_help_panel=P, help="Profile of the judge model (default: auto-detect).")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(
-        "--max-new-tokens", rich_help_panel=P, help="Override the profile's generation budget.")] = None,
+    max_new_tokens: o.MaxNewTokens = None,
     temperature: Annotated[Optional[float], typer.Option(
         "--temperature", rich_help_panel=P, help="Sampling temperature (0 = greedy; default: the profile's).")] = None,
     top_p: Annotated[Optional[float], typer.Option("--top-p", rich_help_panel=P, help="Nucleus sampling.")] = None,

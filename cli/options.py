@@ -29,6 +29,8 @@ Strict = Annotated[bool, typer.Option("--strict", help="Stop at the first bad re
                                       rich_help_panel=P)]
 MaxPixels = Annotated[Optional[int], typer.Option("--max-pixels", help="Image pixel budget (processor max_pixels).",
                                                   rich_help_panel=P)]
+MaxNewTokens = Annotated[Optional[int], typer.Option("--max-new-tokens", help="Generation budget of the model's "
+                                                     "passes (default: the profile's).", rich_help_panel=P)]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the checkpoint's own Python code "
                                                "(off by default).", rich_help_panel=P)]
 

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from latentcheck.cli.app import app, out_console
-from latentcheck.cli.options import (BatchSize, Data, Device, Limit, MaxPixels, Model, Out, Profile, Quant, Quiet,
-                                     Resume, Seed, Strict, TrustRemoteCode, common)
+from latentcheck.cli.options import (BatchSize, Data, Device, Limit, MaxNewTokens, MaxPixels, Model, Out, Profile,
+                                     Quant, Quiet, Resume, Seed, Strict, TrustRemoteCode, common)
 
 A = "perturb-input options"
 SHORT = {"image_tokens": "image", "question_tokens": "question", "last_prompt_token": "last"}
@@ -93,8 +93,7 @@ def perturb_input_cmd(
     max_latents: Annotated[Optional[int], typer.Option("--max-latents", help="Keep at most this many latents per "
                                                        "run (text-imagination/plain default 32).",
                                                        rich_help_panel=A)] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Generation budget (default: "
-                                                          "the profile's).", rich_help_panel=A)] = None,
+    max_new_tokens: MaxNewTokens = None,
     n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples for the CIs.",
                                         rich_help_panel=A)] = 2000,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.", rich_help_panel=A)] = False,

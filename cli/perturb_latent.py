@@ -97,8 +97,7 @@ def perturb_latent_cmd(
     image_visibility: Annotated[Optional[str], typer.Option(
         "--image-visibility", rich_help_panel=P, help="Override the profile's image visibility: all | latents_only | "
                                                       "none.")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(
-        "--max-new-tokens", rich_help_panel=P, help="Override the profile's generation budget.")] = None,
+    max_new_tokens: o.MaxNewTokens = None,
     calibration: Annotated[Optional[int], typer.Option(
         "--calibration", rich_help_panel=P, help="Samples in the calibration pass for shared/index_mean statistics "
                                                  "(default: one block = 4 x batch size).")] = None,
