@@ -13,7 +13,8 @@ from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
 
 P = "bench options"
-bench_app = typer.Typer(help="Run a benchmark (V*, HR-Bench, MME-RealWorld, BLINK, VSP, generic) with its official "
+bench_app = typer.Typer(help="Run a benchmark (V*, HR-Bench, MME-RealWorld, BLINK, VSP, TableVQA, generic) with its "
+                             "official "
                              "protocol, optionally under latent interventions; `bench compare` pairs two runs.",
                         no_args_is_help=False)
 app.add_typer(bench_app, name="bench")
@@ -62,6 +63,8 @@ def _render(r: dict) -> None:
     if headline is not None:
         console.print(f"official score ({r['benchmark']}): {_pct(headline)}"
                       + (f"; chance {_pct(r['chance']['these_samples'])}" if r["chance"].get("these_samples")
+                         else "")
+                      + (f"; paper overall {_pct(scores['paper_overall'])}" if scores.get("paper_overall") is not None
                          else ""), highlight=False)
     counts = r["counts"]
     console.print(f"samples: {counts.get('ok', 0)} ok, {counts.get('errors', 0)} errors -> {r['results_path']}; "
@@ -88,7 +91,8 @@ def bench_cmd(
     ctx: typer.Context,
     benchmark: Annotated[Optional[str], typer.Option(
         "--benchmark", rich_help_panel=P,
-        help="vstar | hrbench4k | hrbench8k | mme_realworld | mme_realworld_lite | blink[:Sub,...] | vsp | generic "
+        help="vstar | hrbench4k | hrbench8k | mme_realworld | mme_realworld_lite | blink[:Sub,...] | vsp | "
+             "tablevqa[:split,...] | generic "
              "(default: generic on the toy world test split).")] = None,
     variant: Annotated[Optional[str], typer.Option(
         "--variant", rich_help_panel=P, help="Prompt protocol: official | lmms-eval | vlmevalkit | monet | "

@@ -345,7 +345,22 @@ def extract_vlmeval_exact(text: str, options: list[str] | None) -> str | None:
     return can_infer_option(text, _valid_letters(options)) or can_infer_text(text, options)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# open answers (TableVQA)
+# ---------------------------------------------------------------------------------------------------------------
+_ANSWER_PREFIX = re.compile(r"^\s*answer\s*:\s*", re.IGNORECASE)
+
+
+@register_extractor("answer_text")
+def extract_answer_text(text: str, options: list[str] | None) -> str | None:
+    """The whole reply, stripped, with a leading "Answer:" removed (VLMEvalKit TableVQABench strips ``^Answer: ``;
+    the official script scores the raw reply). The benchmark's own matcher normalises it further."""
+    t = _ANSWER_PREFIX.sub("", text.strip()).strip()
+    return t or None
+
+
 __all__ = ["EXTRACTORS", "Extractor", "register_extractor", "get_extractor", "strip_latent_span", "normalize_text",
            "last_boxed", "match_option_text", "can_infer_option", "can_infer_text", "MME_RW_PREFIXES",
            "extract_letter", "extract_boxed", "extract_mme_rw", "extract_vlmeval_exact",
-           "extract_answer_tag_first_letter", "extract_lmms_eval_vstar", "extract_leading_letter"]
+           "extract_answer_tag_first_letter", "extract_lmms_eval_vstar", "extract_leading_letter",
+           "extract_answer_text"]

@@ -1,7 +1,8 @@
 """latentcheck.core.benchmarks: one module per distributed benchmark format and its official protocol.
 
 ``registry`` holds the protocols as data (:class:`Benchmark`, :func:`get_benchmark`, ``BENCHMARKS``); the format
-modules (``vstar``, ``hrbench``, ``mme_realworld``, ``blink``, ``vsp``, ``generic``) hold the streaming loaders,
+modules (``vstar``, ``hrbench``, ``mme_realworld``, ``blink``, ``vsp``, ``tablevqa``, ``generic``) hold the streaming
+loaders,
 prompt builders and scorers; ``scoring`` holds the shared per-sample result helpers.
 """
 

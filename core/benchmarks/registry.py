@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.extract import get_extractor
 from latentcheck.core.tasks import BadRecord, Task
-from latentcheck.core.benchmarks import blink, hrbench, mme_realworld, vsp, vstar
+from latentcheck.core.benchmarks import blink, hrbench, mme_realworld, tablevqa, vsp, vstar
 from latentcheck.core.benchmarks.generic import (generic_official_prompt, generic_vlmevalkit_prompt, load_generic,
                                                  verify_md5, vlmevalkit_mcq_prompt)
 from latentcheck.core.benchmarks.scoring import default_is_correct, result_record, score_accuracy
@@ -208,6 +208,20 @@ _VSP = Benchmark(
     scorer=vsp.score_vsp, chance=None, is_correct=vsp.vsp_is_correct,
     description="VSP spatial planning (Mirage test_direct.jsonl), boxed path simulated on the map")
 
+_TABLEVQA = Benchmark(
+    name="tablevqa", loader=tablevqa.load_tablevqa,
+    variants=_variants(
+        _v("official", tablevqa.prompt_official, "answer_text",
+           "naver-ai/tablevqabench src/example_prompts.py (vision) + evaluate_tablevqa_dataset.py"),
+        _v("vlmevalkit", tablevqa.prompt_official, "answer_text",
+           "VLMEvalKit TableVQABench (same prompts; '^Answer: ' stripped; official matchers)"),
+        _monet(tablevqa.prompt_official)),
+    scorer=tablevqa.score_tablevqa, chance=None, md5=tablevqa.TABLEVQA_MD5, is_correct=tablevqa.tablevqa_is_correct,
+    meta_keys=("split",),
+    description="TableVQA-Bench (HF split parquets or VLMEvalKit tablevqa-bench.tsv): WTQ denotation, TabFact "
+                "true/false, FinTabNetQA relieved accuracy; 'accuracy' = sample-weighted Average, 'paper_overall' = "
+                "mean of VWTQ, VWTQ-syn, VTabFact")
+
 _GENERIC = Benchmark(
     name="generic", loader=load_generic,
     variants=_variants(
@@ -219,25 +233,30 @@ _GENERIC = Benchmark(
     description="the shared task JSONL (core/tasks.py schema)")
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (_VSTAR, _HR4K, _HR8K, _MME, _MME_LITE, _BLINK, _VSP,
-                                                       _GENERIC)}
+                                                       _TABLEVQA, _GENERIC)}
+# benchmarks that take a selection after a colon: name -> (loader argument, known values)
+SELECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {"blink": ("subtasks", blink.BLINK_SUBTASKS),
+                                                      "tablevqa": ("splits", tablevqa.SPLITS)}
 
 
 def get_benchmark(name: str, **loader_kwargs: Any) -> Benchmark:
-    """Look up a benchmark; ``"blink:Jigsaw,Multi-view_Reasoning"`` selects BLINK sub-tasks."""
+    """Look up a benchmark; ``"blink:Jigsaw,Multi-view_Reasoning"`` selects BLINK sub-tasks, ``"tablevqa:vwtq,vtabfact"``
+    TableVQA splits."""
     base, _, sel = name.partition(":")
     try:
         bench = BENCHMARKS[base]
     except KeyError:
         raise LatentcheckError(f"unknown benchmark {base!r}; known: {', '.join(BENCHMARKS)}") from None
     if sel:
-        if base != "blink":
-            raise LatentcheckError(f"only blink takes a sub-task selection ('{name}')")
-        loader_kwargs = {"subtasks": [s.strip() for s in sel.split(",") if s.strip()], **loader_kwargs}
-    if loader_kwargs.get("subtasks") is not None:
-        unknown = [s for s in loader_kwargs["subtasks"] if s not in blink.BLINK_SUBTASKS]
+        if base not in SELECTIONS:
+            raise LatentcheckError(f"only {' and '.join(SELECTIONS)} take a selection ('{name}')")
+        loader_kwargs = {SELECTIONS[base][0]: [s.strip() for s in sel.split(",") if s.strip()], **loader_kwargs}
+    if base in SELECTIONS:
+        key, known = SELECTIONS[base]
+        unknown = [s for s in loader_kwargs.get(key) or [] if s not in known]
         if unknown:
-            raise LatentcheckError(f"unknown BLINK sub-task(s) {', '.join(unknown)}; "
-                                   f"known: {', '.join(blink.BLINK_SUBTASKS)}")
+            what = "BLINK sub-task" if base == "blink" else "TableVQA split"
+            raise LatentcheckError(f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(known)}")
     return bench.with_options(**loader_kwargs) if loader_kwargs else bench
 
 

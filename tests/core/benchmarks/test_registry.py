@@ -16,15 +16,18 @@ from latentcheck.core.tasks import BadRecord, Task, decode_image
 
 def test_all_benchmarks_listed_with_an_official_variant():
     assert list(BENCHMARKS) == ["vstar", "hrbench4k", "hrbench8k", "mme_realworld", "mme_realworld_lite", "blink",
-                                "vsp", "generic"]
+                                "vsp", "tablevqa", "generic"]
     for b in BENCHMARKS.values():
         assert "official" in b.variants and b.extractor
     assert get_benchmark("mme_realworld").extractor == "mme_rw"
     assert get_benchmark("vsp").extractor == "boxed"
     with pytest.raises(LatentcheckError, match="unknown benchmark 'nope'"):
         get_benchmark("nope")
-    with pytest.raises(LatentcheckError, match="only blink"):
+    with pytest.raises(LatentcheckError, match="only blink and tablevqa take a selection"):
         get_benchmark("vstar:x")
+    assert get_benchmark("tablevqa:vwtq, vtabfact").loader_kwargs == {"splits": ["vwtq", "vtabfact"]}
+    with pytest.raises(LatentcheckError, match="unknown TableVQA split"):
+        get_benchmark("tablevqa:wtq")
     with pytest.raises(LatentcheckError, match="no prompt variant 'fancy'"):
         get_benchmark("vstar").variant("fancy")
 
