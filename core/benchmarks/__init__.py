@@ -2,8 +2,7 @@
 
 ``registry`` holds the protocols as data (:class:`Benchmark`, :func:`get_benchmark`, ``BENCHMARKS``); the format
 modules (``vstar``, ``hrbench``, ``mme_realworld``, ``blink``, ``vsp``, ``tablevqa``, ``generic``) hold the streaming
-loaders,
-prompt builders and scorers; ``scoring`` holds the shared per-sample result helpers.
+loaders, prompt builders and scorers; ``scoring`` holds the shared per-sample result helpers.
 """
 
 from latentcheck.core.benchmarks.generic import verify_md5
