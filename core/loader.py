@@ -3,8 +3,9 @@
 GPU: bf16, ``device_map="auto"``, optional bitsandbytes 4-bit (NF4, double quant, bf16 compute) or 8-bit, vision tower
 and lm_head kept unquantized; ``quant="auto"`` quantizes (4-bit) only when the bf16 weights would not fit the GPUs.
 CPU: fp32, no quantization unless asked (then with a warning), and the vision patch embedding computed as one matmul
-(core/fastpaths.py; recorded in ``LoadedModel.info["fast_paths"]``). Offline only: a local folder or a Hugging Face id that is
-already in the local cache; nothing is downloaded. ``trust_remote_code`` stays off unless the user passes it.
+(core/fastpaths.py; recorded in ``LoadedModel.info["fast_paths"]``). Offline only: a local folder or a Hugging Face
+id that is already in the local cache; nothing is downloaded. ``trust_remote_code`` stays off unless the user passes
+it.
 """
 
 from __future__ import annotations

@@ -273,6 +273,24 @@ def assemble(sample: InterleavedSample, descriptions: Sequence[Description],
 
 
 # ----------------------------------------------------------------------------------------------- prompts
+def read_template(path: Path, allowed: Sequence[str], required: Sequence[str] = (), what: str = "prompt file") -> str:
+    """A prompt template's text. ``{name}`` placeholders must be among ``allowed`` and include ``required``; other
+    braces (e.g. ``\\boxed{}``) are left alone. Errors name the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise LatentcheckError(f"cannot read {what} {path}: {e.strerror}") from None
+    unknown = sorted(set(_UNKNOWN_PLACEHOLDER.findall(text)) - set(allowed))
+    if unknown:
+        raise LatentcheckError(f"{what} {path}: unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}; "
+                               f"allowed: {', '.join('{' + a + '}' for a in allowed)}")
+    missing = [r for r in required if "{" + r + "}" not in text]
+    if missing:
+        raise LatentcheckError(f"{what} {path}: missing required placeholder(s) "
+                               f"{', '.join('{' + m + '}' for m in missing)}")
+    return text
+
+
 @dataclass(frozen=True)
 class PromptSet:
     """The four prompt templates. Placeholders: ``{question}`` (the question text), ``{chain}`` (caption prompts:
@@ -297,19 +315,7 @@ class PromptSet:
             path = folder / f"{name}.txt"
             if not path.exists():
                 path = PROMPTS_DIR / f"{name}.txt"
-            try:
-                text = path.read_text(encoding="utf-8")
-            except OSError as e:
-                raise LatentcheckError(f"cannot read prompt file {path}: {e.strerror}") from None
-            unknown = sorted(set(_UNKNOWN_PLACEHOLDER.findall(text)) - set(PLACEHOLDERS))
-            if unknown:
-                raise LatentcheckError(f"prompt file {path}: unknown placeholder(s) "
-                                       f"{', '.join('{' + u + '}' for u in unknown)}; "
-                                       f"allowed: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
-            missing = [p for p in REQUIRED_PLACEHOLDERS[name] if "{" + p + "}" not in text]
-            if missing:
-                raise LatentcheckError(f"prompt file {path}: missing required placeholder(s) "
-                                       f"{', '.join('{' + p + '}' for p in missing)}")
+            text = read_template(path, PLACEHOLDERS, REQUIRED_PLACEHOLDERS[name], "prompt file")
             texts[name], sources[name] = text, str(path)
         return cls(**texts, sources=sources)
 
@@ -394,17 +400,21 @@ def _answer_hint(sample: InterleavedSample) -> str:
     return str(answer) if isinstance(answer, (str, int, float)) and str(answer).strip() else "unknown"
 
 
-class ModelCaptioner:
-    """Captions each step with a model: zoom -> ``caption_zoom`` with [step image]; edit -> ``caption_edit`` with
-    [question image, step image] (the difference is taken w.r.t. the question image). Calls the generator in
-    batches of ``batch_size`` requests (images are loaded per batch)."""
+class _ModelTextPass:
+    """Shared set-up of the model-based passes (step captions, refine, judge)."""
 
     def __init__(self, generator: TextGenerator, prompts: PromptSet | None = None, batch_size: int = 8,
                  markers: Sequence[str] = DEFAULT_MARKERS, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         if batch_size < 1:
             raise LatentcheckError(f"batch_size must be >= 1, got {batch_size}")
         self.generator, self.prompts = generator, prompts or PromptSet.load()
-        self.batch_size, self.markers, self.max_pixels = batch_size, tuple(markers), max_pixels
+        self.batch_size, self.markers, self.max_pixels = batch_size, check_markers(markers), max_pixels
+
+
+class ModelCaptioner(_ModelTextPass):
+    """Captions each step with a model: zoom -> ``caption_zoom`` with [step image]; edit -> ``caption_edit`` with
+    [question image, step image] (the difference is taken w.r.t. the question image). Calls the generator in
+    batches of ``batch_size`` requests (images are loaded per batch)."""
 
     def _request(self, sample: InterleavedSample, i: int) -> GenRequest:
         step = sample.steps[i]
@@ -449,17 +459,6 @@ def _strip_fences(text: str) -> str:
     text = text.strip()
     m = re.fullmatch(r"```[a-zA-Z]*\n?(.*?)\n?```", text, re.S)
     return m.group(1).strip() if m else text
-
-
-class _ModelTextPass:
-    """Shared set-up of the model-based whole-chain passes (refine, judge)."""
-
-    def __init__(self, generator: TextGenerator, prompts: PromptSet | None = None, batch_size: int = 8,
-                 markers: Sequence[str] = DEFAULT_MARKERS, max_pixels: int | None = DEFAULT_MAX_PIXELS):
-        if batch_size < 1:
-            raise LatentcheckError(f"batch_size must be >= 1, got {batch_size}")
-        self.generator, self.prompts = generator, prompts or PromptSet.load()
-        self.batch_size, self.markers, self.max_pixels = batch_size, check_markers(markers), max_pixels
 
 
 class ModelRefiner(_ModelTextPass):

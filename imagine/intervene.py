@@ -40,7 +40,6 @@ from latentcheck.imagine.run import (DEFAULT_MODEL, answer_of, gold_answer, imag
 CORRUPT_PROMPT = Path(__file__).resolve().parent / "prompts" / "corrupt.txt"
 CORRUPT_PLACEHOLDERS = ("question", "options", "imagination", "answer")
 CORRUPTERS = ("auto", "rule", "model")
-_PLACEHOLDER = re.compile(r"(?<![A-Za-z\\])\{([a-z_][a-z0-9_]*)\}")
 
 
 # ----------------------------------------------------------------------------------------------- corruption
@@ -111,18 +110,10 @@ class RuleCorrupter:
 
 def load_corrupt_prompt(path: str | Path | None = None) -> str:
     """The rewriting prompt template (default ``imagine/prompts/corrupt.txt``), placeholders checked."""
-    p = Path(path) if path else CORRUPT_PROMPT
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise LatentcheckError(f"cannot read the corruption prompt {p}: {e.strerror}") from None
-    unknown = sorted(set(_PLACEHOLDER.findall(text)) - set(CORRUPT_PLACEHOLDERS))
-    if unknown:
-        raise LatentcheckError(f"corruption prompt {p}: unknown placeholder(s) {', '.join(unknown)}; allowed: "
-                               f"{', '.join('{' + x + '}' for x in CORRUPT_PLACEHOLDERS)}")
-    if "{imagination}" not in text:
-        raise LatentcheckError(f"corruption prompt {p}: needs the {{imagination}} placeholder")
-    return text
+    from latentcheck.imagine.build_data import read_template
+
+    return read_template(Path(path) if path else CORRUPT_PROMPT, CORRUPT_PLACEHOLDERS, ("imagination",),
+                         "corruption prompt")
 
 
 class ModelCorrupter:
