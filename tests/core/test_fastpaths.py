@@ -19,7 +19,7 @@ def _images(seed: int, n: int, lo: int = 20, hi: int = 420):
     out = []
     for i in range(n):
         h, w = int(rng.integers(lo, hi)), int(rng.integers(lo, hi))
-        mode = ["RGB", "L", "RGBA", "P", "CMYK"][i % 5]
+        mode = ["RGB", "L", "RGBA", "P", "CMYK", "LA", "I;16", "F", "1", "YCbCr"][i % 10]
         out.append(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode))
     return out
 
