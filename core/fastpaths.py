@@ -1,7 +1,11 @@
-"""CPU fast paths: exact re-expressions of model operations that are slow on CPU, applied by the loader.
+"""Fast re-expressions of slow input-preparation and model operations, each tested against the code it replaces.
 
-Each one keeps the module's parameters (state-dict keys, shapes and tensors unchanged, so saving, LoRA and
-quantization see the original model) and changes only how the forward is computed.
+* :func:`image_inputs` / :func:`qwen_pixel_values`: the Qwen2-VL PIL image processor's output, bit-identical (used by
+  ``core.prompts.build_prompt`` and the zoo).
+* :func:`qwen2_5_vl_positions`: Qwen2.5-VL's ``get_rope_index`` for one prompt, identical (``core.prompts``).
+* :func:`linear_patch_embedding`: the vision patch-embedding Conv3d as one matmul, equal to float rounding; applied by
+  the loader on CPU. It keeps the module's parameters (state-dict keys, shapes and tensors unchanged, so saving, LoRA
+  and quantization see the original model) and changes only how the forward is computed.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ def _matmul_patch_proj_class():
             self.out_channels = conv.out_channels
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if tuple(x.shape[2:]) != self.kernel_size:  # not one patch per row: the convolution itself
+                return torch.nn.functional.conv3d(x, self.weight, self.bias, stride=self.kernel_size)
             n = x.shape[0]
             out = torch.nn.functional.linear(x.reshape(n, -1), self.weight.reshape(self.out_channels, -1), self.bias)
             return out.view(n, self.out_channels, 1, 1, 1)

@@ -99,3 +99,27 @@ def test_matmul_patch_embedding_matches_conv3d(tiny_checkpoint):
     assert float((a - b).abs().max()) <= 1e-4
     # ... and a replaced module is not replaced again
     assert not linear_patch_embedding(fast.model)
+
+
+def test_matmul_projection_falls_back_to_the_convolution_for_other_shapes():
+    from torch import nn
+
+    from latentcheck.core.fastpaths import _matmul_patch_proj_class
+
+    conv = nn.Conv3d(3, 8, kernel_size=(2, 4, 4), stride=(2, 4, 4), bias=True)
+    m = _matmul_patch_proj_class()(conv)
+    one = torch.randn(5, 3, 2, 4, 4)  # one patch per row: the matmul
+    many = torch.randn(2, 3, 4, 8, 12)  # several patches per row: the convolution itself
+    with torch.no_grad():
+        assert torch.allclose(m(one), conv(one), atol=1e-5) and m(one).shape == conv(one).shape
+        assert torch.equal(m(many), conv(many))
+    strided = nn.Conv3d(3, 8, kernel_size=(2, 4, 4), stride=(1, 2, 2))  # overlapping: never replaced
+
+    class Holder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.visual = nn.Module()
+            self.visual.patch_embed = nn.Module()
+            self.visual.patch_embed.proj = strided
+
+    assert not linear_patch_embedding(Holder())
