@@ -94,6 +94,17 @@ def option_index(answer: str, options: list[str]) -> int | None:
     return None
 
 
+def json_object(line: str, where: str) -> dict[str, Any]:
+    """One JSONL line as a JSON object; errors name the record and the field (``<line>`` / ``<record>``)."""
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise RecordError(where, "<line>", f"malformed JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(raw, dict):
+        raise RecordError(where, "<record>", f"expected a JSON object, got {type(raw).__name__}")
+    return raw
+
+
 def validate_record(raw: Any, where: str, base_dir: str | None = None) -> Task:
     """Validate one decoded JSON value; ``where`` names the record (e.g. ``data.jsonl:12``)."""
     if not isinstance(raw, dict):
@@ -199,11 +210,7 @@ def read_tasks(path: str | os.PathLike, limit: int | None = None, strict: bool =
                 yield f"{name}:{lineno}", line
 
     def convert(line: str, where: str) -> Task:
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RecordError(where, "<line>", f"malformed JSON ({e.msg} at column {e.colno})") from None
-        return validate_record(raw, where, base_dir)
+        return validate_record(json_object(line, where), where, base_dir)
 
     fh = sys.stdin if p == "-" else open(p, encoding="utf-8")
     try:

@@ -18,6 +18,7 @@ from typing import Any
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.records import read_results
 from latentcheck.core.stats import accuracy_effect
+from latentcheck.core.tasks import json_object
 
 
 def resolve_samples_path(path: str | Path) -> Path:
@@ -53,12 +54,7 @@ def load_samples(path: str | Path) -> tuple[dict | None, list[dict]]:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{p.name}:{lineno}", "<line>", f"malformed JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise RecordError(f"{p.name}:{lineno}", "<record>", "expected a JSON object")
+            obj = json_object(line, f"{p.name}:{lineno}")
             if obj.get("type", "sample") == "sample":
                 obj.setdefault("_where", f"{p.name}:{lineno}")
                 records.append(obj)

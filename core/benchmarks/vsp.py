@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from latentcheck.core.errors import LatentcheckError, RecordError
-from latentcheck.core.tasks import BadRecord, Task, validate_record
+from latentcheck.core.tasks import BadRecord, Task, json_object, validate_record
 from latentcheck.core.benchmarks.generic import check_exists, require, stream_tasks
 from latentcheck.core.benchmarks.scoring import accuracy, field
 
@@ -89,12 +89,7 @@ def simulate_vsp(map_desc: list[list[int]], path: str | None, out_of_grid: str =
 
 
 def _convert(line: str, where: str, base_dir: str, seen_ids: set[str]) -> Task:
-    try:
-        raw = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise RecordError(where, "<line>", f"malformed JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(raw, dict):
-        raise RecordError(where, "<record>", "expected a JSON object")
+    raw = json_object(line, where)
     text_input = require(raw, "text_input", where)
     image_input = require(raw, "image_input", where)
     map_desc = validate_map(raw.get("map_desc"), where)

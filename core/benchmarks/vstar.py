@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from latentcheck.core.errors import LatentcheckError, RecordError
-from latentcheck.core.tasks import LETTERS, BadRecord, Task, validate_record
+from latentcheck.core.tasks import LETTERS, BadRecord, Task, json_object, validate_record
 from latentcheck.core.benchmarks.generic import (LLAVA_MC_SUFFIX, check_exists, require, stream_tasks,
                                                  vlmevalkit_mcq_prompt)
 from latentcheck.core.benchmarks.scoring import score_accuracy
@@ -108,12 +108,7 @@ def _annotation_meta(ann: dict[str, Any] | None, where: str) -> tuple[dict[str, 
 
 
 def _from_question_line(line: str, where: str, root: Path) -> Task:
-    try:
-        raw = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise RecordError(where, "<line>", f"malformed JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(raw, dict):
-        raise RecordError(where, "<record>", "expected a JSON object")
+    raw = json_object(line, where)
     qid = require(raw, "question_id", where, (str, int))
     text = require(raw, "text", where)
     image = require(raw, "image", where)
