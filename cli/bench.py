@@ -14,8 +14,8 @@ from latentcheck.cli.app import app, console, out_console
 
 P = "bench options"
 bench_app = typer.Typer(help="Run a benchmark (V*, HR-Bench, MME-RealWorld, BLINK, VSP, TableVQA, generic) with its "
-                             "official "
-                             "protocol, optionally under latent interventions; `bench compare` pairs two runs.",
+                             "official protocol, optionally under latent interventions; `bench compare` pairs two "
+                             "runs.",
                         no_args_is_help=False)
 app.add_typer(bench_app, name="bench")
 

@@ -242,8 +242,8 @@ def load_model(model: str, profile: str | Profile | None = None, quant: str = "a
                                                         trust_remote_code=trust_remote_code, **kw).eval()
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"cannot load model weights from {path}: {e.__class__.__name__}: {e}") from None
-    fast = [] if not (dev == "cpu" if fast_paths is None else fast_paths) else \
-        [name for name, ok in (("linear_patch_embedding", linear_patch_embedding(m)),) if ok]
+    use_fast = dev == "cpu" if fast_paths is None else fast_paths
+    fast = ["linear_patch_embedding"] if use_fast and linear_patch_embedding(m) else []
     processor = build_processor(path, max_pixels=max_pixels)
     tok = processor.tokenizer
     prof = get_profile(profile) if isinstance(profile, str) else (profile or detect_profile(tok, config))

@@ -251,26 +251,20 @@ def _processed_blocks(work: list[tuple[list, list[Task] | None]], process_block:
     """Yield ``(todo, {key: record})`` per block, in order (``tasks`` None: only bad records, nothing to compute).
     With ``prepare_block`` and ``prefetch``, the next block with tasks is prepared in a background thread while this
     one is processed."""
-    if prepare_block is None or not prefetch:
-        prep = prepare_block or (lambda tasks: tasks)
-        for todo, tasks in work:
-            yield todo, ({r["key"]: r for r in process_block(prep(tasks))} if tasks is not None else {})
-        return
-    computed = [i for i, (_, tasks) in enumerate(work) if tasks is not None]
+    prepare = prepare_block or (lambda tasks: tasks)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentcheck-prepare") as pool:
-        futures: dict[int, Future] = {}
-        if computed:
-            futures[computed[0]] = pool.submit(prepare_block, work[computed[0]][1])
-        for n, i in enumerate(computed):
-            prepared = futures.pop(i).result()
-            if n + 1 < len(computed):
-                j = computed[n + 1]
-                futures[j] = pool.submit(prepare_block, work[j][1])
-            for todo, _ in work[computed[n - 1] + 1 if n else 0:i]:  # blocks of bad records only
+        ahead = prefetch and prepare_block is not None
+        computed = [i for i, (_, tasks) in enumerate(work) if tasks is not None]
+        following = dict(zip(computed, computed[1:]))
+        pending: Future | None = pool.submit(prepare, work[computed[0]][1]) if ahead and computed else None
+        for i, (todo, tasks) in enumerate(work):
+            if tasks is None:
                 yield todo, {}
-            yield work[i][0], {r["key"]: r for r in process_block(prepared)}
-        for todo, _ in work[computed[-1] + 1 if computed else 0:]:
-            yield todo, {}
+                continue
+            prepared = pending.result() if ahead else prepare(tasks)
+            if ahead and i in following:
+                pending = pool.submit(prepare, work[following[i]][1])
+            yield todo, {r["key"]: r for r in process_block(prepared)}
 
 
 def _shard_files(final: Path) -> list[Path]:
