@@ -9,7 +9,10 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass as schema
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,6 +23,11 @@ from latentcheck.core.errors import ProfileError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
+# The profile schema is strict (pydantic, ``extra="forbid"``, ``strict=True``): an unknown key or a value of the wrong
+# type (``"false"`` for a boolean, ``4.5`` or ``"4"`` for an integer) is a one-line ProfileError naming the file, the
+# section and the key; nothing is coerced. Integers are accepted where a float is expected.
+STRICT = ConfigDict(extra="forbid", strict=True)
+
 KINDS = ("latent", "plain", "text_imagination")
 TRIGGERS = ("model_emits_start", "forced_prefix")
 ENTRIES = ("after_start", "on_start")
@@ -28,45 +36,99 @@ EXITS = ("force_end", "none")
 RECORD_IDS = ("placeholder", "sampled")
 VISIBILITIES = ("all", "latents_only", "none")
 HEADERS = ("chat", "mirage")
+PROJECTIONS = ("none", "auto", "lvr_head")
 
 
-@dataclass
+@schema(config=STRICT)
 class LatentSpec:
     """How the latent span is entered, fed and left."""
 
-    trigger: str = "model_emits_start"
-    entry: str = "after_start"
-    length: str = "fixed"
-    k: int = 4
-    exit: str = "force_end"
-    record_id: str = "placeholder"
+    trigger: Literal[TRIGGERS] = "model_emits_start"
+    entry: Literal[ENTRIES] = "after_start"
+    length: Literal[LENGTHS] = "fixed"
+    k: int = Field(4, ge=1)
+    exit: Literal[EXITS] = "force_end"
+    record_id: Literal[RECORD_IDS] = "placeholder"
     eos_guard: bool = False
-    feedback_layer: int = -1
+    feedback_layer: int = -1  # checked against the checkpoint's layer count in resolve_tokens
     post_norm: bool = True
-    projection: str = "none"  # none | auto | lvr_head
-    answer_point: str = "end"  # token name ("end" or "inner_end") after which options are scored
-    max_blocks: int = 4
+    projection: Literal[PROJECTIONS] = "none"
+    answer_point: Literal["end", "inner_end"] = "end"  # token after which options are scored
+    max_blocks: int = Field(4, ge=1)
 
 
-@dataclass
+@schema(config=STRICT)
 class DecodingSpec:
     do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 512
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    repetition_penalty: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(512, ge=1)
 
 
-@dataclass
+@schema(config=STRICT)
 class PromptSpec:
     system: str = ""
-    generation_header: str = "chat"
+    generation_header: Literal[HEADERS] = "chat"
     image_text_prefix: str = ""
     options_format: str = "{letter}. {option}"
     question_template: str = "{question}\n{options}"
     suffix: str = ""
     image_first: bool = True
+
+
+# --- the sections of a profile file that are flattened into Profile (schema only) ---------------------------------
+
+@schema(config=STRICT)
+class _Top:
+    name: str = Field(min_length=1)
+    kind: Literal[KINDS] = "plain"
+    description: str = ""
+    source: str = ""
+
+
+@schema(config=STRICT)
+class _Detect:
+    tokens: list[str] = field(default_factory=list)
+
+
+@schema(config=STRICT)
+class _Tokens:
+    start: str = ""
+    end: str = ""
+    placeholder: str = ""
+    inner_end: str = ""
+
+
+@schema(config=STRICT)
+class _Attention:
+    image_visibility: Literal[VISIBILITIES] = "all"
+    latents_visible_after: bool = True
+    latents_see_input: bool = True
+
+
+@schema(config=STRICT)
+class _Imagination:
+    start: str = ""
+    end: str = ""
+
+
+@schema(config=STRICT)
+class _Answer:
+    extractor: str = "letter"
+    answer_prefix: str = ""
+
+
+@schema(config=STRICT)
+class _Processor:
+    min_pixels: int | None = Field(None, ge=1)
+    max_pixels: int | None = Field(None, ge=1)
+
+
+SECTIONS: dict[str, type] = {"detect": _Detect, "tokens": _Tokens, "latent": LatentSpec, "attention": _Attention,
+                             "imagination": _Imagination, "decoding": DecodingSpec, "prompt": PromptSpec,
+                             "answer": _Answer, "processor": _Processor}
 
 
 @dataclass
@@ -101,64 +163,74 @@ class Profile:
         return d
 
 
-def _check(value: Any, allowed: tuple, where: str) -> None:
-    if value not in allowed:
-        raise ProfileError(f"profile field {where} = {value!r} is not one of {', '.join(map(str, allowed))}")
+def _describe(err: dict, section: str | None) -> str:
+    """One pydantic error as ``[section] key: problem (got value)``."""
+    loc = [str(x) for x in err.get("loc", ()) if x != "__root__"]
+    where = (f"[{section}] " if section else "") + (".".join(loc) or "(section)")
+    kind = err.get("type", "")
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        if section is None and isinstance(err.get("input"), dict):
+            return f"[{where}]: unknown section; known: {', '.join(SECTIONS)}"
+        return f"{where}: unknown key"
+    if kind == "missing_argument" or kind == "missing":
+        return f"{where}: missing"
+    got = err.get("input")
+    shown = f" (got {got!r} of type {type(got).__name__})" if not isinstance(got, dict) else ""
+    return f"{where}: {err.get('msg', 'invalid')}{shown}"
+
+
+def _section(cls: type, raw: Any, section: str | None, problems: list[str]):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"[{section}]: must be a table, got {type(raw).__name__}")
+        return cls() if section else None
+    try:
+        return cls(**raw)
+    except ValidationError as e:
+        problems.extend(_describe(err, section) for err in e.errors())
+    except TypeError as e:  # pragma: no cover - pydantic reports bad keyword arguments itself
+        problems.append(f"[{section}]: {e}")
+    return None
 
 
 def profile_from_dict(d: dict[str, Any], path: str | None = None) -> Profile:
-    """Build and validate a profile from parsed TOML."""
-    name = d.get("name")
-    if not isinstance(name, str) or not name:
-        raise ProfileError(f"profile {path or ''}: field 'name' is missing")
-    known = {"name", "kind", "description", "source", "detect", "tokens", "latent", "attention", "imagination",
-             "decoding", "prompt", "answer", "processor"}
-    unknown = set(d) - known
-    if unknown:
-        raise ProfileError(f"profile {name}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
+    """Build and validate a profile from parsed TOML: strict schema (module constants), then the cross-field rules.
+    Every problem is reported at once, in one line naming the file, the section and the key."""
+    label = f"profile file {path}" if path else f"profile {d.get('name', '?')!r}"
+    problems: list[str] = []
+    top = {k: v for k, v in d.items() if k not in SECTIONS}
+    head = _section(_Top, top, None, problems)
+    parts = {name: _section(cls, d.get(name), name, problems) for name, cls in SECTIONS.items()}
+    if problems:
+        raise ProfileError(f"{label}: " + "; ".join(problems))
+    from latentcheck.core.extract import EXTRACTORS
 
-    def sub(cls, section: str):
-        raw = d.get(section, {}) or {}
-        fields = cls.__dataclass_fields__
-        bad = set(raw) - set(fields)
-        if bad:
-            raise ProfileError(f"profile {name}: unknown field(s) {sorted(bad)} in [{section}]; "
-                               f"known: {sorted(fields)}")
-        return cls(**raw)
-
+    if parts["answer"].extractor not in EXTRACTORS:
+        problems.append(f"[answer] extractor: unknown extractor {parts['answer'].extractor!r}; known: "
+                        f"{', '.join(sorted(EXTRACTORS))}")
     p = Profile(
-        name=name, kind=d.get("kind", "plain"), description=d.get("description", ""), source=d.get("source", ""),
-        detect_tokens=list((d.get("detect") or {}).get("tokens", [])), tokens=dict(d.get("tokens") or {}),
-        latent=sub(LatentSpec, "latent"), decoding=sub(DecodingSpec, "decoding"), prompt=sub(PromptSpec, "prompt"),
-        imagination=dict(d.get("imagination") or {}), processor=dict(d.get("processor") or {}), path=path,
-        image_visibility=(d.get("attention") or {}).get("image_visibility", "all"),
-        latents_visible_after=bool((d.get("attention") or {}).get("latents_visible_after", True)),
-        latents_see_input=bool((d.get("attention") or {}).get("latents_see_input", True)),
-        extractor=(d.get("answer") or {}).get("extractor", "letter"),
-        answer_prefix=(d.get("answer") or {}).get("answer_prefix", ""),
+        name=head.name, kind=head.kind, description=head.description, source=head.source,
+        detect_tokens=list(parts["detect"].tokens),
+        tokens={k: v for k, v in asdict(parts["tokens"]).items() if v},
+        latent=parts["latent"], decoding=parts["decoding"], prompt=parts["prompt"],
+        imagination={k: v for k, v in asdict(parts["imagination"]).items() if v},
+        processor={k: v for k, v in asdict(parts["processor"]).items() if v is not None}, path=path,
+        image_visibility=parts["attention"].image_visibility,
+        latents_visible_after=parts["attention"].latents_visible_after,
+        latents_see_input=parts["attention"].latents_see_input,
+        extractor=parts["answer"].extractor, answer_prefix=parts["answer"].answer_prefix,
     )
-    _check(p.kind, KINDS, "kind")
-    _check(p.image_visibility, VISIBILITIES, "attention.image_visibility")
-    _check(p.prompt.generation_header, HEADERS, "prompt.generation_header")
     if p.is_latent:
         for key in ("start", "end"):
             if not p.tokens.get(key):
-                raise ProfileError(f"profile {name}: latent profiles need tokens.{key}")
-        L = p.latent
-        _check(L.trigger, TRIGGERS, "latent.trigger")
-        _check(L.entry, ENTRIES, "latent.entry")
-        _check(L.length, LENGTHS, "latent.length")
-        _check(L.exit, EXITS, "latent.exit")
-        _check(L.record_id, RECORD_IDS, "latent.record_id")
-        _check(L.projection, ("none", "auto", "lvr_head"), "latent.projection")
-        if L.k < 1:
-            raise ProfileError(f"profile {name}: latent.k must be >= 1")
-        if L.record_id == "placeholder" and not p.tokens.get("placeholder"):
-            raise ProfileError(f"profile {name}: record_id = placeholder needs tokens.placeholder")
-        if L.answer_point not in ("end", "inner_end"):
-            raise ProfileError(f"profile {name}: latent.answer_point must be 'end' or 'inner_end'")
+                problems.append(f"[tokens] {key}: latent profiles need it")
+        if p.latent.record_id == "placeholder" and not p.tokens.get("placeholder"):
+            problems.append("[tokens] placeholder: latent.record_id = 'placeholder' needs it")
     if p.kind == "text_imagination" and not (p.imagination.get("start") and p.imagination.get("end")):
-        raise ProfileError(f"profile {name}: text_imagination profiles need imagination.start and .end markers")
+        problems.append("[imagination] start, end: text_imagination profiles need both markers")
+    if problems:
+        raise ProfileError(f"{label}: " + "; ".join(problems))
     return p
 
 
@@ -233,6 +305,13 @@ class ResolvedTokens:
 def resolve_tokens(profile: Profile, tokenizer, model) -> ResolvedTokens:
     """Resolve the profile's token strings; a missing token is a ProfileError naming it."""
     config = model.config
+    if profile.is_latent:
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        n_layers = getattr(text_config, "num_hidden_layers", None)
+        fl = profile.latent.feedback_layer
+        if n_layers is not None and not -n_layers <= fl < n_layers:
+            raise ProfileError(f"profile {profile.name}: [latent] feedback_layer = {fl} is out of range for this "
+                               f"checkpoint's {n_layers} decoder layers (valid: {-n_layers} .. {n_layers - 1})")
     vocab = tokenizer.get_vocab()
     r = ResolvedTokens()
     for key in ("start", "end", "placeholder", "inner_end"):

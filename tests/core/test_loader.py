@@ -75,7 +75,7 @@ def test_user_profile_file(tiny_checkpoint, tmp_path):
     assert lm.profile.name == "my-mirage" and lm.profile.latent.k == 3
     bad = tmp_path / "bad.toml"
     bad.write_text(text.replace('entry = "after_start"', 'entry = "sideways"'))
-    with pytest.raises(ProfileError, match="latent.entry"):
+    with pytest.raises(ProfileError, match=r"\[latent\] entry"):
         get_profile(str(bad))
 
 
