@@ -1,0 +1,359 @@
+"""Typed summary records: the one shape of every number an analysis reports, and the one way to print it.
+
+Every interval-carrying number in a ``summary.json`` is one of the records below. They all share ONE CI shape::
+
+    {"estimate": 0.62, "lo": 0.48, "hi": 0.74, "n": 50, "method": "wilson", ...extra fields of the record}
+
+- ``estimate`` — the point estimate (``None`` when nothing was measured, ``nan`` when undefined, ``+-inf`` when
+  unbounded: ``summary.json`` writes the last two as ``null``, see ``core.records.to_jsonable``);
+- ``lo`` / ``hi`` — the interval (95% unless the analysis says otherwise);
+- ``n`` — the number of samples the estimate is computed over (after any filtering);
+- ``method`` — how the interval was computed (:data:`METHODS`).
+
+Records (all frozen dataclasses, keyword-only, built by the classmethods that call ``core.stats``):
+
+=================  ===========================================================================================
+``Estimate``       any quantity with an interval (``Estimate.bootstrap(values)``: percentile bootstrap of the mean)
+``Proportion``     k of n with a Wilson interval (``Proportion.wilson(k, n)``, ``Proportion.of(flags)``);
+                   extra field ``successes``
+``Ratio``          mean(num) / mean(den), paired bootstrap (``Ratio.bootstrap(num, den)``); extra ``n_undefined``
+``Effect``         a contrast (difference) with an interval and optionally a test: ``p_value``, ``test``
+                   (``Effect.paired(a, b)`` = mean(b) - mean(a), paired bootstrap)
+``AccuracyEffect`` paired 0/1 outcomes of a condition vs a base: ``base`` / ``cond`` (Proportion), ``delta``
+                   (Effect, p_value = exact McNemar), ``n01`` / ``n10`` / ``flips`` / ``flip_rate``
+``Mediation``      TE / NIE / NDE / interaction (Effect) + ``proportion_mediated`` (Ratio) over one bootstrap
+=================  ===========================================================================================
+
+Serialisation is the same everywhere: ``record.to_dict()`` (nested records become dicts, field order = declaration
+order) and ``Record.from_dict(d)`` (unknown keys are an error; missing optional fields take their default), and
+``core.records.write_json_atomic`` / ``to_jsonable`` accept the records themselves. A summary that holds these
+records says so with ``"schema": SUMMARY_SCHEMA`` (``latentcheck.summary/2``; files without the key are version 1,
+the untyped shapes ``delta_lo`` / ``accuracy`` / ``lo`` that came before).
+
+Extending (e.g. multiplicity-adjusted p-values, equivalence tests, minimum detectable effects): add a field with a
+default to the record (``p_holm: float | None = None``), fill it where the record is built (``dataclasses.replace``
+on a frozen record), and it is serialised, read back and exported with everything else — readers that do not know
+the field ignore it. A new kind of number is a new subclass of ``Estimate`` (keeps the CI shape) registered in
+:data:`RECORD_TYPES` so :func:`from_dict` can rebuild it.
+
+Formatting (the CLI and the report print numbers only through these): :func:`fmt_num`, :func:`fmt_pct`,
+:func:`fmt_p`, :func:`fmt_ci` (``0.52 [0.41, 0.63]``, also straight from a record or its dict). Missing values print
+as ``-``, infinities as ``inf`` / ``-inf``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
+
+from latentcheck.core.errors import LatentcheckError
+
+SUMMARY_SCHEMA = "latentcheck.summary/2"
+SUMMARY_SCHEMA_FAMILY = "latentcheck.summary/"
+
+# The interval methods used in this package (a record may name another; these are the ones core.stats computes).
+METHODS: dict[str, str] = {
+    "wilson": "Wilson score interval of a binomial proportion",
+    "percentile_bootstrap": "nonparametric percentile bootstrap over samples",
+    "paired_bootstrap": "percentile bootstrap over samples, paired quantities resampled jointly",
+    "none": "no interval (lo / hi are None)",
+}
+
+
+def _plain(value: Any) -> Any:
+    """Nested records -> dicts (tuples -> lists), everything else unchanged."""
+    if isinstance(value, Record):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Record:
+    """Base of every summary record: ``to_dict`` / ``from_dict`` and read access by key (``r["lo"]``)."""
+
+    kind: ClassVar[str] = "record"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Field name -> value, nested records as dicts, in declaration order (what summary.json holds)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "$"):
+        """Rebuild the record from its dict; unknown keys and missing required fields are errors naming ``where``."""
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, Mapping):
+            raise LatentcheckError(f"{where}: expected a {cls.__name__} object, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise LatentcheckError(f"{where}: unknown {cls.__name__} field(s) {', '.join(unknown)}")
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for name, f in fields.items():
+            if name not in data:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise LatentcheckError(f"{where}: {cls.__name__} needs field '{name}'")
+                continue
+            sub = _record_type(hints.get(name))
+            value = data[name]
+            kwargs[name] = sub.from_dict(value, f"{where}.{name}") if sub and value is not None else value
+        return cls(**kwargs)
+
+    # read access by key, so code that reads summary dicts reads records the same way
+    def __getitem__(self, key: str) -> Any:
+        if key in {f.name for f in dataclasses.fields(self)}:
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
+def _record_type(hint: Any) -> type[Record] | None:
+    """The Record subclass in a field's type hint (``Proportion`` or ``Proportion | None``), else None."""
+    candidates = typing.get_args(hint) or (hint,)
+    for c in candidates:
+        if isinstance(c, type) and issubclass(c, Record):
+            return c
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Estimate(Record):
+    """A quantity with an interval: the one CI shape (``estimate, lo, hi, n, method``)."""
+
+    kind: ClassVar[str] = "estimate"
+    estimate: float | None
+    lo: float | None = None
+    hi: float | None = None
+    n: int = 0
+    method: str = "none"
+
+    @classmethod
+    def bootstrap(cls, values: Sequence[float], n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
+                  **extra: Any) -> "Estimate":
+        """Mean of ``values`` with a percentile-bootstrap interval (``core.stats.bootstrap_ci``)."""
+        from latentcheck.core.stats import bootstrap_ci
+
+        d = bootstrap_ci(values, n_boot=n_boot, alpha=alpha, seed=seed)
+        return cls(estimate=d["estimate"], lo=d["lo"], hi=d["hi"], n=len(values), method="percentile_bootstrap",
+                   **extra)
+
+    @classmethod
+    def missing(cls, **extra: Any) -> "Estimate":
+        """Nothing measured (no samples): every number ``None``, n = 0."""
+        return cls(estimate=None, lo=None, hi=None, n=0, method="none", **extra)
+
+    @property
+    def defined(self) -> bool:
+        """True when the estimate is a finite number."""
+        return _finite(self.estimate)
+
+    def excludes(self, value: float = 0.0) -> bool:
+        """True when the interval lies entirely above or below ``value`` (False when an end is missing)."""
+        return (_finite(self.lo) and self.lo > value) or (_finite(self.hi) and self.hi < value)
+
+    def within(self, low: float, high: float) -> bool:
+        """True when both ends are finite and the interval lies inside [low, high]."""
+        return _finite(self.lo) and _finite(self.hi) and low <= self.lo and self.hi <= high
+
+
+@dataclass(frozen=True, kw_only=True)
+class Proportion(Estimate):
+    """``successes`` of ``n`` with a Wilson interval (``estimate`` = successes / n; None when n = 0)."""
+
+    kind: ClassVar[str] = "proportion"
+    successes: int = 0
+    method: str = "wilson"
+
+    @classmethod
+    def wilson(cls, successes: int, n: int, alpha: float = 0.05) -> "Proportion":
+        from latentcheck.core.stats import wilson_ci
+
+        if n == 0:
+            return cls(estimate=None, lo=None, hi=None, n=0, successes=0)
+        lo, hi = wilson_ci(successes, n, alpha)
+        return cls(estimate=successes / n, lo=lo, hi=hi, n=int(n), successes=int(successes))
+
+    @classmethod
+    def of(cls, flags: Iterable[Any], alpha: float = 0.05) -> "Proportion":
+        """The proportion of truthy ``flags``."""
+        flags = [bool(f) for f in flags]
+        return cls.wilson(sum(flags), len(flags), alpha)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ratio(Estimate):
+    """mean(num) / mean(den) over paired samples; ``n_undefined`` resamples were 0/0 (see stats.bootstrap_ratio)."""
+
+    kind: ClassVar[str] = "ratio"
+    n_undefined: int = 0
+    method: str = "paired_bootstrap"
+
+    @classmethod
+    def bootstrap(cls, num: Sequence[float], den: Sequence[float], n_boot: int = 2000,  # type: ignore[override]
+                  alpha: float = 0.05, seed: int = 0) -> "Ratio":
+        from latentcheck.core.stats import bootstrap_ratio
+
+        d = bootstrap_ratio(num, den, n_boot=n_boot, alpha=alpha, seed=seed)
+        return cls(estimate=d["estimate"], lo=d["lo"], hi=d["hi"], n=len(num), n_undefined=d["n_undefined"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Effect(Estimate):
+    """A contrast (a difference: condition - base, or an effect of a mediation decomposition) with its interval and,
+    when a test was run, its two-sided ``p_value`` and the ``test``'s name (e.g. ``mcnemar_exact``)."""
+
+    kind: ClassVar[str] = "effect"
+    method: str = "paired_bootstrap"
+    p_value: float | None = None
+    test: str | None = None
+
+    @classmethod
+    def paired(cls, a: Sequence[float], b: Sequence[float], n_boot: int = 2000, alpha: float = 0.05,
+               seed: int = 0) -> "Effect":
+        """mean(b) - mean(a) over samples paired by index (``core.stats.paired_bootstrap_diff``)."""
+        from latentcheck.core.stats import paired_bootstrap_diff
+
+        d = paired_bootstrap_diff(a, b, n_boot=n_boot, alpha=alpha, seed=seed)
+        return cls(estimate=d["estimate"], lo=d["lo"], hi=d["hi"], n=len(a))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccuracyEffect(Record):
+    """A condition's accuracy vs a base on the same samples (paired 0/1 correctness): Wilson intervals for both,
+    ``delta`` = cond - base (paired bootstrap; ``p_value`` = exact McNemar), the discordant pairs ``n01`` (wrong ->
+    right) and ``n10`` (right -> wrong), ``flips`` = n01 + n10 and ``flip_rate`` = flips / n."""
+
+    kind: ClassVar[str] = "accuracy_effect"
+    n: int
+    base: Proportion
+    cond: Proportion
+    delta: Effect
+    n01: int
+    n10: int
+    flips: int
+    flip_rate: float
+
+    @classmethod
+    def paired(cls, base_correct: Sequence[Any], cond_correct: Sequence[Any], seed: int = 0, n_boot: int = 2000,
+               alpha: float = 0.05) -> "AccuracyEffect":
+        """``core.stats.accuracy_effect`` as a record."""
+        from latentcheck.core.stats import accuracy_effect
+
+        d = accuracy_effect(base_correct, cond_correct, seed=seed, n_boot=n_boot, alpha=alpha)
+        n = d["n"]
+        k_base, k_cond = (int(sum(bool(v) for v in xs)) for xs in (base_correct, cond_correct))
+        return cls(
+            n=n,
+            base=Proportion(estimate=d["acc_base"], lo=d["acc_base_lo"], hi=d["acc_base_hi"], n=n,
+                            successes=k_base),
+            cond=Proportion(estimate=d["acc_cond"], lo=d["acc_cond_lo"], hi=d["acc_cond_hi"], n=n,
+                            successes=k_cond),
+            delta=Effect(estimate=d["delta"], lo=d["delta_lo"], hi=d["delta_hi"], n=n, p_value=d["mcnemar_p"],
+                         test="mcnemar_exact"),
+            n01=d["n01"], n10=d["n10"], flips=d["flips"], flip_rate=d["flip_rate"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mediation(Record):
+    """Natural effects of the input on the outcome through the latents (``core.stats.mediation_effects``): total
+    ``te``, natural indirect ``nie``, natural direct ``nde``, ``interaction`` = TE - NDE - NIE, and
+    ``proportion_mediated`` = NIE / TE, all over one shared set of bootstrap resamples of ``n`` samples."""
+
+    kind: ClassVar[str] = "mediation"
+    n: int
+    te: Effect
+    nie: Effect
+    nde: Effect
+    interaction: Effect
+    proportion_mediated: Ratio
+    method: str = "paired_bootstrap"
+
+    @classmethod
+    def from_outcomes(cls, y00: Sequence[float], y11: Sequence[float], y01: Sequence[float], y10: Sequence[float],
+                      seed: int = 0, n_boot: int = 2000, alpha: float = 0.05) -> "Mediation":
+        from latentcheck.core.stats import mediation_effects
+
+        d = mediation_effects(y00, y11, y01, y10, seed=seed, n_boot=n_boot, alpha=alpha)
+        n = d["n"]
+        eff = {k: Effect(estimate=d[k]["estimate"], lo=d[k]["lo"], hi=d[k]["hi"], n=n)
+               for k in ("te", "nie", "nde", "interaction")}
+        pm = d["proportion_mediated"]
+        return cls(n=n, **eff, proportion_mediated=Ratio(estimate=pm["estimate"], lo=pm["lo"], hi=pm["hi"], n=n,
+                                                         n_undefined=pm["n_undefined"]))
+
+
+# name -> record type, for readers that rebuild records from a summary by kind
+RECORD_TYPES: dict[str, type[Record]] = {
+    t.kind: t for t in (Estimate, Proportion, Ratio, Effect, AccuracyEffect, Mediation)}
+
+
+def from_dict(kind: str, data: Mapping[str, Any], where: str = "$") -> Record:
+    """Rebuild a record of the named ``kind`` (a key of :data:`RECORD_TYPES`)."""
+    if kind not in RECORD_TYPES:
+        raise LatentcheckError(f"{where}: unknown summary record kind {kind!r}; known: {', '.join(RECORD_TYPES)}")
+    return RECORD_TYPES[kind].from_dict(data, where)
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+
+MISSING = "-"
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def fmt_num(value: Any, digits: int = 3, signed: bool = False, scale: float = 1.0, style: str = "f") -> str:
+    """One number: ``0.123`` (``signed``: ``+0.123``; ``style='g'``: significant digits); ``-`` when missing or
+    nan, ``inf`` / ``-inf`` for infinities; ``scale`` multiplies first (100 for percent)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return MISSING
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value * scale:{'+' if signed else ''}.{digits}{style}}"
+
+
+def fmt_pct(value: Any, digits: int = 1, signed: bool = False) -> str:
+    """A proportion as percent without the sign: 0.523 -> ``52.3``."""
+    return fmt_num(value, digits, signed=signed, scale=100.0)
+
+
+def fmt_p(p: Any) -> str:
+    """A p-value with three significant digits (``0.0312``, ``1``)."""
+    return fmt_num(p, 3, style="g")
+
+
+def fmt_ci(est: Any, lo: Any = None, hi: Any = None, *, digits: int = 2, signed: bool = False, pct: bool = False,
+           n: bool = False) -> str:
+    """``0.52 [0.41, 0.63]``; ``est`` may be a record or its dict (then lo / hi / n come from it). Without an
+    interval only the estimate prints; ``pct`` prints percent; ``n`` appends `` (n=50)``."""
+    count = None
+    if isinstance(est, (Record, Mapping)):
+        rec = est
+        est, lo, hi, count = rec.get("estimate"), rec.get("lo"), rec.get("hi"), rec.get("n")
+    scale = 100.0 if pct else 1.0
+    text = fmt_num(est, digits, signed, scale)
+    if lo is not None or hi is not None:
+        text += f" [{fmt_num(lo, digits, signed, scale)}, {fmt_num(hi, digits, signed, scale)}]"
+    if n and count is not None:
+        text += f" (n={count})"
+    return text
+
+
+__all__ = [
+    "SUMMARY_SCHEMA", "METHODS", "Record", "Estimate", "Proportion", "Ratio", "Effect", "AccuracyEffect", "Mediation",
+    "RECORD_TYPES", "from_dict", "fmt_num", "fmt_pct", "fmt_p", "fmt_ci", "MISSING",
+]
