@@ -68,3 +68,80 @@ def make_image(seed: int = 0, size: int = 112):
 
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+# ------------------------------------------------------------------------------ a real OpenAI-compatible server
+class ServedModel:
+    """A running ``transformers serve`` process: ``base_url`` (``http://127.0.0.1:PORT/v1``), ``model`` (the name
+    requests use), ``log`` (its output file), ``stop()``."""
+
+    def __init__(self, model_path, max_lifetime_s: float = 900.0, startup_s: float = 180.0):
+        import socket
+        import subprocess
+        import sys
+        import tempfile
+        import threading
+        import time
+        import urllib.request
+
+        with socket.socket() as s:  # a free port on the loopback interface only
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.model = str(model_path)
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="transformers-serve-", suffix=".log", delete=False)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
+        code = "import sys; from transformers.cli.transformers import main; sys.argv[0] = 'transformers'; main()"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, "serve", self.model, "--host", "127.0.0.1", "--port", str(port),
+             "--device", "cpu", "--dtype", "float32", "--log-level", "warning"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        # bounded in time: killed after max_lifetime_s whatever the tests do
+        self._watchdog = threading.Timer(max_lifetime_s, self.stop)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+        deadline = time.monotonic() + startup_s
+        while True:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"transformers serve exited with {self.proc.returncode}:\n{self.log.read()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"transformers serve did not answer within {startup_s} s")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=20)
+        self._watchdog.cancel()
+
+
+@pytest.fixture(scope="session")
+def transformers_server():
+    """A REAL OpenAI-compatible server (``transformers serve``, extra ``transformers[serving]``) serving the toy zoo's
+    ``toy-direct`` (a Qwen2.5-VL-class image-text model, loaded offline from its folder) on 127.0.0.1, started once
+    per session and stopped at the end (hard limit 15 minutes). Skips when the serving extras are missing."""
+    pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    from latentcheck.core.loader import resolve_model_path
+
+    server = ServedModel(resolve_model_path("toy-direct"))
+    try:
+        yield server
+    finally:
+        server.stop()
