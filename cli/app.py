@@ -12,14 +12,24 @@ from rich.table import Table
 
 from latentcheck.core.errors import LatentcheckError
 
-app = typer.Typer(name="latentcheck", no_args_is_help=True, pretty_exceptions_show_locals=False,
+app = typer.Typer(name="latentcheck", no_args_is_help=False, pretty_exceptions_show_locals=False,
                   help="Is a model's latent imagination causally real? Causal analysis of latent visual reasoning.")
 console = Console(stderr=True)
 out_console = Console()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from latentcheck import __version__
+
+        out_console.print(f"latentcheck {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
 @app.callback()
 def root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the version and exit."),
     num_processes: int = typer.Option(1, "--num-processes", min=1, help="Run the command as N data-parallel "
                                       "processes on this machine (through accelerate launch; CPU/gloo without a "
                                       "GPU, one GPU each otherwise). Results equal a single-process run."),
@@ -91,9 +101,16 @@ def _main() -> None:
     except ImportError:  # pragma: no cover
         pass
     _register_subcommands()
+    if not sys.argv[1:]:  # `latentcheck` alone: what can I run?
+        cmd = typer.main.get_command(app)
+        out_console.print(command_list(cmd.make_context("latentcheck", [], resilient_parsing=True)),
+                          highlight=False, soft_wrap=True, markup=False)
+        return
     try:
         # standalone_mode=False makes click RETURN the code of `raise typer.Exit(n)` instead of exiting with it
-        rv = app(standalone_mode=False)
+        cmd = typer.main.get_command(app)
+        readable_metavars(cmd)
+        rv = cmd.main(prog_name="latentcheck", standalone_mode=False)
         if isinstance(rv, int) and not isinstance(rv, bool) and rv:
             if rv == 130:  # typer turns Ctrl-C into Exit(130)
                 console.print("[yellow]interrupted[/] (rerun with --resume to continue)")
@@ -106,18 +123,124 @@ def _main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
+    except Exception as e:  # click / typer usage errors arrive here in non-standalone mode
+        code = _click_error(e)
+        if code is None:
+            raise
+        sys.exit(code)
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            if isinstance(e.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort in non-standalone mode
-                console.print("[yellow]interrupted[/] (rerun with --resume to continue)")
-                sys.exit(130)
-            sys.exit(1)
-        raise
+
+def _is_click(e: BaseException, name: str) -> bool:
+    """``e`` is click's or typer's own copy (typer >= 0.20 vendors click as ``typer._click``) of exception ``name``."""
+    import click
+
+    kinds = [getattr(click.exceptions, name, None)]
+    try:
+        from typer._click import exceptions as typer_click
+        kinds.append(getattr(typer_click, name, None))
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        pass
+    return any(k is not None and isinstance(e, k) for k in kinds)
+
+
+def _click_error(e: BaseException) -> int | None:
+    """Show a click/typer exception the way the CLI promises (usage errors: ONE line on stderr, exit 2) and return
+    the exit code; None for anything else."""
+    if _is_click(e, "UsageError") and getattr(e, "ctx", None) is not None and e.ctx.parent is not None \
+            and hasattr(e.ctx.command, "list_commands") and e.format_message().startswith("Missing command"):
+        ctx = e.ctx
+        console.print(f"error: missing command for '{ctx.command_path}' (one of: "
+                      f"{', '.join(ctx.command.list_commands(ctx))}); see '{ctx.command_path} --help'",
+                      highlight=False, soft_wrap=True, markup=False)
+        return 2
+    if _is_click(e, "UsageError"):
+        ctx = getattr(e, "ctx", None)
+        msg = " ".join(str(e.format_message()).split())  # one line, whatever click wrapped
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        console.print(f"error: {msg}{hint}", highlight=False, soft_wrap=True, markup=False)
+        return 2
+    if _is_click(e, "ClickException"):
+        console.print(f"error: {' '.join(str(e.format_message()).split())}", highlight=False, soft_wrap=True,
+                      markup=False)
+        return int(getattr(e, "exit_code", 1))
+    if _is_click(e, "Abort"):
+        if isinstance(e.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort in non-standalone mode
+            console.print("[yellow]interrupted[/] (rerun with --resume to continue)")
+            return 130
+        return 1
+    return None
+
+
+# Help metavars by option name (typer would show the Python type, e.g. `<list[str]>`); ints show N, floats X.
+METAVARS: dict[str, str] = {
+    "--model": "PATH|NAME", "--models": "PATH|NAME", "--profile": "NAME|FILE", "--data": "FILE|DIR|-", "--out": "DIR",
+    "--intervention": "SPEC", "--treatment": "SPEC", "--quant": "auto|none|4bit|8bit", "--device": "auto|cpu|cuda[:N]",
+    "--image-visibility": "all|latents_only|none", "--mediation": "image|question|none", "--per-index": "NAME",
+    "--sigma-sweep": "S1,S2,...", "--benchmark": "NAME", "--extractor": "NAME", "--log": "wandb|tensorboard",
+}
+
+
+def readable_metavars(cmd) -> None:
+    """Replace typer's Python-type labels in --help (``<list[str]>``, ``<bool>``) with readable metavars: none for
+    flags, ``N`` / ``X`` for numbers, a name from :data:`METAVARS` (or the option's own name) otherwise, ``...`` when
+    repeatable."""
+    for sub in getattr(cmd, "commands", {}).values():
+        readable_metavars(sub)
+    original_help_option = cmd.get_help_option
+
+    def help_option(ctx):
+        opt = original_help_option(ctx)
+        if opt is not None:
+            opt.display_type_rich = lambda ctx: None
+        return opt
+
+    cmd.get_help_option = help_option
+    for param in getattr(cmd, "params", []):
+        if not hasattr(param, "display_type_rich") or not getattr(param, "opts", None):
+            continue
+        if getattr(param, "is_flag", False):
+            label = None
+        else:
+            long = next((o for o in param.opts if o.startswith("--")), param.opts[0])
+            try:
+                kind = param.bare_type()
+                many = bool(param.type_descriptor.is_list)
+            except (AttributeError, TypeError, AssertionError):  # a future typer: keep its label
+                continue
+            label = param.metavar or METAVARS.get(long) or {"int": "N", "float": "X", "list[int]": "N",
+                                                            "list[float]": "X"}.get(
+                kind, long.lstrip("-").upper().replace("-", "_"))
+            if many:
+                label += " ..."
+        param.display_type_rich = (lambda ctx, _label=label: _label)
+
+
+def command_list(ctx) -> str:
+    """The plain command list printed by bare ``latentcheck`` (groups list their subcommands)."""
+    from latentcheck import __version__
+
+    import textwrap
+
+    lines = [f"latentcheck {__version__}", textwrap.fill(app.info.help, 78), "", "usage: latentcheck [--version] [--num-processes N] "
+             "COMMAND [OPTIONS]", "", "commands:"]
+    rows = []
+    for name in ctx.command.list_commands(ctx):
+        cmd = ctx.command.get_command(ctx, name)
+        if cmd is None or cmd.hidden:
+            continue
+        if hasattr(cmd, "list_commands"):
+            if getattr(cmd, "invoke_without_command", False):  # `bench` runs itself and has subcommands
+                rows.append((name, cmd))
+            sub_ctx = cmd.make_context(name, [], parent=ctx, resilient_parsing=True)
+            for sub in cmd.list_commands(sub_ctx):
+                c = cmd.get_command(sub_ctx, sub)
+                rows.append((f"{name} {sub}", c))
+        else:
+            rows.append((name, cmd))
+    width = max(len(r[0]) for r in rows)
+    lines += [f"  {n.ljust(width)}  {c.get_short_help_str(limit=80 - width - 4) if c else ''}" for n, c in rows]
+    lines += ["", "Run 'latentcheck COMMAND --help' for a command's options (all: docs/cli.md)."]
+    return "\n".join(lines)
 
 
 _register_subcommands()

@@ -13,7 +13,7 @@ from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
 from latentcheck.core.errors import LatentcheckError
 
-sub = typer.Typer(name="caption-imagine", no_args_is_help=True,
+sub = typer.Typer(name="caption-imagine", no_args_is_help=False,
                   help="CapImagine: text imagination instead of latents (paper s5). Steps: build-data -> train -> "
                        "run -> intervene.")
 app.add_typer(sub, name="caption-imagine")

@@ -15,8 +15,9 @@ Profile = Annotated[Optional[str], typer.Option("--profile", help="Profile name 
                                                   "auto-detect).", rich_help_panel=P)]
 Data = Annotated[Optional[str], typer.Option("--data", "-d", help="Task JSONL file ('-' = stdin; default: the toy "
                                                "world's test split).", rich_help_panel=P)]
-Out = Annotated[str, typer.Option("--out", "-o", help="Output folder (samples.jsonl, summary.json, plots).",
-                                  rich_help_panel=P)]
+Out = Annotated[str, typer.Option("--out", "-o", metavar="DIR|-", help="Output folder (samples.jsonl, "
+                                  "summary.json, plots); '-' streams the per-sample JSONL to stdout (tables go to "
+                                  "stderr; nothing is kept).", rich_help_panel=P)]
 Limit = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N records.", rich_help_panel=P)]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Samples per engine batch.", rich_help_panel=P)]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (noise, sampling, bootstrap).", rich_help_panel=P)]

@@ -10,7 +10,7 @@ from rich.table import Table
 from latentcheck.cli.app import app, out_console
 
 zoo_app = typer.Typer(help="Build and list the toy zoo (tiny Qwen2.5-VL-class models with known ground truth).",
-                      no_args_is_help=True)
+                      no_args_is_help=False)
 app.add_typer(zoo_app, name="zoo")
 
 
