@@ -28,30 +28,21 @@ import re
 from typing import Callable
 
 from latentcheck.core.errors import LatentcheckError
+from latentcheck.core.registry import Registry
 from latentcheck.core.tasks import LETTERS
 
 Extractor = Callable[[str, "list[str] | None"], "str | None"]
-EXTRACTORS: dict[str, Extractor] = {}
+EXTRACTORS: Registry[Extractor] = Registry("answer extractor")
 
 
 def register_extractor(name: str) -> Callable[[Extractor], Extractor]:
-    """Decorator: register ``fn(text, options) -> str | None`` under ``name``."""
-
-    def deco(fn: Extractor) -> Extractor:
-        if name in EXTRACTORS and EXTRACTORS[name] is not fn:
-            raise LatentcheckError(f"answer extractor {name!r} is already registered")
-        EXTRACTORS[name] = fn
-        return fn
-
-    return deco
+    """Decorator: register ``fn(text, options) -> str | None`` under ``name`` (a taken name is an error)."""
+    return EXTRACTORS.decorator(name)
 
 
 def get_extractor(name: str) -> Extractor:
     """The extractor registered under ``name``; unknown names give a LatentcheckError listing the known ones."""
-    try:
-        return EXTRACTORS[name]
-    except KeyError:
-        raise LatentcheckError(f"unknown answer extractor {name!r}; known: {', '.join(sorted(EXTRACTORS))}") from None
+    return EXTRACTORS[name]
 
 
 def strip_latent_span(text: str, start: str, end: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from latentcheck.core.errors import LatentcheckError
+from latentcheck.core.registry import Registry
 
 
 @dataclass
@@ -46,8 +47,17 @@ class InterventionSpec:
         return validate_spec(cls(name=d["name"], params=dict(d.get("params") or {}), steps=d.get("steps")))
 
     @property
+    def definition(self) -> InterventionDef:
+        return REGISTRY[self.name]
+
+    @property
     def kind(self) -> str:
         return REGISTRY[self.name].kind
+
+    @property
+    def needs_stats(self) -> bool:
+        """True when this spec needs dataset statistics of the baseline latents (a calibration pass)."""
+        return REGISTRY[self.name].uses_stats(self.params)
 
     def seed_int(self, seed: int) -> int:
         return int(hashlib.sha256(f"{seed}|{self.label}".encode()).hexdigest()[:8], 16)
@@ -55,19 +65,42 @@ class InterventionSpec:
 
 @dataclass
 class InterventionDef:
+    """A registered intervention and what it needs (callers ask these, never the name).
+
+    ``needs_stats``: dataset statistics of the baseline latents (``LatentStats``, a calibration pass), True/False or a
+    function of the spec's parameters; ``needs_partner``: another sample's latents (skipped without one);
+    ``whole_span``: acts on the whole latent span (``@steps`` is ignored, per-index plans refuse it); ``check``: extra
+    validation of the parameters (raises LatentcheckError). Parameter types are the types of the defaults."""
+
     name: str
     kind: str  # "vector" | "sequence"
     params: dict[str, Any]  # defaults
     doc: str
     fn: Callable | None = None
+    needs_stats: bool | Callable[[dict[str, Any]], bool] = False
+    needs_partner: bool = False
+    whole_span: bool = False
+    check: Callable[[dict[str, Any]], None] | None = None
+
+    def uses_stats(self, params: dict[str, Any]) -> bool:
+        return bool(self.needs_stats(params) if callable(self.needs_stats) else self.needs_stats)
 
 
-REGISTRY: dict[str, InterventionDef] = {}
+REGISTRY: Registry[InterventionDef] = Registry("intervention")
 
 
-def register(name: str, kind: str, doc: str, **defaults):
+def register(name: str, kind: str, doc: str, *, needs_stats: bool | Callable[[dict[str, Any]], bool] = False,
+             needs_partner: bool = False, whole_span: bool = False,
+             check: Callable[[dict[str, Any]], None] | None = None, **defaults):
+    """Decorator: register an intervention (vector: ``fn(v [n, H], steps [n], ctx, spec, seed) -> [n, H]``;
+    sequence: ``fn(base [K, H], partner [K, H] | None, rng, spec) -> override [K', H]``). Duplicate names are an
+    error."""
+    if kind not in ("vector", "sequence"):
+        raise LatentcheckError(f"intervention {name!r}: kind must be 'vector' or 'sequence', got {kind!r}")
+
     def deco(fn):
-        REGISTRY[name] = InterventionDef(name, kind, defaults, doc, fn)
+        REGISTRY.add(name, InterventionDef(name, kind, defaults, doc, fn, needs_stats, needs_partner, whole_span,
+                                           check))
         return fn
     return deco
 
@@ -159,8 +192,15 @@ def _noise_replace(v, steps, ctx, spec, seed):
     return n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12) * v.norm(dim=-1, keepdim=True)
 
 
+def _check_shared(params: dict[str, Any]) -> None:
+    if params["source"] not in ("mean", "random") and not Path(params["source"]).exists():
+        raise LatentcheckError(f"shared: source must be 'mean', 'random' or an existing .npy file, "
+                               f"got {params['source']!r}")
+
+
 @register("shared", "vector", "replace every latent by one shared tensor tau: source=mean (dataset-mean latent), "
-          "random (a fixed random vector with the mean latent norm) or a .npy file path", source="mean")
+          "random (a fixed random vector with the mean latent norm) or a .npy file path", source="mean",
+          needs_stats=lambda p: p["source"] in ("mean", "random"), check=_check_shared)
 def _shared(v, steps, ctx, spec, seed):
     import torch
 
@@ -183,7 +223,7 @@ def _shared(v, steps, ctx, spec, seed):
     return tau.to(v.device, v.dtype).expand_as(v).clone()
 
 
-@register("index_mean", "vector", "replace latent k by the dataset mean of latent k")
+@register("index_mean", "vector", "replace latent k by the dataset mean of latent k", needs_stats=True)
 def _index_mean(v, steps, ctx, spec, seed):
     import torch
 
@@ -194,30 +234,34 @@ def _index_mean(v, steps, ctx, spec, seed):
     return torch.as_tensor(np.stack(rows)).to(v.device, v.dtype)
 
 
-# Sequence interventions: fn(baseline [K, H], partner [K, H] | None, rng) -> override [K', H]
-@register("swap", "sequence", "feed another instance's latents (a seeded derangement of the samples)")
-def _swap(base, partner, rng):
+# Sequence interventions: fn(baseline [K, H], partner [K, H] | None, rng, spec) -> override [K', H]
+@register("swap", "sequence", "feed another instance's latents (a seeded derangement of the samples)",
+          needs_partner=True)
+def _swap(base, partner, rng, spec):
     return partner
 
 
 @register("shuffle", "sequence", "feed this instance's latents in a seeded random order")
-def _shuffle(base, partner, rng):
+def _shuffle(base, partner, rng, spec):
     return base[rng.permutation(len(base))]
 
 
 @register("reverse", "sequence", "feed this instance's latents in reverse order")
-def _reverse(base, partner, rng):
+def _reverse(base, partner, rng, spec):
     return base[::-1].copy()
 
 
-@register("drop", "sequence", "drop the latent span but keep its start/end markers")
-def _drop(base, partner, rng):
+@register("drop", "sequence", "drop the latent span but keep its start/end markers", whole_span=True)
+def _drop(base, partner, rng, spec):
     return base[:0]
 
 
 @register("replay", "sequence", "feed given latent vectors (a .npy file [K, H] or set by the caller)", path="")
-def _replay(base, partner, rng):
-    raise LatentcheckError("'replay' vectors are supplied by the caller")
+def _replay(base, partner, rng, spec):
+    path = spec.params.get("path") or ""
+    if not path or not Path(path).exists():
+        raise LatentcheckError(f"replay: parameter 'path' must name an existing .npy file, got {path!r}")
+    return np.load(path).astype(np.float32)
 
 
 def validate_spec(spec: InterventionSpec) -> InterventionSpec:
@@ -238,9 +282,8 @@ def validate_spec(spec: InterventionSpec) -> InterventionSpec:
                 raise LatentcheckError(f"intervention {spec.name!r}: parameter {k!r} must be a number, got {v!r}") \
                     from None
         params[k] = v
-    if spec.name == "shared" and params["source"] not in ("mean", "random") and not Path(params["source"]).exists():
-        raise LatentcheckError(f"shared: source must be 'mean', 'random' or an existing .npy file, "
-                               f"got {params['source']!r}")
+    if d.check is not None:
+        d.check(params)
     if spec.steps is not None:
         if not all(isinstance(s, int) and s >= 0 for s in spec.steps):
             raise LatentcheckError(f"intervention {spec.name!r}: steps must be non-negative integers")
@@ -314,8 +357,9 @@ def sequence_override(spec: InterventionSpec, base: np.ndarray, partner: np.ndar
                       seed: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Override vectors for a sequence intervention, plus a mask of which indices are overridden (None = all)."""
     rng = np.random.default_rng([spec.seed_int(seed), int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)])
-    new = REGISTRY[spec.name].fn(base, partner, rng)
-    if spec.steps is None or spec.name == "drop":
+    d = REGISTRY[spec.name]
+    new = d.fn(base, partner, rng, spec)
+    if spec.steps is None or d.whole_span:
         return new, None
     k = max(len(base), len(new))
     mask = np.array([i in spec.steps for i in range(k)], dtype=bool)

@@ -20,6 +20,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from latentcheck.core.errors import ProfileError
+from latentcheck.core.registry import Registry
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
@@ -246,12 +247,15 @@ def load_profile_file(path: str | Path) -> Profile:
     return profile_from_dict(data, str(path))
 
 
-def builtin_profiles() -> dict[str, Profile]:
-    """All profiles shipped with latentcheck, by name."""
-    out = {}
+def builtin_profiles() -> Registry[Profile]:
+    """All profiles shipped with latentcheck (one TOML file each in core/profiles/), by name; two files declaring
+    the same name are an error."""
+    out: Registry[Profile] = Registry("profile")
     for f in sorted(PROFILE_DIR.glob("*.toml")):
         p = load_profile_file(f)
-        out[p.name] = p
+        if p.name in out:
+            raise ProfileError(f"profile file {f}: profile name {p.name!r} is already declared by another file")
+        out.add(p.name, p)
     return out
 
 

@@ -120,8 +120,9 @@ def plan_interventions(specs: Iterable[str | InterventionSpec] | None = None, si
         if base.steps is not None:
             raise LatentcheckError(f"--per-index {name!r}: give the intervention without @steps; one spec per latent "
                                    "index is made for you")
-        if base.name == "drop":
-            raise LatentcheckError("--per-index drop: drop removes the whole span; use it without --per-index")
+        if base.definition.whole_span:
+            raise LatentcheckError(f"--per-index {base.name}: {base.name} acts on the whole span; use it without "
+                                   "--per-index")
         for k in range(n_latents):
             planned.append(PlannedIntervention(InterventionSpec(base.name, dict(base.params), [k]),
                                                f"per_index:{base.label}", k))
@@ -138,8 +139,7 @@ def plan_interventions(specs: Iterable[str | InterventionSpec] | None = None, si
 
 def needs_stats(planned: Iterable[PlannedIntervention]) -> bool:
     """True if some intervention needs dataset latent statistics (shared mean/random, index_mean)."""
-    return any(p.spec.name == "index_mean" or (p.spec.name == "shared" and p.spec.params["source"] in
-                                               ("mean", "random")) for p in planned)
+    return any(p.spec.needs_stats for p in planned)
 
 
 # ---------------------------------------------------------------------------------------------- outcomes
@@ -245,21 +245,12 @@ def sequence_conditions(planned: Sequence[PlannedIntervention], key: str, base_l
     conds, skipped = [], {}
     for p in planned:
         spec = p.spec
-        if spec.name == "swap" and partner_latents is None:
+        if spec.definition.needs_partner and partner_latents is None:
             skipped[p.label] = "no partner sample (need >= 2 valid samples) or the partner failed"
             continue
-        if spec.name == "replay":
-            path = spec.params.get("path") or ""
-            if not path or not Path(path).exists():
-                raise LatentcheckError(f"replay: parameter 'path' must name an existing .npy file, got {path!r}")
-            ov = np.load(path).astype(np.float32)
-            if ov.ndim != 2 or (hidden_size is not None and ov.shape[1] != hidden_size):
-                raise LatentcheckError(f"replay file {path} has shape {ov.shape}; expected [K, {hidden_size}]")
-            mask = None
-            if spec.steps is not None:
-                mask = np.array([i in spec.steps for i in range(len(ov))], dtype=bool)
-        else:
-            ov, mask = sequence_override(spec, base_latents, partner_latents, key, seed)
+        ov, mask = sequence_override(spec, base_latents, partner_latents, key, seed)
+        if ov.size and (ov.ndim != 2 or (hidden_size is not None and ov.shape[1] != hidden_size)):
+            raise LatentcheckError(f"{p.label}: the override vectors have shape {ov.shape}; expected [K, {hidden_size}]")
         conds.append(Condition(p.label, override=np.ascontiguousarray(ov, dtype=np.float32), override_mask=mask))
     return conds, skipped
 
@@ -279,7 +270,7 @@ class _Analysis:
         self.sequence = [p for p in planned if p.kind == "sequence"]
         self.kinds = list(settings.mediation)
         self.tasks = {t.id: t for t in tasks}
-        self.has_swap = any(p.spec.name == "swap" for p in self.sequence)
+        self.has_swap = any(p.spec.definition.needs_partner for p in self.sequence)
         self.partner_of = partner_map([t.id for t in tasks], opts.seed, group_size) \
             if (self.has_swap or self.kinds) else {}
         self.extract = get_extractor(lm.profile.extractor)

@@ -23,6 +23,7 @@ import numpy as np
 
 from latentcheck.core.interventions import parse_params
 from latentcheck.core.errors import LatentcheckError
+from latentcheck.core.registry import Registry
 from latentcheck.core.tasks import LETTERS, Task, option_index
 
 REFERENCES = ("image_tokens", "question_tokens", "last_prompt_token")
@@ -90,13 +91,16 @@ class TreatmentDef:
     needs_partner: bool = False
 
 
-REGISTRY: dict[str, TreatmentDef] = {}
+REGISTRY: Registry[TreatmentDef] = Registry("treatment")
 
 
 def register(name: str, doc: str, changes: str, reference: str = "image_tokens", needs_partner: bool = False,
              **params: Param):
+    """Decorator: register ``fn(variant, params, ctx, rng) -> InputVariant`` as an input treatment (its capabilities:
+    what it ``changes``, the ``reference`` state its sensitivity ratio divides by, ``needs_partner``, typed
+    ``params``). Duplicate names are an error."""
     def deco(fn):
-        REGISTRY[name] = TreatmentDef(name, doc, changes, reference, params, fn, needs_partner)
+        REGISTRY.add(name, TreatmentDef(name, doc, changes, reference, params, fn, needs_partner))
         return fn
     return deco
 

@@ -539,8 +539,7 @@ def _plan(interventions: Iterable[str | InterventionSpec] | None) -> list[Interv
 
 
 def _needs_stats(specs: list[InterventionSpec]) -> bool:
-    return any(s.name == "index_mean" or (s.name == "shared" and s.params.get("source") in ("mean", "random"))
-               for s in specs)
+    return any(s.needs_stats for s in specs)
 
 
 def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, variant: str | None = None,
