@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -33,8 +34,15 @@ def root(
     num_processes: int = typer.Option(1, "--num-processes", min=1, help="Run the command as N data-parallel "
                                       "processes on this machine (through accelerate launch; CPU/gloo without a "
                                       "GPU, one GPU each otherwise). Results equal a single-process run."),
+    plugin: Optional[list[str]] = typer.Option(None, "--plugin", help="Import a module (dotted name or .py file) "
+                                               "that registers interventions, treatments, benchmarks or extractors "
+                                               "before the command runs (repeatable)."),
 ) -> None:
     """latentcheck: test the X -> Z -> Y chain of latent visual reasoning models (see README.md)."""
+    from latentcheck.core.registry import load_plugin
+
+    for spec in plugin or []:
+        load_plugin(spec)
     if num_processes > 1:  # main() handles the option before parsing; only an in-process call gets here
         raise LatentcheckError("--num-processes relaunches the command line: use it with `latentcheck` or "
                                "`python -m latentcheck`")

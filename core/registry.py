@@ -60,6 +60,9 @@ class Registry(Generic[T]):
         """Unregister ``name`` (tests and plugins that clean up after themselves)."""
         return self._items.pop(name)
 
+    def __delitem__(self, name: str) -> None:
+        self.remove(name)
+
     def __getitem__(self, name: str) -> T:
         try:
             return self._items[name]
