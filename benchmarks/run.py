@@ -150,7 +150,7 @@ def reference_generate(lm, prompt, spec, stats, seed: int, force_latent: bool, m
     with torch.no_grad():
         model.model.rope_deltas = None  # the model caches the mRoPE delta of the last prefill
         cache = DynamicCache(config=model.config)
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, output_hidden_states=True, **vision)
+        out = model(input_ids=ids, cache=cache, use_cache=True, output_hidden_states=True, **vision)
         for step in range(max_new_tokens):
             next_id = int(out.logits[0, -1].argmax())
             if step == 0 and force_latent:
@@ -168,7 +168,7 @@ def reference_generate(lm, prompt, spec, stats, seed: int, force_latent: bool, m
                 else:  # forced end, counter reset
                     next_id, in_latent, latent_count = tk.end, False, 0
                     blocks += 1
-            elif next_id == tk.start and blocks < L.max_blocks:
+            elif next_id == tk.start and (L.max_blocks == 0 or blocks < L.max_blocks):
                 in_latent, latent_count = True, 0
             generated.append(next_id)
             if not in_latent and next_id != tk.end and next_id in tk.eos:
@@ -176,7 +176,7 @@ def reference_generate(lm, prompt, spec, stats, seed: int, force_latent: bool, m
             if step == max_new_tokens - 1:
                 break
             emb = latent_embedding[:, None] if latent_embedding is not None else embed(torch.tensor([[next_id]]))
-            out = model(inputs_embeds=emb, past_key_values=cache, use_cache=True, output_hidden_states=True)
+            out = model(inputs_embeds=emb, cache=cache, use_cache=True, output_hidden_states=True)
             if next_id == tk.end and answer_logits is None:
                 answer_logits = out.logits[0, -1]
     lp = None
@@ -284,7 +284,7 @@ def bench_b(s: Setup, repeats: int, configs=((8, 9, None), (8, 1, 64))) -> dict:
                 t0 = time.perf_counter()
                 for k in range(n_fwd):
                     hs = engine.text_model(inputs_embeds=embs[k], position_ids=poss[k], attention_mask=masks[k],
-                                           past_key_values=cache, use_cache=True).last_hidden_state
+                                           cache=cache, use_cache=True).last_hidden_state
                     lm.model.lm_head(hs[:, -1])
                 return (time.perf_counter() - t0) / n_fwd
 

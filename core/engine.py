@@ -189,7 +189,7 @@ class Engine:
 
     def _forward(self, embeds, positions, mask, cache):
         out = self.text_model(inputs_embeds=embeds, position_ids=positions, attention_mask=mask,
-                              past_key_values=cache, use_cache=True)
+                              cache=cache, use_cache=True)
         return out.last_hidden_state
 
     def _positions(self, p: Prompt):
@@ -436,6 +436,9 @@ class Engine:
             spec_of_row = row_cond.tolist()
             spec_groups: dict[tuple[int, ...], list] = {}  # rows needing a vector -> [(spec, rows, keys)]
             any_unfixed = bool((~fixed).any())
+            eos_ends_span = is_latent and L.record_id == "sampled" and not L.eos_guard
+            reenter = is_latent and L.exit == "none"
+            max_blocks = (L.max_blocks or 0) or max_new + 1  # 0 = no limit (the authors' loops)
 
             def suffix_is(seq, n: int):
                 """Rows whose first ``n`` generated ids end with ``seq`` (None if ``n`` is too short)."""
@@ -455,8 +458,15 @@ class Engine:
                 stop_tok = ~fixed & (sampled == end_id) if any_unfixed else no_rows
                 cont = cand & ~stop_tok & (lat_count < limit) if any_unfixed else cand & (lat_count < limit)
                 exit_ = cand & ~cont
-                enter = (mode == 0) & active & (sampled == start_id) & (blocks < L.max_blocks) if is_latent \
-                    else no_rows
+                # an EOS sampled inside a span of a model that keeps sampled ids and has no guard ends the request
+                # there (Monet's runner): that position is never forwarded, so it is not a fed latent
+                eos_in_span = cont & torch.isin(sampled, eos) if eos_ends_span else no_rows
+                cont = cont & ~eos_in_span if eos_ends_span else cont
+                # entry: the token fed next is the start token (LVR: "the last input token is <|lvr_start|>"), also
+                # when it was sampled at the last step of a block that exits without a forced end token
+                may_enter = (mode == 0) | (exit_ & ~stop_tok) if reenter else (mode == 0)
+                enter = may_enter & active & (sampled == start_id) & (
+                    blocks + exit_.long() < max_blocks) if is_latent else no_rows
                 enter_vec = enter & (limit > 0) if on_start else no_rows
                 need = cont | enter_vec if on_start else cont
                 li = torch.where(cont, lat_count, zeros_l)
@@ -503,11 +513,9 @@ class Engine:
                     rec = torch.where(enter_vec, start_fill, rec)
                 # finishing
                 text_rows = active & ~need & ~entered_tok
-                new_fin = text_rows & torch.isin(rec, eos)
-                if is_latent and L.record_id == "sampled" and not L.eos_guard:
-                    new_fin = new_fin | (cont & torch.isin(sampled, eos))
+                new_fin = text_rows & torch.isin(rec, eos)  # (includes an EOS sampled inside a span, see above)
                 # state updates
-                span_now = need | entered_tok
+                span_now = need | entered_tok | eos_in_span
                 if is_latent:
                     lat_count = torch.where(enter, enter_vec.long(), lat_count + cont.long())
                     blocks = blocks + exit_.long()

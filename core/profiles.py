@@ -55,7 +55,8 @@ class LatentSpec:
     post_norm: bool = True
     projection: Literal[PROJECTIONS] = "none"
     answer_point: Literal["end", "inner_end"] = "end"  # token after which options are scored
-    max_blocks: int = Field(4, ge=1)
+    max_blocks: int | None = Field(None, ge=0)  # latent blocks per answer; 0 = no limit. Required in latent
+    # profiles: the authors' loops (Mirage, Monet, LVR) enter a new block on every start token, so theirs is 0
 
 
 @schema(config=STRICT)
@@ -228,6 +229,9 @@ def profile_from_dict(d: dict[str, Any], path: str | None = None) -> Profile:
                 problems.append(f"[tokens] {key}: latent profiles need it")
         if p.latent.record_id == "placeholder" and not p.tokens.get("placeholder"):
             problems.append("[tokens] placeholder: latent.record_id = 'placeholder' needs it")
+        if p.latent.max_blocks is None:
+            problems.append("[latent] max_blocks: latent profiles need it (latent blocks per answer; 0 = no limit, "
+                            "as in the Mirage / Monet / LVR loops)")
     if p.kind == "text_imagination" and not (p.imagination.get("start") and p.imagination.get("end")):
         problems.append("[imagination] start, end: text_imagination profiles need both markers")
     if problems:
