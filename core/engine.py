@@ -114,6 +114,27 @@ def latent_key_mask(kinds, start, visibility: list[str], blind: bool):
     return m
 
 
+def logits_processor(decoding: DecodingSpec):
+    """transformers' own ``LogitsProcessorList`` for a decoding spec, in ``generate``'s order and under its
+    conditions (``GenerationMixin._get_logits_processor``): repetition penalty (over prompt and generated ids), then,
+    when sampling, temperature, top-k, top-p."""
+    from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                              TopKLogitsWarper, TopPLogitsWarper)
+
+    d = decoding
+    out = LogitsProcessorList()
+    if d.repetition_penalty is not None and d.repetition_penalty != 1.0:
+        out.append(RepetitionPenaltyLogitsProcessor(penalty=d.repetition_penalty))
+    if d.do_sample:
+        if d.temperature is not None and d.temperature != 1.0:
+            out.append(TemperatureLogitsWarper(d.temperature))
+        if d.top_k:
+            out.append(TopKLogitsWarper(top_k=d.top_k, min_tokens_to_keep=1))
+        if d.top_p is not None and d.top_p < 1.0:
+            out.append(TopPLogitsWarper(top_p=d.top_p, min_tokens_to_keep=1))
+    return out
+
+
 def _row_seed(seed: int, key: str) -> int:
     return int(hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()[:12], 16)
 
@@ -148,6 +169,8 @@ class Engine:
 
             layer.register_forward_hook(hook)
         self._eos = torch.tensor(self.tokens.eos or [-1], device=self.device)
+        self.processors = logits_processor(self.decoding)
+        self.penalised = any(type(p).__name__ == "RepetitionPenaltyLogitsProcessor" for p in self.processors)
         self._torch = torch
 
     # ------------------------------------------------------------------ public API
@@ -261,7 +284,7 @@ class Engine:
             mask = m[:, None]
         cache = DynamicCache(config=self.model.config)
         h = self._forward(embeds, pos, mask, cache)
-        return h, cache, dict(kinds=kinds, qmask=qmask, next_pos=next_pos, P=P,
+        return h, cache, dict(ids=ids, kinds=kinds, qmask=qmask, next_pos=next_pos, P=P,
                               input_start=input_start(kinds, qmask))
 
     def _refs(self, h, kinds, qmask) -> list[dict[str, np.ndarray]]:
@@ -276,25 +299,15 @@ class Engine:
             out.append({k: v.float().cpu().numpy() for k, v in r.items()})
         return out
 
-    def _choose(self, logits, seen, gens):
+    def _choose(self, logits, history, gens):
+        """Next token per row: the logits processed by transformers' own processors (``logits_processor``), then
+        argmax (greedy) or one multinomial draw per row from the row's own seeded generator. ``history``: [R, n]
+        ids the repetition penalty covers (prompt and generated ids, as ``generate`` passes its ``input_ids``)."""
         torch = self._torch
-        d = self.decoding
-        if d.repetition_penalty and d.repetition_penalty != 1.0:
-            pen = torch.where(logits > 0, logits / d.repetition_penalty, logits * d.repetition_penalty)
-            logits = torch.where(seen, pen, logits)
-        if not d.do_sample:
-            return logits.max(-1).indices  # = argmax (first maximum), ~3x faster on CPU
-        x = logits.float() / max(d.temperature, 1e-6)
-        if d.top_k and d.top_k > 0:
-            kth = torch.topk(x, min(d.top_k, x.shape[-1]), dim=-1).values[:, -1:]
-            x = x.masked_fill(x < kth, float("-inf"))
-        if d.top_p and d.top_p < 1.0:
-            sx, si = torch.sort(x, descending=True, dim=-1)
-            cp = torch.softmax(sx, -1).cumsum(-1)
-            drop = cp - torch.softmax(sx, -1) > d.top_p
-            sx = sx.masked_fill(drop, float("-inf"))
-            x = torch.full_like(x, float("-inf")).scatter(-1, si, sx)
-        probs = torch.softmax(x, -1).cpu()
+        scores = self.processors(history, logits.float()) if self.processors else logits
+        if not self.decoding.do_sample:
+            return scores.max(-1).indices  # = argmax (first maximum), ~3x faster on CPU
+        probs = torch.softmax(scores, -1).cpu()
         return torch.stack([torch.multinomial(probs[r], 1, generator=gens[r])[0]
                             for r in range(probs.shape[0])]).to(logits.device)
 
@@ -397,8 +410,13 @@ class Engine:
             finished = torch.zeros(R, dtype=torch.bool, device=dev)
             reason = torch.zeros(R, dtype=torch.long, device=dev)  # index into REASONS
             V = logits.shape[-1]
-            penalise = bool(self.decoding.repetition_penalty and self.decoding.repetition_penalty != 1.0)
-            seen = torch.zeros((R, V), dtype=torch.bool, device=dev) if penalise else None
+            history = None  # ids the repetition penalty covers: prompt (left padding -> the row's first id, which
+            # adds no token to the penalised set) then generated ids, as generate's input_ids
+            if self.penalised:
+                history = torch.zeros((R, P + max_new), dtype=torch.long, device=dev)
+                ids0 = st["ids"][idx]
+                first = ids0[torch.arange(R, device=dev), (~valid).sum(1)]
+                history[:, :P] = torch.where(valid, ids0, first[:, None])
             gen_ids = torch.zeros((R, max_new), dtype=torch.long, device=dev)
             fed_t = torch.zeros((R, max_new), dtype=torch.bool, device=dev)
             span_t = torch.zeros((R, max_new), dtype=torch.bool, device=dev)
@@ -450,7 +468,7 @@ class Engine:
             t_loop = time.perf_counter()
             while True:
                 # ---------------- transition: decide what each row feeds next
-                sampled = self._choose(logits, seen, gens)
+                sampled = self._choose(logits, None if history is None else history[:, :P + n_steps], gens)
                 if n_steps == 0 and force_any:
                     sampled = torch.where(force & (mode == 0), start_fill, sampled)
                 active = ~finished
@@ -545,8 +563,8 @@ class Engine:
                         ap_pending = ap_pending | (active & ~ap_done & m)
                 if is_latent and not ap_all_done:
                     ap_pending = ap_pending | (~ap_done & ~need & (nxt == ap_id) & active)
-                if seen is not None:
-                    seen[ar, rec] = True
+                if history is not None:
+                    history[:, P + n_steps] = rec
                 finished = finished | new_fin
                 n_steps += 1
                 if bool(finished.all()) or n_steps >= max_new:
