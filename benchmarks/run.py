@@ -18,7 +18,7 @@
 
 Compared variants run interleaved (A, B, A, B, ...) and the table reports medians; every process uses one intra-op
 thread (``torch.set_num_threads(1)``, ``OMP_NUM_THREADS=1``). The model is the toy zoo's ``toy-latent`` when it is
-built, else a random tiny checkpoint of the same architecture (``core/toy/tiny.build_tiny_checkpoint``, profile
+built, else a random tiny checkpoint of the same architecture (``toy/tiny.build_tiny_checkpoint``, profile
 toy-latent) run with ``--force-latent`` (the random model never emits the latent-start token by itself).
 """
 
@@ -75,13 +75,13 @@ class Setup:
 def resolve_model(workdir: Path) -> tuple[str, str, bool]:
     """(checkpoint folder, description, force_latent): the zoo's toy-latent if built, else a tiny random one."""
     from latentcheck.core.errors import ModelLoadError
-    from latentcheck.core.toy.zoo import zoo_model_path
+    from latentcheck.toy.zoo import zoo_model_path
 
     try:
         path = zoo_model_path("toy-latent")
         return str(path), f"toy zoo toy-latent ({path})", False
     except ModelLoadError:
-        from latentcheck.core.toy.tiny import build_tiny_checkpoint
+        from latentcheck.toy.tiny import build_tiny_checkpoint
 
         ck = workdir / "tiny-toy-latent"
         if not (ck / "config.json").exists():
@@ -92,7 +92,7 @@ def resolve_model(workdir: Path) -> tuple[str, str, bool]:
 def load(workdir: Path) -> Setup:
     from latentcheck.core.loader import load_model
     from latentcheck.core.runner import read_all_tasks
-    from latentcheck.core.toy.zoo import default_data
+    from latentcheck.toy.zoo import default_data
 
     path, source, force = resolve_model(workdir)
     lm = load_model(path, profile="toy-latent")
@@ -310,7 +310,7 @@ def bench_b(s: Setup, repeats: int, configs=((8, 9, None), (8, 1, 64))) -> dict:
 def bench_c(s: Setup, repeats: int, workdir: Path, n_samples: int = 200, batch_sizes=(8, 32)) -> dict:
     """``run_bench`` (generic benchmark = the toy world's multiple-choice test split) at --batch-size 1 and at each of
     ``batch_sizes`` (the first one, the CLI default 8, is the one checked against the target)."""
-    from latentcheck.core.benchmarks.runner import run_bench
+    from latentcheck.bench.runner import run_bench
     from latentcheck.core.runner import CommonOptions, load_records
 
     counter = {"n": 0}
@@ -375,7 +375,7 @@ def memory_child(args) -> None:
 
 
 def bench_d(s: Setup, repeats: int, workdir: Path, sizes=(100, 1000), tracemalloc: bool = True) -> dict:
-    from latentcheck.core.toy.world import write_world
+    from latentcheck.toy.world import write_world
 
     world = workdir / "world"
     if not (world / "tasks_test.jsonl").exists():

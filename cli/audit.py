@@ -16,7 +16,7 @@ STYLE = {"positive": "bold green", "negative": "bold red", "inconclusive": "bold
 
 
 def _stage_names(values: list[str] | None) -> list[str] | None:
-    from latentcheck.core.audit import STAGES
+    from latentcheck.audit.verdicts import STAGES
     from latentcheck.core.errors import LatentcheckError
 
     if not values:
@@ -32,7 +32,7 @@ def _stage_names(values: list[str] | None) -> list[str] | None:
 
 def verdict_table(entry: dict[str, Any]) -> Table:
     """One model's verdicts: link, verdict, the numbers with their 95% CIs."""
-    from latentcheck.core.audit import LINK_NAMES
+    from latentcheck.audit.verdicts import LINK_NAMES
 
     t = Table(title=f"audit: {entry['model']} ({entry['kind']}, profile {entry['profile']})", show_lines=True)
     t.add_column("link", no_wrap=True)
@@ -43,7 +43,7 @@ def verdict_table(entry: dict[str, Any]) -> Table:
         t.add_row(LINK_NAMES[link], f"[{STYLE.get(v['status'], '')}]{v['verdict']}[/]", v["summary"])
     b = entry.get("bench") or {}
     if b.get("accuracy") is not None:
-        from latentcheck.core.audit import fmt_ci
+        from latentcheck.audit.verdicts import fmt_ci
 
         t.add_row("bench", "[dim]context[/]", f"{b.get('benchmark')} accuracy {fmt_ci(b['accuracy'], b['lo'], b['hi'])}"
                   f", n={b.get('n')}" + (f", chance {b['chance']:.2f}" if b.get("chance") is not None else ""))
@@ -55,7 +55,7 @@ def verdict_table(entry: dict[str, Any]) -> Table:
 
 def comparison_table(audit: dict[str, Any]) -> Table:
     """The side-by-side table of a multi-model audit (rows: models)."""
-    from latentcheck.core.audit import COMPARISON_COLUMNS, comparison_cells
+    from latentcheck.audit.verdicts import COMPARISON_COLUMNS, comparison_cells
 
     t = Table(title="latentcheck audit: comparison (95% CIs)", show_lines=True)
     for c in COMPARISON_COLUMNS:
@@ -111,7 +111,8 @@ def audit_cmd(
     text do(Z) (text-imagination models) and a short bench; judges X -> Z, Z -> Y and what the latents encode;
     writes a report folder (report.html, audit.json, one subfolder per analysis). Without --model: the toy zoo
     (toy-latent, toy-capimagine, toy-mediated, toy-bypass) side by side."""
-    from latentcheck.core.audit import ZOO_THREADS, AuditSettings, load_audit, load_rules, run_audit, run_zoo_audit
+    from latentcheck.audit.audit import ZOO_THREADS, AuditSettings, run_audit, run_zoo_audit
+    from latentcheck.audit.verdicts import load_audit, load_rules
 
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
                     max_pixels, trust_remote_code)
@@ -137,8 +138,8 @@ def report_cmd(
     quiet: o.Quiet = False,
 ) -> None:
     """Re-render report.html of an audit folder from its saved results (no model is loaded)."""
-    from latentcheck.core.audit import load_audit
-    from latentcheck.core.report import render_report
+    from latentcheck.audit.verdicts import load_audit
+    from latentcheck.audit.report import render_report
 
     path = render_report(folder)
     if not quiet:

@@ -72,7 +72,7 @@ def _render(r: dict) -> None:
 
 
 def _list_benchmarks() -> None:
-    from latentcheck.core.benchmarks import BENCHMARKS
+    from latentcheck.bench import BENCHMARKS
 
     t = Table(title="benchmarks (--benchmark) and prompt variants (--variant)")
     for c in ("benchmark", "variant", "mode", "extractor", "source"):
@@ -135,7 +135,7 @@ def bench_cmd(
     if list_:
         _list_benchmarks()
         return
-    from latentcheck.core.benchmarks.runner import run_bench
+    from latentcheck.bench.runner import run_bench
 
     decoding = {"max_new_tokens": max_new_tokens, "top_p": top_p, "top_k": top_k,
                 "repetition_penalty": repetition_penalty}
@@ -166,7 +166,7 @@ def compare_cmd(
 ) -> None:
     """Paired per-sample comparison (matched by id): accuracy of each, delta with paired bootstrap CI, exact McNemar
     (n01 = A wrong & B right, n10 = A right & B wrong), overall and per category."""
-    from latentcheck.core.benchmarks.compare import compare_runs
+    from latentcheck.bench.compare import compare_runs
     from latentcheck.core.records import write_json_atomic
 
     r = compare_runs(a, b, condition_a, condition_b, seed=seed, n_boot=n_boot)

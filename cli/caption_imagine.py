@@ -72,7 +72,7 @@ def build_data_cmd(
     from latentcheck.imagine.generate import build_data_with_models
 
     if input is None:
-        from latentcheck.core.toy.zoo import default_data
+        from latentcheck.toy.zoo import default_data
 
         input = str(Path(default_data(split)).parent / f"interleaved_{split}.json")
     load_kw = {"profile": profile, "quant": quant, "device": device, "trust_remote_code": trust_remote_code,

@@ -23,7 +23,7 @@ def build(out: Annotated[Optional[str], typer.Option("--out", help="Where to wri
           quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
     """Train the zoo reproducibly (seeded) on the toy world."""
     from latentcheck.core.progress import progress_bar
-    from latentcheck.core.toy.zoo import ZOO, build_zoo
+    from latentcheck.toy.zoo import ZOO, build_zoo
 
     names = [m.strip() for m in models.split(",")] if models else None
     total = sum(ZOO[n].steps for n in (names or ZOO) if n in ZOO)
@@ -37,7 +37,7 @@ def build(out: Annotated[Optional[str], typer.Option("--out", help="Where to wri
 @zoo_app.command("list")
 def list_cmd() -> None:
     """Show each zoo model with its held-out accuracy and how it was made."""
-    from latentcheck.core.toy.zoo import zoo_cards
+    from latentcheck.toy.zoo import zoo_cards
 
     _table(zoo_cards())
 

@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from latentcheck.core.errors import ModelLoadError
 from latentcheck.core.fastpaths import linear_patch_embedding
@@ -80,12 +80,26 @@ class LoadedModel:
                 "dtype": self.dtype, "quant": self.quant, "projection_head": self.head is not None, **self.info}
 
 
-def resolve_model_path(model: str) -> Path:
-    """A local folder, a toy zoo name, or a Hugging Face id already in the local cache. Never downloads."""
-    if model.startswith("toy-"):
-        from latentcheck.core.toy.zoo import zoo_model_path
+ModelResolver = Callable[[str], "Path | None"]
+MODEL_RESOLVERS: list[ModelResolver] = []
 
-        return zoo_model_path(model)
+
+def register_model_resolver(resolver: ModelResolver) -> ModelResolver:
+    """Register ``resolver(name) -> folder | None``, asked before the file system and the local HF cache.
+
+    latentcheck.toy registers the zoo's names (``toy-*``) this way, so core never imports the toy zoo."""
+    if resolver not in MODEL_RESOLVERS:
+        MODEL_RESOLVERS.append(resolver)
+    return resolver
+
+
+def resolve_model_path(model: str) -> Path:
+    """A registered name (the toy zoo's), a local folder, or a Hugging Face id already in the local cache. Never
+    downloads."""
+    for resolver in MODEL_RESOLVERS:
+        path = resolver(model)
+        if path is not None:
+            return Path(path)
     p = Path(model).expanduser()
     if p.exists():
         if not (p / "config.json").exists():

@@ -91,13 +91,24 @@ def data_parallel_device(device: str) -> str:
     return f"cuda:{local % torch.cuda.device_count()}"
 
 
+DefaultData = Callable[[str], "str | Path"]
+_DEFAULT_DATA: list[DefaultData] = []
+
+
+def register_default_data(provider: DefaultData) -> DefaultData:
+    """Register ``provider(split) -> task file`` used when no ``--data`` is given (latentcheck.toy registers the toy
+    world's splits, so core never imports the toy world). The last registered provider wins."""
+    _DEFAULT_DATA.append(provider)
+    return provider
+
+
 def data_path(opts: CommonOptions, split: str = "test") -> str:
-    """The task file: --data, or the toy world's split (generated on first use)."""
+    """The task file: --data, or the registered default data's split (the toy world, generated on first use)."""
     if opts.data:
         return opts.data
-    from latentcheck.core.toy.zoo import default_data
-
-    return str(default_data(split))
+    if not _DEFAULT_DATA:
+        raise LatentcheckError("no --data given and no default data registered (import latentcheck.toy)")
+    return str(_DEFAULT_DATA[-1](split))
 
 
 def distributed() -> tuple[int, int]:

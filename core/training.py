@@ -1,7 +1,7 @@
 """The ONE training loop: supervised fine-tuning of Qwen2.5-VL-class models, teacher-forced text (SFT, CapImagine)
 or with a latent span (Coconut-style: the model's own fed-back hidden states, exactly as the engine decodes them).
 
-Used by the toy zoo (``core/toy/zoo.py``) and by ``caption-imagine train``. A latent example is decoded in the same
+Used by the toy zoo (``toy/zoo.py``) and by ``caption-imagine train``. A latent example is decoded in the same
 order as the engine: prefill the prompt, feed the start token, feed K own hidden states, then teacher-force the answer
 — with the same masks (image / latent visibility) — so training and inference see identical computations.
 

@@ -14,7 +14,7 @@ Input formats (``fmt``):
   into one chain; each assistant image is one reasoning step; the system turn is ignored. As in Monet's loader
   (src/task.py), a sample whose assistant image directly follows (same turn) a text item *without*
   ``<abs_vis_token></abs_vis_token>`` is dropped (reason ``"assistant image not preceded by <abs_vis_token>"``).
-  The toy world's ``interleaved_{split}.json`` (core/toy/world.py) is this format.
+  The toy world's ``interleaved_{split}.json`` (toy/world.py) is this format.
 * ``"mirage"`` — Mirage JSONL: ``text_input`` (literal ``<image>`` placeholders, removed from the question),
   ``text_output`` (``<output_image>`` marks each auxiliary image; without it the single auxiliary image goes before
   the text, as in Mirage's non-CoT collate), ``image_input`` (str or list; the first is the question image, others

@@ -6,7 +6,7 @@ Per sample (greedy, shared engine):
 1. **Z**: generate until the imagination end marker (``Request.stop_sequences``), capturing last-layer hidden states.
    Samples without a closed imagination span are recorded as not intervened (reason kept) and left out of the effect.
 2. **do(Z)**: the first imagination span is rewritten to imply a wrong answer — ``rule`` (toy world: the attribute word
-   of the target that the question does not name, a colour or shape of ``core/toy/world.py``, is replaced by another
+   of the target that the question does not name, a colour or shape of ``toy/world.py``, is replaced by another
    word of the same kind, chosen by a seeded hash of the key; when it is an option, that option is the *implied*
    answer) or ``model`` (a local model loaded through the shared loader rewrites it with ``prompts/corrupt.txt``).
 3. **Continue**: the model finishes from ``build_prompt(..., assistant_prefix=<chain up to and including the
@@ -80,7 +80,7 @@ class RuleCorrupter:
 
     def __init__(self, vocabularies: Sequence[Sequence[str]] | None = None, seed: int = 0):
         if vocabularies is None:
-            from latentcheck.core.toy.world import COLOURS, SHAPES
+            from latentcheck.toy.world import COLOURS, SHAPES
 
             vocabularies = (COLOURS, SHAPES)
         self.vocabularies = [tuple(v) for v in vocabularies]

@@ -84,7 +84,7 @@ def is_correct(task: Task, pred: str | None) -> bool | None:
 def answer_of(lm, text: str, task: Task) -> tuple[str, str | None]:
     """(answer text after the imagination, extracted answer) of a generated text."""
     from latentcheck.core.extract import get_extractor
-    from latentcheck.core.toy.zoo import answer_text
+    from latentcheck.core.extract import answer_text
 
     ans = answer_text(lm, text)
     return ans, get_extractor(lm.profile.extractor)(ans, task.options)

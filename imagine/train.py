@@ -233,7 +233,7 @@ def predict_records(lm, records: list[SFTRecord], batch_size: int = 16) -> list[
     imagination) and correctness against the gold answer (None when the record has none)."""
     from latentcheck.core.engine import Engine, Request
     from latentcheck.core.extract import get_extractor, normalize_text
-    from latentcheck.core.toy.zoo import answer_text
+    from latentcheck.core.extract import answer_text
 
     engine = Engine(lm)
     extract = get_extractor(lm.profile.extractor)

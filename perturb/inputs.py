@@ -300,7 +300,7 @@ class _Runner:
                        force_latent=self.force_start and prof.is_latent, max_new_tokens=self.max_new_tokens)
 
     def _capture(self, trace, v: InputVariant) -> Capture:
-        from latentcheck.core.toy.zoo import answer_text
+        from latentcheck.core.extract import answer_text
 
         lat, triggered, closed, span = trace_latents(self.lm, trace, self.force_start, self.max_latents)
         ans = self.extract(answer_text(self.lm, trace.text), v.options)

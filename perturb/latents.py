@@ -351,7 +351,7 @@ class _Analysis:
     def outcome(self, tr: Trace, s: _Sample, gold_task: Task, base: dict | None = None,
                 base_lp: np.ndarray | None = None) -> dict:
         from latentcheck.core.extract import strip_latent_span
-        from latentcheck.core.toy.zoo import answer_text
+        from latentcheck.core.extract import answer_text
 
         prof = self.lm.profile
         text = answer_text(self.lm, tr.text)

@@ -83,7 +83,7 @@ def _key_seed(seed: int, key: str, salt: str) -> list[int]:
 
 def _scores(lm, trace, task: Task, extract) -> dict[str, Any]:
     """Both answers of one trace: argmax option log-prob at the answer point and the extracted generated letter."""
-    from latentcheck.core.toy.zoo import answer_text
+    from latentcheck.core.extract import answer_text
 
     gold = task.answer_letter
     lp = trace.option_logprobs
@@ -145,7 +145,7 @@ def load_derived(data: str, derived: str | None, sources: list[Task], strict: bo
                  ) -> tuple[list[Task | BadRecord] | None, str]:
     """The derived questions and where they came from: ``derived`` (a task-schema JSONL), else
     ``derived_<split>.jsonl`` next to a toy ``tasks_<split>.jsonl``, else regenerated from toy-world metadata
-    (``core/toy/world.derived_questions``). (None, reason) when there are none."""
+    (``toy/world.derived_questions``). (None, reason) when there are none."""
     if derived:
         return list(read_tasks(derived, strict=strict)), derived
     p = Path(data)
@@ -153,7 +153,7 @@ def load_derived(data: str, derived: str | None, sources: list[Task], strict: bo
     if m and (p.parent / f"derived_{m.group(1)}.jsonl").exists():
         sib = p.parent / f"derived_{m.group(1)}.jsonl"
         return list(read_tasks(sib, strict=strict)), str(sib)
-    from latentcheck.core.toy.world import WORLD_NAME
+    from latentcheck.toy.world import WORLD_NAME
 
     if sources and all(t.meta.get("world") == WORLD_NAME for t in sources):
         return _toy_derived(sources, strict), "generated from toy-world metadata"
@@ -161,7 +161,7 @@ def load_derived(data: str, derived: str | None, sources: list[Task], strict: bo
 
 
 def _toy_derived(sources: list[Task], strict: bool) -> list[Task | BadRecord]:
-    from latentcheck.core.toy.world import derived_questions, make_sample
+    from latentcheck.toy.world import derived_questions, make_sample
 
     out: list[Task | BadRecord] = []
     for t in sources:

@@ -88,7 +88,7 @@ def label_value(task: Task, spec: str) -> str | None:
 def default_labels(tasks: Iterable[Task]) -> list[str]:
     """Toy-world tasks: colour, shape, quadrant of the target, answer option, asked attribute's value.
     Other data: ``category`` and ``answer`` (whichever is present)."""
-    from latentcheck.core.toy.world import WORLD_NAME
+    from latentcheck.toy.world import WORLD_NAME
 
     tasks = list(tasks)
     if tasks and all(t.meta.get("world") == WORLD_NAME for t in tasks):

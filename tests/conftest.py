@@ -21,7 +21,7 @@ _TOKENIZERS: dict = {}
 
 
 def _tokenizer(family: str):
-    from latentcheck.core.toy.tiny import build_tokenizer
+    from latentcheck.toy.tiny import build_tokenizer
 
     if family not in _TOKENIZERS:
         _TOKENIZERS[family] = build_tokenizer(family)
@@ -31,7 +31,7 @@ def _tokenizer(family: str):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """Factory: tiny_checkpoint(family, profile, seed=0, size="tiny") -> folder (cached per session)."""
-    from latentcheck.core.toy.tiny import build_tiny_checkpoint
+    from latentcheck.toy.tiny import build_tiny_checkpoint
 
     cache: dict = {}
 
@@ -145,3 +145,48 @@ def transformers_server():
         yield server
     finally:
         server.stop()
+
+# ------------------------------------------------------------------------------------------- fresh-machine check
+def foreign_modules(modules: dict, prefix: str, outside_dirs: list[str]) -> list[str]:
+    """Names of loaded modules whose files lie in ``outside_dirs`` (the base interpreter's or the user's
+    site-packages) rather than in the environment at ``prefix``: packages a fresh machine would not have."""
+    prefix = os.path.realpath(prefix)
+    outside = [os.path.realpath(d) for d in outside_dirs if d]
+    bad = []
+    for name, mod in list(modules.items()):
+        f = getattr(mod, "__file__", None)
+        if not f:
+            continue
+        f = os.path.realpath(f)
+        if f.startswith(prefix + os.sep):
+            continue
+        if any(f.startswith(d + os.sep) for d in outside):
+            bad.append(name)
+    return sorted(bad)
+
+
+def outside_site_dirs() -> list[str]:
+    """The base interpreter's site-packages and the user site: where a hand-installed package would hide."""
+    import site
+    import sys
+    import sysconfig
+
+    base = {sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_prefix})[k]
+            for k in ("purelib", "platlib")}
+    return sorted(base | {site.getusersitepackages()})
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With LATENTCHECK_FRESH_CHECK=1 (set by .ci/run) the run fails when any test imported a package from outside
+    the test environment (a venv created without system site packages), so CI cannot pass on packages that were
+    installed by hand into this machine's base interpreter."""
+    if os.environ.get("LATENTCHECK_FRESH_CHECK") != "1":
+        return
+    import sys
+
+    bad = foreign_modules(sys.modules, sys.prefix, outside_site_dirs())
+    if sys.prefix == sys.base_prefix:
+        bad.insert(0, "<the tests do not run in a virtualenv>")
+    if bad:
+        sys.stderr.write("\nFRESHNESS CHECK FAILED: imported from outside the test venv: " + ", ".join(bad[:20]) + "\n")
+        session.exitstatus = 1

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from latentcheck.cli.app import app
 from latentcheck.core.errors import LatentcheckError
-from latentcheck.core.toy.world import write_world
+from latentcheck.toy.world import write_world
 
 
 def invoke(*args):

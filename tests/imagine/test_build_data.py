@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.tasks import BadRecord
-from latentcheck.core.toy.world import write_world
+from latentcheck.toy.world import write_world
 from latentcheck.imagine.build_data import (
     Description, GenRequest, InterleavedSample, MetadataCaptioner, ModelCaptioner, ModelJudge, ModelRefiner,
     PromptSet, Step, _iter_json_array, assemble, build_data, dropped_path_for, extract_boxed, kind_of_subset,

@@ -13,7 +13,7 @@ from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.loader import load_model
 from latentcheck.core.runner import CommonOptions
 from latentcheck.core.stats import accuracy_effect, wilson_ci
-from latentcheck.core.toy.world import COLOURS, SHAPES, write_world
+from latentcheck.toy.world import COLOURS, SHAPES, write_world
 from latentcheck.core.training import TrainConfig
 from latentcheck.imagine.build_data import MetadataCaptioner, build_data
 from latentcheck.imagine.intervene import (Corruption, CorruptItem, ModelCorrupter, RuleCorrupter, doz_prefixes,

@@ -16,7 +16,7 @@ from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.loader import load_model
 from latentcheck.core.prompts import build_prompt, task_text
 from latentcheck.core.tasks import Task
-from latentcheck.core.toy.world import MAIN_QUESTION_TYPES, make_samples, write_world
+from latentcheck.toy.world import MAIN_QUESTION_TYPES, make_samples, write_world
 from latentcheck.core.training import TrainConfig, latest_checkpoint, resolve_prompt, train
 from latentcheck.imagine.build_data import MetadataCaptioner, build_data
 from latentcheck.imagine.train import export_model, sft_examples_from_file, train_sft

@@ -15,7 +15,7 @@ from latentcheck.core.records import read_results
 from latentcheck.core.runner import CommonOptions, TensorStore
 from latentcheck.core.similarity import cosine
 from latentcheck.core.tasks import Task
-from latentcheck.core.toy.world import make_samples
+from latentcheck.toy.world import make_samples
 from latentcheck.perturb.inputs import _centred_pair_cosine, imagination_span, run_perturb_input
 
 TOL = 1e-5

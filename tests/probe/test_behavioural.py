@@ -110,7 +110,7 @@ def test_noise_is_norm_matched_and_seeded():
 
 
 def test_derived_questions_from_file_sibling_and_toy_metadata(tmp_path):
-    from latentcheck.core.toy.world import derived_questions, make_sample, write_world
+    from latentcheck.toy.world import derived_questions, make_sample, write_world
 
     info = write_world(tmp_path / "w", n_train=0, n_val=0, n_test=4)
     data = info["paths"]["test"]["tasks"]

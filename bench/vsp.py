@@ -20,8 +20,8 @@ from typing import Any, Iterable, Iterator
 
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.tasks import BadRecord, Task, json_object, validate_record
-from latentcheck.core.benchmarks.generic import check_exists, require, stream_tasks
-from latentcheck.core.benchmarks.scoring import accuracy, field
+from latentcheck.bench.generic import check_exists, require, stream_tasks
+from latentcheck.bench.scoring import accuracy, field
 
 ACTIONS = {"U": (-1, 0), "D": (1, 0), "L": (0, -1), "R": (0, 1)}
 _LEVEL = re.compile(r"level\d+", re.IGNORECASE)

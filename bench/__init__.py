@@ -1,11 +1,11 @@
-"""latentcheck.core.benchmarks: one module per distributed benchmark format and its official protocol.
+"""latentcheck.bench: one module per distributed benchmark format and its official protocol.
 
 ``registry`` holds the protocols as data (:class:`Benchmark`, :func:`get_benchmark`, ``BENCHMARKS``); the format
 modules (``vstar``, ``hrbench``, ``mme_realworld``, ``blink``, ``vsp``, ``tablevqa``, ``generic``) hold the streaming
 loaders, prompt builders and scorers; ``scoring`` holds the shared per-sample result helpers.
 """
 
-from latentcheck.core.benchmarks.generic import verify_md5
-from latentcheck.core.benchmarks.registry import BENCHMARKS, Benchmark, PromptVariant, get_benchmark
+from latentcheck.bench.generic import verify_md5
+from latentcheck.bench.registry import BENCHMARKS, Benchmark, PromptVariant, get_benchmark
 
 __all__ = ["BENCHMARKS", "Benchmark", "PromptVariant", "get_benchmark", "verify_md5"]

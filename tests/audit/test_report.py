@@ -1,4 +1,4 @@
-"""Tests for core/report.py: a report rendered from a saved audit folder embeds every figure as a PNG data URI, is
+"""Tests for audit/report.py: a report rendered from a saved audit folder embeds every figure as a PNG data URI, is
 well-formed HTML, needs no model, and renders its images in a headless browser (when chromium is installed)."""
 
 from __future__ import annotations
@@ -10,14 +10,13 @@ import json
 import shutil
 import subprocess
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 import torch
 
-from latentcheck.core.audit import (AUDIT_FILE, STAGE_FOLDERS, AuditSettings, comparison_row, load_audit, run_audit,
-                                    write_audit)
-from latentcheck.core.report import PNG_SIGNATURE, REPORT_FILE, render_report, report_figures
+from latentcheck.audit.audit import AuditSettings, run_audit
+from latentcheck.audit.verdicts import AUDIT_FILE, STAGE_FOLDERS, comparison_row, load_audit, write_audit
+from latentcheck.audit.report import PNG_SIGNATURE, REPORT_FILE, render_report, report_figures
 from latentcheck.core.runner import CommonOptions
 
 torch.set_num_threads(1)

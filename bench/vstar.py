@@ -24,9 +24,9 @@ from typing import Any, Iterator
 
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.tasks import LETTERS, BadRecord, Task, json_object, validate_record
-from latentcheck.core.benchmarks.generic import (LLAVA_MC_SUFFIX, check_exists, require, stream_tasks,
+from latentcheck.bench.generic import (LLAVA_MC_SUFFIX, check_exists, require, stream_tasks,
                                                  vlmevalkit_mcq_prompt)
-from latentcheck.core.benchmarks.scoring import score_accuracy
+from latentcheck.bench.scoring import score_accuracy
 
 VSTAR_CATEGORIES = ("direct_attributes", "relative_position")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from latentcheck.core.benchmarks import get_benchmark
-from latentcheck.core.benchmarks.blink import load_blink, score_blink
+from latentcheck.bench import get_benchmark
+from latentcheck.bench.blink import load_blink, score_blink
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.tasks import BadRecord, Task, decode_image
 

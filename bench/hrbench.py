@@ -17,10 +17,10 @@ from typing import Any, Iterable, Iterator
 
 from latentcheck.core.errors import RecordError
 from latentcheck.core.tasks import LETTERS, BadRecord, Task, validate_record
-from latentcheck.core.benchmarks.generic import (TsvImageRefs, check_exists, image_field, iter_parquet_rows,
+from latentcheck.bench.generic import (TsvImageRefs, check_exists, image_field, iter_parquet_rows,
                                                  iter_tsv_rows, letter_columns, require, stream_tasks,
                                                  vlmevalkit_mcq_prompt)
-from latentcheck.core.benchmarks.scoring import accuracy, is_correct, required_field
+from latentcheck.bench.scoring import accuracy, is_correct, required_field
 
 HRBENCH_MD5 = {"hrbench4k": "f6b041b03d49543494b8a56d2e35be65", "hrbench8k": "274c9c7f89329b804a4723178a00219c"}
 HRBENCH_COLUMNS = ["index", "question", "answer", "category", "A", "B", "C", "D", "cycle_category", "image"]

@@ -11,7 +11,7 @@
   ``caption-imagine build-data`` from the toy world's interleaved file.
 
 Weights are looked up in ``$LATENTCHECK_ZOO``, then ``~/.cache/latentcheck/zoo``, then the copy shipped inside the
-package (``core/toy/zoo/``); ``latentcheck zoo build`` rebuilds them reproducibly (seeded).
+package (``toy/zoo/``); ``latentcheck zoo build`` rebuilds them reproducibly (seeded).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def zoo_model_path(name: str) -> Path:
 
 def default_data(split: str = "test") -> Path:
     """The toy world's task file for ``split`` (written on first use; deterministic)."""
-    from latentcheck.core.toy.world import WORLD_VERSION, write_world
+    from latentcheck.toy.world import WORLD_VERSION, write_world
 
     root = cache_root() / f"toyworld-v{WORLD_VERSION}-seed{WORLD_SEED}"
     path = root / f"tasks_{split}.jsonl"
@@ -107,7 +107,7 @@ def default_data(split: str = "test") -> Path:
 def training_samples(n: int):
     """The zoo's training set: toy-world train samples, every SINGLE_OBJECT_EVERY-th with the target alone
     (a curriculum: tiny models trained from scratch find the target far sooner with some distractor-free images)."""
-    from latentcheck.core.toy.world import QUESTION_TYPES, make_sample
+    from latentcheck.toy.world import QUESTION_TYPES, make_sample
 
     return [make_sample(i, "train", WORLD_SEED, QUESTION_TYPES[i % len(QUESTION_TYPES)],
                         n_objects=1 if i % SINGLE_OBJECT_EVERY == SINGLE_OBJECT_EVERY - 1 else None)
@@ -174,7 +174,7 @@ def cache_image_features(lm, examples, batch: int = 64) -> None:
 def evaluate_accuracy(lm, samples, batch_size: int = 32, **request_kw) -> float:
     """Held-out accuracy from generated text with the profile's extractor."""
     from latentcheck.core.engine import Engine, Request
-    from latentcheck.core.extract import get_extractor
+    from latentcheck.core.extract import answer_text, get_extractor
     from latentcheck.core.prompts import build_prompt, task_text
     from latentcheck.core.tasks import Task
 
@@ -189,18 +189,6 @@ def evaluate_accuracy(lm, samples, batch_size: int = 32, **request_kw) -> float:
     for s, tr in zip(samples, traces):
         correct += int(extract(answer_text(lm, tr[0].text), s.options) == s.answer)
     return correct / max(1, len(samples))
-
-
-def answer_text(lm, text: str) -> str:
-    """The part of a generated text that holds the answer: after the latent span / imagination span."""
-    prof = lm.profile
-    if prof.is_latent and prof.tokens.get("end") and prof.tokens["end"] in text:
-        text = text.rsplit(prof.tokens["end"], 1)[1]
-    elif prof.kind == "text_imagination" and prof.imagination.get("end") in text:
-        text = text.rsplit(prof.imagination["end"], 1)[1]
-    for s in ("<|im_end|>", "<|endoftext|>"):
-        text = text.replace(s, "")
-    return text.strip()
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -223,8 +211,8 @@ def _build_model(spec, name, out_root, seed, on_step, steps, n_train, t0):
     import torch
 
     from latentcheck.core.loader import load_model
-    from latentcheck.core.toy.tiny import build_tiny_checkpoint
-    from latentcheck.core.toy.world import MAIN_QUESTION_TYPES, QUESTION_TYPES, make_samples
+    from latentcheck.toy.tiny import build_tiny_checkpoint
+    from latentcheck.toy.world import MAIN_QUESTION_TYPES, QUESTION_TYPES, make_samples
     from latentcheck.core.training import TrainConfig, train
 
     out = out_root / name
@@ -282,7 +270,7 @@ def _train_capimagine(lm, folder: Path, cfg, on_step, n: int):
     """CapImagine on the toy: build-data from the interleaved file (metadata captions), then SFT."""
     from latentcheck.imagine.train import sft_examples_from_file, train_sft
     from latentcheck.imagine.build_data import MetadataCaptioner, build_data
-    from latentcheck.core.toy.world import write_world
+    from latentcheck.toy.world import write_world
 
     world = folder / "world"
     write_world(world, n_train=n // 3, n_val=ZOO_SIZES["val"], n_test=0, seed=WORLD_SEED)

@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from latentcheck.core.benchmarks import get_benchmark, verify_md5
-from latentcheck.core.benchmarks.hrbench import load_hrbench, score_hrbench
+from latentcheck.bench import get_benchmark, verify_md5
+from latentcheck.bench.hrbench import load_hrbench, score_hrbench
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.tasks import BadRecord, Task
 

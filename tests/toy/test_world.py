@@ -1,4 +1,4 @@
-"""Tests for the synthetic zoom-in toy world (core/toy/world.py)."""
+"""Tests for the synthetic zoom-in toy world (toy/world.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.tasks import Task, read_tasks
-from latentcheck.core.toy import world as W
+from latentcheck.toy import world as W
 
 
 @pytest.fixture(scope="module")

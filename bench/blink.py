@@ -20,9 +20,9 @@ from typing import Any, Iterable, Iterator
 
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.tasks import LETTERS, BadRecord, Task, validate_record
-from latentcheck.core.benchmarks.generic import (check_exists, image_field, iter_parquet_rows, require, stream_tasks,
+from latentcheck.bench.generic import (check_exists, image_field, iter_parquet_rows, require, stream_tasks,
                                                  vlmevalkit_mcq_prompt)
-from latentcheck.core.benchmarks.scoring import accuracy, field
+from latentcheck.bench.scoring import accuracy, field
 
 BLINK_SUBTASKS = ("Art_Style", "Counting", "Forensic_Detection", "Functional_Correspondence", "IQ_Test", "Jigsaw",
                   "Multi-view_Reasoning", "Object_Localization", "Relative_Depth", "Relative_Reflectance",

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from latentcheck.core.benchmarks import get_benchmark
-from latentcheck.core.benchmarks.vsp import load_vsp, parse_actions, simulate_vsp
+from latentcheck.bench import get_benchmark
+from latentcheck.bench.vsp import load_vsp, parse_actions, simulate_vsp
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.tasks import BadRecord, Task
 

@@ -1,4 +1,4 @@
-"""`latentcheck bench`: run a benchmark protocol (core/benchmarks/registry.py) on a model, under interventions.
+"""`latentcheck bench`: run a benchmark protocol (bench/registry.py) on a model, under interventions.
 
 Per sample, through the one runner loop (``core.runner.run_records``: resume, error records, progress, shards):
 
@@ -35,7 +35,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from latentcheck.core.benchmarks.registry import Benchmark, PromptVariant, get_benchmark
+from latentcheck.bench.registry import Benchmark, PromptVariant, get_benchmark
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.extract import get_extractor, strip_latent_span
 from latentcheck.core.interventions import InterventionSpec, LatentStats, parse_specs
@@ -637,7 +637,7 @@ def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, var
 
 
 def _image_cache() -> Path:
-    from latentcheck.core.toy.zoo import cache_root
+    from latentcheck.toy.zoo import cache_root
 
     return cache_root() / "bench-images"
 

@@ -24,9 +24,9 @@ from typing import Any, Iterable, Iterator
 
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.tasks import LETTERS, BadRecord, Task, validate_record
-from latentcheck.core.benchmarks.generic import (TsvImageRefs, check_exists, iter_tsv_rows, letter_columns,
+from latentcheck.bench.generic import (TsvImageRefs, check_exists, iter_tsv_rows, letter_columns,
                                                  require, stream_tasks)
-from latentcheck.core.benchmarks.scoring import field, is_correct, required_field
+from latentcheck.bench.scoring import field, is_correct, required_field
 
 MME_RW_INSTRUCTION = ("Select the best answer to the above multiple-choice question based on the image. "
                       "Respond with only the letter (A, B, C, D, or E) of the correct option.")

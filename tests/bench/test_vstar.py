@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from latentcheck.core.benchmarks import get_benchmark
-from latentcheck.core.benchmarks.vstar import load_vstar, parse_vstar_text, union_box
+from latentcheck.bench import get_benchmark
+from latentcheck.bench.vstar import load_vstar, parse_vstar_text, union_box
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.tasks import BadRecord, Task
 

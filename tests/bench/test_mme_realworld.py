@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from latentcheck.core.benchmarks import get_benchmark
-from latentcheck.core.benchmarks.mme_realworld import (load_mme_realworld, load_mme_realworld_lite,
+from latentcheck.bench import get_benchmark
+from latentcheck.bench.mme_realworld import (load_mme_realworld, load_mme_realworld_lite,
                                                        score_mme_realworld)
 from latentcheck.core.tasks import BadRecord, Task
 

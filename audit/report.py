@@ -1,6 +1,6 @@
 """A self-contained HTML report of an audit folder, rendered from saved results only (no model is loaded).
 
-``render_report(folder)`` reads ``audit.json`` (core/audit.py), draws the audit's own figures from it (verdict views:
+``render_report(folder)`` reads ``audit.json`` (audit/audit.py), draws the audit's own figures from it (verdict views:
 sensitivity ratios against the X -> Z threshold, accuracy deltas and TE / NIE / NDE against the equivalence band,
 probe accuracy per site against chance; for a zoo audit the side-by-side comparisons) into ``figures/``, and writes
 ``report.html`` with every figure embedded as a base64 PNG: the audit figures and every PNG the analyses wrote into
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from latentcheck.core.audit import (COMPARISON_COLUMNS, LINK_NAMES, STAGE_FOLDERS, STAGE_TITLES, STAGES,
+from latentcheck.audit.verdicts import (COMPARISON_COLUMNS, LINK_NAMES, STAGE_FOLDERS, STAGE_TITLES, STAGES,
                                     comparison_cells, fmt_ci, load_audit)
 
 REPORT_FILE = "report.html"
@@ -362,7 +362,7 @@ def build_html(audit: dict[str, Any], figures: dict[str, list[Figure]]) -> str:
     for m in models:
         parts.append(_model_section(m, figures.get(m["model"], [])))
     parts.append("<h2>Verdict rules</h2>")
-    parts.append("<p>Every threshold of the verdicts (core/audit.py DEFAULT_RULES, overridable with --rules); "
+    parts.append("<p>Every threshold of the verdicts (audit/audit.py DEFAULT_RULES, overridable with --rules); "
                  "see docs/audit.md.</p>")
     parts.append(f"<pre>{_e(json.dumps(audit.get('rules'), indent=2))}</pre>")
     parts.append("<h2>Settings</h2>")

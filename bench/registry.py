@@ -25,10 +25,10 @@ from typing import Any, Callable, Iterable, Iterator
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.extract import get_extractor
 from latentcheck.core.tasks import BadRecord, Task
-from latentcheck.core.benchmarks import blink, hrbench, mme_realworld, tablevqa, vsp, vstar
-from latentcheck.core.benchmarks.generic import (generic_official_prompt, generic_vlmevalkit_prompt, load_generic,
+from latentcheck.bench import blink, hrbench, mme_realworld, tablevqa, vsp, vstar
+from latentcheck.bench.generic import (generic_official_prompt, generic_vlmevalkit_prompt, load_generic,
                                                  verify_md5, vlmevalkit_mcq_prompt)
-from latentcheck.core.benchmarks.scoring import default_is_correct, result_record, score_accuracy
+from latentcheck.bench.scoring import default_is_correct, result_record, score_accuracy
 
 MONET_SYSTEM_PROMPT = ("You are a helpful multimodal assistant. You are required to answer the question based on the "
                        "image provided. Put your final answer in \\boxed{}.")

@@ -8,9 +8,9 @@ import csv
 
 import pytest
 
-from latentcheck.core.benchmarks import get_benchmark
-from latentcheck.core.benchmarks.runner import run_bench
-from latentcheck.core.benchmarks.tablevqa import (fintabnet_forms, fintabnet_match, load_tablevqa, normalize,
+from latentcheck.bench import get_benchmark
+from latentcheck.bench.runner import run_bench
+from latentcheck.bench.tablevqa import (fintabnet_forms, fintabnet_match, load_tablevqa, normalize,
                                                   score_tablevqa, split_of_file, tabfact_outcome, tablevqa_is_correct,
                                                   wtq_match)
 from latentcheck.core.errors import LatentcheckError

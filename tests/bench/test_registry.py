@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from latentcheck.core.benchmarks import BENCHMARKS, get_benchmark, verify_md5
-from latentcheck.core.benchmarks.generic import data_uri
-from latentcheck.core.benchmarks.registry import MONET_SYSTEM_PROMPT
+from latentcheck.bench import BENCHMARKS, get_benchmark, verify_md5
+from latentcheck.bench.generic import data_uri
+from latentcheck.bench.registry import MONET_SYSTEM_PROMPT
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.tasks import BadRecord, Task, decode_image
 

@@ -15,7 +15,7 @@ The table texts are not kept (the model sees only the image, as in the vision pr
 
 Official scoring (``src/evaluate_tablevqa_dataset.py``; the WTQ part is allennlp-semparse's denotation evaluator),
 re-implemented here with the same semantics and checked against hand-computed cases in
-tests/core/benchmarks/test_tablevqa.py:
+tests/bench/test_tablevqa.py:
 
 * VWTQ / VWTQ-syn, :func:`wtq_match`: ``||`` in the prediction becomes ``|``; prediction and gold are split on ``|``
   (TSV unescaping ``\\n``, ``\\p`` -> ``|``, ``\\\\``), each item becomes a Number (int when within 1e-6 of one), a Date
@@ -45,9 +45,9 @@ from typing import Any, Iterable, Iterator
 
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.tasks import BadRecord, Task, validate_record
-from latentcheck.core.benchmarks.generic import (check_exists, image_field, iter_parquet_rows, iter_tsv_rows, require,
+from latentcheck.bench.generic import (check_exists, image_field, iter_parquet_rows, iter_tsv_rows, require,
                                                  stream_tasks)
-from latentcheck.core.benchmarks.scoring import accuracy, field
+from latentcheck.bench.scoring import accuracy, field
 
 SPLITS = ("vwtq", "vwtq_syn", "vtabfact", "fintabnetqa")
 PAPER_SPLITS = ("vwtq", "vwtq_syn", "vtabfact")

@@ -1,4 +1,4 @@
-"""Tests for core/audit.py: verdict rules on hand-built summaries, rules as data, and whole audits on tiny
+"""Tests for audit/audit.py: verdict rules on hand-built summaries, rules as data, and whole audits on tiny
 checkpoints whose causal structure is fixed by their attention rules (toy-bypass: the latent span sees no input and
 nothing sees the span)."""
 
@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentcheck.core.audit import (DEFAULT_RULES, STAGE_FOLDERS, AuditSettings, Verdict, comparison_cells,
-                                    comparison_row, judge, load_audit, load_rules, merge_rules, run_audit,
-                                    verdict_encodes, verdict_overall, verdict_xz, verdict_zy, verdict_zy_text)
+from latentcheck.audit.audit import AuditSettings, run_audit
+from latentcheck.audit.verdicts import (DEFAULT_RULES, STAGE_FOLDERS, Verdict, comparison_cells, comparison_row, judge,
+                                        load_audit, load_rules, merge_rules, verdict_encodes, verdict_overall,
+                                        verdict_xz, verdict_zy, verdict_zy_text)
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.runner import CommonOptions
 
@@ -236,7 +237,7 @@ def test_text_imagination_audit_runs_its_own_stages(tiny_checkpoint, tmp_path):
 
 
 def test_a_failing_stage_is_recorded_and_the_audit_completes(tiny_checkpoint, tmp_path, monkeypatch):
-    import latentcheck.core.audit as audit
+    import latentcheck.audit.audit as audit
 
     def broken(self):
         raise LatentcheckError("no labels to probe")
@@ -267,7 +268,7 @@ def test_bad_settings_are_user_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------- the trained zoo
 def _zoo_built(*names: str) -> bool:
     from latentcheck.core.errors import ModelLoadError
-    from latentcheck.core.toy.zoo import zoo_model_path
+    from latentcheck.toy.zoo import zoo_model_path
 
     try:
         for n in names:
@@ -282,7 +283,7 @@ def _zoo_built(*names: str) -> bool:
 def test_zoo_controls_come_out_as_designed(tmp_path):
     """Default rules, small limits: the positive control's latents mediate the answer, the negative control's do
     not (docs/audit.md has the full default audit)."""
-    from latentcheck.core.audit import run_zoo_audit
+    from latentcheck.audit.audit import run_zoo_audit
 
     limits = {"perturb_input": 32, "perturb_latent": 48, "probe": 48, "text_doz": 16, "bench": 16}
     res = run_zoo_audit(CommonOptions(out=str(tmp_path), quiet=True, batch_size=16),
@@ -299,12 +300,12 @@ def test_zoo_controls_come_out_as_designed(tmp_path):
 
 
 def test_zoo_audit_fails_fast_when_a_model_is_missing(tmp_path, monkeypatch):
-    from latentcheck.core.audit import run_zoo_audit
+    from latentcheck.audit.audit import run_zoo_audit
     from latentcheck.core.errors import ModelLoadError
 
     monkeypatch.setenv("LATENTCHECK_ZOO", str(tmp_path / "empty-zoo"))
     monkeypatch.setenv("LATENTCHECK_CACHE", str(tmp_path / "cache"))
-    import latentcheck.core.toy.zoo as zoo
+    import latentcheck.toy.zoo as zoo
 
     monkeypatch.setattr(zoo, "PACKAGED", tmp_path / "no-packaged-zoo")
     with pytest.raises(ModelLoadError, match="toy-mediated.*not built.*zoo build"):

@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from latentcheck.core.benchmarks import get_benchmark
-from latentcheck.core.benchmarks import runner as bench_runner
-from latentcheck.core.benchmarks.compare import compare_runs, load_samples
-from latentcheck.core.benchmarks.registry import PromptVariant
-from latentcheck.core.benchmarks.runner import (Judge, localize_task, option_mean_ce, option_reply_ids,
+from latentcheck.bench import get_benchmark
+from latentcheck.bench import runner as bench_runner
+from latentcheck.bench.compare import compare_runs, load_samples
+from latentcheck.bench.registry import PromptVariant
+from latentcheck.bench.runner import (Judge, localize_task, option_mean_ce, option_reply_ids,
                                                 option_reply_text, reply_text, run_bench)
 from latentcheck.core.engine import Engine
 from latentcheck.core.errors import LatentcheckError

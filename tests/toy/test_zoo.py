@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from latentcheck.core.toy import zoo
-from latentcheck.core.toy.world import MAIN_QUESTION_TYPES, make_samples
+from latentcheck.toy import zoo
+from latentcheck.toy.world import MAIN_QUESTION_TYPES, make_samples
 
 
 def test_smoke_training_run_builds_a_loadable_model(tmp_path):

@@ -1,0 +1,490 @@
+"""The whole study in one call: is a model's latent imagination causally real?
+
+``run_audit`` runs every analysis that applies to the model's kind, each into its own subfolder of the audit folder
+(its own ``samples.jsonl`` + ``summary.json`` + ``plots/``), then judges the three links of the chain with the
+verdict rules below and writes ``audit.json`` (and, via ``audit/report.py``, ``report.html``):
+
+================  ===========================  ==================================  ===========================
+stage             folder                        latent models                       text-imagination models
+================  ===========================  ==================================  ===========================
+perturb_input     perturb-input/                X -> Z (fed-back latents)           X -> Z (imagination states)
+perturb_latent    perturb-latent/               Z -> Y (+ TE / NIE / NDE)           -
+probe             probe/                        behavioural + trained probes        trained probes on the
+                                                                                    imagination states
+text_doz          text-doz/                     -                                   Z -> Y (text do(Z))
+bench             bench/                        short generic bench                 short generic bench
+================  ===========================  ==================================  ===========================
+
+``run_zoo_audit`` audits several models (default: the toy zoo's latent model, text-imagination model and both
+controls) into ``<out>/<model>/`` and adds a side-by-side comparison.
+
+Verdict rules are DATA (:data:`DEFAULT_RULES`, overridable from a JSON/TOML file): every threshold lives there and is
+copied into ``audit.json``. Each link gets a verdict with a status ``positive`` / ``negative`` / ``inconclusive`` /
+``untestable``, the numbers and CIs it rests on, and the rule in words (see docs/audit.md):
+
+* X -> Z "input-dependent": the sensitivity ratio (latent relative change / image-token relative change under the
+  rule's treatment, paired bootstrap CI) has ``lo > xz.dependent_above``; "input-independent": ``hi <
+  xz.independent_below``.
+* Z -> Y (latent models) "causal": some primary intervention's accuracy delta CI lies below 0 AND the NIE CI of the
+  mediation analysis excludes 0; "not causal": every primary delta CI and the NIE CI lie inside +-
+  ``zy.equivalence_margin``. Untestable when latent mode triggers too rarely or the baseline is not above chance.
+  Text-imagination models: the text do(Z) accuracy delta, same rule without NIE.
+* "encodes": the best latent site's probe (rule label and method) has Wilson ``lo > chance +
+  encodes.chance_margin`` and selectivity (accuracy - control task) ``lo > encodes.control_margin``.
+* overall "causally real" when X -> Z is positive and Z -> Y is positive; "not causally real" when either is
+  negative.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from latentcheck.audit.verdicts import (SCHEMA, STAGE_FOLDERS, STAGES, ZOO_AUDIT_MODELS, Verdict,
+                                       bench_headline, comparison_row, judge, merge_rules,
+                                       write_audit)
+from latentcheck.core.errors import LatentcheckError
+from latentcheck.core.runner import CommonOptions
+
+# Default samples per stage (``--limit`` overrides every stage). Chosen so the default zoo audit (4 models) stays
+# within 5 minutes on a 2-core CPU machine (measured: docs/audit.md).
+DEFAULT_LIMITS = {"perturb_input": 100, "perturb_latent": 100, "probe": 100, "text_doz": 100, "bench": 100}
+AUDIT_TREATMENTS = ("identity", "swap_image", "swap_question", "noise:std=0.2")
+AUDIT_INTERVENTIONS = ("zero", "noise_replace", "shared:source=mean", "swap")
+AUDIT_MEDIATION = ("image",)
+# The zoo's models are tiny and dispatch-bound: one torch thread is as fast as two on an idle 2-core machine and
+# far faster on a busy one (measured: docs/audit.md), so the zoo audit runs with one unless told otherwise.
+ZOO_THREADS = 1
+IMAGINATION_PROBE_TOKENS = 8  # imagination-span states probed per sample (the first tokens, as K latents)
+
+
+# ================================================================================================== running
+@dataclass
+class AuditSettings:
+    """What the audit runs besides the common options (recorded in audit.json)."""
+
+    limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    treatments: list[str] = field(default_factory=lambda: list(AUDIT_TREATMENTS))
+    interventions: list[str] = field(default_factory=lambda: list(AUDIT_INTERVENTIONS))
+    mediation: list[str] = field(default_factory=lambda: list(AUDIT_MEDIATION))
+    force_latent: bool = False
+    probe_methods: list[str] = field(default_factory=lambda: ["linear"])
+    probe_labels: list[str] | None = None
+    corrupt_model: str | None = None
+    n_boot: int = 1000
+    plots: bool = True
+    report: bool = True
+    threads: int | None = None  # torch intra-op threads during the audit (None: torch's default; zoo audit: 1)
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad:
+            raise LatentcheckError(f"unknown audit stage(s) {', '.join(bad)}; valid: {', '.join(STAGES)}")
+        if self.threads is not None and self.threads < 1:
+            raise LatentcheckError(f"--threads must be >= 1, got {self.threads}")
+        for k, v in self.limits.items():
+            if k not in STAGES:
+                raise LatentcheckError(f"unknown audit stage {k!r} in limits; valid: {', '.join(STAGES)}")
+            if v is not None and v < 2:
+                raise LatentcheckError(f"the {k} limit must be >= 2 (pairs and bootstraps need two samples), got {v}")
+
+    def limit_for(self, stage: str, override: int | None) -> int | None:
+        return override if override is not None else self.limits.get(stage)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class StageOutcome:
+    """How one stage went: ``done``, ``skipped`` (does not apply; reason) or ``failed`` (error message)."""
+
+    stage: str
+    status: str
+    folder: str | None = None  # relative to the model's audit folder
+    summary: str | None = None  # summary file, relative to the model's audit folder
+    reason: str | None = None
+    seconds: float = 0.0
+    limit: int | None = None
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class AuditResult:
+    """What ``run_audit`` returns: the model's entry of audit.json, its verdicts and where everything is."""
+
+    model: str
+    kind: str
+    out: str
+    stages: dict[str, StageOutcome]
+    verdicts: dict[str, Verdict]
+    entry: dict[str, Any]
+    audit_path: str
+    report_path: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def errors(self) -> int:
+        """Failed stages plus error records of the analyses."""
+        n = sum(s.status == "failed" for s in self.stages.values())
+        for s in self.stages.values():
+            c = s.counts or {}
+            n += int(c.get("errors", 0) or 0) if isinstance(c.get("errors", 0), (int, float)) else 0
+        return n
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.errors else 0
+
+
+@dataclass
+class ZooAuditResult:
+    """What ``run_zoo_audit`` returns."""
+
+    results: list[AuditResult]
+    comparison: list[dict[str, Any]]
+    out: str
+    audit_path: str
+    report_path: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return max((r.exit_code for r in self.results), default=0)
+
+
+def data_chance(tasks) -> float | None:
+    """Mean 1 / number of options over multiple-choice tasks (None when there are none)."""
+    vals = [1.0 / len(t.options) for t in tasks if t.options]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _rel(path: str | Path, root: Path) -> str:
+    return str(Path(path).resolve().relative_to(root.resolve()))
+
+
+def _counts(obj) -> dict:
+    c = getattr(obj, "counts", None)
+    if c is None and isinstance(obj, dict):
+        c = obj.get("counts")
+    return dict(c or {})
+
+
+class _Stages:
+    """Runs the stages of one model; each returns (summary dict, summary path, counts)."""
+
+    def __init__(self, lm, opts: CommonOptions, settings: AuditSettings, root: Path):
+        self.lm, self.opts, self.settings, self.root = lm, opts, settings, root
+
+    def opts_for(self, stage: str) -> CommonOptions:
+        return dataclasses.replace(self.opts, out=str(self.root / STAGE_FOLDERS[stage]),
+                                   limit=self.settings.limit_for(stage, self.opts.limit))
+
+    def perturb_input(self):
+        from latentcheck.perturb.inputs import run_perturb_input
+
+        o = self.opts_for("perturb_input")
+        n = o.limit or DEFAULT_LIMITS["perturb_input"]
+        res = run_perturb_input(o, list(self.settings.treatments), max_matrix=max(2, n),
+                                force_start=self.settings.force_latent, n_boot=self.settings.n_boot,
+                                plots=self.settings.plots, lm=self.lm)
+        return res.summary, res.summary_path, res.counts
+
+    def perturb_latent(self):
+        from latentcheck.perturb.latents import run_perturb_latent
+
+        o = self.opts_for("perturb_latent")
+        res = run_perturb_latent(o, list(self.settings.interventions), mediation=list(self.settings.mediation),
+                                 force_latent=self.settings.force_latent, n_boot=self.settings.n_boot,
+                                 plots=self.settings.plots, lm=self.lm)
+        return res.summary, res.summary_path, res.counts
+
+    def probe(self):
+        from latentcheck.probe.behavioural import ProbeOptions, run_probe
+        from latentcheck.probe.trained import ProbeConfig
+
+        o = self.opts_for("probe")
+        cfg = ProbeConfig(methods=tuple(self.settings.probe_methods), seed=o.seed, n_boot=self.settings.n_boot)
+        res = run_probe(o, ProbeOptions(labels=self.settings.probe_labels, probe=cfg, n_boot=self.settings.n_boot),
+                        lm=self.lm)
+        counts = {"errors": res.errors, **{k: v for k, v in (res.summary.get("counts") or {}).items()}}
+        return res.summary, res.summary_path, counts
+
+    def probe_imagination(self):
+        """Trained probes on the imagination-span hidden states captured by the perturb-input stage."""
+        from latentcheck.core.records import write_json_atomic
+        from latentcheck.core.runner import TensorStore, data_path, read_all_tasks
+        from latentcheck.core.tasks import Task
+        from latentcheck.perturb.inputs import tensor_dirs
+        from latentcheck.probe.trained import ProbeConfig, analyse_states
+
+        pi_dir = self.root / STAGE_FOLDERS["perturb_input"]
+        dirs = tensor_dirs(pi_dir)
+        if not dirs:
+            raise LatentcheckError("no perturb-input tensors to probe (run the perturb_input stage first)")
+        o = self.opts_for("probe")
+        tensors: dict[str, dict] = {}
+        for d in dirs:
+            for key, arrays in TensorStore(d).load().items():
+                lat = arrays.get("orig.latents")
+                if lat is None or lat.ndim != 2 or not len(lat):
+                    continue
+                tensors[key] = {"latents": lat[:IMAGINATION_PROBE_TOKENS],
+                                **{name.split(".", 1)[1]: a for name, a in arrays.items()
+                                   if name.startswith("orig.") and name != "orig.latents"}}
+        items = read_all_tasks(data_path(o), o.limit, False)
+        tasks = {t.id: t for t in items if isinstance(t, Task) and t.id in tensors}
+        out = Path(o.out)
+        out.mkdir(parents=True, exist_ok=True)
+        summary: dict[str, Any] = {"command": "probe (imagination hidden states)", "model": self.lm.describe(),
+                                   "source": f"imagination-span hidden states (first {IMAGINATION_PROBE_TOKENS} "
+                                             "tokens) captured by the perturb-input stage",
+                                   "n": len(tasks)}
+        if len(tasks) < 2:
+            summary["trained"] = {"skipped": f"only {len(tasks)} samples with an imagination span"}
+            summary["plots"] = []
+        else:
+            cfg = ProbeConfig(methods=tuple(self.settings.probe_methods), seed=o.seed, n_boot=self.settings.n_boot)
+            tr = analyse_states(tensors, tasks, self.settings.probe_labels, cfg,
+                                plot_dir=out / "plots" if self.settings.plots else None)
+            summary.update(trained=tr.probes, similarity=tr.similarity, plots=tr.plots)
+        path = write_json_atomic(out / "summary.json", summary)
+        return summary, str(path), {"samples": len(tasks)}
+
+    def text_doz(self):
+        from latentcheck.imagine.intervene import run_intervene
+
+        o = self.opts_for("text_doz")
+        s = run_intervene(o, corrupter="auto", corrupt_model=self.settings.corrupt_model, plots=self.settings.plots,
+                          lm=self.lm)
+        return s, s["summary_path"], {"samples": s.get("n_samples"), "errors": s.get("n_errors", 0)}
+
+    def bench(self):
+        from latentcheck.bench.runner import run_bench
+        from latentcheck.core.records import write_json_atomic
+
+        o = self.opts_for("bench")
+        s = run_bench(o, None, force_latent=self.settings.force_latent and self.lm.profile.is_latent,
+                      n_boot=self.settings.n_boot, lm=self.lm)
+        keep = {k: v for k, v in s.items() if k not in ("results_path", "summary_path", "is_main", "exit_code")}
+        path = write_json_atomic(Path(o.out) / "summary.json", keep)  # the same content as results.json
+        return keep, str(path), s.get("counts")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Set torch's intra-op thread count for the block (None: leave it), restoring it afterwards."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def applicable(stage: str, kind: str) -> str | None:
+    """None when ``stage`` applies to a model of ``kind``; else the reason it is skipped."""
+    if stage == "perturb_latent" and kind != "latent":
+        return f"{kind} model: no fed-back latent vectors to intervene on (Z -> Y uses the text do(Z) stage)" \
+            if kind == "text_imagination" else f"{kind} model: no latent vectors"
+    if stage == "text_doz" and kind != "text_imagination":
+        return f"{kind} model: no text imagination to rewrite"
+    if stage == "probe" and kind not in ("latent", "text_imagination"):
+        return f"{kind} model: nothing to probe"
+    return None
+
+
+def _kind(lm) -> str:
+    return lm.profile.kind
+
+
+def run_audit(opts: CommonOptions, settings: AuditSettings | None = None, rules: dict | None = None, lm=None,
+              progress: Callable[[str], None] | None = None, render: bool | None = None) -> AuditResult:
+    """Audit one model (module docstring): every applicable stage into ``opts.out/<stage folder>``, verdicts,
+    ``audit.json`` and (``settings.report``) ``report.html``. ``progress(stage)`` is called before each stage and
+    once at the end (``"done"``); without it a stage bar is drawn (quiet-aware)."""
+    from latentcheck.core.progress import progress_bar
+    from latentcheck.core.runner import data_path, load_for, read_all_tasks
+    from latentcheck.core.tasks import Task
+
+    settings = settings or AuditSettings()
+    rules = rules or merge_rules(None)
+    _single_process()
+    t0 = time.perf_counter()
+    root = Path(opts.out)
+    root.mkdir(parents=True, exist_ok=True)
+    path = data_path(opts)
+    if path != "-" and not Path(path).exists():
+        raise LatentcheckError(f"--data {path}: no such file")
+    if path == "-":
+        raise LatentcheckError("the audit reads the task file once per stage; pass a file, not '-' (stdin)")
+    lm = lm or load_for(opts)
+    kind = _kind(lm)
+    plan = [s for s in STAGES if s in settings.stages]
+    stages = _Stages(lm, opts, settings, root)
+    short = Path(str(opts.model or lm.model_id)).name
+    outcomes: dict[str, StageOutcome] = {}
+    summaries: dict[str, dict | None] = {}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch_threads(settings.threads))
+        bar = None if progress is not None else \
+            stack.enter_context(progress_bar(len(plan), f"audit {short}", quiet=opts.quiet))
+        for stage in plan:
+            if progress is not None:
+                progress(stage)
+            else:
+                bar.set_description(f"audit {short}: {stage}")
+            outcomes[stage], summaries[stage] = _run_stage(stages, stage, kind, settings, opts)
+            if bar is not None:
+                bar.advance()
+    items = read_all_tasks(path, opts.limit or max(v for v in settings.limits.values() if v), False)
+    chance = data_chance([t for t in items if isinstance(t, Task)])
+    verdicts = judge(summaries, kind, rules, chance)
+    entry = {"model": opts.model or lm.model_id, "model_info": lm.describe(), "profile": lm.profile.name,
+             "kind": kind, "data": str(path), "data_chance": chance, "folder": ".",
+             "stages": {k: v.to_dict() for k, v in outcomes.items()},
+             "verdicts": {k: v.to_dict() for k, v in verdicts.items()},
+             "bench": bench_headline(summaries.get("bench")), "seconds": round(time.perf_counter() - t0, 2)}
+    audit = _audit_doc("single", [entry], rules, settings, opts)
+    audit_path = write_audit(root, audit)
+    if progress is not None:
+        progress("done")
+    result = AuditResult(entry["model"], kind, str(root), outcomes, verdicts, entry, str(audit_path),
+                         seconds=entry["seconds"])
+    if settings.report if render is None else render:
+        from latentcheck.audit.report import render_report
+
+        result.report_path = str(render_report(root))
+    return result
+
+
+def _run_stage(stages: _Stages, stage: str, kind: str, settings: AuditSettings,
+               opts: CommonOptions) -> tuple[StageOutcome, dict | None]:
+    reason = applicable(stage, kind)
+    limit = settings.limit_for(stage, opts.limit)
+    if reason:
+        return StageOutcome(stage, "skipped", reason=reason, limit=limit), None
+    folder = stages.root / STAGE_FOLDERS[stage]
+    if folder.exists() and not opts.resume:
+        shutil.rmtree(folder)  # a fresh audit never mixes with an older run's files
+    t = time.perf_counter()
+    try:
+        if stage == "probe" and kind == "text_imagination":
+            summary, spath, counts = stages.probe_imagination()
+        else:
+            summary, spath, counts = getattr(stages, stage)()
+    except LatentcheckError as e:
+        if opts.strict:
+            raise
+        return StageOutcome(stage, "failed", STAGE_FOLDERS[stage], reason=str(e), limit=limit,
+                            seconds=round(time.perf_counter() - t, 2)), None
+    return StageOutcome(stage, "done", STAGE_FOLDERS[stage], _rel(spath, stages.root), limit=limit,
+                        seconds=round(time.perf_counter() - t, 2), counts=counts or {}), summary
+
+
+def _audit_doc(kind: str, models: list[dict], rules: dict, settings: AuditSettings, opts: CommonOptions,
+               comparison: list[dict] | None = None, seconds: float | None = None) -> dict[str, Any]:
+    return {"schema": SCHEMA, "kind": kind, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "rules": rules, "settings": settings.to_dict(),
+            "options": {k: v for k, v in opts.config().items() if k not in ("quiet",)},
+            "models": models, "comparison": comparison if comparison is not None else
+            [comparison_row(m) for m in models],
+            "timing": {"total_s": round(seconds if seconds is not None else sum(m.get("seconds", 0) for m in models),
+                                        2)}}
+
+
+def run_zoo_audit(opts: CommonOptions, settings: AuditSettings | None = None, rules: dict | None = None,
+                  models: list[str] | tuple[str, ...] = ZOO_AUDIT_MODELS) -> ZooAuditResult:
+    """Audit several models side by side: each into ``opts.out/<model>/`` (a complete single audit with its own
+    audit.json and report.html), then ``opts.out/audit.json`` with the comparison and one report."""
+    from latentcheck.core.progress import progress_bar
+    from latentcheck.core.runner import load_for
+
+    settings = settings or AuditSettings(threads=ZOO_THREADS)
+    rules = rules or merge_rules(None)
+    t0 = time.perf_counter()
+    root = Path(opts.out)
+    root.mkdir(parents=True, exist_ok=True)
+    results: list[AuditResult] = []
+    plan = [s for s in STAGES if s in settings.stages]
+    _single_process()
+    _check_models(models)
+    with progress_bar(len(models) * len(plan), "audit: toy zoo", quiet=opts.quiet) as bar:
+        for name in models:
+            sub = root / _safe(name)
+            o = dataclasses.replace(opts, model=name, out=str(sub))
+            bar.set_description(f"audit {name}: loading")
+            lm = load_for(o)
+
+            def step(stage: str, _name=name) -> None:
+                if stage != plan[0]:
+                    bar.advance()
+                if stage != "done":
+                    bar.set_description(f"audit {_name}: {stage}")
+
+            results.append(run_audit(o, settings, rules, lm=lm, progress=step))
+            del lm
+    entries = []
+    for r in results:
+        e = dict(r.entry)
+        e["folder"] = _rel(r.out, root)
+        e["stages"] = {k: dict(v) for k, v in e["stages"].items()}
+        entries.append(e)
+    comparison = [comparison_row(e) for e in entries]
+    seconds = time.perf_counter() - t0
+    audit = _audit_doc("zoo", entries, rules, settings, dataclasses.replace(opts, model=None), comparison, seconds)
+    path = write_audit(root, audit)
+    res = ZooAuditResult(results, comparison, str(root), str(path), seconds=round(seconds, 2))
+    if settings.report:
+        from latentcheck.audit.report import render_report
+
+        res.report_path = str(render_report(root))
+    return res
+
+
+def _single_process() -> None:
+    from latentcheck.core.runner import distributed
+
+    if distributed()[1] > 1:
+        raise LatentcheckError("the audit runs in one process; for data parallelism launch the analyses themselves "
+                               "(perturb-input, perturb-latent, probe, ...) with accelerate / torchrun")
+
+
+def _check_models(models) -> None:
+    """Fail before any work when a model cannot be found (e.g. the zoo is not built)."""
+    from latentcheck.core.errors import ModelLoadError
+    from latentcheck.core.loader import resolve_model_path
+
+    if not models:
+        raise LatentcheckError("no models to audit")
+    missing = []
+    for m in models:
+        try:
+            resolve_model_path(m)
+        except ModelLoadError as e:
+            missing.append(f"{m} ({e})")
+    if missing:
+        raise ModelLoadError("cannot audit: " + "; ".join(missing))
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).name) or "model"
+
+
+__all__ = ["AuditResult", "AuditSettings", "DEFAULT_LIMITS", "StageOutcome", "ZooAuditResult", "applicable",
+           "data_chance", "run_audit", "run_zoo_audit"]

@@ -1,1 +1,0 @@
-"""latentcheck.core.toy"""
