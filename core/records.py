@@ -22,8 +22,8 @@ Robustness choices (documented here because the CLI relies on them):
   / torch scalars and arrays into Python values and NaN / +-inf into ``null``. The same seed therefore gives
   byte-identical files once every ``"timing"`` key is removed (:func:`strip_timing`).
 * **Data parallel.** Rank ``r`` of ``w`` takes a strided share of the items (``core.runner.run_records`` strides
-  whole blocks, ``block_ranges``, so every sample is batched as in a single-process run; :func:`shard_indices` is the
-  item-level split, as VLMEvalKit does: every rank gets a similar mix of early and late items), writes
+  whole blocks, ``block_ranges``, so every sample is batched as in a single-process run: every rank gets a similar
+  mix of early and late items, as in VLMEvalKit's item-level split), writes
   ``shard_path(out, r, w)``, and :func:`merge_shards` rebuilds the single-process file. Shard information lives only in the provenance's top-level ``"shard"`` field (pass
   ``shard=(rank, world_size)`` to :func:`provenance`; never put rank / world size into ``config``), which the merge
   drops, so the merged file equals a single-process run (timing aside).
@@ -336,11 +336,144 @@ def read_results(path: str | os.PathLike) -> tuple[dict, list[dict]]:
 
 # ----------------------------------------------------------------------------------------------------- the writer
 
+class JsonlFile:
+    """The one append-only JSON Lines file under everything that streams (results files, build-data's outputs).
+
+    Opens without truncating and takes a POSIX advisory lock (a second process writing the same file is refused
+    and destroys nothing); :meth:`write_line` writes one complete line and flushes (so it survives SIGINT/SIGKILL),
+    fsyncs every ``fsync_every`` lines or ``fsync_interval`` seconds and on close. :meth:`open` with ``resume``
+    keeps the complete lines and cuts a torn last line (no newline, or not JSON) — the one resume rule; a broken
+    line elsewhere is a :class:`RecordError`. ``ascii=False`` writes UTF-8 (text datasets); ``path="-"`` is stdout.
+    """
+
+    def __init__(self, path: str | os.PathLike, fsync_every: int = DEFAULT_FSYNC_EVERY,
+                 fsync_interval: float = DEFAULT_FSYNC_INTERVAL, ascii: bool = True):
+        self.to_stdout = str(path) == "-"
+        self.path: Path | None = None if self.to_stdout else Path(path)
+        self.ascii = ascii
+        self.fsync_every = max(1, int(fsync_every))
+        self.fsync_interval = float(fsync_interval)
+        self._since_sync = 0
+        self._last_sync = time.monotonic()
+        self._broken = False
+        self._fh: Any = sys.stdout if self.to_stdout else None
+        if not self.to_stdout:
+            assert self.path is not None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._open_locked()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, resume: bool = False, **kwargs: Any) -> tuple["JsonlFile", list, int]:
+        """(file, complete lines kept as (line number, offset, raw bytes, parsed JSON), bytes cut from a torn
+        last line). Without ``resume`` (or for stdout) the file starts empty."""
+        f = cls(path, **kwargs)
+        if f.to_stdout or not resume:
+            if not f.to_stdout:
+                f.truncate(0)
+            return f, [], 0
+        try:
+            lines, cut = f.repair()
+        except BaseException:
+            f.close()
+            raise
+        return f, lines, cut
+
+    def _open_locked(self) -> None:
+        assert self.path is not None
+        self._fh = open(self.path, "a+b")
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX
+            return
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            self._fh = None
+            raise LatentcheckError(f"{self.path} is being written by another latentcheck process") from None
+
+    def scan(self) -> list[tuple[int, int, bytes, Any]]:
+        """Every non-empty line as (line number, offset, raw, parsed JSON or the broken-line marker)."""
+        assert self.path is not None
+        return list(_scan(self.path))
+
+    def repair(self) -> tuple[list[tuple[int, int, bytes, Any]], int]:
+        """Cut a torn last line (and trailing blank lines); returns (complete lines, bytes cut)."""
+        assert self.path is not None
+        lines = self.scan()
+        size = self.path.stat().st_size
+        if lines and lines[-1][3] is _BROKEN:
+            lines.pop()
+        keep = lines[-1][1] + len(lines[-1][2]) if lines else 0
+        self.truncate(keep)
+        return lines, size - keep
+
+    def truncate(self, size: int) -> None:
+        self._fh.truncate(size)
+        self.sync()
+
+    def rewrite(self, data: bytes) -> None:
+        """Replace the whole file atomically with ``data`` (then keep appending to it)."""
+        assert self.path is not None
+        _replace_atomic(self.path, data)
+        self._fh.close()
+        self._open_locked()
+        self.sync()
+
+    def write_line(self, line: str, sync: bool | None = None) -> None:
+        """Write ``line`` + newline and flush; fsync now (``sync=True``), never (False) or by the batch policy."""
+        if self._fh is None:
+            raise LatentcheckError("result writer is closed")
+        if self._broken:
+            raise LatentcheckError("result writer was interrupted in the middle of a line; rerun with resume")
+        try:
+            if self.to_stdout:
+                self._fh.write(line + "\n")
+            else:
+                self._fh.write((line + "\n").encode("ascii" if self.ascii else "utf-8"))
+            self._fh.flush()
+        except BaseException:
+            self._broken = True
+            raise
+        self._since_sync += 1
+        due = self._since_sync >= self.fsync_every or time.monotonic() - self._last_sync >= self.fsync_interval
+        if sync or (sync is None and due):
+            self.sync()
+
+    def sync(self) -> None:
+        self._since_sync = 0
+        self._last_sync = time.monotonic()
+        if self.to_stdout or self._fh is None:
+            return
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        """Flush, fsync and close (stdout is flushed, not closed)."""
+        if self._fh is None:
+            return
+        try:
+            if self.to_stdout:
+                self._fh.flush()
+            else:
+                self.sync()
+                self._fh.close()
+        finally:
+            self._fh = None
+
+    def __enter__(self) -> "JsonlFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 class ResultWriter:
     """Append-only JSONL writer with provenance, per-record flush, resume and duplicate protection.
 
     ``ResultWriter(path, provenance, resume=False, key="key")``; ``path="-"`` writes to stdout (no resume).
-    A fresh run (``resume=False``) truncates an existing file. Use as a context manager.
+    A fresh run (``resume=False``) truncates an existing file. Use as a context manager. The file itself is a
+    :class:`JsonlFile` (locking, flush, fsync batching, torn-line repair).
     """
 
     def __init__(self, path: str | os.PathLike, provenance: dict, resume: bool = False, key: str = "key",
@@ -355,49 +488,30 @@ class ResultWriter:
         self.counter = SummaryCounter()
         self.resumed = 0  # records already in the file when resuming
         self.repaired = False  # a torn last line was truncated
-        self.fsync_every = max(1, int(fsync_every))
-        self.fsync_interval = float(fsync_interval)
-        self._since_sync = 0
-        self._last_sync = time.monotonic()
-        self._broken = False
-        self._fh: Any = None
-        self._to_stdout = str(path) == "-"
-        self.path: Path | None = None if self._to_stdout else Path(path)
-        if self._to_stdout:
-            if resume:
-                raise LatentcheckError("cannot resume when writing to stdout (--out -); write to a file instead")
-            self._fh = sys.stdout
-            self._write_line(dumps_record(provenance))
+        if str(path) == "-" and resume:
+            raise LatentcheckError("cannot resume when writing to stdout (--out -); write to a file instead")
+        self._file = JsonlFile(path, fsync_every=fsync_every, fsync_interval=fsync_interval)
+        self.path: Path | None = self._file.path
+        if self._file.to_stdout:
+            self._file.write_line(dumps_record(provenance), sync=False)
             return
-        assert self.path is not None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._open_locked()
         try:
             if resume and self.path.stat().st_size > 0:
                 self._resume(retry_errors, set(ignore_keys))
             else:
                 self._start_fresh()
         except BaseException:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+            self._file.close()
             raise
 
-    def _open_locked(self) -> None:
-        """Open for appending without truncating (so a locked-out second process destroys nothing), then lock."""
-        assert self.path is not None
-        self._fh = open(self.path, "a+b")
-        self._lock()
-
     def _start_fresh(self) -> None:
-        self._fh.truncate(0)
-        self._write_line(dumps_record(self.provenance))
-        self._sync()
+        self._file.truncate(0)
+        self._file.write_line(dumps_record(self.provenance), sync=True)
 
     # -- resume -------------------------------------------------------------------------------------------------
     def _resume(self, retry_errors: bool, ignore: set[str]) -> None:
         assert self.path is not None
-        lines = list(_scan(self.path))
+        lines = self._file.scan()
         if not lines or lines[0][3] is _BROKEN:  # interrupted while writing the provenance: nothing to keep
             self._start_fresh()
             return
@@ -422,13 +536,10 @@ class ResultWriter:
             keep.append(raw)
         self.resumed = len(keep) - 1
         if len(keep) != len(lines):  # retry_errors: rewrite atomically without the error lines
-            _replace_atomic(self.path, b"".join(keep))
-            self._fh.close()
-            self._open_locked()
+            self._file.rewrite(b"".join(keep))
         else:  # drop a torn tail (and any trailing blank lines) so appends start on a fresh line
             last_offset, last_raw = lines[-1][1], lines[-1][2]
-            self._fh.truncate(last_offset + len(last_raw))
-        self._sync()
+            self._file.truncate(last_offset + len(last_raw))
 
     def _check_compatible(self, stored: dict, ignore: set[str]) -> None:
         name = self.path
@@ -450,19 +561,6 @@ class ResultWriter:
             raise LatentcheckError(f"cannot resume {name}: " + "; ".join(diffs)
                                    + " (rerun with the original options, or without --resume to start over)")
 
-    def _lock(self) -> None:
-        """Refuse a second process writing the same file (POSIX advisory lock; released by the kernel on kill)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX
-            return
-        try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._fh.close()
-            self._fh = None
-            raise LatentcheckError(f"{self.path} is being written by another latentcheck process") from None
-
     # -- writing ------------------------------------------------------------------------------------------------
     def write(self, record: dict) -> dict:
         """Append one sample record (``"type": "sample"`` added first if missing); returns what was written."""
@@ -472,23 +570,15 @@ class ResultWriter:
         if out["type"] not in ("sample", "error"):
             raise RecordError(str(out.get(self.key, "?")), "type", f"must be 'sample' or 'error', got {out['type']!r}")
         self._check_key(out)
-        line = dumps_record(out)
-        self._write_line(line)
+        self._file.write_line(dumps_record(out))
         self.done.add(out[self.key])
         self.counter.add(out)
-        self._since_sync += 1
-        if self._since_sync >= self.fsync_every or time.monotonic() - self._last_sync >= self.fsync_interval:
-            self._sync()
         return out
 
     def write_error(self, key: Any, record_where: str, field: str, message: str, **extra: Any) -> dict:
         """Append ``{"type": "error", <key>, "record", "field", "message", **extra}`` for a failed sample."""
         return self.write({"type": "error", self.key: key, "record": record_where, "field": field,
                            "message": message, **extra})
-
-    def write_exception(self, key: Any, error: RecordError, **extra: Any) -> dict:
-        """Append an error record built from a RecordError."""
-        return self.write_error(key, error.record, error.field, error.message, **extra)
 
     def _check_key(self, record: dict) -> None:
         if self.key not in record:
@@ -500,41 +590,9 @@ class ResultWriter:
             raise RecordError(str(k), self.key, f"key {k!r} was already written to "
                               f"{self.path or '<stdout>'} (duplicate result)")
 
-    def _write_line(self, line: str) -> None:
-        if self._fh is None:
-            raise LatentcheckError("result writer is closed")
-        if self._broken:
-            raise LatentcheckError("result writer was interrupted in the middle of a line; rerun with resume")
-        try:
-            if self._to_stdout:
-                self._fh.write(line + "\n")
-            else:
-                self._fh.write((line + "\n").encode("ascii"))
-            self._fh.flush()
-        except BaseException:
-            self._broken = True
-            raise
-
-    def _sync(self) -> None:
-        self._since_sync = 0
-        self._last_sync = time.monotonic()
-        if self._to_stdout or self._fh is None:
-            return
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
     def close(self) -> None:
         """Flush, fsync and close (stdout is flushed, not closed)."""
-        if self._fh is None:
-            return
-        try:
-            if self._to_stdout:
-                self._fh.flush()
-            else:
-                self._sync()
-                self._fh.close()
-        finally:
-            self._fh = None
+        self._file.close()
 
     def __enter__(self) -> "ResultWriter":
         return self
@@ -581,14 +639,6 @@ class SummaryCounter:
 def _check_rank(rank: int, world_size: int) -> None:
     if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
         raise LatentcheckError(f"invalid data-parallel rank {rank} of world size {world_size}")
-
-
-def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
-    """Indices rank ``rank`` processes: strided ``range(rank, n, world_size)`` (VLMEvalKit's split)."""
-    _check_rank(rank, world_size)
-    if n < 0:
-        raise LatentcheckError(f"number of items must be >= 0, got {n}")
-    return list(range(rank, n, world_size))
 
 
 def shard_path(path: str | os.PathLike, rank: int, world_size: int) -> Any:

@@ -60,10 +60,6 @@ class CommonOptions:
         return asdict(self)
 
 
-def default_model(kind: str = "latent") -> str:
-    return "toy-latent" if kind == "latent" else "toy-capimagine"
-
-
 def load_for(opts: CommonOptions, default: str = "toy-latent"):
     """Load the model named by the options (default: a toy zoo model) through the one loader.
 

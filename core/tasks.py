@@ -267,8 +267,3 @@ def decode_image(image: str | None, record: str, base_dir: str | None = None,
                           + (f": {detail[:200]}" if detail else "") + ")") from None
 
 
-def encode_image_b64(img) -> str:
-    """PNG-encode a PIL image as base64 (for records that embed images)."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")

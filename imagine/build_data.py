@@ -57,6 +57,7 @@ and ``error = {"record", "field", "message"}``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -66,9 +67,9 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
 
-import jsonlines
 
 from latentcheck.core.errors import LatentcheckError, RecordError
+from latentcheck.core.records import JsonlFile
 from latentcheck.core.tasks import DEFAULT_MAX_PIXELS, BadRecord, decode_image
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -857,32 +858,15 @@ def dropped_path_for(out_path: str | os.PathLike) -> Path:
     return p.with_name(f"{stem}.dropped.jsonl")
 
 
-def _repair_and_scan(path: Path, done: dict[str, set[str]], done_where: set[str]) -> int:
-    """Cut a half-written last line, then record the (id, where) of every line; returns bytes cut."""
-    if not path.exists():
-        return 0
-    data = path.read_bytes()
-    cut = 0
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        cut = len(data) - keep
-        with open(path, "r+b") as fh:
-            fh.truncate(keep)
-        data = data[:keep]
-    for lineno, line in enumerate(data.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LatentcheckError(f"cannot resume: {path}:{lineno} is not valid JSON ({e.msg})") from None
+def _scan_done(lines: list, done: dict[str, set[str]], done_where: set[str]) -> None:
+    """Record the (id, where) of every kept line of an output / dropped file (for resume)."""
+    for _, _, _, rec in lines:
         where = rec.get("where") or (rec.get("meta") or {}).get("where")
         rid = rec.get("id")
         if rid is not None:
             done.setdefault(str(rid), set()).add(where)
         elif where:
             done_where.add(where)
-    return cut
 
 
 def _rel_image(path: str | None, out_dir: Path) -> str | None:
@@ -1031,19 +1015,22 @@ def build_data(input_path: str | os.PathLike, fmt: str, out_path: str | os.PathL
 
     done: dict[str, set[str]] = {}
     done_where: set[str] = set()
-    repaired = 0
-    if resume:
-        repaired = _repair_and_scan(out_path, done, done_where) + _repair_and_scan(drop_path, done, done_where)
-    mode = "a" if resume else "w"
     dumps = partial(json.dumps, ensure_ascii=False)
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     seen: dict[str, str] = {}
     skipped = 0
+    repaired = 0
 
-    with open(out_path, mode, encoding="utf-8") as out_fh, open(drop_path, mode, encoding="utf-8") as drop_fh, \
-            jsonlines.Writer(out_fh, dumps=dumps, flush=True) as out_w, \
-            jsonlines.Writer(drop_fh, dumps=dumps, flush=True) as drop_w:
+    with contextlib.ExitStack() as stack:
+        files = []
+        for path in (out_path, drop_path):  # the one JSONL writer/resume (core.records.JsonlFile)
+            f, lines, cut = JsonlFile.open(path, resume=resume, ascii=False)
+            stack.enter_context(f)
+            _scan_done(lines, done, done_where)
+            repaired += cut
+            files.append(f)
+        out_f, drop_f = files
 
         def flush(chunk: list[_Work | BadRecord]) -> None:
             works = [c for c in chunk if isinstance(c, _Work)]
@@ -1053,17 +1040,17 @@ def build_data(input_path: str | os.PathLike, fmt: str, out_path: str | os.PathL
                 counts["read"] += 1
                 if isinstance(item, BadRecord):
                     counts["errors"] += 1
-                    drop_w.write(_bad_record(item))
+                    drop_f.write_line(dumps(_bad_record(item)))
                 elif item.result is not None:
                     counts["kept"] += 1
-                    out_w.write(item.result)
+                    out_f.write_line(dumps(item.result))
                 else:
                     if item.dropped["reason"] == "bad record":
                         counts["errors"] += 1
                     else:
                         counts["dropped"] += 1
                         reasons[item.dropped["reason"]] += 1
-                    drop_w.write(item.dropped)
+                    drop_f.write_line(dumps(item.dropped))
 
         chunk: list[_Work | BadRecord] = []
         processed = 0

@@ -148,21 +148,6 @@ def summarise_mediation(records: list[dict], kinds: Sequence[str], seed: int = 0
     return out
 
 
-def effect_rows(summary_mediation: dict) -> list[dict]:
-    """Flat rows (kind, outcome, effect, estimate, lo, hi) for tables and plots."""
-    rows = []
-    for kind, entry in summary_mediation.items():
-        for outcome in OUTCOMES:
-            eff = entry.get(outcome) or {}
-            if not eff.get("n"):
-                continue
-            for name in ("te", "nie", "nde", "proportion_mediated"):
-                e = eff[name]
-                rows.append({"kind": kind, "outcome": outcome, "effect": name, "n": eff["n"],
-                             "estimate": e["estimate"], "lo": e["lo"], "hi": e["hi"]})
-    return rows
-
-
 def plot_mediation(summary_mediation: dict, folder) -> dict[str, str]:
     """One bar chart per input change: TE / NIE / NDE on the primary outcome with CI bars and the zero line."""
     from pathlib import Path
