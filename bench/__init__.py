@@ -6,6 +6,8 @@ loaders, prompt builders and scorers; ``scoring`` holds the shared per-sample re
 """
 
 from latentcheck.bench.generic import verify_md5
-from latentcheck.bench.registry import BENCHMARKS, Benchmark, PromptVariant, get_benchmark
+from latentcheck.bench.registry import (BENCHMARKS, Benchmark, PromptVariant, Selection, get_benchmark,
+                                        register_benchmark)
 
-__all__ = ["BENCHMARKS", "Benchmark", "PromptVariant", "get_benchmark", "verify_md5"]
+__all__ = ["BENCHMARKS", "Benchmark", "PromptVariant", "Selection", "get_benchmark", "register_benchmark",
+           "verify_md5"]

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.extract import get_extractor
+from latentcheck.core.registry import Registry
 from latentcheck.core.tasks import BadRecord, Task
 from latentcheck.bench import blink, hrbench, mme_realworld, tablevqa, vsp, vstar
 from latentcheck.bench.generic import (generic_official_prompt, generic_vlmevalkit_prompt, load_generic,
@@ -47,8 +48,22 @@ class PromptVariant:
 
 
 @dataclass(frozen=True)
+class Selection:
+    """A benchmark that takes a selection after a colon (``blink:Jigsaw``): the loader argument it fills, the known
+    values, and what one value is called in messages."""
+
+    argument: str
+    known: tuple[str, ...]
+    what: str
+
+
+@dataclass(frozen=True)
 class Benchmark:
-    """A benchmark protocol. ``loader(path, limit=None, strict=False, **loader_kwargs)`` streams tasks."""
+    """A benchmark protocol. ``loader(path, limit=None, strict=False, **loader_kwargs)`` streams tasks.
+
+    Capabilities (asked by the runner and the CLI instead of the name): ``selection`` (takes ``name:a,b``),
+    ``default_data`` (runs on the toy world's test split without ``--data``), ``default_variant`` (the prompt variant
+    used when none is chosen; ``profile`` = the model profile's own prompt), ``supports_likelihood``, ``chance``."""
 
     name: str
     loader: Callable[..., Iterator[Task | BadRecord]]
@@ -61,6 +76,9 @@ class Benchmark:
     meta_keys: tuple[str, ...] = ()  # task.meta fields copied into per-sample results (for the scorer)
     loader_kwargs: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    selection: Selection | None = None
+    default_data: bool = False
+    default_variant: str = "official"
 
     @property
     def extractor(self) -> str:
@@ -199,6 +217,7 @@ _BLINK = Benchmark(
         _v("vlmevalkit", blink.prompt_vlmevalkit, "vlmeval_exact", "VLMEvalKit BLINK (generic MCQ)"),
         _monet(blink.prompt_vlmevalkit)),
     scorer=blink.score_blink, chance=0.5, meta_keys=("sub_task",),
+    selection=Selection("subtasks", blink.BLINK_SUBTASKS, "BLINK sub-task"),
     description="BLINK val parquet per sub-task; Total = macro mean over sub-tasks (chance 0.5 for the paper's "
                 "Jigsaw / Multi-view; use chance_for(tasks) otherwise)")
 
@@ -217,7 +236,7 @@ _TABLEVQA = Benchmark(
            "VLMEvalKit TableVQABench (same prompts; '^Answer: ' stripped; official matchers)"),
         _monet(tablevqa.prompt_official)),
     scorer=tablevqa.score_tablevqa, chance=None, md5=tablevqa.TABLEVQA_MD5, is_correct=tablevqa.tablevqa_is_correct,
-    meta_keys=("split",),
+    meta_keys=("split",), selection=Selection("splits", tablevqa.SPLITS, "TableVQA split"),
     description="TableVQA-Bench (HF split parquets or VLMEvalKit tablevqa-bench.tsv): WTQ denotation, TabFact "
                 "true/false, FinTabNetQA relieved accuracy; 'accuracy' = sample-weighted Average, 'paper_overall' = "
                 "mean of VWTQ, VWTQ-syn, VTabFact")
@@ -229,35 +248,39 @@ _GENERIC = Benchmark(
         _v("vlmevalkit", generic_vlmevalkit_prompt, "vlmeval_exact", "VLMEvalKit generic MCQ prompt"),
         _v("plain", lambda t: t.question, "letter", "question only"),
         _monet(_mcq_vlmevalkit)),
-    scorer=score_accuracy, chance=None,
+    scorer=score_accuracy, chance=None, default_data=True, default_variant="profile",
     description="the shared task JSONL (core/tasks.py schema)")
 
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (_VSTAR, _HR4K, _HR8K, _MME, _MME_LITE, _BLINK, _VSP,
-                                                       _TABLEVQA, _GENERIC)}
-# benchmarks that take a selection after a colon: name -> (loader argument, known values)
-SELECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {"blink": ("subtasks", blink.BLINK_SUBTASKS),
-                                                      "tablevqa": ("splits", tablevqa.SPLITS)}
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
+
+
+def register_benchmark(bench: Benchmark) -> Benchmark:
+    """Add a benchmark to the registry (a taken name is an error); a new benchmark is one module that builds a
+    :class:`Benchmark` and calls this (load it with ``latentcheck --plugin MODULE``)."""
+    return BENCHMARKS.add(bench.name, bench)
+
+
+for _b in (_VSTAR, _HR4K, _HR8K, _MME, _MME_LITE, _BLINK, _VSP, _TABLEVQA, _GENERIC):
+    register_benchmark(_b)
 
 
 def get_benchmark(name: str, **loader_kwargs: Any) -> Benchmark:
     """Look up a benchmark; ``"blink:Jigsaw,Multi-view_Reasoning"`` selects BLINK sub-tasks, ``"tablevqa:vwtq,vtabfact"``
-    TableVQA splits."""
+    TableVQA splits (any benchmark with a ``selection``)."""
     base, _, sel = name.partition(":")
-    try:
-        bench = BENCHMARKS[base]
-    except KeyError:
-        raise LatentcheckError(f"unknown benchmark {base!r}; known: {', '.join(BENCHMARKS)}") from None
+    bench = BENCHMARKS[base]
+    chooser = bench.selection
     if sel:
-        if base not in SELECTIONS:
-            raise LatentcheckError(f"only {' and '.join(SELECTIONS)} take a selection ('{name}')")
-        loader_kwargs = {SELECTIONS[base][0]: [s.strip() for s in sel.split(",") if s.strip()], **loader_kwargs}
-    if base in SELECTIONS:
-        key, known = SELECTIONS[base]
-        unknown = [s for s in loader_kwargs.get(key) or [] if s not in known]
+        if chooser is None:
+            takes = [b.name for b in BENCHMARKS.values() if b.selection is not None]
+            raise LatentcheckError(f"only {' and '.join(takes)} take a selection ('{name}')")
+        loader_kwargs = {chooser.argument: [s.strip() for s in sel.split(",") if s.strip()], **loader_kwargs}
+    if chooser is not None:
+        unknown = [s for s in loader_kwargs.get(chooser.argument) or [] if s not in chooser.known]
         if unknown:
-            what = "BLINK sub-task" if base == "blink" else "TableVQA split"
-            raise LatentcheckError(f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(known)}")
+            raise LatentcheckError(f"unknown {chooser.what}(s) {', '.join(unknown)}; known: {', '.join(chooser.known)}")
     return bench.with_options(**loader_kwargs) if loader_kwargs else bench
 
 
-__all__ = ["Benchmark", "PromptVariant", "BENCHMARKS", "get_benchmark", "MONET_SYSTEM_PROMPT"]
+__all__ = ["Benchmark", "PromptVariant", "Selection", "BENCHMARKS", "get_benchmark", "register_benchmark",
+           "MONET_SYSTEM_PROMPT"]

@@ -35,7 +35,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from latentcheck.bench.registry import Benchmark, PromptVariant, get_benchmark
+from latentcheck.bench.registry import BENCHMARKS, Benchmark, PromptVariant, get_benchmark
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.extract import get_extractor, strip_latent_span
 from latentcheck.core.interventions import InterventionSpec, LatentStats, parse_specs
@@ -89,8 +89,7 @@ def resolve_protocol(bench: Benchmark, variant: str | None, scoring: str | None)
                                        "scored by likelihood); use --scoring generate")
             variant = names[0]
         else:
-            variant = PROFILE_VARIANT if (bench.name == "generic" and PROFILE_VARIANT in bench.variants) \
-                else "official"
+            variant = bench.default_variant if bench.default_variant in bench.variants else "official"
     mode = bench.variant(variant).mode
     if scoring is not None and scoring != mode:
         raise LatentcheckError(f"variant {variant!r} of {bench.name!r} is scored by {mode}, not {scoring}; "
@@ -560,9 +559,10 @@ def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, var
 
     t_start = time.perf_counter()
     bench = get_benchmark(benchmark) if isinstance(benchmark, str) else (benchmark or get_benchmark("generic"))
-    if bench.name != "generic" and not opts.data:
+    if not bench.default_data and not opts.data:
+        defaults = " and ".join(b.name for b in BENCHMARKS.values() if b.default_data)
         raise LatentcheckError(f"--data is required for benchmark {bench.name!r} (the toy world default applies to "
-                               "the generic benchmark only)")
+                               f"{defaults} only)")
     specs = _plan(interventions)
     bad = set(decoding or {}) - set(DecodingSpec.__dataclass_fields__)
     if bad:

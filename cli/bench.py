@@ -80,7 +80,7 @@ def _list_benchmarks() -> None:
     for b in BENCHMARKS.values():
         for i, v in enumerate(b.variants.values()):
             t.add_row(b.name if i == 0 else "", v.name, v.mode, v.extractor or "-", v.source)
-        if b.name == "generic":
+        if b.default_variant == "profile":
             t.add_row("", "profile", "generate", "(profile's)", "the model profile's own prompt (default for "
                       "generic)")
     out_console.print(t)
