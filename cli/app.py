@@ -11,12 +11,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from latentcheck.cli.tables import FittingConsole
 from latentcheck.core.errors import LatentcheckError
 
 app = typer.Typer(name="latentcheck", no_args_is_help=False, pretty_exceptions_show_locals=False,
                   help="Is a model's latent imagination causally real? Causal analysis of latent visual reasoning.")
-console = Console(stderr=True)
-out_console = Console()
+console = FittingConsole(stderr=True)
+out_console = FittingConsole()
 
 
 def _print_version(value: bool) -> None:
@@ -100,14 +101,10 @@ def main() -> None:
 def _main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover
-        pass
+    quiet = quiet_requested(sys.argv[1:])
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    silence_libraries(quiet)
     _register_subcommands()
     if not sys.argv[1:]:  # `latentcheck` alone: what can I run?
         cmd = typer.main.get_command(app)
@@ -136,6 +133,39 @@ def _main() -> None:
         if code is None:
             raise
         sys.exit(code)
+
+
+def quiet_requested(argv: list[str]) -> bool:
+    """``--quiet`` / ``-q`` anywhere before ``--`` (read before parsing, so libraries are silenced before they load)."""
+    for a in argv:
+        if a == "--":
+            return False
+        if a in ("--quiet", "-q"):
+            return True
+    return False
+
+
+def silence_libraries(quiet: bool) -> None:
+    """Library noise off: transformers' download/loading bars and info logs always (the CLI reports progress itself),
+    the deprecation chatter of library internals always; with ``quiet`` every Python warning and every library log
+    below ERROR too, so only errors and the final summary remain."""
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning):
+        for module in (r"transformers(\..*)?", r"torch(\..*)?", r"accelerate(\..*)?", r"huggingface_hub(\..*)?"):
+            warnings.filterwarnings("ignore", category=category, module=module)
+    if quiet:
+        warnings.simplefilter("ignore")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def _is_click(e: BaseException, name: str) -> bool:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
+from latentcheck.cli.tables import run_line
 
 P = "bench options"
 bench_app = typer.Typer(help="Run a benchmark (V*, HR-Bench, MME-RealWorld, BLINK, VSP, TableVQA, generic) with its "
@@ -67,8 +68,8 @@ def _render(r: dict) -> None:
                       + (f"; paper overall {_pct(scores['paper_overall'])}" if scores.get("paper_overall") is not None
                          else ""), highlight=False)
     counts = r["counts"]
-    console.print(f"samples: {counts.get('ok', 0)} ok, {counts.get('errors', 0)} errors -> {r['results_path']}; "
-                  f"results: {r['summary_path']}", highlight=False)
+    console.print(run_line(counts, r["results_path"], results=r["summary_path"]), highlight=False, soft_wrap=True,
+                  markup=False)
 
 
 def _list_benchmarks() -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from latentcheck.cli.app import app, out_console
+from latentcheck.cli.app import app, console, out_console
+from latentcheck.cli.tables import run_line
 from latentcheck.cli.options import (BatchSize, Data, Device, Limit, MaxNewTokens, MaxPixels, Model, Out, Profile,
                                      Quant, Quiet, Resume, Seed, Strict, TrustRemoteCode, common)
 
@@ -115,10 +117,12 @@ def perturb_input_cmd(
     res = run_perturb_input(opts, parsed, max_matrix=max_matrix, save_tensors=save_tensors, force_start=force_start,
                             image_visibility=image_visibility, max_latents=max_latents,
                             max_new_tokens=max_new_tokens, n_boot=n_boot, plots=not no_plots)
-    if res.is_main and not quiet:
-        out_console.print(results_table(res.summary))
-        out_console.print(geometry_table(res.summary))
-        out_console.print(f"results: {res.results_path}\nsummary: {res.summary_path}"
-                          + (f"\nplots: {len(res.plots)} PNG in {out}/plots" if res.plots else ""))
+    if res.is_main:
+        if not quiet:
+            out_console.print(results_table(res.summary))
+            out_console.print(geometry_table(res.summary))
+        console.print(run_line(res.counts, res.results_path, summary=res.summary_path,
+                               plots=f"{len(res.plots)} PNG in {Path(res.summary_path).parent / 'plots'}"
+                               if res.plots else None), highlight=False, soft_wrap=True, markup=False)
     if res.counts.get("errors"):
         raise typer.Exit(1)

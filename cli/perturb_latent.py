@@ -10,6 +10,7 @@ from rich.table import Table
 
 from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
+from latentcheck.cli.tables import run_line
 
 P = "perturb-latent options"
 
@@ -34,8 +35,17 @@ def _ci(d: dict | None, est: str = "estimate", lo: str = "lo", hi: str = "hi") -
     return f"{_num(d[est])} [{_num(d[lo])}, {_num(d[hi])}]"
 
 
-def _render(result) -> None:
+def _render(result, quiet: bool = False) -> None:
+    """The tables (not with ``quiet``) and the final line (always)."""
     s = result.summary
+    if not quiet:
+        _tables(s)
+    console.print(run_line(s["counts"], result.results_path, summary=result.summary_path,
+                           plots=", ".join(s.get("plots", {}).values()) or "none"),
+                  highlight=False, soft_wrap=True, markup=False)
+
+
+def _tables(s: dict) -> None:
     b = s["baseline"]
     t = Table(title=f"perturb-latent: {s['model'].get('id')} (profile {s['model'].get('profile')}), n={b['n']}, "
                     f"chance {_fmt(b['chance'], 2)}")
@@ -64,10 +74,6 @@ def _render(result) -> None:
                 continue
             m.add_row(outcome, str(e["n"]), _ci(e["te"]), _ci(e["nie"]), _ci(e["nde"]), _ci(e["proportion_mediated"]))
         out_console.print(m)
-    counts = s["counts"]
-    console.print(f"samples: {counts.get('ok', 0)} ok, {counts.get('errors', 0)} errors -> {result.results_path}; "
-                  f"summary: {result.summary_path}; plots: {', '.join(s.get('plots', {}).values()) or 'none'}",
-                  highlight=False)
 
 
 @app.command("perturb-latent")
@@ -130,7 +136,7 @@ def perturb_latent_cmd(
                                 mediation=mediation, naive=naive, force_latent=force_latent,
                                 image_visibility=image_visibility, max_new_tokens=max_new_tokens,
                                 calibration_size=calibration, n_boot=n_boot, plots=not no_plots)
-    if result.is_main and not quiet:
-        _render(result)
+    if result.is_main:
+        _render(result, quiet)
     if result.exit_code:
         raise typer.Exit(result.exit_code)

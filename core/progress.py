@@ -1,10 +1,91 @@
-"""A quiet-aware progress bar on stderr (stdout stays free for JSONL with ``--out -``)."""
+"""Progress on stderr (stdout stays free for JSONL with ``--out -``): a Rich bar on a terminal, periodic log lines
+everywhere else (a SLURM log, a pipe, ``nohup``), nothing with ``quiet``.
+
+Log lines are plain, timestamped and one per event, so ``tail -f`` and ``grep`` work on a cluster job's log::
+
+    2026-12-02 13:40:01Z perturb-latent: 16/40 (40%), 2.10/s, elapsed 7s, ETA 11s
+
+A line is written when a stage starts, at most every ``LATENTCHECK_PROGRESS_INTERVAL`` seconds (default 30) while it
+runs, and when it ends. :func:`status` writes one such line for a step without a count ("loading model ...").
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import IO, Iterator
+
+INTERVAL_ENV = "LATENTCHECK_PROGRESS_INTERVAL"
+DEFAULT_INTERVAL = 30.0
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def status(message: str, quiet: bool = False) -> None:
+    """One timestamped line on stderr (e.g. ``loading model X ...``) unless ``quiet``."""
+    if not quiet:
+        print(f"{_stamp()} {message}", file=sys.stderr, flush=True)
+
+
+def log_interval() -> float:
+    try:
+        return max(0.0, float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL)))
+    except ValueError:
+        return DEFAULT_INTERVAL
+
+
+class _LogProgress:
+    """Rich-progress lookalike for :class:`ProgressHandle` that writes periodic log lines instead of a bar."""
+
+    def __init__(self, description: str, total: int | None, completed: int, interval: float):
+        self.description, self.total, self.interval = description, total, interval
+        self.completed = self.start_completed = completed
+        self.start = self.last = time.monotonic()
+        self._line("started")
+
+    def _line(self, event: str | None = None) -> None:
+        done = f"{self.completed}/{self.total}" if self.total is not None else f"{self.completed}"
+        if self.total:
+            done += f" ({100 * self.completed / self.total:.0f}%)"
+        elapsed = time.monotonic() - self.start
+        parts = [done]
+        if event:
+            parts.append(event)
+        new = self.completed - self.start_completed
+        if new > 0 and elapsed > 0:
+            rate = new / elapsed
+            parts.append(f"{rate:.2f}/s" if rate >= 0.1 else f"{1 / rate:.1f}s each")
+        parts.append(f"elapsed {_duration(elapsed)}")
+        if self.total is not None and new > 0 and self.completed < self.total:
+            parts.append(f"ETA {_duration(elapsed / new * (self.total - self.completed))}")
+        print(f"{_stamp()} {self.description}: {', '.join(parts)}", file=sys.stderr, flush=True)
+        self.last = time.monotonic()
+
+    def advance(self, task_id, n: int = 1) -> None:
+        self.completed += n
+        if time.monotonic() - self.last >= self.interval:
+            self._line()
+
+    def update(self, task_id, description: str | None = None) -> None:
+        if description:
+            self.description = description
+
+    def close(self) -> None:
+        self._line("done" if self.total is None or self.completed >= self.total else "stopped")
 
 
 class ProgressHandle:
@@ -47,12 +128,19 @@ def progress_enabled(quiet: bool, stream: IO | None = None) -> bool:
 @contextmanager
 def progress_bar(total: int | None, description: str, quiet: bool = False,
                  completed: int = 0) -> Iterator[ProgressHandle]:
-    """Context manager yielding a :class:`ProgressHandle`; rich bar on stderr, or no output at all when ``quiet``
-    or stderr is not a TTY. ``completed`` starts the bar part-way (e.g. records already done when resuming).
+    """Context manager yielding a :class:`ProgressHandle`; rich bar on stderr when it is a terminal, periodic log
+    lines otherwise (module docstring), no output at all when ``quiet``. ``completed`` starts the bar part-way (e.g. records already done when resuming).
     A bar opened while another is drawn shares its console, so Rich stacks them (a stage bar over an analysis's
     own bar) instead of two live displays overwriting one line."""
-    if not progress_enabled(quiet):
+    if quiet:
         yield ProgressHandle(completed=completed)
+        return
+    if not progress_enabled(quiet):
+        log = _LogProgress(description, total, completed, log_interval())
+        try:
+            yield ProgressHandle(log, None, completed)
+        finally:
+            log.close()
         return
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,

@@ -324,6 +324,18 @@ def iter_results(path: str | os.PathLike) -> ResultStream:
     return ResultStream(path)
 
 
+def first_error(path: str | os.PathLike) -> dict | None:
+    """The first error record of a results file (``record``, ``field``, ``message``, ...) or None: what a console
+    names after "N errors" so the user sees why without opening the file."""
+    try:
+        for rec in ResultStream(path):
+            if rec.get("type") == "error":
+                return rec
+    except (LatentcheckError, RecordError, OSError):
+        return None
+    return None
+
+
 def read_results(path: str | os.PathLike) -> tuple[dict, list[dict]]:
     """Return (provenance, records). A torn last line is skipped with an :class:`IncompleteLineWarning`."""
     stream = ResultStream(path)

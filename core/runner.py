@@ -67,11 +67,21 @@ def load_for(opts: CommonOptions, default: str = "toy-latent"):
     (``cuda:LOCAL_RANK``) instead of spreading one copy over every GPU (``device_map="auto"``, the single-process
     default for models too large for one GPU).
     """
-    from latentcheck.core.loader import load_model
+    import time
 
-    return load_model(opts.model or default, profile=opts.profile, quant=opts.quant,
-                      device=data_parallel_device(opts.device), trust_remote_code=opts.trust_remote_code,
-                      max_pixels=opts.max_pixels)
+    from latentcheck.core.loader import load_model
+    from latentcheck.core.progress import status
+
+    name = opts.model or default
+    quiet = opts.quiet or not is_main_process()
+    status(f"loading model {name} (profile {opts.profile or 'auto'}, device {opts.device}, quant {opts.quant}) ...",
+           quiet)
+    start = time.monotonic()
+    lm = load_model(name, profile=opts.profile, quant=opts.quant, device=data_parallel_device(opts.device),
+                    trust_remote_code=opts.trust_remote_code, max_pixels=opts.max_pixels)
+    status(f"loaded {name} in {time.monotonic() - start:.1f}s (profile {lm.profile.name}, {lm.device}, "
+           f"{str(lm.dtype).replace('torch.', '')})", quiet)
+    return lm
 
 
 def data_parallel_device(device: str) -> str:

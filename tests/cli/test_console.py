@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import subprocess
 import sys
@@ -83,3 +84,37 @@ def test_help_shows_readable_metavars():
     assert r.returncode == 0, r.stderr
     assert "<list[str]>" not in r.stdout and "<bool>" not in r.stdout and "<str>" not in r.stdout
     assert "SPEC ..." in r.stdout and "DIR|-" in r.stdout
+
+
+def test_piped_run_logs_loading_and_progress_lines_and_fits_80_columns(tmp_path):
+    """stdout/stderr are pipes here (as in a SLURM log): a "loading model" line comes first, then periodic progress
+    lines (stage, done/total, rate, ETA) instead of a bar, and the tables fit 80 columns with every number whole."""
+    out = tmp_path / "run"
+    r = run_cli("perturb-latent", "--limit", "6", "--batch-size", "1", "-i", "zero", "--n-boot", "200", "--no-plots",
+                "--out", str(out),
+                env={"LATENTCHECK_PROGRESS_INTERVAL": "0"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    err = r.stderr.splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ "
+    import re
+
+    assert re.fullmatch(stamp + r"loading model toy-latent \(profile auto, device auto, quant auto\) \.\.\.", err[0])
+    assert re.fullmatch(stamp + r"loaded toy-latent in \d+\.\ds \(profile toy-latent, cpu, float32\)", err[1])
+    progress = [ln for ln in err if re.match(stamp + r"perturb-latent: \d/6", ln)]
+    assert progress[0].endswith("started, elapsed 0s") and ", done, " in progress[-1]
+    assert any("ETA" in ln and "/s" in ln for ln in progress[1:-1]), progress
+    assert "Warning" not in r.stderr and "\x1b" not in r.stderr + r.stdout
+    lines = r.stdout.splitlines()
+    assert max(len(ln) for ln in lines) <= 80
+    summary = json.loads((out / "summary.json").read_text())
+    base = summary["baseline"]
+    assert any(f"{base['accuracy']:.3f}" in ln for ln in lines)
+
+
+def test_quiet_prints_only_the_final_line(tmp_path):
+    r = run_cli("perturb-latent", "--limit", "2", "-i", "zero", "--n-boot", "100", "--no-plots", "--quiet",
+                "--out", str(tmp_path / "q"), env={"LATENTCHECK_PROGRESS_INTERVAL": "0"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("samples: 2 ok, 0 errors"), r.stderr

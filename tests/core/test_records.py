@@ -410,11 +410,25 @@ class _FakeTTY(io.StringIO):
         return True
 
 
-def test_progress_silent_when_quiet_or_not_a_tty(capsys):
-    with progress_bar(3, "scoring") as bar:  # pytest's captured stderr is not a TTY
+def test_progress_logs_lines_off_a_tty_and_is_silent_when_quiet(monkeypatch, capsys):
+    import re
+
+    monkeypatch.setenv("LATENTCHECK_PROGRESS_INTERVAL", "0")
+    with progress_bar(3, "scoring") as bar:  # pytest's captured stderr is not a TTY: log lines, no bar
         for _ in range(3):
             bar.advance()
-    assert bar.completed == 3 and not bar.enabled
+    assert bar.completed == 3 and bar.enabled
+    lines = capsys.readouterr().err.splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ"
+    assert re.fullmatch(stamp + r" scoring: 0/3 \(0%\), started, elapsed 0s", lines[0]), lines
+    assert [re.match(stamp + r" scoring: (\d)/3", ln).group(1) for ln in lines] == ["0", "1", "2", "3", "3"]
+    assert "ETA" in lines[1] and "/s" in lines[1] and lines[-1].split(", ")[1] == "done"
+    assert "\x1b" not in "".join(lines)  # plain text for a log file
+    monkeypatch.setenv("LATENTCHECK_PROGRESS_INTERVAL", "3600")
+    with progress_bar(5, "scoring", completed=2) as bar:  # resumed: starts at 2; nothing between start and end
+        bar.advance(3)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and " 2/5 (40%), started" in lines[0] and " 5/5 (100%), done" in lines[1]
     with progress_bar(3, "scoring", quiet=True) as bar:
         bar.advance(2)
     captured = capsys.readouterr()
