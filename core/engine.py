@@ -148,7 +148,13 @@ class Engine:
 
         self.lm = lm
         self.model = lm.model
-        self.text_model = lm.model.model.language_model
+        inner = lm.model.model
+        # text-only causal LMs (Qwen2/Qwen3ForCausalLM) have the decoder as .model and 1-D positions; the VL
+        # families (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) have it as .model.language_model with mRoPE positions
+        self.text_only = not hasattr(inner, "language_model")
+        self.text_model = inner if self.text_only else inner.language_model
+        vcfg = getattr(lm.model.config, "vision_config", None)
+        self.deepstack = bool(getattr(vcfg, "deepstack_visual_indexes", None))  # Qwen3-VL
         self.decoding = decoding or lm.profile.decoding
         self.seed = seed
         self.capture_hidden = capture_hidden
@@ -210,9 +216,13 @@ class Engine:
         types = getattr(cfg, "layer_types", None) or ["full_attention"]
         return getattr(cfg, "_attn_implementation", None) == "sdpa" and all(t == "full_attention" for t in types)
 
-    def _forward(self, embeds, positions, mask, cache):
+    def _forward(self, embeds, positions, mask, cache, **visual):
+        """The decoder on input embeddings with explicit positions (3 x B x L mRoPE; a text-only model takes the
+        first row, identical to its 1-D positions). ``visual``: Qwen3-VL's DeepStack inputs (prefill only)."""
+        if self.text_only:
+            positions = positions[0]
         out = self.text_model(inputs_embeds=embeds, position_ids=positions, attention_mask=mask,
-                              cache=cache, use_cache=True)
+                              cache=cache, use_cache=cache is not None, **visual)
         return out.last_hidden_state
 
     def _positions(self, p: Prompt):
@@ -228,16 +238,59 @@ class Engine:
     def image_features(self, prompts: list[Prompt]) -> list:
         """Merged visual tokens of each prompt's images ([n_image_tokens, H] per prompt); a prompt's cached
         ``image_embeds`` (e.g. a frozen vision tower during training) is used as is."""
+        return self.visual_features(prompts)[0]
+
+    def visual_features(self, prompts: list[Prompt]) -> tuple[list, list | None]:
+        """(merged visual tokens per prompt, DeepStack features per prompt or None). DeepStack (Qwen3-VL): per prompt
+        a list over the injected decoder layers of [n_image_tokens, H] features, added to the image positions'
+        hidden states after those layers (the model's own ``_deepstack_process``)."""
+        from latentcheck.core.errors import LatentcheckError
+
         torch = self._torch
+        if self.text_only:
+            raise LatentcheckError("this model is a text-only causal LM: it has no vision tower for images")
         need = [p for p in prompts if p.image_embeds is None]
         fresh: list = []
+        fresh_ds: list = []
         if need:
             pv = torch.cat([p.pixel_values for p in need]).to(self.device, self.model.model.visual.dtype)
             grid = torch.cat([p.image_grid_thw for p in need]).to(self.device)
-            flat = torch.cat(self.model.model.get_image_features(pv, grid).pooler_output)
-            fresh = list(torch.split(flat, [int(p.image_mask.sum()) for p in need]))
-        it = iter(fresh)
-        return [p.image_embeds.to(self.device) if p.image_embeds is not None else next(it) for p in prompts]
+            out = self.model.model.get_image_features(pv, grid)
+            sizes = [int(p.image_mask.sum()) for p in need]
+            fresh = list(torch.split(torch.cat(out.pooler_output), sizes))
+            ds = getattr(out, "deepstack_features", None) if self.deepstack else None
+            if ds is not None:
+                per_layer = [torch.split(torch.cat(list(f)), sizes) for f in ds]
+                fresh_ds = [[layer[i] for layer in per_layer] for i in range(len(need))]
+        it, it_ds = iter(fresh), iter(fresh_ds)
+        feats, deep = [], []
+        for p in prompts:
+            if p.image_embeds is not None:
+                feats.append(p.image_embeds.to(self.device))
+                if self.deepstack:
+                    if p.deepstack_embeds is None:
+                        raise LatentcheckError("a cached image_embeds needs its deepstack_embeds on a Qwen3-VL model")
+                    deep.append([d.to(self.device) for d in p.deepstack_embeds])
+            else:
+                feats.append(next(it))
+                if self.deepstack:
+                    deep.append(next(it_ds))
+        return feats, (deep if self.deepstack else None)
+
+    def _visual_inputs(self, ids, embeds, prompts: list[Prompt]):
+        """Image features scattered into the image-pad slots of ``embeds`` (row-major, as the model does), plus
+        the DeepStack keyword arguments for the decoder (empty for models without DeepStack)."""
+        torch = self._torch
+        feats_l, deep_l = self.visual_features(prompts)
+        feats = torch.cat(feats_l).to(embeds.dtype)
+        img = ids == self.tokens.image
+        if int(img.sum()) != feats.shape[0]:
+            raise RuntimeError(f"image tokens ({int(img.sum())}) != image features ({feats.shape[0]})")
+        embeds = embeds.masked_scatter(img.unsqueeze(-1), feats)
+        if not deep_l:
+            return embeds, {}
+        layers = [torch.cat([d[j] for d in deep_l]).to(embeds.dtype) for j in range(len(deep_l[0]))]
+        return embeds, {"visual_pos_masks": img, "deepstack_visual_embeds": layers}
 
     def prefill(self, prompts: list[Prompt], visibility: list[str]):
         """Left-padded batched prefill. Returns (hidden [B,P,H], cache, state dict)."""
@@ -261,13 +314,10 @@ class Engine:
             pos[:, b, P - L:] = pp
             next_pos[b] = int(pp.max()) + 1
         embeds = self.embed(ids)
-        with_img = [p for p in prompts if p.pixel_values is not None]
+        with_img = [p for p in prompts if p.pixel_values is not None or p.image_embeds is not None]
+        visual: dict = {}
         if with_img:
-            feats = torch.cat(self.image_features(with_img)).to(embeds.dtype)
-            img = (ids == self.tokens.image)
-            if int(img.sum()) != feats.shape[0]:
-                raise RuntimeError(f"image tokens ({int(img.sum())}) != image features ({feats.shape[0]})")
-            embeds = embeds.masked_scatter(img.unsqueeze(-1), feats)
+            embeds, visual = self._visual_inputs(ids, embeds, with_img)
         valid = kinds != PAD
         if all(v == "all" for v in visibility) and bool(valid.all()):
             mask = None
@@ -283,7 +333,7 @@ class Engine:
             m = m | torch.eye(P, dtype=torch.bool, device=self.device)[None]  # every query sees itself
             mask = m[:, None]
         cache = DynamicCache(config=self.model.config)
-        h = self._forward(embeds, pos, mask, cache)
+        h = self._forward(embeds, pos, mask, cache, **visual)
         return h, cache, dict(ids=ids, kinds=kinds, qmask=qmask, next_pos=next_pos, P=P,
                               input_start=input_start(kinds, qmask))
 
@@ -687,11 +737,9 @@ class Engine:
         n_gen = len(ids) - prompt.length
         with torch.no_grad():
             emb = self.embed(ids)[None]
-            if prompt.pixel_values is not None:
-                feats = torch.cat(self.model.model.get_image_features(
-                    prompt.pixel_values.to(self.device), prompt.image_grid_thw.to(self.device)).pooler_output)
-                img = (ids == self.tokens.image)[None]
-                emb = emb.masked_scatter(img.unsqueeze(-1), feats.to(emb.dtype))
+            visual: dict = {}
+            if prompt.pixel_values is not None or prompt.image_embeds is not None:
+                emb, visual = self._visual_inputs(ids[None], emb, [prompt])
             fed = [i for i, f in enumerate(trace.fed_mask[:n_gen]) if f]
             for j, i in enumerate(fed):
                 emb[0, prompt.length + i] = torch.as_tensor(trace.latents[j], dtype=emb.dtype)
@@ -720,6 +768,5 @@ class Engine:
                 if first:
                     idx_k = torch.arange(Lt, device=self.device)[None, :]
                     m &= ~((qk == SPAN) & (idx_k >= first[0]) & (kk != SPAN))
-            h = self.text_model(inputs_embeds=emb, position_ids=pos, attention_mask=m[None, None],
-                                use_cache=False).last_hidden_state
+            h = self._forward(emb, pos, m[None, None], None, **visual)
             return self.model.lm_head(h[0])

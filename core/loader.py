@@ -204,6 +204,33 @@ def build_processor(path: Path, max_pixels: int | None = None, min_pixels: int |
     return proc
 
 
+class TextProcessor:
+    """The processor of a text-only causal LM: its tokenizer and chat template, no image processor."""
+
+    image_processor = None
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def apply_chat_template(self, messages, **kw):
+        return self.tokenizer.apply_chat_template(messages, **kw)
+
+
+def build_text_processor(path: Path) -> TextProcessor:
+    """Tokenizer + chat template of a text-only checkpoint."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load the tokenizer from {path}: {e}") from None
+    if tok.chat_template is None and (path / "chat_template.jinja").exists():
+        tok.chat_template = (path / "chat_template.jinja").read_text()
+    if tok.chat_template is None:
+        raise ModelLoadError(f"text-only checkpoint {path} has no chat template")
+    return TextProcessor(tok)
+
+
 def _load_projection_head(path: Path, model, profile: Profile):
     """LVR's optional lvr_head (LayerNorm + Linear-GELU-Linear) read from the checkpoint's safetensors."""
     if profile.latent.projection == "none":
@@ -230,7 +257,7 @@ def load_model(model: str, profile: str | Profile | None = None, quant: str = "a
         raise ModelLoadError(f"--quant must be one of {', '.join(QUANT_CHOICES)}, got {quant!r}")
     path = resolve_model_path(model)
     dev = _pick_device(device)
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -251,17 +278,20 @@ def load_model(model: str, profile: str | Profile | None = None, quant: str = "a
                 dtype = torch.float16  # CPU int8 matmul casts to fp16 anyway
         kw["quantization_config"] = _quant_config(quant, dev)
     device_map: Any = "cpu" if dev == "cpu" else ("auto" if dev == "cuda" else {"": dev})
+    # a config without a vision part is a text-only causal LM (Qwen2 / Qwen3): same engine, no images
+    text_only = getattr(config, "vision_config", None) is None
+    auto = AutoModelForCausalLM if text_only else AutoModelForImageTextToText
     try:
-        m = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, device_map=device_map,
-                                                        trust_remote_code=trust_remote_code, **kw).eval()
+        m = auto.from_pretrained(path, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
+                                 **kw).eval()
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"cannot load model weights from {path}: {e.__class__.__name__}: {e}") from None
     use_fast = dev == "cpu" if fast_paths is None else fast_paths
-    fast = ["linear_patch_embedding"] if use_fast and linear_patch_embedding(m) else []
-    processor = build_processor(path, max_pixels=max_pixels)
+    fast = ["linear_patch_embedding"] if use_fast and not text_only and linear_patch_embedding(m) else []
+    processor = build_text_processor(path) if text_only else build_processor(path, max_pixels=max_pixels)
     tok = processor.tokenizer
     prof = get_profile(profile) if isinstance(profile, str) else (profile or detect_profile(tok, config))
-    if prof.processor and not max_pixels:
+    if prof.processor and not max_pixels and not text_only:
         processor = build_processor(path, max_pixels=prof.processor.get("max_pixels"),
                                     min_pixels=prof.processor.get("min_pixels"))
     tokens = resolve_tokens(prof, tok, m)
@@ -269,6 +299,7 @@ def load_model(model: str, profile: str | Profile | None = None, quant: str = "a
     return LoadedModel(model=m, processor=processor, tokenizer=tok, profile=prof, tokens=tokens, model_id=model,
                        path=str(path), device=dev, dtype=str(dtype).replace("torch.", ""), quant=quant,
                        weight_hash=weight_fingerprint(path), head=head,
-                       info={"max_pixels": processor.image_processor.size.get("longest_edge"),
-                             "min_pixels": processor.image_processor.size.get("shortest_edge"),
+                       info={"architecture": type(m).__name__, "text_only": text_only,
+                             "max_pixels": None if text_only else processor.image_processor.size.get("longest_edge"),
+                             "min_pixels": None if text_only else processor.image_processor.size.get("shortest_edge"),
                              "fast_paths": fast})

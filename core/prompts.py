@@ -22,6 +22,7 @@ class Prompt:
     text: str = ""  # the rendered chat text (image pad not yet expanded)
     image_embeds: Any = None  # optional cached merged visual tokens [n_image_tokens, H] (frozen vision tower)
     positions: Any = None  # LongTensor [3, L]: mRoPE positions of the unpadded prompt (see mrope_positions)
+    deepstack_embeds: Any = None  # Qwen3-VL: cached DeepStack features (list over layers of [n_image_tokens, H])
 
     @property
     def length(self) -> int:
@@ -78,13 +79,20 @@ def build_prompt(lm, key: str, user_text: str, image=None, assistant_prefix: str
     proc = lm.processor
     tok = lm.tokenizer
     images = [] if image is None else (list(image) if isinstance(image, (list, tuple)) else [image])
+    text_only = getattr(proc, "image_processor", None) is None
+    if images and text_only:
+        from latentcheck.core.errors import RecordError
+
+        raise RecordError(key, "image", "the model is a text-only causal LM and cannot take images")
     text_item = prof.prompt.image_text_prefix + user_text if images else user_text
-    content: list[dict] = []
+    content: list[dict] | str = []
     if prof.prompt.image_first:
         content += [{"type": "image"} for _ in images]
     content.append({"type": "text", "text": text_item})
     if not prof.prompt.image_first:
         content += [{"type": "image"} for _ in images]
+    if text_only:
+        content = text_item  # text chat templates render string contents
     messages = []
     system = prof.prompt.system if system is None else system
     if system:

@@ -111,36 +111,86 @@ def build_config(tok, size: str = "tiny"):
         vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
 
 
-def image_processor(min_pixels: int = 56 * 56, max_pixels: int = 224 * 224):
+ARCHS = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen2", "qwen3")  # the Qwen families the one engine runs
+TEXT_ONLY_ARCHS = ("qwen2", "qwen3")
+
+
+def build_arch_config(tok, arch: str = "qwen2_5_vl", size: str = "tiny"):
+    """A tiny config of one Qwen family (same transformers classes as the real checkpoints): Qwen2.5-VL (as
+    :func:`build_config`), Qwen2-VL, Qwen3-VL (DeepStack features injected after decoder layers 0 and 1) or the
+    text-only Qwen2 / Qwen3 causal LMs. Special ids are read from the tokenizer."""
+    from transformers import Qwen2Config, Qwen2VLConfig, Qwen3Config, Qwen3VLConfig
+
+    if arch == "qwen2_5_vl":
+        return build_config(tok, size)
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+    s = SIZES[size]
+    vocab = tok.get_vocab()
+    ids = {t: vocab[t] for t in BASE_SPECIAL}
+    vocab_size = (len(tok) + 63) // 64 * 64
+    text = dict(vocab_size=vocab_size, hidden_size=s["hidden"], intermediate_size=s["inter"],
+                num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv"],
+                max_position_embeddings=4096, rms_norm_eps=1e-6, bos_token_id=ids["<|endoftext|>"],
+                eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    special = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                   vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    if arch in ("qwen2", "qwen3"):
+        cls = Qwen2Config if arch == "qwen2" else Qwen3Config
+        return cls(**text, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                   tie_word_embeddings=False, use_sliding_window=False)
+    if arch == "qwen2_vl":
+        vision = dict(depth=s["vdepth"], embed_dim=s["vhidden"], hidden_size=s["hidden"], mlp_ratio=2,
+                      num_heads=s["vheads"], in_channels=3, patch_size=14, spatial_merge_size=2,
+                      temporal_patch_size=2)
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": s["mrope"]}
+        return Qwen2VLConfig(text_config=dict(text, use_sliding_window=False), vision_config=vision,
+                             tie_word_embeddings=False, **special)
+    head_dim = s["hidden"] // s["heads"]
+    half = head_dim // 2
+    sec = [half - 2 * (half * 5 // 16), half * 5 // 16, half * 5 // 16]  # Qwen3-VL's 24/20/20 split, scaled
+    text.update(head_dim=head_dim, rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                                    "mrope_section": sec, "mrope_interleaved": True})
+    vision = dict(depth=s["vdepth"], hidden_size=s["vhidden"], intermediate_size=s["vinter"], num_heads=s["vheads"],
+                  in_channels=3, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                  out_hidden_size=s["hidden"], num_position_embeddings=64,
+                  deepstack_visual_indexes=list(range(min(2, s["vdepth"]))))
+    return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **special)
+
+
+def image_processor(min_pixels: int = 56 * 56, max_pixels: int = 224 * 224, patch_size: int = 14):
     """The torchvision-free Qwen2-VL image processor."""
     try:
         from transformers import Qwen2VLImageProcessorPil as ImageProc
     except ImportError:  # pragma: no cover - transformers 4.x
         from transformers import Qwen2VLImageProcessor as ImageProc
-    return ImageProc(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2,
+    return ImageProc(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch_size, merge_size=2,
                      temporal_patch_size=2)
 
 
 def build_tiny_checkpoint(out_dir: str | Path, family: str = "toy", size: str = "tiny", seed: int = 0,
-                          profile: str | None = None, tokenizer=None, embed_std: float | None = None) -> Path:
-    """Build a random-weight tiny Qwen2.5-VL checkpoint folder (model, tokenizer, image processor, template).
+                          profile: str | None = None, tokenizer=None, embed_std: float | None = None,
+                          arch: str = "qwen2_5_vl") -> Path:
+    """Build a random-weight tiny checkpoint folder (model, tokenizer, image processor, template) of one Qwen
+    family (``arch``, see :func:`build_arch_config`; Qwen2.5-VL by default).
 
     ``profile`` is stored in config.json as ``latentcheck_profile`` so the loader can pick it without guessing.
     ``embed_std`` rescales token embeddings (random-init embeddings are ~50x smaller than post-norm hiddens).
     """
     import torch
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, GenerationConfig
 
     from latentcheck.core.loader import ImageOnlyProcessor
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = tokenizer if tokenizer is not None else build_tokenizer(family)
-    cfg = build_config(tok, size)
+    cfg = build_arch_config(tok, arch, size)
     if profile:
         cfg.latentcheck_profile = profile
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    auto = AutoModelForCausalLM if arch in TEXT_ONLY_ARCHS else AutoModelForImageTextToText
+    model = auto.from_config(cfg).eval()
     if embed_std is not None:
         with torch.no_grad():
             model.get_input_embeddings().weight.normal_(0.0, embed_std)
@@ -149,8 +199,10 @@ def build_tiny_checkpoint(out_dir: str | Path, family: str = "toy", size: str = 
         eos_token_id=[vocab["<|im_end|>"], vocab["<|endoftext|>"]], pad_token_id=vocab["<|endoftext|>"],
         bos_token_id=vocab["<|endoftext|>"], do_sample=False)
     model.save_pretrained(out)
-    proc = ImageOnlyProcessor(image_processor=image_processor(), tokenizer=tok, chat_template=CHAT_TEMPLATE)
-    proc.save_pretrained(out)
+    if arch not in TEXT_ONLY_ARCHS:
+        ip = image_processor(patch_size=16, min_pixels=64 * 64, max_pixels=256 * 256) if arch == "qwen3_vl" \
+            else image_processor()
+        ImageOnlyProcessor(image_processor=ip, tokenizer=tok, chat_template=CHAT_TEMPLATE).save_pretrained(out)
     tok.save_pretrained(out)
-    (out / "latentcheck.json").write_text(json.dumps({"family": family, "size": size, "seed": seed}))
+    (out / "latentcheck.json").write_text(json.dumps({"family": family, "size": size, "seed": seed, "arch": arch}))
     return out
