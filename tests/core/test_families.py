@@ -24,7 +24,7 @@ TEXTS = ["What colour is the circle?\nA. red\nB. green\nC. blue\nD. yellow",
 @pytest.fixture(scope="module")
 def family_model(tmp_path_factory):
     from latentcheck.core.loader import load_model
-    from latentcheck.core.toy.tiny import build_tiny_checkpoint, build_tokenizer
+    from latentcheck.toy.tiny import build_tiny_checkpoint, build_tokenizer
 
     tok = build_tokenizer("plain")
     cache: dict = {}
