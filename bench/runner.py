@@ -191,42 +191,14 @@ def option_reply_ids(lm, option: str) -> list[int]:
 
 def option_mean_ce(engine, prompts: Sequence, replies: Sequence[Sequence[Sequence[int]]],
                    image_visibility: str | None = None) -> list[np.ndarray]:
-    """Mean token cross-entropy (nats) of each reply given its prompt, with cache sharing.
-
-    One left-padded prefill of ``prompts``; the cache is forked into one row per (prompt, reply); all replies are
-    teacher-forced in one batched forward (right-padded, explicit mRoPE positions continuing the prompt's). The first
-    reply token is predicted from the prompt's last position, token j from reply position j - 1.
-    """
+    """Mean token cross-entropy (nats) of each reply given its prompt (``Engine.score``: one prefill per prompt,
+    one cache row per reply, all replies teacher-forced in one batched forward)."""
     import torch
 
-    from latentcheck.core.engine import IMAGE, PAD
-
-    vis = [image_visibility or engine.profile.image_visibility] * len(prompts)
-    src = [b for b, reps in enumerate(replies) for _ in reps]
-    flat = [list(ids) for reps in replies for ids in reps]
-    if not flat or any(len(ids) == 0 for ids in flat):
+    if not replies or any(len(ids) == 0 for reps in replies for ids in reps) or not any(replies):
         raise LatentcheckError("likelihood scoring needs at least one non-empty reply per prompt")
-    dev = engine.device
     with torch.no_grad():
-        h, cache, st = engine.prefill(list(prompts), vis)
-        first = engine.model.lm_head(h[:, -1])
-        idx = torch.tensor(src, device=dev)
-        cache.batch_select_indices(idx)
-        R, L = len(flat), max(len(x) for x in flat)
-        ids = torch.full((R, L), engine.tokens.pad, dtype=torch.long, device=dev)
-        valid = torch.zeros((R, L), dtype=torch.bool, device=dev)
-        for r, x in enumerate(flat):
-            ids[r, :len(x)] = torch.tensor(x, device=dev)
-            valid[r, :len(x)] = True
-        kinds = st["kinds"][idx]
-        hide = torch.tensor([v != "all" for v in vis], device=dev)[idx]
-        prefix = (kinds != PAD) & ~((kinds == IMAGE) & hide[:, None])
-        mask = torch.cat([prefix, valid], 1).long()
-        pos = (st["next_pos"][idx][:, None] + torch.arange(L, device=dev)[None]).view(1, R, L).expand(3, R, L)
-        hs = engine._forward(engine.embed(ids), pos, mask, cache)
-        logits = torch.cat([first[idx][:, None], engine.model.lm_head(hs[:, :-1])], 1).float()
-        lp = torch.log_softmax(logits, -1).gather(-1, ids[..., None])[..., 0]
-        ce = (-(lp * valid).sum(1) / valid.sum(1)).cpu().numpy().astype(np.float64)
+        ce = engine.score(list(prompts), replies, image_visibility=image_visibility).mean_nll()
     out, i = [], 0
     for reps in replies:
         out.append(ce[i:i + len(reps)])

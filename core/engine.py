@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -88,6 +90,28 @@ class Trace:
         lp = self.option_logprobs - self.option_logprobs.max()
         p = np.exp(lp)
         return p / p.sum()
+
+
+@dataclass
+class Scores:
+    """Teacher-forced log-likelihoods from :meth:`Engine.score` (torch tensors; gradients flow when enabled)."""
+
+    logprobs: Any  # [R, L] log p(continuation token j | prompt, latent span, tokens < j); 0 where not ``valid``
+    valid: Any  # [R, L] bool: j < len(continuation of row R)
+    rows: list[int]  # prompt index of each row (rows are the continuations, flattened in order)
+    latents: tuple | None = None  # K tensors [R, H]: the own feedback vectors fed in the latent span, in order
+    start_logprob: Any = None  # [R] log p(latent-start token | prompt) (latent_steps > 0)
+
+    def mean_nll(self) -> np.ndarray:
+        """Mean negative log-likelihood per continuation token (nats), one value per row."""
+        v = self.valid
+        return (-(self.logprobs * v).sum(1) / v.sum(1)).detach().float().cpu().numpy().astype(np.float64)
+
+
+class _Batch(SimpleNamespace):
+    """Decode state of one batch inside the engine: one row per (request, condition); per-row quantities are
+    tensors of R rows (set up by ``Engine._setup``, advanced by ``_transition`` / ``_advance``, read by
+    ``_assemble``)."""
 
 
 def input_start(kinds, qmask):
@@ -180,21 +204,96 @@ class Engine:
         self._torch = torch
 
     # ------------------------------------------------------------------ public API
-    def run(self, requests: list[Request], batch_size: int = 8, sort_by_length: bool = True) -> list[list[Trace]]:
-        """Run all requests (batches of ``batch_size`` samples); traces come back in request order."""
+    def generate(self, requests: Sequence[Request | Prompt], batch_size: int = 8,
+                 sort_by_length: bool = True) -> list[list[Trace]]:
+        """Decode every request with all its conditions (forks of one prefill); a bare ``Prompt`` is one
+        un-intervened request. Batches of ``batch_size`` samples; traces come back in request order, one list (one
+        trace per condition) per request."""
+        requests = [r if isinstance(r, Request) else Request(r) for r in requests]
         order = list(range(len(requests)))
         if sort_by_length:
             order.sort(key=lambda i: requests[i].prompt.length)
         out: list[list[Trace] | None] = [None] * len(requests)
         for s in range(0, len(order), max(1, batch_size)):
             idx = order[s:s + batch_size]
-            for i, traces in zip(idx, self._run_batch([requests[i] for i in idx])):
+            for i, traces in zip(idx, self._decode([requests[i] for i in idx])):
                 out[i] = traces
         return out  # type: ignore[return-value]
 
-    def generate(self, prompts: list[Prompt], batch_size: int = 8, **request_kw) -> list[Trace]:
-        """Plain convenience: one un-intervened trace per prompt."""
-        return [t[0] for t in self.run([Request(p, **request_kw) for p in prompts], batch_size)]
+    run = generate  # the name most callers use
+
+    def score(self, prompts: Sequence[Prompt], continuations: Sequence[Sequence[Sequence[int]]],
+              image_visibility: str | None = None, latent_steps: int = 0,
+              on_latent: Callable[[int, Any], None] | None = None) -> Scores:
+        """Teacher-forced log-likelihood of continuations: ``continuations[i]`` is a list of token-id sequences
+        scored after ``prompts[i]`` (one prefill per prompt, one cache row per continuation, all continuations in one
+        batched forward with explicit mRoPE positions continuing the prompt's).
+
+        ``latent_steps = K > 0`` (latent profiles): before the continuation each row feeds the latent-start token and
+        then K of its own feedback vectors as latent-span queries, as the engine decodes a forced span (the
+        continuation then starts after the span; the span is hidden from it when the profile says so);
+        ``on_latent(k, vector)`` sees each fed vector as soon as it is made (a training loss on the latents computed
+        there keeps the order of operations of a hand-written loop). Gradients flow when torch's grad mode is on."""
+        torch = self._torch
+        if len(continuations) != len(prompts):
+            raise ValueError("score: one list of continuations per prompt")
+        src = [b for b, conts in enumerate(continuations) for _ in conts]
+        flat = [list(ids) for conts in continuations for ids in conts]
+        if not flat or any(len(ids) == 0 for ids in flat):
+            raise ValueError("score: every prompt needs at least one non-empty continuation")
+        if latent_steps and not self.profile.is_latent:
+            raise ValueError("score: latent_steps needs a latent profile")
+        dev = self.device
+        prof = self.profile
+        vis = [image_visibility or prof.image_visibility] * len(prompts)
+        h, cache, st = self.prefill(list(prompts), vis)
+        first = self.model.lm_head(h[:, -1])
+        idx = torch.tensor(src, device=dev)
+        if src != list(range(len(prompts))):
+            cache.batch_select_indices(idx)
+            first = first[idx]
+        R, n = len(flat), max(len(x) for x in flat)
+        kinds = st["kinds"][idx]
+        pos = st["next_pos"][idx]
+        hide = torch.tensor([v != "all" for v in vis], device=dev)[idx]
+        prefix = (kinds != PAD) & ~((kinds == IMAGE) & hide[:, None])
+        latents = start_lp = None
+        span_cols = 0
+        if latent_steps:
+            start = torch.full((R,), self.tokens.start, device=dev)
+            start_lp = torch.log_softmax(first.float(), -1)[:, self.tokens.start]
+            span_keys = latent_key_mask(kinds, st["input_start"][idx], [vis[b] for b in src],
+                                        not prof.latents_see_input)
+            emb = self.embed(start)
+            fed = []
+            for k in range(latent_steps + 1):
+                mask = torch.cat([span_keys, torch.ones((R, span_cols + 1), dtype=torch.bool, device=dev)], 1).long()
+                hs = self._forward(emb[:, None], pos.view(1, R, 1).expand(3, R, 1), mask, cache)
+                pos = pos + 1
+                span_cols += 1
+                if k < latent_steps:
+                    emb = self._feedback(hs[:, -1])
+                    fed.append(emb)
+                    if on_latent is not None:
+                        on_latent(k, emb)
+                else:
+                    first = self.model.lm_head(hs[:, -1])
+            latents = tuple(fed)
+        ids = torch.full((R, n), self.tokens.pad, dtype=torch.long, device=dev)
+        valid = torch.zeros((R, n), dtype=torch.bool, device=dev)
+        for r, x in enumerate(flat):
+            ids[r, :len(x)] = torch.tensor(x, device=dev)
+            valid[r, :len(x)] = True
+        span_vis = torch.full((R, span_cols), prof.latents_visible_after, dtype=torch.bool, device=dev)
+        mask = torch.cat([prefix, span_vis, valid], 1).long()
+        posn = (pos[:, None] + torch.arange(n, device=dev)[None]).view(1, R, n).expand(3, R, n)
+        hs = self._forward(self.embed(ids), posn, mask, cache)
+        # (the latent path runs lm_head over every position, as the training loss always has: same bits)
+        tail = self.model.lm_head(hs)[:, :-1] if latent_steps else self.model.lm_head(hs[:, :-1])
+        logits = torch.cat([first[:, None], tail], 1)
+        lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None])[..., 0]
+        return Scores(logprobs=lp.masked_fill(~valid, 0.0), valid=valid, rows=src, latents=latents,
+                      start_logprob=start_lp)
 
     # ------------------------------------------------------------------ internals
     def _feedback(self, h):
@@ -361,331 +460,388 @@ class Engine:
         return torch.stack([torch.multinomial(probs[r], 1, generator=gens[r])[0]
                             for r in range(probs.shape[0])]).to(logits.device)
 
-    def _run_batch(self, reqs: list[Request]) -> list[list[Trace]]:  # noqa: C901 - the state machine lives here
+    # ------------------------------------------------------------------ one batch: set-up, steps, assembly
+    def _decode(self, reqs: list[Request]) -> list[list[Trace]]:
+        """Decode one batch of requests: set-up (prefill + fork), steps until every row is done, option scores,
+        assembly of the traces."""
+        with self._torch.no_grad():
+            b = self._setup(reqs)
+            while not self._transition(b):
+                self._advance(b)
+            b.t_decode = time.perf_counter() - b.t_loop
+            self._option_scores(b)
+            b.t_total = time.perf_counter() - b.t0
+        return self._assemble(b)
+
+    def _setup(self, reqs: list[Request]) -> _Batch:
+        """Prefill the batch, fork one row per (request, condition) and build the per-row state tensors."""
         torch = self._torch
-        t0 = time.perf_counter()
+        b = _Batch()
+        b.t0 = time.perf_counter()
+        b.reqs = reqs
         prof = self.profile
         L = prof.latent
         tk = self.tokens
         dev = self.device
         vis = [r.image_visibility or prof.image_visibility for r in reqs]
-        with torch.no_grad():
-            h, cache, st = self.prefill([r.prompt for r in reqs], vis)
-            refs = self._refs(h, st["kinds"], st["qmask"])
-            logits0 = self.model.lm_head(h[:, -1])
-            feedback0 = self._feedback(h[:, -1]) if prof.is_latent else h[:, -1]
-            t_prefill = time.perf_counter() - t0
-            # ---- fork: one row per (request, condition)
-            src, conds = [], []
-            for b, r in enumerate(reqs):
-                for c in r.conditions:
-                    src.append(b)
-                    conds.append(c)
-            R = len(src)
-            idx = torch.tensor(src, device=dev)
-            if R != len(reqs) or src != list(range(len(reqs))):
-                cache.batch_select_indices(idx)
-            kinds0 = st["kinds"][idx]
-            P = st["P"]
-            max_new = max((r.max_new_tokens or self.decoding.max_new_tokens) for r in reqs)
-            T = P + max_new + 2
-            valid = kinds0 != PAD
-            vis_row = [vis[b] for b in src]
-            hide_t = torch.tensor([v != "all" for v in vis_row], device=dev)
-            mT = torch.zeros((R, T), dtype=torch.bool, device=dev)
-            mL = torch.zeros((R, T), dtype=torch.bool, device=dev)
-            is_img = kinds0 == IMAGE
-            mT[:, :P] = valid & ~(is_img & hide_t[:, None])
-            mL[:, :P] = latent_key_mask(kinds0, st["input_start"][idx], vis_row, not prof.latents_see_input)
-            latvis = prof.latents_visible_after
-            see_input = prof.latents_see_input
-            pos = st["next_pos"][idx].clone()
-            logits = logits0[idx]
-            fb = feedback0[idx]
-            keys = [reqs[b].prompt.key for b in src]
-            gens = None
-            if self.decoding.do_sample:
-                gens = [torch.Generator().manual_seed(_row_seed(self.seed, k)) for k in keys]
-            # ---- per-row latent settings
-            is_latent = prof.is_latent
-            start_id = tk.start if is_latent else -1
-            end_id = tk.end if is_latent else -1
-            ph_id = tk.placeholder if tk.placeholder is not None else -1
-            kmax_override = max([len(c.override) for c in conds if c.override is not None] + [0])
-            H = fb.shape[-1]
-            ov = torch.zeros((R, max(kmax_override, 1), H), dtype=self.dtype, device=dev)
-            ov_len = torch.full((R,), -1, dtype=torch.long, device=dev)
-            ov_mask = torch.zeros((R, max(kmax_override, 1)), dtype=torch.bool, device=dev)
-            for r, c in enumerate(conds):
-                if c.override is not None:
-                    n = len(c.override)
-                    if n:
-                        ov[r, :n] = torch.as_tensor(c.override, dtype=self.dtype, device=dev)
-                    ov_len[r] = n
-                    ov_mask[r, :n] = True if c.override_mask is None else torch.as_tensor(c.override_mask[:n],
-                                                                                          device=dev)
-            has_ov = ov_len >= 0
-            limit = torch.where(has_ov, ov_len, torch.full_like(ov_len, L.k))
-            fixed = has_ov | torch.tensor(L.length == "fixed", device=dev)
-            cond_ids: dict[int, list[int]] = {}
-            for r, c in enumerate(conds):
-                if c.intervention is not None and c.intervention.kind == "vector":
-                    cond_ids.setdefault(id(c.intervention), []).append(r)
-            spec_of = {id(c.intervention): c.intervention for c in conds if c.intervention is not None}
-            row_cond = torch.full((R,), -1, dtype=torch.long, device=dev)
-            spec_list = []
-            for j, (sid, rows) in enumerate(cond_ids.items()):
-                row_cond[rows] = j
-                spec_list.append(spec_of[sid])
-            force = torch.tensor([is_latent and (reqs[b].force_latent or L.trigger == "forced_prefix") for b in src],
-                                 device=dev)
-            force_any = bool(force.any())
-            # stop sequences, grouped: (ids, rows that stop on them)
-            groups: dict[tuple[int, ...], list[int]] = {}
-            for r, b in enumerate(src):
-                for s in reqs[b].stop_sequences:
-                    if s:
-                        groups.setdefault(tuple(int(x) for x in s), []).append(r)
-            stop_groups = []
-            for s, rows in groups.items():
-                m = torch.zeros(R, dtype=torch.bool, device=dev)
-                m[rows] = True
-                stop_groups.append((torch.tensor(s, dtype=torch.long, device=dev), m))
-            # ---- state (per row, as tensors; the generated ids/masks go into preallocated [R, max_new] tensors and
-            # the fed vectors / hidden states / logits are kept as one [R, ...] tensor per step, assembled per row once
-            # at the end, so a step costs no per-row Python work)
-            mode = torch.zeros(R, dtype=torch.long, device=dev)  # 1 = inside a latent span
-            lat_count = torch.zeros(R, dtype=torch.long, device=dev)
-            blocks = torch.zeros(R, dtype=torch.long, device=dev)
-            finished = torch.zeros(R, dtype=torch.bool, device=dev)
-            reason = torch.zeros(R, dtype=torch.long, device=dev)  # index into REASONS
-            V = logits.shape[-1]
-            history = None  # ids the repetition penalty covers: prompt (left padding -> the row's first id, which
-            # adds no token to the penalised set) then generated ids, as generate's input_ids
-            if self.penalised:
-                history = torch.zeros((R, P + max_new), dtype=torch.long, device=dev)
-                ids0 = st["ids"][idx]
-                first = ids0[torch.arange(R, device=dev), (~valid).sum(1)]
-                history[:, :P] = torch.where(valid, ids0, first[:, None])
-            gen_ids = torch.zeros((R, max_new), dtype=torch.long, device=dev)
-            fed_t = torch.zeros((R, max_new), dtype=torch.bool, device=dev)
-            span_t = torch.zeros((R, max_new), dtype=torch.bool, device=dev)
-            n_gen = torch.zeros(R, dtype=torch.long, device=dev)  # generated tokens per row
-            lat_steps: list[tuple[Any, Any, Any]] = []  # (rows fed [R], fed vectors [R, H], raw vectors [R, H])
-            hid_steps: list[tuple[Any, Any]] = []  # (rows kept [R], hidden [R, H])
-            lg_steps: list[Any] = []  # logits [R, V] the step's tokens were chosen from
-            ap_id = -1
-            if is_latent:
-                ap_id = end_id if L.answer_point == "end" else (tk.inner_end if tk.inner_end is not None else end_id)
-            ap_marker = tk.imagination_end if prof.kind == "text_imagination" else []
-            ap_marker_t = torch.tensor(ap_marker, dtype=torch.long, device=dev) if ap_marker else None
-            ap_logits = torch.zeros((R, V), dtype=logits.dtype, device=dev)
-            ap_done = torch.zeros(R, dtype=torch.bool, device=dev)
-            ap_col = torch.full((R,), -1, dtype=torch.long, device=dev)
-            ap_pos = torch.zeros(R, dtype=torch.long, device=dev)
-            if prof.kind == "plain":
-                ap_logits[:] = logits
-                ap_done[:] = True
-                ap_col[:] = P
-                ap_pos[:] = pos
-            ap_pending = torch.zeros(R, dtype=torch.bool, device=dev)
-            ap_all_done = bool(ap_done.all())
-            eos = self._eos
-            ar = torch.arange(R, device=dev)
-            zeros_l = torch.zeros(R, dtype=torch.long, device=dev)
-            ones_l = torch.ones(R, dtype=torch.long, device=dev)
-            start_fill = torch.full((R,), start_id, dtype=torch.long, device=dev)
-            end_fill = torch.full((R,), end_id, dtype=torch.long, device=dev)
-            pad_fill = torch.full((R,), self.tokens.pad, dtype=torch.long, device=dev)
-            lat_rec = torch.full((R,), ph_id, dtype=torch.long, device=dev) if L.record_id == "placeholder" else None
-            on_start = is_latent and L.entry == "on_start"
-            no_rows = torch.zeros(R, dtype=torch.bool, device=dev)
-            mask_4d = self._step_mask_4d()
-            spec_of_row = row_cond.tolist()
-            spec_groups: dict[tuple[int, ...], list] = {}  # rows needing a vector -> [(spec, rows, keys)]
-            any_unfixed = bool((~fixed).any())
-            eos_ends_span = is_latent and L.record_id == "sampled" and not L.eos_guard
-            reenter = is_latent and L.exit == "none"
-            max_blocks = (L.max_blocks or 0) or max_new + 1  # 0 = no limit (the authors' loops)
+        h, cache, st = self.prefill([r.prompt for r in reqs], vis)
+        b.refs = self._refs(h, st["kinds"], st["qmask"])
+        logits0 = self.model.lm_head(h[:, -1])
+        feedback0 = self._feedback(h[:, -1]) if prof.is_latent else h[:, -1]
+        b.t_prefill = time.perf_counter() - b.t0
+        # ---- fork: one row per (request, condition)
+        src, conds = [], []
+        for i, r in enumerate(reqs):
+            for c in r.conditions:
+                src.append(i)
+                conds.append(c)
+        b.src, b.conds = src, conds
+        b.R = R = len(src)
+        idx = torch.tensor(src, device=dev)
+        if R != len(reqs) or src != list(range(len(reqs))):
+            cache.batch_select_indices(idx)
+        b.cache = cache
+        kinds0 = st["kinds"][idx]
+        b.P = P = st["P"]
+        b.max_new = max((r.max_new_tokens or self.decoding.max_new_tokens) for r in reqs)
+        T = P + b.max_new + 2
+        valid = kinds0 != PAD
+        vis_row = [vis[i] for i in src]
+        hide_t = torch.tensor([v != "all" for v in vis_row], device=dev)
+        b.mT = torch.zeros((R, T), dtype=torch.bool, device=dev)  # key mask of text queries
+        b.mL = torch.zeros((R, T), dtype=torch.bool, device=dev)  # key mask of latent-span queries
+        is_img = kinds0 == IMAGE
+        b.mT[:, :P] = valid & ~(is_img & hide_t[:, None])
+        b.mL[:, :P] = latent_key_mask(kinds0, st["input_start"][idx], vis_row, not prof.latents_see_input)
+        b.latvis = prof.latents_visible_after
+        b.see_input = prof.latents_see_input
+        b.pos = st["next_pos"][idx].clone()
+        b.logits = logits0[idx]
+        b.fb = feedback0[idx]
+        b.keys = keys = [reqs[i].prompt.key for i in src]
+        b.gens = None
+        if self.decoding.do_sample:
+            b.gens = [torch.Generator().manual_seed(_row_seed(self.seed, k)) for k in keys]
+        # ---- per-row latent settings
+        b.is_latent = is_latent = prof.is_latent
+        b.start_id = start_id = tk.start if is_latent else -1
+        b.end_id = end_id = tk.end if is_latent else -1
+        ph_id = tk.placeholder if tk.placeholder is not None else -1
+        kmax_override = max([len(c.override) for c in conds if c.override is not None] + [0])
+        b.H = H = b.fb.shape[-1]
+        b.ov = torch.zeros((R, max(kmax_override, 1), H), dtype=self.dtype, device=dev)
+        b.ov_len = torch.full((R,), -1, dtype=torch.long, device=dev)
+        b.ov_mask = torch.zeros((R, max(kmax_override, 1)), dtype=torch.bool, device=dev)
+        for r, c in enumerate(conds):
+            if c.override is not None:
+                n = len(c.override)
+                if n:
+                    b.ov[r, :n] = torch.as_tensor(c.override, dtype=self.dtype, device=dev)
+                b.ov_len[r] = n
+                b.ov_mask[r, :n] = True if c.override_mask is None else torch.as_tensor(c.override_mask[:n],
+                                                                                        device=dev)
+        b.has_ov = b.ov_len >= 0
+        b.limit = torch.where(b.has_ov, b.ov_len, torch.full_like(b.ov_len, L.k))
+        b.fixed = b.has_ov | torch.tensor(L.length == "fixed", device=dev)
+        cond_ids: dict[int, list[int]] = {}
+        for r, c in enumerate(conds):
+            if c.intervention is not None and c.intervention.kind == "vector":
+                cond_ids.setdefault(id(c.intervention), []).append(r)
+        spec_of = {id(c.intervention): c.intervention for c in conds if c.intervention is not None}
+        row_cond = torch.full((R,), -1, dtype=torch.long, device=dev)
+        b.spec_list = []
+        for j, (sid, rows) in enumerate(cond_ids.items()):
+            row_cond[rows] = j
+            b.spec_list.append(spec_of[sid])
+        b.force = torch.tensor([is_latent and (reqs[i].force_latent or L.trigger == "forced_prefix") for i in src],
+                               device=dev)
+        b.force_any = bool(b.force.any())
+        # stop sequences, grouped: (ids, rows that stop on them)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for r, i in enumerate(src):
+            for s in reqs[i].stop_sequences:
+                if s:
+                    groups.setdefault(tuple(int(x) for x in s), []).append(r)
+        b.stop_groups = []
+        for s, rows in groups.items():
+            m = torch.zeros(R, dtype=torch.bool, device=dev)
+            m[rows] = True
+            b.stop_groups.append((torch.tensor(s, dtype=torch.long, device=dev), m))
+        # ---- state (per row, as tensors; the generated ids/masks go into preallocated [R, max_new] tensors and the
+        # fed vectors / hidden states / logits are kept as one [R, ...] tensor per step, assembled per row once at
+        # the end, so a step costs no per-row Python work)
+        b.mode = torch.zeros(R, dtype=torch.long, device=dev)  # 1 = inside a latent span
+        b.lat_count = torch.zeros(R, dtype=torch.long, device=dev)
+        b.blocks = torch.zeros(R, dtype=torch.long, device=dev)
+        b.finished = torch.zeros(R, dtype=torch.bool, device=dev)
+        b.reason = torch.zeros(R, dtype=torch.long, device=dev)  # index into REASONS
+        V = b.logits.shape[-1]
+        b.history = None  # ids the repetition penalty covers: prompt (left padding -> the row's first id, which
+        # adds no token to the penalised set) then generated ids, as generate's input_ids
+        if self.penalised:
+            b.history = torch.zeros((R, P + b.max_new), dtype=torch.long, device=dev)
+            ids0 = st["ids"][idx]
+            first = ids0[torch.arange(R, device=dev), (~valid).sum(1)]
+            b.history[:, :P] = torch.where(valid, ids0, first[:, None])
+        b.gen_ids = torch.zeros((R, b.max_new), dtype=torch.long, device=dev)
+        b.fed_t = torch.zeros((R, b.max_new), dtype=torch.bool, device=dev)
+        b.span_t = torch.zeros((R, b.max_new), dtype=torch.bool, device=dev)
+        b.n_gen = torch.zeros(R, dtype=torch.long, device=dev)  # generated tokens per row
+        b.lat_steps = []  # (rows fed [R], fed vectors [R, H], raw vectors [R, H])
+        b.hid_steps = []  # (rows kept [R], hidden [R, H])
+        b.lg_steps = []  # logits [R, V] the step's tokens were chosen from
+        b.ap_id = -1
+        if is_latent:
+            b.ap_id = end_id if L.answer_point == "end" else (tk.inner_end if tk.inner_end is not None else end_id)
+        ap_marker = tk.imagination_end if prof.kind == "text_imagination" else []
+        b.ap_marker_t = torch.tensor(ap_marker, dtype=torch.long, device=dev) if ap_marker else None
+        b.ap_logits = torch.zeros((R, V), dtype=b.logits.dtype, device=dev)
+        b.ap_done = torch.zeros(R, dtype=torch.bool, device=dev)
+        b.ap_col = torch.full((R,), -1, dtype=torch.long, device=dev)
+        b.ap_pos = torch.zeros(R, dtype=torch.long, device=dev)
+        if prof.kind == "plain":
+            b.ap_logits[:] = b.logits
+            b.ap_done[:] = True
+            b.ap_col[:] = P
+            b.ap_pos[:] = b.pos
+        b.ap_pending = torch.zeros(R, dtype=torch.bool, device=dev)
+        b.ap_all_done = bool(b.ap_done.all())
+        b.ar = torch.arange(R, device=dev)
+        b.zeros_l = torch.zeros(R, dtype=torch.long, device=dev)
+        b.ones_l = torch.ones(R, dtype=torch.long, device=dev)
+        b.start_fill = torch.full((R,), start_id, dtype=torch.long, device=dev)
+        b.end_fill = torch.full((R,), end_id, dtype=torch.long, device=dev)
+        b.pad_fill = torch.full((R,), self.tokens.pad, dtype=torch.long, device=dev)
+        b.lat_rec = torch.full((R,), ph_id, dtype=torch.long, device=dev) if L.record_id == "placeholder" else None
+        b.on_start = is_latent and L.entry == "on_start"
+        b.no_rows = torch.zeros(R, dtype=torch.bool, device=dev)
+        b.mask_4d = self._step_mask_4d()
+        b.spec_of_row = row_cond.tolist()
+        b.has_spec = row_cond >= 0
+        b.spec_groups = {}  # rows needing a vector -> [(spec, rows, keys)]
+        b.any_unfixed = bool((~b.fixed).any())
+        b.eos_ends_span = is_latent and L.record_id == "sampled" and not L.eos_guard
+        b.reenter = is_latent and L.exit == "none"
+        b.max_blocks = (L.max_blocks or 0) or b.max_new + 1  # 0 = no limit (the authors' loops)
+        b.t_col = P
+        b.n_steps = 0
+        b.t_loop = time.perf_counter()
+        return b
 
-            def suffix_is(seq, n: int):
-                """Rows whose first ``n`` generated ids end with ``seq`` (None if ``n`` is too short)."""
-                k = seq.shape[0]
-                return None if n < k else (gen_ids[:, n - k:n] == seq[None]).all(1)
+    def _transition(self, b: _Batch) -> bool:
+        """Decide what every row feeds next from the current logits, record it and update the per-row state.
+        Returns True when the batch is done (every row finished or the step budget spent)."""
+        torch = self._torch
+        L = self.profile.latent
+        is_latent, on_start, no_rows = b.is_latent, b.on_start, b.no_rows
+        sampled = self._choose(b.logits, None if b.history is None else b.history[:, :b.P + b.n_steps], b.gens)
+        if b.n_steps == 0 and b.force_any:
+            sampled = torch.where(b.force & (b.mode == 0), b.start_fill, sampled)
+        active = ~b.finished
+        cand = (b.mode == 1) & active
+        stop_tok = ~b.fixed & (sampled == b.end_id) if b.any_unfixed else no_rows
+        cont = cand & ~stop_tok & (b.lat_count < b.limit) if b.any_unfixed else cand & (b.lat_count < b.limit)
+        exit_ = cand & ~cont
+        # an EOS sampled inside a span of a model that keeps sampled ids and has no guard ends the request there
+        # (Monet's runner): that position is never forwarded, so it is not a fed latent
+        eos_in_span = cont & torch.isin(sampled, self._eos) if b.eos_ends_span else no_rows
+        cont = cont & ~eos_in_span if b.eos_ends_span else cont
+        # entry: the token fed next is the start token (LVR: "the last input token is <|lvr_start|>"), also when it
+        # was sampled at the last step of a block that exits without a forced end token
+        may_enter = (b.mode == 0) | (exit_ & ~stop_tok) if b.reenter else (b.mode == 0)
+        enter = may_enter & active & (sampled == b.start_id) & (
+            b.blocks + exit_.long() < b.max_blocks) if is_latent else no_rows
+        enter_vec = enter & (b.limit > 0) if on_start else no_rows
+        need = cont | enter_vec if on_start else cont
+        li = torch.where(cont, b.lat_count, b.zeros_l)
+        fb = b.fb
+        vec = fb
+        raw = fb
+        any_need = bool(need.any())
+        if any_need:
+            vec = fb.clone()
+            use_ov = need & b.has_ov & (li < b.ov_len)
+            if bool(use_ov.any()):
+                liu = li.clamp(max=b.ov.shape[1] - 1)
+                take = use_ov & b.ov_mask[b.ar, liu]
+                vec = torch.where(take[:, None], b.ov[b.ar, liu], vec)
+            else:
+                take = no_rows
+            if b.spec_list:
+                rows_now = tuple((need & ~take & b.has_spec).nonzero().view(-1).tolist())
+                groups = b.spec_groups.get(rows_now)
+                if groups is None:  # (the same rows need vectors at every latent step, as a rule)
+                    by_spec: dict[int, list[int]] = {}
+                    for i in rows_now:
+                        by_spec.setdefault(b.spec_of_row[i], []).append(i)
+                    groups = b.spec_groups[rows_now] = [
+                        (b.spec_list[j], torch.tensor(rows_j, dtype=torch.long, device=self.device),
+                         [b.keys[i] for i in rows_j]) for j, rows_j in sorted(by_spec.items())]
+                for spec, sel, sel_keys in groups:
+                    sub = fb[sel]
+                    new = apply_vector(spec, sub, li[sel], VectorContext(keys=sel_keys, seed=self.seed,
+                                                                         stats=self.stats))
+                    if new is not sub:  # (identity returns its input: nothing to write)
+                        vec[sel] = new.to(vec.dtype)
+        # next token for rows that feed a token
+        nxt = sampled
+        entered_tok = enter & ~enter_vec if on_start else enter
+        if is_latent:
+            if L.exit == "force_end":
+                nxt = torch.where(exit_, b.end_fill, nxt)
+            else:
+                nxt = torch.where(exit_ & stop_tok, b.end_fill, nxt)
+            nxt = torch.where(entered_tok, b.start_fill, nxt)
+        rec = nxt
+        if is_latent:
+            rec = torch.where(cont, sampled if b.lat_rec is None else b.lat_rec, rec)
+            rec = torch.where(enter_vec, b.start_fill, rec)
+        # finishing
+        text_rows = active & ~need & ~entered_tok
+        new_fin = text_rows & torch.isin(rec, self._eos)  # (includes an EOS sampled inside a span, see above)
+        # state updates
+        span_now = need | entered_tok | eos_in_span
+        if is_latent:
+            b.lat_count = torch.where(enter, enter_vec.long(), b.lat_count + cont.long())
+            b.blocks = b.blocks + exit_.long()
+            b.mode = torch.where(enter, b.ones_l, torch.where(exit_, b.zeros_l, b.mode))
+        # record this step for the rows not finished before it (every active row has n_steps + 1 ids now)
+        n_steps = b.n_steps
+        b.gen_ids[:, n_steps] = rec
+        b.fed_t[:, n_steps] = need
+        b.span_t[:, n_steps] = span_now
+        b.n_gen += active.long()
+        if self.capture_logits:
+            b.lg_steps.append(b.logits)
+        if any_need:
+            b.lat_steps.append((need, vec, raw))
+        b.reason = torch.where(new_fin, 1, b.reason)
+        if b.stop_groups:
+            hit = no_rows
+            for seq, rows_m in b.stop_groups:
+                m = self._suffix_is(b, seq, n_steps + 1)
+                if m is not None:
+                    hit = hit | (rows_m & m)
+            hit = hit & active & ~new_fin
+            b.reason = torch.where(hit, 2, b.reason)
+            new_fin = new_fin | hit
+        if b.ap_marker_t is not None:
+            m = self._suffix_is(b, b.ap_marker_t, n_steps + 1)
+            if m is not None:
+                b.ap_pending = b.ap_pending | (active & ~b.ap_done & m)
+        if is_latent and not b.ap_all_done:
+            b.ap_pending = b.ap_pending | (~b.ap_done & ~need & (nxt == b.ap_id) & active)
+        if b.history is not None:
+            b.history[:, b.P + n_steps] = rec
+        b.finished = b.finished | new_fin
+        b.n_steps = n_steps + 1
+        # what the next forward feeds
+        b.need, b.any_need, b.vec, b.nxt, b.span_now, b.new_fin, b.active = \
+            need, any_need, vec, nxt, span_now, new_fin, active
+        return bool(b.finished.all()) or b.n_steps >= b.max_new
 
-            t_col = P
-            n_steps = 0
-            t_loop = time.perf_counter()
-            while True:
-                # ---------------- transition: decide what each row feeds next
-                sampled = self._choose(logits, None if history is None else history[:, :P + n_steps], gens)
-                if n_steps == 0 and force_any:
-                    sampled = torch.where(force & (mode == 0), start_fill, sampled)
-                active = ~finished
-                cand = (mode == 1) & active
-                stop_tok = ~fixed & (sampled == end_id) if any_unfixed else no_rows
-                cont = cand & ~stop_tok & (lat_count < limit) if any_unfixed else cand & (lat_count < limit)
-                exit_ = cand & ~cont
-                # an EOS sampled inside a span of a model that keeps sampled ids and has no guard ends the request
-                # there (Monet's runner): that position is never forwarded, so it is not a fed latent
-                eos_in_span = cont & torch.isin(sampled, eos) if eos_ends_span else no_rows
-                cont = cont & ~eos_in_span if eos_ends_span else cont
-                # entry: the token fed next is the start token (LVR: "the last input token is <|lvr_start|>"), also
-                # when it was sampled at the last step of a block that exits without a forced end token
-                may_enter = (mode == 0) | (exit_ & ~stop_tok) if reenter else (mode == 0)
-                enter = may_enter & active & (sampled == start_id) & (
-                    blocks + exit_.long() < max_blocks) if is_latent else no_rows
-                enter_vec = enter & (limit > 0) if on_start else no_rows
-                need = cont | enter_vec if on_start else cont
-                li = torch.where(cont, lat_count, zeros_l)
-                vec = fb
-                raw = fb
-                any_need = bool(need.any())
-                if any_need:
-                    vec = fb.clone()
-                    use_ov = need & has_ov & (li < ov_len)
-                    if bool(use_ov.any()):
-                        liu = li.clamp(max=ov.shape[1] - 1)
-                        take = use_ov & ov_mask[ar, liu]
-                        vec = torch.where(take[:, None], ov[ar, liu], vec)
-                    else:
-                        take = no_rows
-                    if spec_list:
-                        rows_now = tuple((need & ~take & (row_cond >= 0)).nonzero().view(-1).tolist())
-                        groups = spec_groups.get(rows_now)
-                        if groups is None:  # (the same rows need vectors at every latent step, as a rule)
-                            by_spec: dict[int, list[int]] = {}
-                            for i in rows_now:
-                                by_spec.setdefault(spec_of_row[i], []).append(i)
-                            groups = spec_groups[rows_now] = [
-                                (spec_list[j], torch.tensor(rows_j, dtype=torch.long, device=dev),
-                                 [keys[i] for i in rows_j]) for j, rows_j in sorted(by_spec.items())]
-                        for spec, sel, sel_keys in groups:
-                            sub = fb[sel]
-                            new = apply_vector(spec, sub, li[sel], VectorContext(keys=sel_keys, seed=self.seed,
-                                                                                 stats=self.stats))
-                            if new is not sub:  # (identity returns its input: nothing to write)
-                                vec[sel] = new.to(vec.dtype)
-                # next token for rows that feed a token
-                nxt = sampled
-                entered_tok = enter & ~enter_vec if on_start else enter
-                if is_latent:
-                    if L.exit == "force_end":
-                        nxt = torch.where(exit_, end_fill, nxt)
-                    else:
-                        nxt = torch.where(exit_ & stop_tok, end_fill, nxt)
-                    nxt = torch.where(entered_tok, start_fill, nxt)
-                rec = nxt
-                if is_latent:
-                    rec = torch.where(cont, sampled if lat_rec is None else lat_rec, rec)
-                    rec = torch.where(enter_vec, start_fill, rec)
-                # finishing
-                text_rows = active & ~need & ~entered_tok
-                new_fin = text_rows & torch.isin(rec, eos)  # (includes an EOS sampled inside a span, see above)
-                # state updates
-                span_now = need | entered_tok | eos_in_span
-                if is_latent:
-                    lat_count = torch.where(enter, enter_vec.long(), lat_count + cont.long())
-                    blocks = blocks + exit_.long()
-                    mode = torch.where(enter, ones_l, torch.where(exit_, zeros_l, mode))
-                # record this step for the rows not finished before it (every active row has n_steps + 1 ids now)
-                gen_ids[:, n_steps] = rec
-                fed_t[:, n_steps] = need
-                span_t[:, n_steps] = span_now
-                n_gen += active.long()
-                if self.capture_logits:
-                    lg_steps.append(logits)
-                if any_need:
-                    lat_steps.append((need, vec, raw))
-                reason = torch.where(new_fin, 1, reason)
-                if stop_groups:
-                    hit = no_rows
-                    for seq, rows_m in stop_groups:
-                        m = suffix_is(seq, n_steps + 1)
-                        if m is not None:
-                            hit = hit | (rows_m & m)
-                    hit = hit & active & ~new_fin
-                    reason = torch.where(hit, 2, reason)
-                    new_fin = new_fin | hit
-                if ap_marker_t is not None:
-                    m = suffix_is(ap_marker_t, n_steps + 1)
-                    if m is not None:
-                        ap_pending = ap_pending | (active & ~ap_done & m)
-                if is_latent and not ap_all_done:
-                    ap_pending = ap_pending | (~ap_done & ~need & (nxt == ap_id) & active)
-                if history is not None:
-                    history[:, P + n_steps] = rec
-                finished = finished | new_fin
-                n_steps += 1
-                if bool(finished.all()) or n_steps >= max_new:
-                    break
-                # ---------------- forward one position
-                emb = self.embed(torch.where(need | finished, pad_fill, nxt) if any_need
-                                 else torch.where(finished, pad_fill, nxt))
-                if any_need:
-                    emb = torch.where(need[:, None], vec.to(emb.dtype), emb)
-                mT[:, t_col] = finished | ~span_now if not latvis else True
-                if is_latent:  # (span_now is all False otherwise)
-                    mL[:, t_col] = ~finished & (span_now | see_input)
-                keys_ok = torch.where(span_now[:, None], mL[:, :t_col + 1], mT[:, :t_col + 1]) \
-                    if is_latent and bool(span_now.any()) else mT[:, :t_col + 1]
-                if not mask_4d:
-                    mask = keys_ok.long()
-                elif bool(keys_ok.all()):
-                    mask = None  # what transformers makes of an all-ones 2-D mask for a one-token query
-                else:  # = transformers' SDPA mask for a one-token query: causal is all-true, so keys_ok
-                    mask = keys_ok[:, None, None, :]
-                posv = pos.view(1, R, 1).expand(3, R, 1)
-                hs = self._forward(emb[:, None], posv, mask, cache)
-                h_last = hs[:, -1]
-                logits = self.model.lm_head(h_last)
-                fb = self._feedback(h_last) if is_latent else h_last
-                if self.capture_hidden:
-                    hid_steps.append((active & ~new_fin, h_last))
-                if bool(ap_pending.any()):
-                    ap_logits = torch.where(ap_pending[:, None], logits, ap_logits)
-                    ap_col = torch.where(ap_pending, torch.full_like(ap_col, t_col + 1), ap_col)
-                    ap_pos = torch.where(ap_pending, pos + 1, ap_pos)
-                    ap_done = ap_done | ap_pending
-                    ap_pending = torch.zeros_like(ap_pending)
-                    ap_all_done = bool(ap_done.all())
-                pos = pos + 1
-                t_col += 1
-            t_decode = time.perf_counter() - t_loop
-            # ---------------- option scores at the answer point
-            opt = [None] * R
-            need_opts = [reqs[b].option_ids for b in src]
-            if any(o for o in need_opts):
-                lp = torch.log_softmax(ap_logits.float(), -1)
-                prefix = self.lm.tokenizer.encode(prof.answer_prefix, add_special_tokens=False) \
-                    if prof.answer_prefix else []
-                if prefix and bool(ap_done.any()):
-                    lp = self._score_prefix(prefix, cache, ap_done, ap_col, ap_pos, mT, t_col, lp)
-                done_l = ap_done.tolist()
-                lp_np = lp.cpu().numpy()
-                for r in range(R):
-                    if need_opts[r] and done_l[r]:
-                        opt[r] = lp_np[r, need_opts[r]].astype(np.float64)
-            t_total = time.perf_counter() - t0
-        # ---------------- assemble traces (one conversion per tensor, then per-row slices)
-        n_l = n_gen.tolist()
-        gen_l, fed_l, span_l = gen_ids.cpu().tolist(), fed_t.cpu().tolist(), span_t.cpu().tolist()
-        reason_l, blocks_l, mode_l = reason.tolist(), blocks.tolist(), mode.tolist()
+    @staticmethod
+    def _suffix_is(b: _Batch, seq, n: int):
+        """Rows whose first ``n`` generated ids end with ``seq`` (None if ``n`` is too short)."""
+        k = seq.shape[0]
+        return None if n < k else (b.gen_ids[:, n - k:n] == seq[None]).all(1)
+
+    def _advance(self, b: _Batch) -> None:
+        """Forward one position for every row (token embedding or fed vector, the step's key mask, explicit mRoPE
+        positions) and keep the new logits / feedback vectors / answer-point logits."""
+        torch = self._torch
+        need, finished, t_col, R = b.need, b.finished, b.t_col, b.R
+        emb = self.embed(torch.where(need | finished, b.pad_fill, b.nxt) if b.any_need
+                         else torch.where(finished, b.pad_fill, b.nxt))
+        if b.any_need:
+            emb = torch.where(need[:, None], b.vec.to(emb.dtype), emb)
+        b.mT[:, t_col] = finished | ~b.span_now if not b.latvis else True
+        if b.is_latent:  # (span_now is all False otherwise)
+            b.mL[:, t_col] = ~finished & (b.span_now | b.see_input)
+        keys_ok = torch.where(b.span_now[:, None], b.mL[:, :t_col + 1], b.mT[:, :t_col + 1]) \
+            if b.is_latent and bool(b.span_now.any()) else b.mT[:, :t_col + 1]
+        if not b.mask_4d:
+            mask = keys_ok.long()
+        elif bool(keys_ok.all()):
+            mask = None  # what transformers makes of an all-ones 2-D mask for a one-token query
+        else:  # = transformers' SDPA mask for a one-token query: causal is all-true, so keys_ok
+            mask = keys_ok[:, None, None, :]
+        posv = b.pos.view(1, R, 1).expand(3, R, 1)
+        hs = self._forward(emb[:, None], posv, mask, b.cache)
+        h_last = hs[:, -1]
+        b.logits = logits = self.model.lm_head(h_last)
+        b.fb = self._feedback(h_last) if b.is_latent else h_last
+        if self.capture_hidden:
+            b.hid_steps.append((b.active & ~b.new_fin, h_last))
+        if bool(b.ap_pending.any()):
+            p = b.ap_pending
+            b.ap_logits = torch.where(p[:, None], logits, b.ap_logits)
+            b.ap_col = torch.where(p, torch.full_like(b.ap_col, t_col + 1), b.ap_col)
+            b.ap_pos = torch.where(p, b.pos + 1, b.ap_pos)
+            b.ap_done = b.ap_done | p
+            b.ap_pending = torch.zeros_like(p)
+            b.ap_all_done = bool(b.ap_done.all())
+        b.pos = b.pos + 1
+        b.t_col = t_col + 1
+
+    def _option_scores(self, b: _Batch) -> None:
+        """Option log-probabilities at each row's answer point (after the profile's answer prefix)."""
+        torch = self._torch
+        b.opt = [None] * b.R
+        need_opts = [b.reqs[i].option_ids for i in b.src]
+        if not any(o for o in need_opts):
+            return
+        lp = torch.log_softmax(b.ap_logits.float(), -1)
+        prof = self.profile
+        prefix = self.lm.tokenizer.encode(prof.answer_prefix, add_special_tokens=False) if prof.answer_prefix else []
+        if prefix and bool(b.ap_done.any()):
+            lp = self._score_prefix(prefix, b, lp)
+        done_l = b.ap_done.tolist()
+        lp_np = lp.cpu().numpy()
+        for r in range(b.R):
+            if need_opts[r] and done_l[r]:
+                b.opt[r] = lp_np[r, need_opts[r]].astype(np.float64)
+
+    def _score_prefix(self, prefix: list[int], b: _Batch, lp):
+        """Teacher-force the profile's answer prefix at each row's answer point (hiding later cache columns)."""
+        torch = self._torch
+        R, t_col = b.R, b.t_col
+        n = len(prefix)
+        dev = self.device
+        ids = torch.tensor(prefix, device=dev).view(1, n).expand(R, n)
+        cols = torch.arange(t_col, device=dev)
+        base = b.mT[:, :t_col] & (cols[None] < b.ap_col[:, None].clamp(min=0))
+        mask = torch.cat([base, torch.ones((R, n), dtype=torch.bool, device=dev)], 1).long()
+        posv = (b.ap_pos[:, None] + torch.arange(n, device=dev)[None]).view(1, R, n).expand(3, R, n)
+        hs = self._forward(self.embed(ids), posv, mask, b.cache)
+        b.cache.crop(-n)
+        new = torch.log_softmax(self.model.lm_head(hs[:, -1]).float(), -1)
+        return torch.where(b.ap_done[:, None], new, lp)
+
+    def _assemble(self, b: _Batch) -> list[list[Trace]]:
+        """The traces of the batch (one conversion per tensor, then per-row slices), in request order."""
+        torch = self._torch
+        R, H = b.R, b.H
+        n_l = b.n_gen.tolist()
+        gen_l, fed_l, span_l = b.gen_ids.cpu().tolist(), b.fed_t.cpu().tolist(), b.span_t.cpu().tolist()
+        reason_l, blocks_l, mode_l = b.reason.tolist(), b.blocks.tolist(), b.mode.tolist()
         empty = np.zeros((0, H), dtype=np.float32)
         lat_fed = lat_raw = lat_mask = None
-        if lat_steps:
-            lat_mask = torch.stack([m for m, _, _ in lat_steps], 1).cpu().numpy()  # [R, S']
-            lat_fed = torch.stack([v for _, v, _ in lat_steps], 1).float().cpu().numpy()  # [R, S', H]
-            lat_raw = torch.stack([v for _, _, v in lat_steps], 1).float().cpu().numpy()
+        if b.lat_steps:
+            lat_mask = torch.stack([m for m, _, _ in b.lat_steps], 1).cpu().numpy()  # [R, S']
+            lat_fed = torch.stack([v for _, v, _ in b.lat_steps], 1).float().cpu().numpy()  # [R, S', H]
+            lat_raw = torch.stack([v for _, _, v in b.lat_steps], 1).float().cpu().numpy()
         hid_mask = hid_all = None
-        if hid_steps:
-            hid_mask = torch.stack([m for m, _ in hid_steps], 1).cpu().numpy()
-            hid_all = torch.stack([h for _, h in hid_steps], 1).float().cpu().numpy()
-        lg_all = torch.stack(lg_steps, 1).float().cpu().numpy() if lg_steps else None  # [R, S, V]
-        out: list[list[Trace]] = [[] for _ in reqs]
+        if b.hid_steps:
+            hid_mask = torch.stack([m for m, _ in b.hid_steps], 1).cpu().numpy()
+            hid_all = torch.stack([h for _, h in b.hid_steps], 1).float().cpu().numpy()
+        lg_all = torch.stack(b.lg_steps, 1).float().cpu().numpy() if b.lg_steps else None  # [R, S, V]
+        timing = {"batch_prefill_s": b.t_prefill, "batch_decode_s": b.t_decode, "batch_total_s": b.t_total,
+                  "batch_rows": R, "steps": b.n_steps}
+        out: list[list[Trace]] = [[] for _ in b.reqs]
         texts: dict[tuple[int, ...], str] = {}
         for r in range(R):
-            b = src[r]
+            i = b.src[r]
             n = n_l[r]
             ids = gen_l[r][:n]
             text = texts.get(tuple(ids))
@@ -698,35 +854,18 @@ class Engine:
             hidden = None
             if hid_mask is not None and hid_mask[r].any():
                 hidden = hid_all[r][hid_mask[r]]
-            out[b].append(Trace(
-                key=keys[r], condition=conds[r].name, token_ids=ids,
+            out[i].append(Trace(
+                key=b.keys[r], condition=b.conds[r].name, token_ids=ids,
                 text=text, latents=lf, raw_latents=lr,
                 latent_count=len(lf), latent_blocks=int(blocks_l[r]),
                 triggered=bool(blocks_l[r] > 0 or mode_l[r] == 1), fed_mask=fed_l[r][:n], span_mask=span_l[r][:n],
-                option_logprobs=opt[r], refs=refs[b], hidden=hidden, finish_reason=REASONS[reason_l[r]],
+                option_logprobs=b.opt[r], refs=b.refs[i], hidden=hidden, finish_reason=REASONS[reason_l[r]],
                 logits=np.ascontiguousarray(lg_all[r, :n]) if (lg_all is not None and n) else None,
-                timing={"batch_prefill_s": t_prefill, "batch_decode_s": t_decode, "batch_total_s": t_total,
-                        "batch_rows": R, "steps": n_steps}))
+                timing=dict(timing)))
         return out
 
-    def _score_prefix(self, prefix, cache, ap_done, ap_col, ap_pos, mT, t_col, lp):
-        """Teacher-force the profile's answer prefix at each row's answer point (hiding later cache columns)."""
-        torch = self._torch
-        R = ap_done.shape[0]
-        n = len(prefix)
-        dev = self.device
-        ids = torch.tensor(prefix, device=dev).view(1, n).expand(R, n)
-        cols = torch.arange(t_col, device=dev)
-        base = mT[:, :t_col] & (cols[None] < ap_col[:, None].clamp(min=0))
-        mask = torch.cat([base, torch.ones((R, n), dtype=torch.bool, device=dev)], 1).long()
-        posv = (ap_pos[:, None] + torch.arange(n, device=dev)[None]).view(1, R, n).expand(3, R, n)
-        hs = self._forward(self.embed(ids), posv, mask, cache)
-        cache.crop(-n)
-        new = torch.log_softmax(self.model.lm_head(hs[:, -1]).float(), -1)
-        return torch.where(ap_done[:, None], new, lp)
-
     # ------------------------------------------------------------------ replay (teacher-forced oracle)
-    def replay_logits(self, prompt: Prompt, trace: Trace, image_visibility: str | None = None):
+    def replay(self, prompt: Prompt, trace: Trace, image_visibility: str | None = None):
         """One no-cache forward over prompt + generated ids with the trace's fed vectors written at their
         positions and the visibility rules as an explicit 4-D mask. Returns logits [L_total, V]."""
         torch = self._torch

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from latentcheck.core.engine import IMAGE, PAD, Engine, latent_key_mask
+from latentcheck.core.engine import Engine
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.prompts import Prompt
 
@@ -78,86 +78,38 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
 
-def _text_mask_2d(kinds, hide_image, extra_cols: int, span_cols, hide_span):
-    """2-D mask [B, T + extra] for text queries: valid prompt columns (image hidden if asked), span columns
-    (hidden if asked), new columns visible."""
-    import torch
-
-    B = kinds.shape[0]
-    base = (kinds != PAD) & ~((kinds == IMAGE) & hide_image[:, None])
-    parts = [base]
-    if span_cols:
-        parts.append((~hide_span)[:, None].expand(B, span_cols))
-    parts.append(torch.ones((B, extra_cols), dtype=torch.bool, device=kinds.device))
-    return torch.cat(parts, 1).long()
-
-
 def example_loss(engine: Engine, batch: list[Example], latent_weight: float = 1.0) -> tuple[Any, dict]:
-    """Loss of a batch (all latent or all plain examples) computed with the engine's own prefill and masks."""
+    """Loss of a batch (all latent or all plain examples), teacher-forced through ``Engine.score`` (the engine's own
+    prefill, masks and, for latent examples, its forced span of K own feedback vectors)."""
     import torch
     import torch.nn.functional as F
 
-    lm = engine.lm
-    model = lm.model
-    prof = lm.profile
     dev = engine.device
-    vis = [prof.image_visibility] * len(batch)
-    h, cache, st = engine.prefill([ex.prompt for ex in batch], vis)
-    kinds = st["kinds"]
-    pos = st["next_pos"].clone()
-    B = len(batch)
-    hide_img = torch.tensor([v != "all" for v in vis], device=dev)
-    logits_first = model.lm_head(h[:, -1])
-    stats: dict[str, float] = {}
-    ce_terms = []
     K = batch[0].n_latent
-    span_cols = 0
+    lat_losses = []
     if K:
-        start = torch.full((B,), lm.tokens.start, device=dev)
-        ce_terms.append(F.cross_entropy(logits_first, start, reduction="none"))
-        # feed the start token, then K own hidden states, as span queries (may see the image unless 'none')
-        emb = engine.embed(start)
-        lat_losses = []
         targets = torch.stack([ex.latent_targets for ex in batch]).to(dev)
-        for k in range(K + 1):
-            mask = torch.cat([latent_key_mask(kinds, st["input_start"], vis, not prof.latents_see_input),
-                              torch.ones((B, span_cols + 1), dtype=torch.bool, device=dev)], 1).long()
-            hs = engine._forward(emb[:, None], pos.view(1, B, 1).expand(3, B, 1), mask, cache)
-            pos = pos + 1
-            span_cols += 1
-            z = engine._feedback(hs[:, -1])
-            if k < K:
-                lat_losses.append(1 - F.cosine_similarity(z, targets[:, k].to(z.dtype), dim=-1))
-                emb = z
+
+        def on_latent(k: int, z) -> None:
+            lat_losses.append(1 - F.cosine_similarity(z, targets[:, k].to(z.dtype), dim=-1))
+
+    sc = engine.score([ex.prompt for ex in batch], [[ex.response_ids] for ex in batch], latent_steps=K,
+                      on_latent=on_latent if K else None)
+    tok_ce = -sc.logprobs  # [B, n]: CE of response token j (responses are padded to one length)
+    lm_mask = torch.tensor([ex.loss_mask for ex in batch], device=dev)
+    stats: dict[str, float] = {}
+    if K:
+        # the start token is predicted from the prompt; the first response token (the span's end) is forced, so the
+        # answer CE counts tokens 1.. ; the latents are pulled towards their targets
         lat = torch.stack(lat_losses, 1).mean(1)
         stats["latent_cos_loss"] = float(lat.detach().mean())
-        # teacher-forced answer chunk as text queries
-        ids = torch.tensor([ex.response_ids for ex in batch], device=dev)
-        n = ids.shape[1]
-        hide_span = torch.tensor([not prof.latents_visible_after] * B, device=dev)
-        mask = _text_mask_2d(kinds, hide_img, n, span_cols, hide_span)
-        posn = (pos[:, None] + torch.arange(n, device=dev)[None]).view(1, B, n).expand(3, B, n)
-        hs = engine._forward(engine.embed(ids), posn, mask, cache)
-        logits = model.lm_head(hs)  # logits[:, j] predicts ids[:, j + 1]
-        lm_mask = torch.tensor([ex.loss_mask for ex in batch], device=dev)
-        tok_ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                 reduction="none").view(B, n - 1)
-        ce = (tok_ce * lm_mask[:, 1:]).sum(1) / lm_mask[:, 1:].sum(1).clamp(min=1)
-        loss = (torch.stack(ce_terms, 1).mean(1) + ce + latent_weight * lat).mean()
-        stats["answer_ce"] = float(ce.detach().mean())
+        m = lm_mask[:, 1:]
+        ce = (tok_ce[:, 1:] * m).sum(1) / m.sum(1).clamp(min=1)
+        loss = (-sc.start_logprob + ce + latent_weight * lat).mean()
     else:
-        ids = torch.tensor([ex.response_ids for ex in batch], device=dev)
-        n = ids.shape[1]
-        mask = _text_mask_2d(kinds, hide_img, n, 0, torch.zeros(B, dtype=torch.bool, device=dev))
-        posn = (pos[:, None] + torch.arange(n, device=dev)[None]).view(1, B, n).expand(3, B, n)
-        hs = engine._forward(engine.embed(ids), posn, mask, cache)
-        logits = torch.cat([logits_first[:, None], model.lm_head(hs[:, :-1])], 1)  # predicts ids[:, j]
-        lm_mask = torch.tensor([ex.loss_mask for ex in batch], device=dev)
-        tok_ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids.reshape(-1),
-                                 reduction="none").view(B, n)
         ce = (tok_ce * lm_mask).sum(1) / lm_mask.sum(1).clamp(min=1)
         loss = ce.mean()
-        stats["answer_ce"] = float(ce.detach().mean())
+    stats["answer_ce"] = float(ce.detach().mean())
     stats["loss"] = float(loss.detach())
     return loss, stats
 

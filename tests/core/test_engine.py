@@ -75,7 +75,7 @@ def test_cached_latent_run_equals_teacher_forced_forward(load_tiny, family, prof
                   force_latent=True, max_new_tokens=16, image_visibility=vis)
     for tr in eng.run([req])[0]:
         assert tr.triggered and tr.latent_count >= 1
-        ref = eng.replay_logits(p, tr, image_visibility=vis).float().numpy()
+        ref = eng.replay(p, tr, image_visibility=vis).float().numpy()
         got = tr.logits
         want = ref[p.length - 1: p.length - 1 + len(got)]
         assert np.abs(got - want).max() <= 1e-4

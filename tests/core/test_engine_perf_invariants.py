@@ -102,7 +102,7 @@ def test_hidden_and_logits_line_up_with_a_teacher_forced_forward(load_tiny):
     p = _prompts(lm)[2]
     tr = eng.run([Request(p, [Condition("noise", parse_spec("noise:sigma=0.5"))], force_latent=True,
                           max_new_tokens=12)])[0][0]
-    ref = eng.replay_logits(p, tr).float().numpy()
+    ref = eng.replay(p, tr).float().numpy()
     assert np.abs(tr.logits - ref[p.length - 1:p.length - 1 + len(tr.token_ids)]).max() <= 1e-4
     # hidden state t is the state after feeding generated token t: the lm_head of it gives the logits of step t + 1
     with torch.no_grad():
