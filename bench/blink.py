@@ -20,8 +20,9 @@ from typing import Any, Iterable, Iterator
 
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.tasks import LETTERS, BadRecord, Task, validate_record
-from latentcheck.bench.generic import (check_exists, image_field, iter_parquet_rows, require, stream_tasks,
-                                                 vlmevalkit_mcq_prompt)
+from latentcheck.bench.generic import (TsvImageRefs, check_exists, image_field, image_list_cell,
+                                       iter_parquet_rows, iter_tsv_rows, letter_columns, require,
+                                       stream_tasks, vlmevalkit_mcq_prompt)
 from latentcheck.bench.scoring import accuracy, field
 
 BLINK_SUBTASKS = ("Art_Style", "Counting", "Forensic_Detection", "Functional_Correspondence", "IQ_Test", "Jigsaw",
@@ -58,6 +59,32 @@ def _convert(raw: dict[str, Any], where: str) -> Task:
                             "meta": meta}, where)
 
 
+def _convert_tsv(raw: dict[str, Any], where: str, refs: TsvImageRefs) -> Task:
+    """VLMEvalKit ``BLINK.tsv``: ``index, question, A.., answer`` (letter), ``category`` (sub-task), ``image`` (a
+    base64 string, or a list literal of them for multi-image rows). The dataset's ``prompt`` field is not in the TSV:
+    the official variant rebuilds it as question + "Select from the following choices." + ``(A) ...`` lines."""
+    index = require(raw, "index", where, (str, int))
+    question = require(raw, "question", where)
+    options = letter_columns(raw)
+    if len(options) < 2:
+        raise RecordError(where, "A", "needs option columns A, B (...)")
+    images = image_list_cell(raw.get("image"), where)
+    if images is None:
+        one = refs.image(raw, where)
+        images = [one] if one is not None else []
+    if not images:
+        raise RecordError(where, "image", "missing or empty")
+    sub_task = str(raw.get("category") or raw.get("sub_task") or "").strip().replace(" ", "_") or None
+    answer = raw.get("answer")
+    answer = str(answer).strip("() \t") if answer is not None and str(answer).strip("() \t") else None
+    prompt = question if "(A)" in question else (
+        f"{question}\nSelect from the following choices.\n" + "\n".join(f"({LETTERS[i]}) {o}"
+                                                                        for i, o in enumerate(options)))
+    meta = {"prompt": prompt, "sub_task": sub_task, "images": images, "n_images": len(images), "index": str(index)}
+    return validate_record({"id": str(index), "question": question, "image": images[0], "options": options,
+                            "answer": answer, "category": sub_task, "meta": meta}, where)
+
+
 def _parquet_files(root: Path, subtasks: tuple[str, ...], split: str) -> list[Path]:
     files = []
     for st in subtasks:
@@ -79,6 +106,19 @@ def load_blink(path: str | os.PathLike, limit: int | None = None, strict: bool =
     """
     p = check_exists(path)
     wanted = tuple(subtasks) if subtasks is not None else None
+    if p.is_file() and p.suffix.lower() == ".tsv":
+        refs = TsvImageRefs(p)
+
+        def tsv_rows():
+            for where, raw in iter_tsv_rows(p):
+                st = str(raw.get("category") or "").strip().replace(" ", "_")
+                if wanted is None or st in wanted:
+                    yield where, raw
+        return stream_tasks(tsv_rows(), lambda raw, where: _convert_tsv(raw, where, refs), str(p), limit=limit,
+                            strict=strict)
+    if p.is_file() and p.suffix.lower() != ".parquet":
+        raise LatentcheckError(f"{p}: not a BLINK file; expected the BLINK-Benchmark/BLINK folder "
+                               "({Subtask}/val-*.parquet), one of its parquets, or VLMEvalKit's BLINK.tsv")
     if p.is_file():
         files = [p]
     else:

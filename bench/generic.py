@@ -153,6 +153,25 @@ class TsvImageRefs:
         return image_field(value, where, self.image_col)
 
 
+def image_list_cell(value: Any, where: str, field: str = "image") -> list[str] | None:
+    """VLMEvalKit multi-image cells (``toliststr``): a Python / JSON list literal of base64 strings -> data URIs
+    (None when the cell is not a list literal)."""
+    if not isinstance(value, str):
+        return None
+    v = value.strip()
+    if not (v.startswith("[") and v.endswith("]")):
+        return None
+    import ast
+
+    try:
+        items = ast.literal_eval(v)
+    except (ValueError, SyntaxError):
+        raise RecordError(where, field, "looks like a list of images but is not a valid list literal") from None
+    if not isinstance(items, list) or not all(isinstance(x, str) and x.strip() for x in items):
+        raise RecordError(where, field, "must be a list of base64 strings")
+    return [data_uri(x) for x in items]
+
+
 def md5_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """Streaming MD5 hex digest of a file."""
     h = hashlib.md5()
@@ -225,6 +244,24 @@ def vlmevalkit_mcq_prompt(question: str, options: list[str] | None, hint: str | 
     return prompt
 
 
+QWEN_MCQ_EN = "Please select the correct answer from the options above."
+QWEN_MCQ_CN = "\u8bf7\u76f4\u63a5\u56de\u7b54\u9009\u9879\u5b57\u6bcd\u3002"
+
+
+def qwen2_5_vl_mcq_prompt(task: Task) -> str:
+    """VLMEvalKit's Qwen2.5-VL wrapper (``Qwen2VLPromptMixin._build_mcq_prompt``): the generic MCQ layout, the
+    instruction without its trailing space (Chinese instruction when the prompt contains Chinese characters), and
+    the whole prompt ``rstrip``-ped."""
+    import re
+
+    prompt = f"Hint: {task.meta['hint']}\n" if task.meta.get("hint") else ""
+    prompt += f"Question: {task.question}\n"
+    if task.options:
+        prompt += "Options:\n" + "".join(f"{LETTERS[i]}. {o}\n" for i, o in enumerate(task.options))
+        prompt += QWEN_MCQ_CN if re.search("[\u4e00-\u9fff]", prompt) else QWEN_MCQ_EN
+    return prompt.rstrip()
+
+
 def generic_official_prompt(task: Task) -> str:
     """Default prompt for the shared task format: question, ``A. option`` lines, LLaVA-style letter instruction."""
     if not task.options:
@@ -237,6 +274,6 @@ def generic_vlmevalkit_prompt(task: Task) -> str:
     return vlmevalkit_mcq_prompt(task.question, task.options, task.meta.get("hint"))
 
 
-__all__ = ["data_uri", "image_field", "TsvImageRefs", "iter_tsv_rows", "iter_parquet_rows", "md5_file", "verify_md5",
+__all__ = ["data_uri", "image_field", "image_list_cell", "TsvImageRefs", "iter_tsv_rows", "iter_parquet_rows", "md5_file", "verify_md5",
            "require", "letter_columns", "stream_tasks", "check_exists", "load_generic", "vlmevalkit_mcq_prompt",
-           "generic_official_prompt", "generic_vlmevalkit_prompt", "LLAVA_MC_SUFFIX", "raise_csv_field_limit"]
+           "generic_official_prompt", "generic_vlmevalkit_prompt", "qwen2_5_vl_mcq_prompt", "LLAVA_MC_SUFFIX", "raise_csv_field_limit"]

@@ -70,18 +70,20 @@ def prompt_lmms_eval(task: Task) -> str:
 
 
 def score_hrbench(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Cycle-averaged accuracy.
+    """Cycle-averaged accuracy exactly as VLMEvalKit ``report_acc_hrbench`` (and the DreamMr fork) computes it.
 
-    ``per_cycle[g]`` = accuracy in cycle group ``g`` for ``all`` and each category; ``average[t]`` = mean of
-    ``per_cycle[g][t]`` over the groups that contain ``t`` (identical to VLMEvalKit's division by the number of
-    groups when every group holds every category, as in the full data). ``accuracy`` = ``average["all"]``;
-    ``plain_accuracy`` = micro accuracy over rows (equal only when the groups have equal sizes).
+    ``per_cycle[g]`` = accuracy in cycle group ``g`` for ``all`` and each category; ``average[t]`` = the sum of
+    ``per_cycle[g][t]`` over the groups that contain ``t`` divided by the number of ALL groups (a category absent from
+    a group thus weighs as 0 there, as in VLMEvalKit); ``accuracy`` = ``average["all"]``; ``plain_accuracy`` = micro
+    accuracy over rows. On a partial run (groups of unequal size, or a category missing from a group) the number is
+    not comparable to the full-set one: ``not_comparable`` says why.
     """
     rs = list(results)
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rs:
         groups[str(required_field(r, "cycle_category"))].append(r)
     per_cycle: dict[str, dict[str, float]] = {}
+    counts: dict[str, dict[str, int]] = {}
     for g, grs in groups.items():
         scores: dict[str, list[bool]] = defaultdict(list)
         for r in grs:
@@ -89,12 +91,19 @@ def score_hrbench(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
             if r.get("category") is not None:
                 scores[str(r["category"])].append(is_correct(r))
         per_cycle[g] = {t: sum(v) / len(v) for t, v in scores.items()}
+        counts[g] = {t: len(v) for t, v in scores.items()}
     types = sorted({t for d in per_cycle.values() for t in d}, key=lambda t: (t != "all", t))
-    average = {t: sum(d[t] for d in per_cycle.values() if t in d) / sum(t in d for d in per_cycle.values())
-               for t in types}
+    n_groups = len(per_cycle)
+    average = {t: sum(d[t] for d in per_cycle.values() if t in d) / n_groups for t in types}
+    reasons = []
+    if len({tuple(sorted(c.items())) for c in counts.values()}) > 1:
+        reasons.append("HR-Bench partial run: cycle groups differ in size or category mix "
+                       f"({ {g: c for g, c in sorted(counts.items())} }); the cycle average is not comparable to the "
+                       "full 800-row number")
     plain = accuracy(rs)
     return {"n": len(rs), "accuracy": average.get("all"), "average": average, "per_cycle": per_cycle,
-            "n_per_cycle": {g: len(v) for g, v in groups.items()}, "plain_accuracy": plain["accuracy"]}
+            "n_per_cycle": {g: len(v) for g, v in groups.items()}, "plain_accuracy": plain["accuracy"],
+            "not_comparable": reasons}
 
 
 __all__ = ["load_hrbench", "prompt_official", "prompt_lmms_eval", "score_hrbench", "HRBENCH_MD5"]

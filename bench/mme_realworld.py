@@ -8,6 +8,15 @@ Lite: ``mme_realworld_lite.tsv`` with ``index, question, multi-choice options`` 
 ``"(A) ..."``) or ``A``-``E`` columns, ``answer, category`` (``"Perception/Autonomous_Driving"`` = Task/Subtask),
 ``l2-category`` (the category), ``image`` (base64).
 
+Other distributed layouts, all accepted by both benchmark names (the file's suffix and columns decide):
+
+* VLMEvalKit ``MME-RealWorld.tsv`` (``MMERealWorld.load_data`` / ``generate_tsv``): ``multi-choice options`` is the
+  text ``"The choices are listed below:\n(A) ...\n(B) ..."`` (not a list literal), ``A``-``E`` columns alongside;
+* lmms-eval ``yifanzhang114/MME-RealWorld-Lmms-eval`` / ``MME-RealWorld-lite-lmms-eval`` parquet: ``index, question,
+  multi-choice options`` (list), ``answer, category, l2-category`` and the base64 image in ``bytes``;
+* the base64 JSON of ``yifanzhang114/MME-RealWorld-Base64`` (VLMEvalKit ``generate_tsv`` input): a JSON array of
+  ``{index, image (base64), question, multi-choice options (list), answer, category, l2-category}``.
+
 Task fields: ``category`` = ``"{Task}/{Subtask}"``; ``meta``: ``task``, ``subtask``, ``l2_category``,
 ``choices_raw`` (the ``"(X) ..."`` strings as distributed).
 """
@@ -24,8 +33,8 @@ from typing import Any, Iterable, Iterator
 
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.tasks import LETTERS, BadRecord, Task, validate_record
-from latentcheck.bench.generic import (TsvImageRefs, check_exists, iter_tsv_rows, letter_columns,
-                                                 require, stream_tasks)
+from latentcheck.bench.generic import (TsvImageRefs, check_exists, image_field, iter_parquet_rows,
+                                       iter_tsv_rows, letter_columns, require, stream_tasks)
 from latentcheck.bench.scoring import field, is_correct, required_field
 
 MME_RW_INSTRUCTION = ("Select the best answer to the above multiple-choice question based on the image. "
@@ -80,10 +89,50 @@ def load_mme_realworld(path: str | os.PathLike, limit: int | None = None, strict
         raise LatentcheckError(f"{p}: expected a JSON array of questions")
     root = str(Path(image_root).resolve() if image_root is not None else p.resolve().parent)
     rows = ((f"{p.name}#{i}", raw) for i, raw in enumerate(data, 1))
+    first = next((r for r in data if isinstance(r, dict)), {})
+    if "Question_id" not in first and "index" in first and "multi-choice options" in first:
+        # the MME-RealWorld-Base64 JSON: same fields as the Lite TSV, image embedded as base64
+        return stream_tasks(rows, lambda raw, where: _convert_lite(_as_dict(raw, where), where, root, None), str(p),
+                            limit=limit, strict=strict)
     return stream_tasks(rows, lambda raw, where: _convert_json(raw, where, root), str(p), limit=limit, strict=strict)
 
 
-def _convert_lite(raw: dict[str, Any], where: str, base_dir: str, refs: TsvImageRefs) -> Task:
+def _as_dict(raw: Any, where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise RecordError(where, "<record>", "expected a JSON object")
+    return raw
+
+
+def load_mme_realworld_any(path: str | os.PathLike, limit: int | None = None, strict: bool = False,
+                           image_root: str | os.PathLike | None = None) -> Iterator[Task | BadRecord]:
+    """Any distributed layout (module docstring), by suffix: ``.json``, ``.tsv``, ``.parquet``; else a one-line
+    error naming the file and the layouts expected."""
+    p = check_exists(path)
+    suffix = p.suffix.lower()
+    if suffix == ".json":
+        return load_mme_realworld(p, limit=limit, strict=strict, image_root=image_root)
+    if suffix == ".tsv":
+        return load_mme_realworld_lite(p, limit=limit, strict=strict)
+    if suffix == ".parquet":
+        return load_mme_realworld_parquet(p, limit=limit, strict=strict)
+    raise LatentcheckError(f"{p}: not an MME-RealWorld file; expected MME_RealWorld.json (+ image folder), the "
+                           "MME-RealWorld-Base64 JSON, VLMEvalKit's MME-RealWorld(-Lite).tsv or the lmms-eval parquet")
+
+
+_CHOICES_HEADER = re.compile(r"^\s*(The choices are listed below:|选项如下所示:)\s*\n?")
+
+
+def _choice_lines(text: str) -> list[str] | None:
+    """VLMEvalKit's ``"The choices are listed below:\n(A) ...\n(B) ..."`` -> the ``(X) ...`` lines (None if the
+    text is not in that layout)."""
+    m = _CHOICES_HEADER.match(text)
+    if m is None:
+        return None
+    lines = [ln.strip() for ln in text[m.end():].split("\n") if ln.strip()]
+    return lines or None
+
+
+def _convert_lite(raw: dict[str, Any], where: str, base_dir: str, refs: TsvImageRefs | None) -> Task:
     index = require(raw, "index", where, (str, int))
     question = require(raw, "question", where)
     answer = require(raw, "answer", where)
@@ -93,7 +142,11 @@ def _convert_lite(raw: dict[str, Any], where: str, base_dir: str, refs: TsvImage
     task_name, subtask = cat.split("/", 1)
     l2 = require(raw, "l2-category", where)
     mco = raw.get("multi-choice options")
-    if isinstance(mco, str) and mco.strip():
+    if hasattr(mco, "tolist"):  # numpy array from a parquet reader
+        mco = mco.tolist()
+    if isinstance(mco, str) and _choice_lines(mco) is not None:
+        options, choices_raw = split_choices(_choice_lines(mco), where, "multi-choice options")
+    elif isinstance(mco, str) and mco.strip():
         try:
             parsed = ast.literal_eval(mco.strip())
         except (ValueError, SyntaxError):
@@ -108,7 +161,11 @@ def _convert_lite(raw: dict[str, Any], where: str, base_dir: str, refs: TsvImage
         if len(options) < 2:
             raise RecordError(where, "multi-choice options", "missing (and no A-E option columns)")
         choices_raw = [f"({LETTERS[i]}) {o}" for i, o in enumerate(options)]
-    image = refs.image(raw, where)
+    if refs is not None:
+        image = refs.image(raw, where)
+    else:  # JSON / parquet: the image is the cell itself (lmms-eval: ``bytes``)
+        key = "image" if raw.get("image") is not None else "bytes"
+        image = image_field(raw.get(key), where, key)
     if image is None:
         raise RecordError(where, "image", "missing or empty")
     meta = {"task": task_name, "subtask": subtask, "l2_category": l2, "choices_raw": choices_raw,
@@ -124,6 +181,15 @@ def load_mme_realworld_lite(path: str | os.PathLike, limit: int | None = None, s
     base_dir = str(p.resolve().parent)
     refs = TsvImageRefs(p)
     return stream_tasks(iter_tsv_rows(p), lambda raw, where: _convert_lite(raw, where, base_dir, refs), str(p),
+                        limit=limit, strict=strict)
+
+
+def load_mme_realworld_parquet(path: str | os.PathLike, limit: int | None = None, strict: bool = False,
+                               ) -> Iterator[Task | BadRecord]:
+    """Stream tasks from the lmms-eval parquet (``bytes`` = base64 image)."""
+    p = check_exists(path)
+    base_dir = str(p.resolve().parent)
+    return stream_tasks(iter_parquet_rows(p), lambda raw, where: _convert_lite(raw, where, base_dir, None), str(p),
                         limit=limit, strict=strict)
 
 
@@ -202,5 +268,5 @@ def score_mme_realworld(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
             "tasks": out_tasks}
 
 
-__all__ = ["load_mme_realworld", "load_mme_realworld_lite", "prompt_official", "prompt_official_script",
+__all__ = ["load_mme_realworld", "load_mme_realworld_lite", "load_mme_realworld_parquet", "load_mme_realworld_any", "prompt_official", "prompt_official_script",
            "prompt_lmms_eval", "score_mme_realworld", "rating_category", "split_choices", "MME_RW_INSTRUCTION"]

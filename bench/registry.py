@@ -28,7 +28,7 @@ from latentcheck.core.registry import Registry
 from latentcheck.core.tasks import BadRecord, Task
 from latentcheck.bench import blink, hrbench, mme_realworld, tablevqa, vsp, vstar
 from latentcheck.bench.generic import (generic_official_prompt, generic_vlmevalkit_prompt, load_generic,
-                                                 verify_md5, vlmevalkit_mcq_prompt)
+                                       qwen2_5_vl_mcq_prompt, verify_md5, vlmevalkit_mcq_prompt)
 from latentcheck.bench.scoring import default_is_correct, result_record, score_accuracy
 
 MONET_SYSTEM_PROMPT = ("You are a helpful multimodal assistant. You are required to answer the question based on the "
@@ -45,6 +45,9 @@ class PromptVariant:
     system_prompt: str | None = None
     mode: str = "generate"  # "generate" | "likelihood"
     source: str = ""
+    judge: str | None = None  # judge protocol (bench/judges.py) this pipeline uses when a judge is given
+    judge_required: bool = False  # the official pipeline sends replies to an LLM judge: rule scores only stand in
+    image_placeholder: str | None = None  # text marking where the image goes (profile prompt.image_at_placeholder)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Benchmark:
     selection: Selection | None = None
     default_data: bool = False
     default_variant: str = "official"
+    needs_gold: bool = True  # scoring compares with a gold answer (VSP simulates instead)
 
     @property
     def extractor(self) -> str:
@@ -150,13 +154,27 @@ class Benchmark:
 
 
 def _v(name: str, build: Callable[[Task], str], extractor: str | None, source: str, system: str | None = None,
-       mode: str = "generate") -> PromptVariant:
-    return PromptVariant(name=name, build=build, extractor=extractor, system_prompt=system, mode=mode, source=source)
+       mode: str = "generate", judge: str | None = "vlmevalkit", judge_required: bool = False) -> PromptVariant:
+    return PromptVariant(name=name, build=build, extractor=extractor, system_prompt=system, mode=mode, source=source,
+                         judge=None if mode == "likelihood" else judge, judge_required=judge_required)
 
 
 def _monet(build: Callable[[Task], str]) -> PromptVariant:
-    return _v("monet", build, "boxed", "Monet protocol: VLMEvalKit prompt + boxed system prompt (API judge replaced "
-              "by boxed extraction)", system=MONET_SYSTEM_PROMPT)
+    return _v("monet", build, "boxed", "Monet protocol: VLMEvalKit prompt + boxed system prompt; boxed extraction, "
+              "then Monet's LLM answer extraction (NOVAglow646/Monet new/AAA_vllm_toolkit/extract_and_check.py) "
+              "when a judge is given", system=MONET_SYSTEM_PROMPT, judge="monet")
+
+
+def _qwen(name: str = "vlmevalkit-qwen2_5_vl") -> PromptVariant:
+    return _v(name, qwen2_5_vl_mcq_prompt, "vlmeval_exact",
+              "VLMEvalKit vlmeval/vlm/qwen2_vl/prompt.py Qwen2VLPromptMixin._build_mcq_prompt (MCQ instruction "
+              "without the trailing space, whitespace stripped; Chinese instruction for Chinese questions)")
+
+
+def _latest(build: Callable[[Task], str]) -> PromptVariant:
+    return _v("vlmevalkit-latest", build, "vlmeval_exact_latest",
+              "VLMEvalKit generic MCQ prompt + vlmeval/utils/matching_util.py can_infer_option as of a67ace50 "
+              "(2026-06: explicit 'Z' answers, then '(correct) answer is X' in verbose chain-of-thought replies)")
 
 
 def _variants(*vs: PromptVariant) -> dict[str, PromptVariant]:
@@ -170,11 +188,17 @@ def _mcq_vlmevalkit(task: Task) -> str:
 _VSTAR = Benchmark(
     name="vstar", loader=vstar.load_vstar,
     variants=_variants(
-        _v("official", vstar.prompt_official, "letter", "test_questions.jsonl text (question, (A) lines, instruction)"),
+        _v("official", vstar.prompt_likelihood, None,
+           "penghao-wu/vstar vstar_bench_eval.py multiple_choices_inference (the authors' likelihood ranking)",
+           mode="likelihood"),
+        _v("generate", vstar.prompt_official, "letter",
+           "generation with the distributed test_questions.jsonl text (question, (A) lines, instruction)"),
         _v("likelihood", vstar.prompt_likelihood, None,
-           "penghao-wu/vstar vstar_bench_eval.py multiple_choices_inference", mode="likelihood"),
+           "penghao-wu/vstar vstar_bench_eval.py multiple_choices_inference (same as official)", mode="likelihood"),
         _v("lmms-eval", vstar.prompt_lmms_eval, "lmms_eval_vstar", "lmms-eval vstar_bench/utils.py"),
-        _v("vlmevalkit", vstar.prompt_vlmevalkit, "vlmeval_exact", "VLMEvalKit VStarBench (generic MCQ)"),
+        _v("vlmevalkit", vstar.prompt_vlmevalkit, "vlmeval_exact", "VLMEvalKit VStarBench (generic MCQ; can_infer, "
+           "then the MCQ judge when one is given)"),
+        _qwen(), _latest(vstar.prompt_vlmevalkit),
         _v("lvr", vstar.prompt_lvr, "answer_tag_first_letter", "LVR evaluation/evaluation.py"),
         _monet(vstar.prompt_vlmevalkit)),
     scorer=vstar.score_vstar, chance=(115 * 0.25 + 76 * 0.5) / 191, supports_likelihood=True,
@@ -182,9 +206,13 @@ _VSTAR = Benchmark(
 
 _HR_VARIANTS = _variants(
     _v("official", hrbench.prompt_official, "vlmeval_exact",
-       "DreamMr VLMEvalKit fork (rule-based can_infer; the mandatory LLM judge is not run)"),
-    _v("vlmevalkit", hrbench.prompt_official, "vlmeval_exact", "VLMEvalKit HRBenchDataset (exact matching)"),
-    _v("lmms-eval", hrbench.prompt_lmms_eval, "vlmeval_exact", "lmms-eval hrbench/utils.py (judge not run)"),
+       "DreamMr/HR-Bench VLMEvalKit fork: every reply judged yes/no by an LLM (hrbench/vlmeval/dataset/utils/"
+       "hrbench.py); without a judge the rule-based can_infer stands in and the number is not official",
+       judge="hrbench", judge_required=True),
+    _v("vlmevalkit", hrbench.prompt_official, "vlmeval_exact", "VLMEvalKit HRBenchDataset (can_infer, then the MCQ "
+       "judge when one is given; exact matching otherwise)"),
+    _v("lmms-eval", hrbench.prompt_lmms_eval, "vlmeval_exact", "lmms-eval hrbench/utils.py (can_infer, then GPT)"),
+    _qwen(), _latest(hrbench.prompt_official),
     _monet(hrbench.prompt_official))
 
 _HR4K = Benchmark(name="hrbench4k", loader=hrbench.load_hrbench, variants=_HR_VARIANTS, scorer=hrbench.score_hrbench,
@@ -202,19 +230,23 @@ _MME_VARIANTS = _variants(
     _monet(mme_realworld.prompt_official))
 _MME_KEYS = ("task", "subtask", "l2_category")
 
-_MME = Benchmark(name="mme_realworld", loader=mme_realworld.load_mme_realworld, variants=_MME_VARIANTS,
+_MME = Benchmark(name="mme_realworld", loader=mme_realworld.load_mme_realworld_any, variants=_MME_VARIANTS,
                  scorer=mme_realworld.score_mme_realworld, chance=0.2, meta_keys=_MME_KEYS,
                  description="MME-RealWorld (MME_RealWorld.json + image folder)")
-_MME_LITE = replace(_MME, name="mme_realworld_lite", loader=mme_realworld.load_mme_realworld_lite,
+_MME_LITE = replace(_MME, name="mme_realworld_lite",
                     description="MME-RealWorld-Lite (mme_realworld_lite.tsv, base64)")
 
 _BLINK = Benchmark(
     name="blink", loader=blink.load_blink,
     variants=_variants(
         _v("official", blink.prompt_official, "letter",
-           "BLINK prompt field (official GPT-3.5 matcher replaced by the rule-based letter cascade)"),
-        _v("lmms-eval", blink.prompt_lmms_eval, "leading_letter", "lmms-eval blink/utils.py"),
-        _v("vlmevalkit", blink.prompt_vlmevalkit, "vlmeval_exact", "VLMEvalKit BLINK (generic MCQ)"),
+           "BLINK prompt field; every reply mapped to an option by the LLM matcher (zeyofu/BLINK_Benchmark "
+           "eval/multiple_choice.py); without a judge the rule-based letter cascade stands in (not official)",
+           judge="blink", judge_required=True),
+        _v("lmms-eval", blink.prompt_lmms_eval, "leading_letter", "lmms-eval blink/utils.py", judge=None),
+        _v("vlmevalkit", blink.prompt_vlmevalkit, "vlmeval_exact", "VLMEvalKit BLINK (generic MCQ; can_infer, then "
+           "its BLINK matcher prompt when a judge is given)", judge="blink"),
+        _qwen(), _latest(blink.prompt_vlmevalkit),
         _monet(blink.prompt_vlmevalkit)),
     scorer=blink.score_blink, chance=0.5, meta_keys=("sub_task",),
     selection=Selection("subtasks", blink.BLINK_SUBTASKS, "BLINK sub-task"),
@@ -223,8 +255,11 @@ _BLINK = Benchmark(
 
 _VSP = Benchmark(
     name="vsp", loader=vsp.load_vsp,
-    variants=_variants(_v("official", vsp.prompt_official, "boxed", "Mirage src/test.py (text_input, <image> moved)")),
-    scorer=vsp.score_vsp, chance=None, is_correct=vsp.vsp_is_correct,
+    variants=_variants(replace(_v("official", vsp.prompt_official, "boxed", "Mirage src/test.py (text_input; the "
+                                  "image at the <image> placeholder when the profile says prompt.image_at_placeholder, "
+                                  "as mirage does; else the placeholder is removed and the image goes first)",
+                                  judge=None), image_placeholder="<image>")),
+    scorer=vsp.score_vsp, chance=None, is_correct=vsp.vsp_is_correct, needs_gold=False,
     description="VSP spatial planning (Mirage test_direct.jsonl), boxed path simulated on the map")
 
 _TABLEVQA = Benchmark(
@@ -247,6 +282,7 @@ _GENERIC = Benchmark(
         _v("official", generic_official_prompt, "letter", "question + 'A. option' lines + LLaVA instruction"),
         _v("vlmevalkit", generic_vlmevalkit_prompt, "vlmeval_exact", "VLMEvalKit generic MCQ prompt"),
         _v("plain", lambda t: t.question, "letter", "question only"),
+        _qwen(), _latest(generic_vlmevalkit_prompt),
         _monet(_mcq_vlmevalkit)),
     scorer=score_accuracy, chance=None, default_data=True, default_variant="profile",
     description="the shared task JSONL (core/tasks.py schema)")

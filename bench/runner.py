@@ -7,8 +7,14 @@ Per sample, through the one runner loop (``core.runner.run_records``: resume, er
   ``--intervention`` run as Conditions of ONE engine Request (one shared prefill per sample, conditions forked as rows
   of the decode batch; the engine sorts by prompt length). The reply is the generated text with every latent span
   (profile start/end tokens) or imagination span (profile imagination markers) and end-of-turn tokens removed; the
-  variant's extractor reads it; ``Benchmark.record`` scores it. With a judge, the judge is asked ONLY when the rule
-  extractor returns None.
+  variant's extractor reads it; ``Benchmark.record`` scores it. With a judge (``bench/judges.py``: a protocol on a
+  ``local`` or ``openai`` backend with the persistent reply cache), the protocol decides which replies it reads
+  (HR-Bench, BLINK: all; VLMEvalKit: those ``can_infer`` cannot settle; Monet: rule failures); each sample keeps the
+  rule-based outcome (``extracted``, ``correct_rule``) next to the judged one (``pred``, ``correct``) and the judge's
+  prompt, reply and identity.
+* **denominators** as official: a sample whose input cannot be prepared (missing or corrupt image) is an error record
+  that keeps its scoring fields and counts as wrong (listed in ``errors``); tasks without a gold answer (BLINK's test
+  split) are refused.
 * **likelihood** scoring (V* official, ``penghao-wu/vstar`` ``multiple_choices_inference``): the user text is the
   question without options; each option text, rendered as the assistant reply by the chat template (option +
   end-of-turn tokens), is teacher-forced and its mean token cross-entropy computed; the option with the lowest mean
@@ -35,7 +41,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from latentcheck.core.backends import DEFAULT_KEY_ENV
+from latentcheck.bench.judges import Judge, get_protocol
 from latentcheck.bench.registry import BENCHMARKS, Benchmark, PromptVariant, get_benchmark
+from latentcheck.bench.scoring import result_record
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.extract import get_extractor, strip_latent_span
 from latentcheck.core.interventions import InterventionSpec, LatentStats, parse_specs
@@ -53,17 +62,6 @@ IMAGE_DECODE_LIMIT = 12000 * 12000
 # Base64 images longer than this are written once to a content-addressed cache folder and referenced by path, so a
 # multi-GB TSV is never held in memory (VLMEvalKit "localizes" its big TSVs the same way).
 LOCALIZE_MIN_CHARS = 64 * 1024
-JUDGE_REPLY_CHARS = 2000  # only the last characters of a long reply are shown to the judge
-
-# Adapted from VLMEvalKit vlmeval/utils/multiple_choice.py build_prompt (the in-context examples are left out).
-JUDGE_TEMPLATE = (
-    "You are an AI assistant who will help me to match an answer with several options of a single-choice question. "
-    "You are provided with a question, several options, and an answer, and you need to find which option the answer "
-    "chose. If the answer does not choose any of the options, output Z. You should output a single uppercase "
-    "character in {letters} (the options) or Z.\n"
-    "Question: {question}\nOptions:\n{options}\nAnswer: {reply}\nYour output:")
-
-
 # ---------------------------------------------------------------------------------------------- protocol
 def profile_variant(lm) -> PromptVariant:
     """The model profile's own prompt (``core.prompts.task_text``, as perturb-latent and probe render tasks) and
@@ -77,19 +75,19 @@ def profile_variant(lm) -> PromptVariant:
 
 
 def resolve_protocol(bench: Benchmark, variant: str | None, scoring: str | None) -> tuple[str, str]:
-    """(variant name, scoring) from the user's choices; defaults: ``profile`` for generic, else ``official``;
-    ``--scoring likelihood`` alone picks the benchmark's likelihood variant."""
+    """(variant name, scoring) from the user's choices; defaults: the benchmark's default variant (``profile`` for
+    generic, else ``official``); ``--scoring X`` alone picks the default when it is scored by X, else the
+    benchmark's first variant scored by X (V*: ``--scoring generate`` -> ``generate``)."""
     if scoring is not None and scoring not in SCORINGS:
         raise LatentcheckError(f"--scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
     if variant is None:
-        if scoring == "likelihood":
-            names = [n for n, v in bench.variants.items() if v.mode == "likelihood"]
+        variant = bench.default_variant if bench.default_variant in bench.variants else "official"
+        if scoring is not None and bench.variant(variant).mode != scoring:
+            names = [n for n, v in bench.variants.items() if v.mode == scoring]
             if not names:
-                raise LatentcheckError(f"benchmark {bench.name!r} has no likelihood variant (only V* is officially "
+                raise LatentcheckError(f"benchmark {bench.name!r} has no {scoring} variant (only V* is officially "
                                        "scored by likelihood); use --scoring generate")
             variant = names[0]
-        else:
-            variant = bench.default_variant if bench.default_variant in bench.variants else "official"
     mode = bench.variant(variant).mode
     if scoring is not None and scoring != mode:
         raise LatentcheckError(f"variant {variant!r} of {bench.name!r} is scored by {mode}, not {scoring}; "
@@ -206,51 +204,6 @@ def option_mean_ce(engine, prompts: Sequence, replies: Sequence[Sequence[Sequenc
     return out
 
 
-# ---------------------------------------------------------------------------------------------- judge
-class Judge:
-    """An optional local LLM judge, asked only when rule extraction fails: which option letter did the reply pick?
-
-    ``Judge(lm)`` with any model from the shared loader (text-only prompt, greedy decoding). ``ask`` returns, per
-    item, ``{"reply": judge text, "pred": letter or None}`` (``Z`` or anything unparseable -> None).
-    """
-
-    def __init__(self, lm, max_new_tokens: int = 16, batch_size: int = 8):
-        from latentcheck.core.engine import Engine
-        from latentcheck.core.profiles import DecodingSpec
-
-        self.lm = lm
-        self.batch_size = batch_size
-        self.decoding = DecodingSpec(do_sample=False, max_new_tokens=max_new_tokens)
-        self.engine = Engine(lm, decoding=self.decoding)
-
-    @staticmethod
-    def prompt(question: str, options: list[str], reply: str) -> str:
-        reply = reply if len(reply) <= JUDGE_REPLY_CHARS else "..." + reply[-JUDGE_REPLY_CHARS:]
-        opts = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
-        return JUDGE_TEMPLATE.format(letters=", ".join(LETTERS[:len(options)]), question=question, options=opts,
-                                     reply=reply)
-
-    def ask(self, items: list[tuple[str, str, list[str], str]]) -> list[dict[str, Any]]:
-        """``items``: (key, question, options, reply) -> [{"reply", "pred"}] in the same order."""
-        from latentcheck.core.engine import Request
-        from latentcheck.core.prompts import build_prompt
-
-        if not items:
-            return []
-        reqs = [Request(build_prompt(self.lm, f"judge:{k}", self.prompt(q, o, r))) for k, q, o, r in items]
-        traces = self.engine.run(reqs, batch_size=self.batch_size)
-        extract = get_extractor("letter")
-        out = []
-        for (_, _, options, _), tr in zip(items, traces):
-            said = reply_text(self.lm, tr[0].text)
-            out.append({"reply": said, "pred": extract(said, options) if said.strip().upper() != "Z" else None})
-        return out
-
-    def describe(self) -> dict[str, Any]:
-        return {"model": self.lm.describe(), "decoding": asdict(self.decoding), "template": JUDGE_TEMPLATE,
-                "used_when": "rule extraction returned None (multiple-choice samples only)"}
-
-
 # ---------------------------------------------------------------------------------------------- the run
 @dataclass
 class BenchSettings:
@@ -261,7 +214,7 @@ class BenchSettings:
     scoring: str = "generate"
     interventions: list[dict] = field(default_factory=list)
     decoding: dict = field(default_factory=dict)
-    judge: str | None = None
+    judge: dict | None = None
     verify: bool = True
     calibration_size: int | None = None
     force_latent: bool = False
@@ -299,7 +252,8 @@ class _BenchRun:
         else:
             text = self.bench.prompt(task, self.variant)
         try:
-            prompt = build_prompt(self.lm, task.id, text, images or None, system=self.v.system_prompt)
+            prompt = build_prompt(self.lm, task.id, text, images or None, system=self.v.system_prompt,
+                                  image_placeholder=self.v.image_placeholder)
         except ValueError as e:  # e.g. the processor refuses an image smaller than one patch
             raise RecordError(task.id, "image", f"cannot build the model input ({e})") from None
         return _Sample(task, text, prompt, len(images))
@@ -345,13 +299,20 @@ class _BenchRun:
                 "latent_blocks": int(tr.latent_blocks), "triggered": bool(tr.triggered),
                 "finish_reason": tr.finish_reason, "timing": t}
 
-    def _finish(self, s: _Sample, o: dict[str, Any], judged: dict | None) -> dict[str, Any]:
-        pred = o["extracted"]
-        if judged is not None:
-            pred = judged["pred"]
-        rec = self.bench.record(s.task, None, self.variant, pred=pred)
-        o["judge"] = {"used": judged is not None, **(judged or {})}
-        return {"pred": rec["pred"], "correct": rec["correct"], **o}
+    def _finish(self, s: _Sample, o: dict[str, Any], verdict: dict | None) -> dict[str, Any]:
+        """Rule outcome, then the judge's (if it was asked): ``pred`` / ``correct`` are final, ``extracted`` /
+        ``correct_rule`` the rule-based ones."""
+        rule_pred = o["extracted"]
+        rule_ok = self.bench.record(s.task, None, self.variant, pred=rule_pred)["correct"]
+        pred, ok = rule_pred, rule_ok
+        if verdict and verdict.get("used") and verdict.get("error") is None:
+            if verdict["kind"] == "correct":
+                ok = bool(verdict["value"])
+            else:
+                pred = verdict["value"]
+                ok = self.bench.record(s.task, None, self.variant, pred=pred)["correct"]
+        o["judge"] = verdict or {"used": False}
+        return {"pred": pred, "correct": bool(ok), "correct_rule": bool(rule_ok), **o}
 
     def _generate(self, samples: list[_Sample]) -> dict[str, dict]:
         from latentcheck.core.engine import Request
@@ -361,18 +322,14 @@ class _BenchRun:
                         force_latent=self.force_latent) for s in samples]
         traces = self.engine.run(reqs, batch_size=self.opts.batch_size)
         outs = {s.task.id: {tr.condition: self._outcome(tr, s) for tr in trs} for s, trs in zip(samples, traces)}
-        judged: dict[tuple[str, str], dict] = {}
+        verdicts: dict[tuple[str, str], dict] = {}
         if self.judge is not None:
-            asks = [(s, c) for s in samples if s.task.options for c, o in outs[s.task.id].items()
-                    if o["extracted"] is None]
-            answers = self.judge.ask([(f"{s.task.id}|{c}", s.task.question, s.task.options,
-                                       outs[s.task.id][c]["reply"]) for s, c in asks])
-            judged = {(s.task.id, c): a for (s, c), a in zip(asks, answers)}
-        result = {}
-        for s in samples:
-            per = {c: self._finish(s, o, judged.get((s.task.id, c))) for c, o in outs[s.task.id].items()}
-            result[s.task.id] = per
-        return result
+            keys = [(s, c) for s in samples for c in outs[s.task.id]]
+            answers = self.judge.run([(s.task, outs[s.task.id][c]["reply"], outs[s.task.id][c]["extracted"])
+                                      for s, c in keys])
+            verdicts = {(s.task.id, c): a for (s, c), a in zip(keys, answers)}
+        return {s.task.id: {c: self._finish(s, o, verdicts.get((s.task.id, c))) for c, o in outs[s.task.id].items()}
+                for s in samples}
 
     def _likelihood(self, samples: list[_Sample]) -> dict[str, dict]:
         ordered = sorted(samples, key=lambda s: s.prompt.length)
@@ -405,9 +362,14 @@ class _BenchRun:
             try:
                 if self.scoring == "likelihood" and not t.options:
                     raise RecordError(t.id, "options", "likelihood scoring ranks option texts; none given")
+                if self.bench.needs_gold and t.answer is None:
+                    raise RecordError(t.id, "answer", "no gold answer (hidden test split?): cannot be scored")
                 samples.append(self.prepare(t))
             except RecordError as e:
-                records[t.id] = error_record(t.id, e)
+                # official denominators: the sample counts as wrong, so it keeps what the scorers read
+                base = result_record(t, None, False, self.bench.meta_keys)
+                records[t.id] = {**error_record(t.id, e), **{k: v for k, v in base.items() if k != "pred"},
+                                 "correct_rule": False}
         return tasks, samples, records
 
     def process_block(self, prepared: tuple[list[Task], list[_Sample], dict[str, dict]]) -> list[dict]:
@@ -433,6 +395,10 @@ def condition_results(records: Iterable[dict], condition: str = "baseline") -> l
     condition, as the benchmark scorers read them."""
     out = []
     for r in records:
+        if r.get("type") == "error":
+            if r.get("id") is not None:  # a scorable error row: wrong in every condition, as officially
+                out.append({**r, "pred": None, "correct": False, "correct_rule": False, "error_row": True})
+            continue
         if r.get("type", "sample") != "sample":
             continue
         if condition == "baseline":
@@ -477,8 +443,15 @@ def summarise(bench: Benchmark, records: list[dict], conditions: Sequence[str], 
         cats: dict[str, list[dict]] = {}
         for r in rs:
             cats.setdefault(str(r.get("category")), []).append(r)
+        rule = [{**r, "correct": r.get("correct_rule", r.get("correct"))} for r in rs]
+        judged = [r for r in rs if (r.get("judge") or {}).get("used")]
         entry: dict[str, Any] = {
             "scores": bench.score(rs) if rs else None, "accuracy": _acc_ci(rs),
+            "scores_rule": bench.score(rule) if rs else None, "accuracy_rule": _acc_ci(rule),
+            "judge": {"asked": len(judged), "errors": sum(bool(r["judge"].get("error")) for r in judged),
+                      "cached": sum(bool(r["judge"].get("cached")) for r in judged),
+                      "changed": sum(r.get("correct") != r.get("correct_rule") for r in judged)},
+            "errors": [r["id"] for r in rs if r.get("error_row")],
             "per_category": {k: _acc_ci(v) for k, v in cats.items()},
             "latency": {"overall": latency(rs), "per_category": {k: latency(v) for k, v in cats.items()}}}
         if c != "baseline":
@@ -517,20 +490,32 @@ def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, var
               scoring: str | None = None, interventions: Iterable[str | InterventionSpec] | None = None,
               judge: str | Judge | None = None, *, decoding: dict[str, Any] | None = None, verify: bool = True,
               judge_profile: str | None = None, calibration_size: int | None = None, force_latent: bool = False,
-              n_boot: int = 2000, lm=None) -> dict[str, Any]:
+              n_boot: int = 2000, lm=None, judge_protocol: str | None = None, judge_url: str | None = None,
+              judge_key_env: str = DEFAULT_KEY_ENV, judge_cache: str | bool | None = True,
+              judge_concurrency: int = 4, image_root: str | None = None) -> dict[str, Any]:
     """Run a benchmark; write ``<out>/samples.jsonl`` and ``<out>/results.json``; return the results dict (plus
     ``results_path``, ``summary_path``, ``exit_code``, ``is_main``).
 
     ``benchmark``: a registry name (``"blink:Jigsaw"``), a :class:`Benchmark`, or None = ``generic`` (then with no
     ``opts.data`` the toy world test split). ``decoding`` overrides fields of the profile's decoding
     (``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``, ``top_k``, ``repetition_penalty``). ``judge``:
-    a model path / zoo name (loaded through the shared loader) or a :class:`Judge`. ``force_latent`` forces the
-    latent-start token as the first generated token (latent profiles).
+    a :class:`~latentcheck.bench.judges.Judge`, or a model: with ``judge_url`` the served model's name on that
+    OpenAI-compatible endpoint (key from ``$judge_key_env``), else a local path / zoo name loaded through the one
+    loader (``judge_profile``). ``judge_protocol`` defaults to the variant's (HR-Bench official: ``hrbench``, BLINK
+    official: ``blink``, Monet: ``monet``, else ``vlmevalkit``); ``judge_cache``: the persistent reply cache (True =
+    ``$LATENTCHECK_CACHE/responses.sqlite``, a path, or None). ``force_latent`` forces the latent-start token as the
+    first generated token (latent profiles).
     """
     from latentcheck.core.profiles import DecodingSpec
 
     t_start = time.perf_counter()
     bench = get_benchmark(benchmark) if isinstance(benchmark, str) else (benchmark or get_benchmark("generic"))
+    if image_root is not None:
+        import inspect
+
+        if "image_root" not in inspect.signature(bench.loader).parameters:
+            raise LatentcheckError(f"--image-root does not apply to {bench.name!r} (its loader takes no image root)")
+        bench = bench.with_options(image_root=image_root)
     if not bench.default_data and not opts.data:
         defaults = " and ".join(b.name for b in BENCHMARKS.values() if b.default_data)
         raise LatentcheckError(f"--data is required for benchmark {bench.name!r} (the toy world default applies to "
@@ -554,22 +539,35 @@ def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, var
     if judge is not None and mode != "generate":
         raise LatentcheckError("--judge-model applies to generation scoring only (likelihood needs no extraction)")
     dec = replace(lm.profile.decoding, **{k: v for k, v in (decoding or {}).items() if v is not None})
-    if isinstance(judge, str):
-        from latentcheck.core.loader import load_model
+    v = bench.variant(variant)
+    if judge is None and judge_url is not None:
+        raise LatentcheckError("--judge-url needs --judge-model (the served model's name)")
+    if isinstance(judge, str) or (judge is not None and not isinstance(judge, Judge)):
+        from latentcheck.core.backends import make_backend
 
-        judge = Judge(load_model(judge, profile=judge_profile, quant=opts.quant, device=opts.device,
-                                 trust_remote_code=opts.trust_remote_code), batch_size=opts.batch_size)
+        protocol = get_protocol(judge_protocol or v.judge or "vlmevalkit")
+        if judge_url is not None:
+            backend = make_backend("openai", judge, base_url=judge_url, key_env=judge_key_env,
+                                   concurrency=judge_concurrency, cache=judge_cache)
+        else:
+            backend = make_backend("local", judge, batch_size=opts.batch_size, cache=judge_cache,
+                                   load_kw={"profile": judge_profile, "quant": opts.quant, "device": opts.device,
+                                            "trust_remote_code": opts.trust_remote_code})
+        judge = Judge(backend, protocol)
     path = opts.data if opts.data else data_path(opts)
     md5 = bench.verify(path) if verify else None
     cache = _image_cache()
     items = [localize_task(it, cache) if isinstance(it, Task) else it
              for it in bench.load(path, limit=opts.limit, strict=opts.strict, verify=False)]
     tasks = [t for t in items if isinstance(t, Task)]
+    if bench.needs_gold and tasks and all(t.answer is None for t in tasks):
+        raise LatentcheckError(f"{path}: none of the {len(tasks)} tasks has a gold answer (BLINK's test split hides "
+                               "them: score it on the official server); refusing to report a score")
     block = max(1, opts.batch_size) * 4
     subtasks = bench.loader_kwargs.get("subtasks")
     settings = BenchSettings(benchmark=bench.name + (":" + ",".join(subtasks) if subtasks else ""),
                              variant=variant, scoring=mode, interventions=[s.to_dict() for s in specs],
-                             decoding=asdict(dec), judge=None if judge is None else judge.lm.model_id,
+                             decoding=asdict(dec), judge=None if judge is None else judge.describe(),
                              verify=verify, calibration_size=(calibration_size or block) if _needs_stats(specs)
                              else None, force_latent=force_latent)
     run = _BenchRun(lm, opts, bench, variant, mode, specs, dec, judge, force_latent)
@@ -583,10 +581,10 @@ def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, var
     if not res.is_main:
         return {"is_main": False, "results_path": res.results_path, "counts": res.counts,
                 "exit_code": 1 if res.counts.get("errors") else 0}
-    records = [r for r in load_records(res.results_path) if r.get("type", "sample") == "sample"]
+    records = [r for r in load_records(res.results_path) if r.get("type", "sample") in ("sample", "error")]
     conditions = ["baseline"] + [s.label for s in specs]
-    v = bench.variant(variant)
     per = summarise(bench, records, conditions, seed=opts.seed, n_boot=n_boot)
+    unscored = [r.get("record") or r.get("key") for r in records if r.get("type") == "error" and r.get("id") is None]
     summary: dict[str, Any] = {
         "command": COMMAND, "benchmark": bench.name, "description": bench.description,
         "subtasks": bench.loader_kwargs.get("subtasks"),
@@ -600,12 +598,39 @@ def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, var
         "data": {"path": str(path), "md5": md5, "limit": opts.limit},
         "chance": {"official": bench.chance, "these_samples": bench.chance_for(tasks)},
         "interventions": [s.to_dict() | {"label": s.label} for s in specs], "calibration": calibration,
-        "counts": res.counts, "scores": per["baseline"]["scores"], "conditions": per,
+        "counts": res.counts, "scores": per["baseline"]["scores"],
+        "scores_rule": per["baseline"]["scores_rule"],
+        "official": official_status(bench, v, mode, judge, opts.limit, per["baseline"], unscored),
+        "errors": {"counted_wrong": per["baseline"]["errors"], "unreadable_rows": unscored},
+        "conditions": per,
         "timing": {"total_s": round(time.perf_counter() - t_start, 3)}}
     summary_path = write_summary(opts, summary, name="results.json")
     summary.update(results_path=res.results_path, summary_path=summary_path, is_main=True,
                    exit_code=1 if res.counts.get("errors") else 0)
     return summary
+
+
+def official_status(bench: Benchmark, v: PromptVariant, mode: str, judge: Judge | None, limit: int | None,
+                    base: dict[str, Any], unscored: list) -> dict[str, Any]:
+    """Whether ``scores`` is the official number, and every reason it is not (comparable = False)."""
+    reasons = []
+    if v.name != "official":
+        reasons.append(f"variant {v.name!r} is not the official protocol")
+    if v.judge_required and judge is None:
+        reasons.append(f"the official {bench.name} pipeline sends every reply to an LLM judge ({v.judge}); these are "
+                       "rule-based scores (pass --judge-model)")
+    if judge is not None and v.judge and judge.protocol.name != v.judge:
+        reasons.append(f"judged with protocol {judge.protocol.name!r}, the variant's is {v.judge!r}")
+    if limit is not None:
+        reasons.append(f"--limit {limit}: a subset of the benchmark")
+    scores = base.get("scores") or {}
+    for r in scores.get("not_comparable", []):
+        reasons.append(r)
+    if unscored:
+        reasons.append(f"{len(unscored)} row(s) could not be read at all and are not in any denominator: "
+                       + ", ".join(map(str, unscored[:5])))
+    return {"comparable": not reasons, "reasons": reasons, "variant_is_official": v.name == "official",
+            "judge_required": v.judge_required}
 
 
 def _image_cache() -> Path:
@@ -614,6 +639,6 @@ def _image_cache() -> Path:
     return cache_root() / "bench-images"
 
 
-__all__ = ["run_bench", "Judge", "JUDGE_TEMPLATE", "option_mean_ce", "option_reply_ids", "option_reply_text",
+__all__ = ["run_bench", "Judge", "official_status", "option_mean_ce", "option_reply_ids", "option_reply_text",
            "reply_text", "resolve_protocol", "profile_variant", "summarise", "condition_results", "latency",
            "localize_task", "task_images", "BenchSettings"]

@@ -1,8 +1,15 @@
 """VSP spatial planning (Mirage ``test_direct.jsonl``): loader, prompt, path simulation and scoring.
 
 Each line: ``text_input`` (prompt with a literal ``<image>`` placeholder; asks for the path in ``\\boxed{}``),
-``image_input`` (PNG path relative to the jsonl), ``map_id``, ``map_desc`` (2-D int grid: ``1`` start, ``2`` goal,
-``-1`` hole, ``0`` safe). There is no gold path: a reply is correct iff its path, walked on the map, succeeds.
+``image_input`` (PNG path), ``map_id``, ``map_desc`` (2-D int grid: ``1`` start, ``2`` goal, ``-1`` hole, ``0`` safe).
+There is no gold path: a reply is correct iff its path, walked on the map, succeeds.
+
+Image paths: in the real Mirage release they read ``./data/vsp_spatial_planning/imgs_test/...``, relative to the
+Mirage REPOSITORY root (where ``src/test.py`` runs), not to the jsonl. ``image_root`` (``--image-root``) says where
+they are relative to; by default the first folder, from the jsonl's own folder upwards, in which the first record's
+image exists (the repository root for the real layout, the jsonl's folder for a flat copy). The prompt keeps the
+``<image>`` placeholder: with a profile that sets ``prompt.image_at_placeholder`` (mirage) the image is put there, as
+Mirage trains and tests; otherwise the placeholder is removed and the image goes first.
 
 Simulation (Mirage ``src/task.py::simulate_vsp``): the path string is upper-cased and every character other than
 U/D/L/R is dropped (so "Right, Down" -> R, D); the walk starts on the ``1`` cell; stepping on a hole fails at once;
@@ -16,6 +23,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from latentcheck.core.errors import LatentcheckError, RecordError
@@ -107,10 +115,37 @@ def _convert(line: str, where: str, base_dir: str, seen_ids: set[str]) -> Task:
                            where, base_dir=base_dir)
 
 
-def load_vsp(path: str | os.PathLike, limit: int | None = None, strict: bool = False) -> Iterator[Task | BadRecord]:
-    """Stream VSP tasks from ``test_direct.jsonl`` (images relative to the file's folder)."""
+def find_image_root(jsonl: Path, max_up: int = 8) -> Path:
+    """The first folder, from the jsonl's folder upwards, in which the first record's ``image_input`` exists (the
+    jsonl's folder when none does: the missing images then become error records naming the path)."""
+    folder = jsonl.resolve().parent
+    first = None
+    with open(jsonl, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(obj, dict) and isinstance(obj.get("image_input"), str):
+                    first = obj["image_input"]
+                    break
+    if first is None or os.path.isabs(first):
+        return folder
+    for cand in [folder, *folder.parents][:max_up + 1]:
+        if (cand / first).is_file():
+            return cand
+    return folder
+
+
+def load_vsp(path: str | os.PathLike, limit: int | None = None, strict: bool = False,
+             image_root: str | os.PathLike | None = None) -> Iterator[Task | BadRecord]:
+    """Stream VSP tasks from ``test_direct.jsonl``; images relative to ``image_root`` (default: module docstring)."""
     p = check_exists(path)
-    base_dir = str(p.resolve().parent)
+    if p.is_dir():
+        raise LatentcheckError(f"{p}: a folder; pass Mirage's test_direct.jsonl (with --image-root if its images "
+                               "are not under a folder above it)")
+    base_dir = str(Path(image_root).resolve() if image_root is not None else find_image_root(p))
     seen: set[str] = set()
 
     def rows():
@@ -123,12 +158,9 @@ def load_vsp(path: str | os.PathLike, limit: int | None = None, strict: bool = F
 
 
 def prompt_official(task: Task) -> str:
-    """``text_input`` with the literal ``<image>`` removed (nothing else changed; the image goes first).
-
-    Mirage moves the image block to the placeholder; ``meta["image_placeholder_offset"]`` gives its position for
-    runners that interleave.
-    """
-    return task.meta.get("text_input", task.question).replace("<image>", "")
+    """``text_input`` verbatim, ``<image>`` placeholder included (``build_prompt`` puts the image there or removes
+    it, see the module docstring)."""
+    return task.meta.get("text_input", task.question)
 
 
 def vsp_is_correct(task: Task, pred: str | None) -> bool:
@@ -149,5 +181,5 @@ def score_vsp(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["load_vsp", "simulate_vsp", "parse_actions", "validate_map", "prompt_official", "vsp_is_correct",
+__all__ = ["load_vsp", "find_image_root", "simulate_vsp", "parse_actions", "validate_map", "prompt_official", "vsp_is_correct",
            "score_vsp", "VSPOutcome"]

@@ -24,8 +24,8 @@ from typing import Any, Iterator
 
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.tasks import LETTERS, BadRecord, Task, json_object, validate_record
-from latentcheck.bench.generic import (LLAVA_MC_SUFFIX, check_exists, require, stream_tasks,
-                                                 vlmevalkit_mcq_prompt)
+from latentcheck.bench.generic import (LLAVA_MC_SUFFIX, TsvImageRefs, check_exists, iter_tsv_rows,
+                                       letter_columns, require, stream_tasks, vlmevalkit_mcq_prompt)
 from latentcheck.bench.scoring import score_accuracy
 
 VSTAR_CATEGORIES = ("direct_attributes", "relative_position")
@@ -141,10 +141,36 @@ def _from_pair(image_rel: str, where: str, root: Path) -> Task:
                             "meta": meta}, where, base_dir=str(root))
 
 
+def _from_tsv_row(raw: dict[str, Any], where: str, base_dir: str, refs: TsvImageRefs) -> Task:
+    index = require(raw, "index", where, (str, int))
+    question = require(raw, "question", where)
+    answer = require(raw, "answer", where)
+    options = letter_columns(raw, max_options=4)
+    if len(options) < 2:
+        raise RecordError(where, "A", "needs option columns A, B (C, D)")
+    image = refs.image(raw, where)
+    if image is None:
+        raise RecordError(where, "image", "missing or empty")
+    category = raw.get("category") or None
+    meta = {"text": synthesize_text(question, options), "source": "VStarBench.tsv", "index": str(index)}
+    return validate_record({"id": str(index), "question": question, "image": image, "options": options,
+                            "answer": str(answer).strip(), "category": category, "meta": meta}, where,
+                           base_dir=base_dir)
+
+
 def load_vstar(path: str | os.PathLike, limit: int | None = None, strict: bool = False,
                categories: tuple[str, ...] = VSTAR_CATEGORIES) -> Iterator[Task | BadRecord]:
-    """Stream V* tasks from the benchmark folder (or its ``test_questions.jsonl``); images stay file paths."""
+    """Stream V* tasks from the benchmark folder (or its ``test_questions.jsonl``; images stay file paths) or from
+    VLMEvalKit's ``VStarBench.tsv`` (``index, question, A..D, answer, category, image`` base64)."""
     p = check_exists(path)
+    if p.is_file() and p.suffix.lower() == ".tsv":
+        refs = TsvImageRefs(p)
+        base = str(p.resolve().parent)
+        return stream_tasks(iter_tsv_rows(p), lambda raw, where: _from_tsv_row(raw, where, base, refs), str(p),
+                            limit=limit, strict=strict)
+    if p.is_file() and p.suffix.lower() != ".jsonl":
+        raise LatentcheckError(f"{p}: not a V* file; expected the craigwu/vstar_bench folder, its "
+                               "test_questions.jsonl, or VLMEvalKit's VStarBench.tsv")
     if p.is_file():
         jsonl, root = p, p.parent
     else:

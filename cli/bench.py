@@ -67,6 +67,19 @@ def _render(r: dict) -> None:
                          else "")
                       + (f"; paper overall {_pct(scores['paper_overall'])}" if scores.get("paper_overall") is not None
                          else ""), highlight=False)
+    if r.get("judge"):
+        j = r["conditions"]["baseline"]["judge"]
+        rule = (r.get("scores_rule") or {}).get("accuracy")
+        console.print(f"judge {r['judge']['protocol']} ({r['judge']['backend'].get('model')}): asked {j['asked']} "
+                      f"({j['cached']} from cache, {j['errors']} errors); rule-based score {_pct(rule)}",
+                      highlight=False)
+    off = r.get("official") or {}
+    if off and not off.get("comparable"):
+        console.print("not the official number: " + "; ".join(off.get("reasons", [])), highlight=False)
+    errs = (r.get("errors") or {}).get("counted_wrong") or []
+    if errs:
+        console.print(f"{len(errs)} sample(s) could not be run and count as wrong: {', '.join(map(str, errs[:10]))}",
+                      highlight=False)
     counts = r["counts"]
     console.print(run_line(counts, r["results_path"], results=r["summary_path"]), highlight=False, soft_wrap=True,
                   markup=False)
@@ -106,10 +119,31 @@ def bench_cmd(
         help="Vector latent intervention, repeatable (e.g. identity, zero, noise:sigma=0.5@0,1, shared:source=mean); "
              "run next to the baseline from one shared prefill.")] = None,
     judge_model: Annotated[Optional[str], typer.Option(
-        "--judge-model", rich_help_panel=P, help="Local model (path / zoo name) asked only when rule extraction "
-                                                 "fails.")] = None,
+        "--judge-model", rich_help_panel=P,
+        help="LLM judge: a local model (path / zoo name), or with --judge-url the served model's name. The protocol "
+             "(--judge-protocol) decides which replies it reads.")] = None,
+    judge_url: Annotated[Optional[str], typer.Option(
+        "--judge-url", rich_help_panel=P,
+        help="OpenAI-compatible endpoint of the judge (vLLM, SGLang, transformers serve, hosted APIs), e.g. "
+             "http://127.0.0.1:8000/v1; needs the openai extra.")] = None,
+    judge_key_env: Annotated[str, typer.Option(
+        "--judge-key-env", rich_help_panel=P, help="Environment variable holding the judge's API key.")
+    ] = "OPENAI_API_KEY",
+    judge_protocol: Annotated[Optional[str], typer.Option(
+        "--judge-protocol", rich_help_panel=P,
+        help="hrbench | blink | vlmevalkit | monet (default: the variant's: HR-Bench official hrbench, BLINK "
+             "official blink, monet variants monet, else vlmevalkit).")] = None,
+    judge_cache: Annotated[Optional[str], typer.Option(
+        "--judge-cache", rich_help_panel=P,
+        help="Reply cache file (default $LATENTCHECK_CACHE/responses.sqlite; 'none' turns it off).")] = None,
+    judge_concurrency: Annotated[int, typer.Option(
+        "--judge-concurrency", rich_help_panel=P, help="Judge requests in flight (openai backend).")] = 4,
     judge_profile: Annotated[Optional[str], typer.Option(
-        "--judge-profile", rich_help_panel=P, help="Profile of the judge model (default: auto-detect).")] = None,
+        "--judge-profile", rich_help_panel=P, help="Profile of a local judge model (default: auto-detect).")] = None,
+    image_root: Annotated[Optional[str], typer.Option(
+        "--image-root", rich_help_panel=P,
+        help="Folder the image paths are relative to (vsp: default the Mirage repository root found above the "
+             "jsonl; mme_realworld: the JSON's folder).")] = None,
     max_new_tokens: o.MaxNewTokens = None,
     temperature: Annotated[Optional[float], typer.Option(
         "--temperature", rich_help_panel=P, help="Sampling temperature (0 = greedy; default: the profile's).")] = None,
@@ -144,13 +178,44 @@ def bench_cmd(
         decoding.update(do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0)
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
                     max_pixels, trust_remote_code)
+    cache = None if (judge_cache or "").lower() == "none" else (judge_cache or True)
     result = run_bench(opts, benchmark, variant, scoring, intervention, judge=judge_model,
                        decoding={k: v for k, v in decoding.items() if v is not None}, verify=not no_verify,
-                       judge_profile=judge_profile, force_latent=force_latent, n_boot=n_boot)
+                       judge_profile=judge_profile, force_latent=force_latent, n_boot=n_boot,
+                       judge_protocol=judge_protocol, judge_url=judge_url, judge_key_env=judge_key_env,
+                       judge_cache=cache, judge_concurrency=judge_concurrency, image_root=image_root)
     if result["is_main"] and not quiet:
         _render(result)
     if result["exit_code"]:
         raise typer.Exit(result["exit_code"])
+
+
+@bench_app.command("export-tasks")
+def export_tasks_cmd(
+    benchmark: Annotated[str, typer.Option("--benchmark", help="Benchmark name (as for `bench`, e.g. vstar, "
+                                                               "hrbench4k, blink:Jigsaw).")],
+    data: Annotated[str, typer.Option("--data", help="The benchmark's distributed file or folder.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Task JSONL to write (images go to <stem>-images/ "
+                                                         "beside it).")],
+    limit: o.Limit = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the MD5 check of distributed TSVs.")] = False,
+    image_root: Annotated[Optional[str], typer.Option("--image-root", help="Folder image paths are relative to "
+                                                                           "(vsp, mme_realworld).")] = None,
+    quiet: o.Quiet = False,
+) -> None:
+    """Write any benchmark as latentcheck task JSONL (gold letter, category, bbox, scoring fields and the official
+    prompt in meta), so perturb-input / perturb-latent / probe / audit run on it directly. Exit 1 when some
+    records could not be read (listed)."""
+    from latentcheck.bench.export import export_tasks
+
+    r = export_tasks(benchmark, data, out, limit=limit, verify=not no_verify, image_root=image_root)
+    if not quiet:
+        console.print(f"wrote {r['written']} tasks to {r['path']}"
+                      + (f" (images in {r['images_dir']})" if r["images_dir"] else ""), highlight=False)
+        for e in r["errors"]:
+            console.print(f"skipped {e['record']}: {e['field']}: {e['message']}", highlight=False)
+    if r["errors"]:
+        raise typer.Exit(1)
 
 
 @bench_app.command("compare")

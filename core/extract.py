@@ -336,6 +336,44 @@ def extract_vlmeval_exact(text: str, options: list[str] | None) -> str | None:
     return can_infer_option(text, _valid_letters(options)) or can_infer_text(text, options)
 
 
+_VERBOSE_ANSWER = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
+
+
+def can_infer_option_latest(text: str, letters: str) -> str | None:
+    """``can_infer_option`` as of VLMEvalKit a67ace50 (2026-06, ``vlmeval/utils/matching_util.py``): refusals and
+    an explicit standalone ``Z`` (with no option letter) are answers ('Z' = wrong, no text fallback); one option
+    letter among the last words as before (c3371551); then the newer fallback for verbose chain-of-thought replies,
+    ``(correct) answer is **X**`` anywhere in the reply (letters A-D)."""
+    if "Failed to obtain answer via API" in text:
+        return None
+    if any(r in text for r in _VLMEVAL_REFUSALS):
+        return "Z"
+    mod = text
+    for c in ".()[],:;!*#{}":
+        mod = mod.replace(c, " ")
+    splits = [x.strip() for x in mod.split()]
+    hits = [c for c in letters if c in splits]
+    if len(hits) == 1 and splits.index(hits[0]) > len(splits) - 5:
+        return hits[0]
+    if not hits and sum(z in splits for z in ("Z", "")) == 1:
+        return "Z"
+    m = _VERBOSE_ANSWER.search(text or "")
+    if m and m.group(1).upper() in letters:
+        return m.group(1).upper()
+    return None
+
+
+@register_extractor("vlmeval_exact_latest")
+def extract_vlmeval_exact_latest(text: str, options: list[str] | None) -> str | None:
+    """``can_infer`` with :func:`can_infer_option_latest` (an explicit 'Z' is wrong and skips the text match)."""
+    if options is None:
+        return normalize_text(text)
+    opt = can_infer_option_latest(text, _valid_letters(options))
+    if opt == "Z":
+        return None
+    return opt or can_infer_text(text, options)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # open answers (TableVQA)
 # ---------------------------------------------------------------------------------------------------------------
@@ -366,4 +404,4 @@ __all__ = ["EXTRACTORS", "Extractor", "register_extractor", "get_extractor", "st
            "last_boxed", "match_option_text", "can_infer_option", "can_infer_text", "MME_RW_PREFIXES",
            "extract_letter", "extract_boxed", "extract_mme_rw", "extract_vlmeval_exact",
            "extract_answer_tag_first_letter", "extract_lmms_eval_vstar", "extract_leading_letter",
-           "extract_answer_text", "answer_text"]
+           "extract_answer_text", "answer_text", "can_infer_option_latest", "extract_vlmeval_exact_latest"]

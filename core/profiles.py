@@ -78,6 +78,9 @@ class PromptSpec:
     question_template: str = "{question}\n{options}"
     suffix: str = ""
     image_first: bool = True
+    # put the image(s) where the user text has its image placeholder (Mirage src/test.py moves the image block to
+    # the `<image>` of VSP's text_input); only for callers that name a placeholder (build_prompt image_placeholder)
+    image_at_placeholder: bool = False
 
 
 # --- the sections of a profile file that are flattened into Profile (schema only) ---------------------------------

@@ -67,11 +67,14 @@ def task_text(task: Task, profile, question: str | None = None) -> str:
 
 
 def build_prompt(lm, key: str, user_text: str, image=None, assistant_prefix: str = "",
-                 system: str | None = None) -> Prompt:
+                 system: str | None = None, image_placeholder: str | None = None) -> Prompt:
     """Tokenize one prompt exactly as the model expects it (chat template, expanded image pads).
 
     ``image`` is a PIL image, a list of them (multi-image benchmarks), or None. ``assistant_prefix`` is text the
     assistant turn starts with (e.g. a corrupted imagination). ``system`` overrides the profile's system prompt.
+    ``image_placeholder`` (e.g. VSP's ``<image>``): when the user text contains it, the image(s) go there if the
+    profile says ``prompt.image_at_placeholder`` (Mirage), else the placeholder is removed and the images go where
+    the profile puts them.
     """
     import torch
 
@@ -84,12 +87,23 @@ def build_prompt(lm, key: str, user_text: str, image=None, assistant_prefix: str
         from latentcheck.core.errors import RecordError
 
         raise RecordError(key, "image", "the model is a text-only causal LM and cannot take images")
+    split = None
+    if image_placeholder and image_placeholder in user_text:
+        if images and prof.prompt.image_at_placeholder:
+            before, _, after = user_text.partition(image_placeholder)
+            split = (prof.prompt.image_text_prefix + before, after.replace(image_placeholder, ""))
+        user_text = user_text.replace(image_placeholder, "")
     text_item = prof.prompt.image_text_prefix + user_text if images else user_text
     content: list[dict] | str = []
-    if prof.prompt.image_first:
+    if split is not None:
+        content += [{"type": "text", "text": split[0]}] if split[0] else []
         content += [{"type": "image"} for _ in images]
-    content.append({"type": "text", "text": text_item})
-    if not prof.prompt.image_first:
+        content += [{"type": "text", "text": split[1]}] if split[1] else []
+    elif prof.prompt.image_first:
+        content += [{"type": "image"} for _ in images]
+        content.append({"type": "text", "text": text_item})
+    else:
+        content.append({"type": "text", "text": text_item})
         content += [{"type": "image"} for _ in images]
     if text_only:
         content = text_item  # text chat templates render string contents
@@ -103,8 +117,12 @@ def build_prompt(lm, key: str, user_text: str, image=None, assistant_prefix: str
         text += "<|im_start|>assistant"
     else:
         text = proc.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    q_start = text.rfind(text_item)
-    q_end = q_start + len(text_item)
+    if split is not None:  # the question spans both pieces; the image tokens inside are masked out below
+        q_end = text.rfind(split[1]) + len(split[1]) if split[1] else text.rfind("<|vision_end|>") + 14
+        q_start = text.rfind(split[0], 0, q_end) if split[0] else text.rfind("<|vision_start|>", 0, q_end)
+    else:
+        q_start = text.rfind(text_item)
+        q_end = q_start + len(text_item)
     text += assistant_prefix
     rendered = text
     pixel_values = grid = None
@@ -120,14 +138,16 @@ def build_prompt(lm, key: str, user_text: str, image=None, assistant_prefix: str
             text = text[:i] + pad * n_img + text[i + len(pad):]
             start = i + len(pad) * n_img
             shift = len(pad) * (n_img - 1)
-            if q_start > i:
-                q_start, q_end = q_start + shift, q_end + shift
+            q_start += shift if q_start > i else 0
+            q_end += shift if q_end > i else 0
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     offsets = list(enc["offset_mapping"])
     input_ids = torch.tensor(ids, dtype=torch.long)
     image_mask = input_ids == lm.tokens.image if lm.tokens.image is not None else torch.zeros_like(input_ids, dtype=torch.bool)
     qmask = torch.tensor([s >= q_start and e <= q_end and e > s for s, e in offsets], dtype=torch.bool)
+    if split is not None:
+        qmask &= ~image_mask
     return Prompt(key=key, input_ids=input_ids, pixel_values=pixel_values, image_grid_thw=grid,
                   image_mask=image_mask, question_mask=qmask, text=rendered,
                   positions=mrope_positions(lm.model, input_ids, grid, lm.tokens.image))

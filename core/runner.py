@@ -243,7 +243,9 @@ def run_records(command: str, opts: CommonOptions, config: dict[str, Any], model
                         err = rec["error"]
                         if opts.strict:
                             raise RecordError(err["record"], err["field"], err["message"])
-                        w.write_error(k, err["record"], err["field"], err["message"])
+                        # extra fields (e.g. what a benchmark scorer reads to count the sample as wrong) are kept
+                        w.write_error(k, err["record"], err["field"], err["message"],
+                                      **{x: v for x, v in rec.items() if x not in ("key", "error")})
                     else:
                         w.write(rec)
                 bar.advance(len(todo))

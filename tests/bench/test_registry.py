@@ -18,7 +18,10 @@ def test_all_benchmarks_listed_with_an_official_variant():
     assert list(BENCHMARKS) == ["vstar", "hrbench4k", "hrbench8k", "mme_realworld", "mme_realworld_lite", "blink",
                                 "vsp", "tablevqa", "generic"]
     for b in BENCHMARKS.values():
-        assert "official" in b.variants and b.extractor
+        assert "official" in b.variants and (b.extractor or b.variant("official").mode == "likelihood")
+    # V*: the authors' protocol (likelihood ranking) is the default; generation is a named variant
+    assert get_benchmark("vstar").variant("official").mode == "likelihood"
+    assert get_benchmark("vstar").variant("generate").extractor == "letter"
     assert get_benchmark("mme_realworld").extractor == "mme_rw"
     assert get_benchmark("vsp").extractor == "boxed"
     with pytest.raises(LatentcheckError, match="unknown benchmark 'nope'"):

@@ -19,8 +19,10 @@ from latentcheck.bench import get_benchmark
 from latentcheck.bench import runner as bench_runner
 from latentcheck.bench.compare import compare_runs, load_samples
 from latentcheck.bench.registry import PromptVariant
-from latentcheck.bench.runner import (Judge, localize_task, option_mean_ce, option_reply_ids,
-                                                option_reply_text, reply_text, run_bench)
+from latentcheck.core.backends import GenParams, make_backend
+from latentcheck.bench.judges import Judge
+from latentcheck.bench.runner import (localize_task, option_mean_ce, option_reply_ids,
+                                      option_reply_text, reply_text, run_bench)
 from latentcheck.core.engine import Engine
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.extract import EXTRACTORS, register_extractor
@@ -126,7 +128,7 @@ def spy_requests(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- prompts
-@pytest.mark.parametrize("bench_name,variant", [("generic", None), ("generic", "official"), ("vstar", "official"),
+@pytest.mark.parametrize("bench_name,variant", [("generic", None), ("generic", "official"), ("vstar", "generate"),
                                                 ("vstar", "lmms-eval"), ("vstar", "monet")])
 def test_model_receives_the_benchmark_prompt(load_tiny, tmp_path, toy_tasks, vstar_dir, spy_requests, bench_name,
                                              variant):
@@ -262,8 +264,8 @@ def _direct_mean_ce(lm, prompt, reply_ids) -> float:
 def test_likelihood_picks_lowest_mean_ce_like_a_direct_forward(load_tiny, tmp_path, vstar_dir, spy_requests):
     lm = load_tiny("toy", "toy-direct")
     assert option_reply_text(lm, "left") == "left<|im_end|>\n"
-    res = run_bench(_opts(tmp_path, vstar_dir, batch_size=2), "vstar", scoring="likelihood", lm=lm)
-    assert res["variant"]["name"] == "likelihood" and res["scoring"] == "likelihood" and not spy_requests
+    res = run_bench(_opts(tmp_path, vstar_dir, batch_size=2), "vstar", lm=lm)  # the default is the authors' protocol
+    assert res["variant"]["name"] == "official" and res["scoring"] == "likelihood" and not spy_requests
     bench = get_benchmark("vstar")
     samples = {s["id"]: s for s in _samples(res)}
     from latentcheck.core.prompts import build_prompt
@@ -300,7 +302,8 @@ def _fail_marked(text, options):
     return None if options and options[0] == "fail-me" else "A"
 
 
-def test_judge_called_only_on_failures_and_recorded(load_tiny, tmp_path, monkeypatch):
+def test_local_judge_asked_per_protocol_and_recorded(load_tiny, tmp_path, monkeypatch):
+    """Monet protocol (rule failures only) on the local backend: who is asked, what is recorded, rule vs judged."""
     rows = []
     for i in range(4):
         (tmp_path / f"j{i}.png").write_bytes(_png(i))
@@ -310,35 +313,36 @@ def test_judge_called_only_on_failures_and_recorded(load_tiny, tmp_path, monkeyp
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     g = get_benchmark("generic")
     bench = replace(g, variants={"official": PromptVariant("official", g.variants["official"].build,
-                                                           "test_bench_fail_marked")})
-    judge = Judge(load_tiny("toy", "toy-direct"), max_new_tokens=3)
+                                                           "test_bench_fail_marked", judge="monet")})
+    lm = load_tiny("toy", "toy-direct")
+    backend = make_backend("local", lm, cache=tmp_path / "judge.sqlite")
+    judge = Judge(backend, "monet", GenParams(max_new_tokens=3))
     asked = []
-    orig = Judge.ask
+    orig = Judge.run
 
     def spy(self, items):
         asked.extend(items)
         return orig(self, items)
 
-    monkeypatch.setattr(Judge, "ask", spy)
-    res = run_bench(_opts(tmp_path, data), bench, "official", judge=judge, lm=load_tiny("toy", "toy-direct"),
-                    decoding={"max_new_tokens": 2})
-    assert sorted(k for k, *_ in asked) == ["j1|baseline", "j3|baseline"]
-    assert all(q == "Which colour?" and opts[0] == "fail-me" for _, q, opts, _ in asked)
+    monkeypatch.setattr(Judge, "run", spy)
+    res = run_bench(_opts(tmp_path, data), bench, "official", judge=judge, lm=lm, decoding={"max_new_tokens": 2})
+    assert sorted(t.id for t, _, _ in asked) == ["j0", "j1", "j2", "j3"]  # offered all; the protocol picks
     for s in _samples(res):
         failed = s["id"] in ("j1", "j3")
         assert s["judge"]["used"] is failed and s["extracted"] == (None if failed else "A")
         if failed:
-            assert isinstance(s["judge"]["reply"], str) and s["pred"] == s["judge"]["pred"]
+            assert s["judge"]["protocol"] == "monet" and s["judge"]["judge"] == backend.identity
+            assert s["judge"]["prompt"].startswith("Please read the following example.")
+            assert "Model response: " + s["reply"] in s["judge"]["prompt"]
+            assert isinstance(s["judge"]["reply"], str) and s["pred"] == s["judge"]["value"]
+            assert s["correct_rule"] is False
         else:
-            assert s["pred"] == "A" and s["correct"] is True and "reply" not in s["judge"]
-    assert res["conditions"]["baseline"]["latency"]["overall"]["judge_used"] == 2
-    assert res["judge"]["used_when"].startswith("rule extraction returned None")
-
-
-def test_judge_prompt_lists_options_and_reply():
-    text = Judge.prompt("Which colour?", ["red", "green"], "I think the second")
-    assert "Question: Which colour?\nOptions:\nA. red\nB. green\nAnswer: I think the second" in text
-    assert "A, B" in text and text.endswith("Your output:")
+            assert s["pred"] == "A" and s["correct"] is True and s["correct_rule"] is True
+    base = res["conditions"]["baseline"]
+    assert base["judge"]["asked"] == 2 and base["latency"]["overall"]["judge_used"] == 2
+    assert base["accuracy_rule"]["correct"] == 2 and res["scores_rule"]["accuracy"] == 0.5
+    assert res["judge"]["protocol"] == "monet" and res["judge"]["backend"] == backend.identity
+    assert backend.stats["calls"] == 2
 
 
 # ---------------------------------------------------------------------------------------------- robustness

@@ -83,7 +83,8 @@ def test_loader(vsp_file):
 def test_prompt_snapshot_and_scoring(vsp_file, snapshot):
     bench = get_benchmark("vsp")
     t0, _, t2 = bench.load(vsp_file)
-    assert bench.prompt(t0) == snapshot("vsp_official.txt")
+    assert bench.prompt(t0) == t0.meta["text_input"]  # verbatim: build_prompt places or removes <image>
+    assert bench.prompt(t0).replace("<image>", "") == snapshot("vsp_official.txt")
     recs = [bench.record(t0, "I go right then down. \\boxed{R, D, R, D}"),
             bench.record(t2, "\\boxed{R, R}"),
             bench.record(t0, "R, D, R, D without a box")]

@@ -106,7 +106,7 @@ def test_missing_folder_is_clear(tmp_path):
 
 
 @pytest.mark.parametrize("variant, snap", [
-    ("official", "vstar_official.txt"), ("likelihood", "vstar_likelihood.txt"), ("lmms-eval", "vstar_lmms_eval.txt"),
+    ("generate", "vstar_official.txt"), ("official", "vstar_likelihood.txt"), ("likelihood", "vstar_likelihood.txt"), ("lmms-eval", "vstar_lmms_eval.txt"),
     ("vlmevalkit", "vstar_vlmevalkit.txt"), ("lvr", "vstar_lvr.txt")])
 def test_prompts_match_snapshots(vstar_dir, snapshot, variant, snap):
     bench = get_benchmark("vstar")
@@ -132,8 +132,9 @@ def test_likelihood_inputs_and_generation_flag(vstar_dir):
 def test_scoring_per_category_and_micro(vstar_dir):
     bench = get_benchmark("vstar")
     t1, t2 = list(bench.load(vstar_dir))  # gold: t1 A (direct_attributes), t2 B (relative_position)
-    res = [bench.record(t1, "The answer is (A)."), bench.record(t1, "A"), bench.record(t1, "C"),
-           bench.record(t2, "(B) right"), bench.record(t2, "A")]
+    res = [bench.record(t1, "The answer is (A).", "generate"), bench.record(t1, "A", "generate"),
+           bench.record(t1, "C", "generate"), bench.record(t2, "(B) right", "generate"),
+           bench.record(t2, "A", "generate")]
     assert [r["correct"] for r in res] == [True, True, False, True, False]
     s = bench.score(res)
     assert s["per_category"]["direct_attributes"]["accuracy"] == pytest.approx(2 / 3)

@@ -127,19 +127,22 @@ def test_compare_hand_counted(tmp_path):
     assert "n01" in r.output and "McNemar" in r.output
 
 
-def test_judge_model_option(tiny_checkpoint, tasks, tmp_path):
+def test_judge_model_option(tiny_checkpoint, tasks, tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTCHECK_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "judged"
     ck = str(tiny_checkpoint("toy", "toy-direct"))
     r = _bench("--model", ck, "--profile", "toy-direct", "--data", str(tasks), "--limit", "3", "--max-new-tokens",
-               "3", "--judge-model", ck, "--judge-profile", "toy-direct", "--out", str(out), "-q")
+               "3", "--judge-model", ck, "--judge-profile", "toy-direct", "--judge-protocol", "monet",
+               "--out", str(out), "-q")
     assert r.exit_code == 0, r.output + repr(r.exception)
     res = json.loads((out / "results.json").read_text())
-    assert res["judge"]["model"]["path"] == ck and "Your output:" in res["judge"]["template"]
+    assert res["judge"]["backend"]["backend"] == "local" and res["judge"]["protocol"] == "monet"
+    assert (tmp_path / "cache" / "responses.sqlite").is_file()
     samples = [x for x in _lines(out) if x["type"] == "sample"]
     assert len(samples) == 3
     for s in samples:
         assert s["judge"]["used"] is (s["extracted"] is None)
         if s["judge"]["used"]:
-            assert "reply" in s["judge"] and s["pred"] == s["judge"]["pred"]
+            assert "reply" in s["judge"] and s["pred"] == s["judge"]["value"]
     assert res["conditions"]["baseline"]["latency"]["overall"]["judge_used"] == sum(s["judge"]["used"]
                                                                                     for s in samples)
