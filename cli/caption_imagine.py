@@ -96,89 +96,131 @@ def build_data_cmd(
 
 
 # ----------------------------------------------------------------------------------------------- train
+def _opt(name: str, kind, help: str, *flags: str):
+    return Annotated[Optional[kind], typer.Option(name, *flags, rich_help_panel=T, help=help)]
+
+
 @sub.command("train")
 def train_cmd(
     data: Annotated[str, typer.Option("--data", "-d", rich_help_panel=T,
                                       help="build-data output of the train split (JSONL).")],
     val: Annotated[Optional[str], typer.Option("--val", rich_help_panel=T,
-                                               help="build-data output of the val split: accuracy of the generated "
-                                                    "answer at every evaluation; the best checkpoint is kept.")] = None,
+                                               help="build-data output of the val split: evaluated every "
+                                                    "--eval-every steps; the best checkpoint is kept.")] = None,
     method: Annotated[str, typer.Option("--method", rich_help_panel=T,
                                         help="full (LM weights, vision frozen) | lora | qlora (4-bit base).")] = "full",
-    steps: Annotated[int, typer.Option("--steps", rich_help_panel=T,
-                                       help="Optimizer steps (the cosine schedule's length).")] = 900,
-    target_score: Annotated[Optional[float], typer.Option("--target-score", rich_help_panel=T,
-                                                          help="Stop early once the val accuracy reaches this "
-                                                               "(e.g. 0.97).")] = None,
-    lr: Annotated[float, typer.Option("--lr", rich_help_panel=T, help="Peak learning rate (cosine to 10%).")] = 1e-3,
-    warmup: Annotated[int, typer.Option("--warmup", rich_help_panel=T, help="Linear warm-up steps.")] = 30,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", rich_help_panel=T)] = 0.01,
-    grad_clip: Annotated[float, typer.Option("--grad-clip", rich_help_panel=T)] = 1.0,
-    eval_every: Annotated[int, typer.Option("--eval-every", rich_help_panel=T,
-                                            help="Evaluate on --val every N steps (0: at every checkpoint).")] = 0,
-    save_every: Annotated[int, typer.Option("--save-every", rich_help_panel=T,
-                                            help="Checkpoint every N steps (0: only at the end).")] = 50,
-    keep_checkpoints: Annotated[int, typer.Option("--keep-checkpoints", rich_help_panel=T)] = 2,
-    micro_batch: Annotated[int, typer.Option("--micro-batch", rich_help_panel=T,
-                                             help="Gradient accumulation: examples per forward pass on each "
-                                                  "process (0: the whole share of the batch).")] = 0,
-    stop_after: Annotated[Optional[int], typer.Option("--stop-after", rich_help_panel=T,
-                                                      help="Stop once N steps are done (checkpoint written; "
-                                                           "continue later with --resume).")] = None,
+    preset: Annotated[str, typer.Option("--preset", rich_help_panel=T,
+                                        help="Defaults for every option below: 7b (paper/Monet: lr 1e-5, 4 epochs, "
+                                             "batch 128 = micro-batch 1 x accumulation, max length 4096, bf16 + "
+                                             "gradient checkpointing on GPU) | toy (the zoo's recipe: lr 1e-3, 900 "
+                                             "steps, batch 32).")] = "7b",
+    epochs: _opt("--epochs", float, "Passes over the data (ignored when --steps is given).") = None,
+    steps: _opt("--steps", int, "Optimizer steps (overrides --epochs; the schedule's length).") = None,
+    lr: _opt("--lr", float, "Peak learning rate.") = None,
+    batch_size: _opt("--batch-size", int, "Global batch (examples per optimizer step) = micro-batch x processes x "
+                                          "gradient accumulation.", "-b") = None,
+    micro_batch: _opt("--micro-batch", int, "Examples per forward pass on each process.") = None,
+    warmup: _opt("--warmup", float, "Warm-up: steps (>= 1) or a fraction of the run (< 1).") = None,
+    scheduler: _opt("--scheduler", str, "cosine | cosine_with_min_lr | linear | constant_with_warmup.") = None,
+    weight_decay: _opt("--weight-decay", float, "AdamW weight decay.") = None,
+    grad_clip: _opt("--grad-clip", float, "Gradient-norm clip.") = None,
+    max_length: _opt("--max-length", int, "Tokens per example (image tokens included); responses are cut to "
+                                           "fit, prompts that do not fit are error records.") = None,
+    precision: _opt("--precision", str, "auto (bf16 on GPU, fp32 on CPU) | bf16 (autocast, fp32 master weights) | "
+                                         "fp16 | fp32.") = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option(
+        "--gradient-checkpointing/--no-gradient-checkpointing", rich_help_panel=T,
+        help="Recompute activations in the backward pass (default: on GPU).")] = None,
+    eval_every: _opt("--eval-every", int, "Evaluate on --val every N steps (0: at every checkpoint).") = None,
+    save_every: _opt("--save-every", int, "Checkpoint every N steps (0: no checkpoints).") = None,
+    keep_checkpoints: _opt("--keep-checkpoints", int, "Newest checkpoints kept (plus the best).") = None,
+    best_metric: _opt("--best-metric", str, "accuracy (generated answers on --val) | loss (val token loss; "
+                                             "use with ZeRO-3 / FSDP).") = None,
+    report_to: _opt("--report-to", str, "none | tensorboard (out/logs) | wandb.") = None,
+    target_score: _opt("--target-score", float, "Stop early once the val accuracy reaches this (e.g. 0.97).") = None,
+    stop_after: _opt("--stop-after", int, "Stop once N steps are done (checkpoint written; continue later with "
+                                          "--resume).") = None,
     lora_r: Annotated[int, typer.Option("--lora-r", rich_help_panel=T)] = 16,
     lora_alpha: Annotated[int, typer.Option("--lora-alpha", rich_help_panel=T)] = 32,
     lora_dropout: Annotated[float, typer.Option("--lora-dropout", rich_help_panel=T)] = 0.0,
-    val_limit: Annotated[Optional[int], typer.Option("--val-limit", rich_help_panel=T,
-                                                     help="Use only the first N val records.")] = None,
+    val_limit: _opt("--val-limit", int, "Use only the first N val records.") = None,
     no_merge: Annotated[bool, typer.Option("--no-merge", rich_help_panel=T,
                                            help="lora/qlora: save only the adapter, no merged model.")] = False,
     model: o.Model = None, profile: o.Profile = None, out: o.Out = "latentcheck-runs/capimagine-train",
-    limit: o.Limit = None, batch_size: Annotated[int, typer.Option("--batch-size", "-b", rich_help_panel=T,
-                                                                   help="Global batch size (examples per "
-                                                                        "step).")] = 32,
-    seed: o.Seed = 0, device: o.Device = "auto", quiet: o.Quiet = False, resume: o.Resume = False,
-    max_pixels: o.MaxPixels = None, trust_remote_code: o.TrustRemoteCode = False,
+    limit: o.Limit = None, seed: o.Seed = 0, device: o.Device = "auto", quiet: o.Quiet = False,
+    resume: o.Resume = False, max_pixels: o.MaxPixels = None, trust_remote_code: o.TrustRemoteCode = False,
 ) -> None:
-    """Fine-tune a Qwen2.5-VL-class model on text-imagination data (paper s5.3). Multi-GPU:
-    `accelerate launch -m latentcheck caption-imagine train ...`. Writes out/model (loadable checkpoint), out/adapter
-    (lora/qlora), out/checkpoints (resumable) and out/train_log.json."""
-    from latentcheck.core.progress import progress_bar
-    from latentcheck.core.training import TrainConfig
-    from latentcheck.imagine.train import LoraSettings, run_train
+    """Fine-tune a Qwen2.5-VL-class model on text-imagination data (paper s5.3) with the Hugging Face Trainer.
+    Several GPUs: `accelerate launch [--config_file $(latentcheck caption-imagine accelerate-config zero2)] -m
+    latentcheck caption-imagine train ...`. Writes out/model (loadable, with a model card), out/adapter (lora/qlora),
+    out/checkpoints (resumable) and out/train_log.json."""
+    from dataclasses import replace
 
-    if steps < 1 or batch_size < 1:
-        raise LatentcheckError("--steps and --batch-size must be >= 1")
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
-                      grad_clip=grad_clip, seed=seed, eval_every=eval_every, save_every=save_every,
-                      keep_checkpoints=keep_checkpoints, micro_batch=micro_batch, target_score=target_score,
-                      freeze_vision=True)
+    from latentcheck.core.progress import progress_bar
+    from latentcheck.imagine.train import LoraSettings, run_train
+    from latentcheck.imagine.trainer import preset as make_preset
+
+    settings = make_preset(preset)
+    given = {"epochs": epochs, "max_steps": steps, "lr": lr, "batch_size": batch_size, "micro_batch": micro_batch,
+             "scheduler": scheduler, "weight_decay": weight_decay, "grad_clip": grad_clip, "max_length": max_length,
+             "precision": precision, "gradient_checkpointing": gradient_checkpointing, "eval_every": eval_every,
+             "save_every": save_every, "keep_checkpoints": keep_checkpoints, "best_metric": best_metric,
+             "report_to": report_to, "target_score": target_score}
+    settings = replace(settings, seed=seed, **{k: v for k, v in given.items() if v is not None})
+    if batch_size is not None and micro_batch is None:
+        settings = replace(settings, micro_batch=min(settings.micro_batch, settings.batch_size))
+    if warmup is not None:
+        if warmup < 0:
+            raise LatentcheckError("--warmup must be >= 0")
+        settings = replace(settings, warmup_steps=int(warmup) if warmup >= 1 else 0,
+                           warmup_ratio=warmup if warmup < 1 else 0.0)
+    if steps is not None and steps < 1:
+        raise LatentcheckError("--steps must be >= 1")
     lora = LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout)
-    with progress_bar(stop_after or steps, f"caption-imagine train ({method})", quiet=quiet) as bar:
+    with progress_bar(stop_after or (settings.max_steps if settings.max_steps > 0 else None),
+                      f"caption-imagine train ({method})", quiet=quiet) as bar:
         def on_step(step: int, stats: dict) -> None:
             bar.set_description(f"caption-imagine train ({method}) loss {stats['loss']:.3f}")
             bar.advance(1)
 
-        log = run_train(data, out, model=model or "toy-direct", profile=profile, method=method, val=val, cfg=cfg,
-                        lora=lora, resume=resume, stop_after=stop_after, limit=limit, val_limit=val_limit,
-                        device=device, max_pixels=max_pixels, trust_remote_code=trust_remote_code,
-                        merge=not no_merge, on_step=on_step)
+        log = run_train(data, out, model=model or "toy-direct", profile=profile, method=method, val=val,
+                        settings=settings, lora=lora, resume=resume, stop_after=stop_after, limit=limit,
+                        val_limit=val_limit, device=device, max_pixels=max_pixels,
+                        trust_remote_code=trust_remote_code, merge=not no_merge, on_step=on_step)
     if not quiet:
-        t = Table(title=f"caption-imagine train: {method}, {log['n_examples']} examples")
-        for c in ("steps done", "resumed from", "first loss", "last loss", "best val acc", "best step",
+        t = Table(title=f"caption-imagine train: {method}, {log['n_examples']} examples ({log['precision']})")
+        for c in ("steps done", "resumed from", "first loss", "last loss", "best val", "best step",
                   "trainable params"):
             t.add_column(c, justify="right")
         losses = log["losses"]
+        best = log.get("best_score")
         t.add_row(str(log["steps_done"]), str(log["resumed_from"] if log["resumed_from"] is not None else "-"),
                   f"{losses[0]:.3f}" if losses else "-", f"{losses[-1]:.3f}" if losses else "-",
-                  _pct(log.get("best_score")), str(log.get("best_step", "-")),
-                  f"{log['trainable_params']:,} / {log['total_params']:,}")
+                  "-" if best is None else (f"{_pct(best)}%" if log.get("best_metric") == "accuracy"
+                                            else f"loss {best:.4f}"),
+                  str(log.get("best_step") or "-"), f"{log['trainable_params']:,} / {log['total_params']:,}")
         out_console.print(t)
         if log.get("reached_target_at"):
             console.print(f"reached the target val accuracy at step {log['reached_target_at']}", highlight=False)
         if log["stopped_early"]:
             console.print(f"stopped after {log['steps_done']} steps; continue with --resume", highlight=False)
+        for e in log["errors"][:5]:
+            console.print(f"skipped: record {e['record']}: field '{e['field']}': {e['message']}", highlight=False)
         for k, v in (log.get("exported") or {}).items():
             console.print(f"{k}: {v}", highlight=False)
+    if log["errors"]:
+        raise typer.Exit(1)
+
+
+@sub.command("accelerate-config")
+def accelerate_config_cmd(
+    name: Annotated[str, typer.Argument(help="zero2 | zero3 | fsdp")],
+) -> None:
+    """Print the path of a shipped `accelerate launch --config_file` file (DeepSpeed ZeRO-2 / ZeRO-3, FSDP) for
+    `caption-imagine train`; copy it to change the number of processes or offloading."""
+    from latentcheck.imagine.trainer import accelerate_config_path
+
+    out_console.print(str(accelerate_config_path(name)), highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------------------- run

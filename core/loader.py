@@ -245,7 +245,7 @@ def _load_projection_head(path: Path, model, profile: Profile):
 
 def load_model(model: str, profile: str | Profile | None = None, quant: str = "auto", device: str = "auto",
                trust_remote_code: bool = False, max_pixels: int | None = None,
-               fast_paths: bool | None = None) -> LoadedModel:
+               fast_paths: bool | None = None, dtype: str | None = None) -> LoadedModel:
     """Load a checkpoint, its processor and its profile (see module docstring).
 
     ``fast_paths`` (None = on CPU only): compute the vision patch embedding's stride == kernel Conv3d as one matrix
@@ -270,7 +270,9 @@ def load_model(model: str, profile: str | Profile | None = None, quant: str = "a
             total = sum(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
             quant = "4bit" if _estimate_bf16_bytes(path) > 0.8 * total else "none"
     kw: dict[str, Any] = {}
-    dtype = torch.float32 if dev == "cpu" else torch.bfloat16
+    if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
+        raise ModelLoadError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    dtype = getattr(torch, dtype) if dtype else (torch.float32 if dev == "cpu" else torch.bfloat16)
     if quant != "none":
         if dev == "cpu":
             log.warning("bitsandbytes quantization on CPU works but is slower than fp32; use it only to save memory")

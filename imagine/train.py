@@ -255,9 +255,16 @@ def val_evaluator(lm, val_path: str | os.PathLike, batch_size: int = 16, limit: 
                   accelerator=None) -> Callable[[], float]:
     """Held-out accuracy of the generated answer on build-data records of the val split (sharded across processes
     when an accelerator is given)."""
-    records = [r for r in read_sft_records(val_path, limit=limit) if r.answer is not None]
+    return val_evaluator_records(lm, read_sft_records(val_path, limit=limit), batch_size, accelerator,
+                                 where=str(val_path))
+
+
+def val_evaluator_records(lm, records: list[SFTRecord], batch_size: int = 16, accelerator=None,
+                          where: str = "the validation records") -> Callable[[], float]:
+    """``val_evaluator`` on records already read (records without an answer are left out)."""
+    records = [r for r in records if r.answer is not None]
     if not records:
-        raise LatentcheckError(f"validation file {val_path} has no record with an answer")
+        raise LatentcheckError(f"{where} has no record with an answer")
 
     def evaluate() -> float:
         import torch
@@ -265,7 +272,8 @@ def val_evaluator(lm, val_path: str | os.PathLike, batch_size: int = 16, limit: 
         mine = records
         if accelerator is not None and accelerator.num_processes > 1:
             mine = records[accelerator.process_index::accelerator.num_processes]
-        preds = predict_records(lm, mine, batch_size)
+        with torch.no_grad():
+            preds = predict_records(lm, mine, batch_size)
         correct = sum(bool(p["correct"]) for p in preds)
         if accelerator is not None and accelerator.num_processes > 1:
             t = accelerator.reduce(torch.tensor([float(correct), float(len(preds))], device=accelerator.device),
@@ -277,9 +285,12 @@ def val_evaluator(lm, val_path: str | os.PathLike, batch_size: int = 16, limit: 
 
 
 # ----------------------------------------------------------------------------------------------- model setup
-def prepare_model(lm, method: str, lora: LoraSettings | None = None):
+def prepare_model(lm, method: str, lora: LoraSettings | None = None, gradient_checkpointing: bool = False,
+                  seed: int | None = None):
     """Freeze the vision tower and, for lora/qlora, inject peft adapters into ``lm.model`` in place (``lm.model``
-    stays the same object, so the engine runs through the adapters). Returns the PeftModel wrapper or None."""
+    stays the same object, so the engine runs through the adapters). Returns the PeftModel wrapper or None.
+    ``seed``: seed torch before the adapters are created (their initialisation draws random numbers; the HF-Trainer
+    path seeds with ``transformers.set_seed`` before calling this)."""
     if method not in METHODS:
         raise LatentcheckError(f"unknown method {method!r} (expected one of {', '.join(METHODS)})")
     quant = getattr(lm, "quant", "none")
@@ -299,8 +310,13 @@ def prepare_model(lm, method: str, lora: LoraSettings | None = None):
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        # no gradient checkpointing: the training loop decodes with a KV cache, like the engine
-        prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        # the core loop decodes with a KV cache (no checkpointing); the HF-Trainer path may checkpoint
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                        gradient_checkpointing_kwargs={"use_reentrant": False})
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)
     cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
                      target_modules=list(lora.targets), exclude_modules=VISION_EXCLUDE)
     peft_model = get_peft_model(model, cfg)
@@ -310,11 +326,43 @@ def prepare_model(lm, method: str, lora: LoraSettings | None = None):
 
 
 # ----------------------------------------------------------------------------------------------- export
+CARD_FILES = ("README.md", "zoo_card.json", "train_card.json")  # describe the base, not the trained model
+
+
 def _copy_support_files(src: Path, dst: Path) -> None:
-    """Tokenizer, processor, chat template and other non-weight files of the base checkpoint."""
+    """Tokenizer, processor, chat template and other non-weight files of the base checkpoint (not its cards)."""
     for f in src.iterdir():
-        if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name != "config.json":
+        if (f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name != "config.json"
+                and f.name not in CARD_FILES):
             shutil.copy2(f, dst / f.name)
+
+
+def write_model_card(lm, dst: Path, card: dict) -> None:
+    """``train_card.json`` (machine-readable) and ``README.md`` (a Hugging Face model card) describing the trained
+    model: base, method, data, hyper-parameters, validation result."""
+    base = lm.describe()
+    full = {"kind": "caption-imagine fine-tune", "base_model": base.get("id"), "base_path": base.get("path"),
+            "base_weight_hash": base.get("weight_hash"), "profile": lm.profile.name, **card}
+    (dst / "train_card.json").write_text(json.dumps(full, indent=2, default=str) + "\n")
+    s = full.get("settings") or {}
+    best = full.get("best_score")
+    lines = ["---", f"base_model: {full['base_model']}", "library_name: transformers",
+             "tags: [latentcheck, capimagine, text-imagination]", "---", "",
+             f"# CapImagine fine-tune of {full['base_model']}", "",
+             "Trained with `latentcheck caption-imagine train` (text imagination, paper section 5).", "",
+             "| | |", "|---|---|",
+             f"| base | {full['base_model']} (weights {str(full.get('base_weight_hash'))[:12]}) |",
+             f"| profile | {full['profile']} |",
+             f"| method | {full.get('method')} (vision tower frozen) |",
+             f"| data | {full.get('data')} ({full.get('n_examples')} examples) |",
+             f"| validation | {full.get('val')} ({full.get('n_val')} records) |",
+             f"| steps / epochs | {full.get('steps_done')} / {full.get('epochs')} |",
+             f"| lr / schedule | {s.get('lr')} / {s.get('scheduler')} (warm-up {s.get('warmup_steps') or s.get('warmup_ratio')}) |",
+             f"| batch | {s.get('batch_size')} (micro-batch {s.get('micro_batch')}) |",
+             f"| precision | {full.get('precision')} |",
+             f"| best {full.get('best_metric')} | {best} at step {full.get('best_step')} |",
+             f"| final train loss | {full.get('train_loss')} |", ""]
+    (dst / "README.md").write_text("\n".join(lines))
 
 
 def _profile_tag(lm) -> str | None:
@@ -323,12 +371,14 @@ def _profile_tag(lm) -> str | None:
     return lm.profile.name if lm.profile.name in builtin_profiles() else None
 
 
-def _save_model_folder(lm, model, dst: Path) -> Path:
-    """Write a loadable checkpoint folder atomically (temp folder + rename)."""
+def _save_model_folder(lm, model, dst: Path, card: dict | None = None) -> Path:
+    """Write a loadable checkpoint folder atomically (temp folder + rename), with a model card when given."""
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     _copy_support_files(Path(lm.path), tmp)
+    if card is not None:
+        write_model_card(lm, tmp, card)
     tag = _profile_tag(lm)
     if tag:
         model.config.latentcheck_profile = tag  # so the loader picks the profile the model was trained with
@@ -339,18 +389,22 @@ def _save_model_folder(lm, model, dst: Path) -> Path:
     return dst
 
 
-def export_model(lm, out_dir: str | os.PathLike, method: str, peft_model=None, merge: bool = True) -> dict:
-    """Save the trained model: ``model/`` (full weights or merged adapter) and, with adapters, ``adapter/``."""
+def export_model(lm, out_dir: str | os.PathLike, method: str, peft_model=None, merge: bool = True,
+                 card: dict | None = None) -> dict:
+    """Save the trained model: ``model/`` (full weights or merged adapter) and, with adapters, ``adapter/``;
+    ``card``: what was trained (``write_model_card``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
     if method == "full":
-        paths["model"] = str(_save_model_folder(lm, lm.model, out / "model"))
+        paths["model"] = str(_save_model_folder(lm, lm.model, out / "model", card))
         return paths
     adapter = out / "adapter"
     tmp = out / f".adapter.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     peft_model.save_pretrained(tmp)
+    if card is not None:
+        write_model_card(lm, tmp, {**card, "adapter_only": True})
     if adapter.exists():
         shutil.rmtree(adapter)
     os.replace(tmp, adapter)
@@ -359,7 +413,7 @@ def export_model(lm, out_dir: str | os.PathLike, method: str, peft_model=None, m
         return paths
     if method == "lora":
         merged = peft_model.merge_and_unload()  # in place: lm.model now holds the merged weights
-        paths["model"] = str(_save_model_folder(lm, merged, out / "model"))
+        paths["model"] = str(_save_model_folder(lm, merged, out / "model", card))
     else:  # qlora: merge into an unquantized copy of the base (merging into 4-bit weights would round them)
         from peft import PeftModel
 
@@ -367,7 +421,7 @@ def export_model(lm, out_dir: str | os.PathLike, method: str, peft_model=None, m
 
         base = load_model(lm.path, profile=lm.profile, quant="none", device=lm.device)
         merged = PeftModel.from_pretrained(base.model, str(adapter)).merge_and_unload()
-        paths["model"] = str(_save_model_folder(base, merged, out / "model"))
+        paths["model"] = str(_save_model_folder(base, merged, out / "model", card))
     return paths
 
 
@@ -395,7 +449,7 @@ def train_sft(lm, examples: list[Example], cfg: TrainConfig, val_path: str | os.
     cfg = replace(cfg, freeze_vision=True)
     if not cfg.eval_every and cfg.save_every:
         cfg = replace(cfg, eval_every=cfg.save_every)
-    peft_model = prepare_model(lm, method, lora)
+    peft_model = prepare_model(lm, method, lora, seed=cfg.seed)
     evaluate = val_evaluator(lm, val_path, eval_batch_size, val_limit, accelerator) if val_path else None
     ckdir = Path(checkpoint_dir) if checkpoint_dir else (Path(out_dir) / "checkpoints" if out_dir else None)
     if resume and ckdir is None:
@@ -412,7 +466,11 @@ def train_sft(lm, examples: list[Example], cfg: TrainConfig, val_path: str | os.
         from latentcheck.core.records import write_json_atomic
 
         if not log["stopped_early"]:
-            log["exported"] = export_model(lm, out_dir, method, peft_model, merge=merge)
+            card = {k: log.get(k) for k in ("method", "n_examples", "steps_done", "best_score", "best_step",
+                                             "trainable_params", "total_params", "config", "lora")}
+            log["exported"] = export_model(lm, out_dir, method, peft_model, merge=merge,
+                                           card={**card, "trainer": "latentcheck.core.training.train",
+                                                 "val": str(val_path) if val_path else None})
         write_json_atomic(Path(out_dir) / "train_log.json", log)
     if accelerator is not None:
         accelerator.wait_for_everyone()
@@ -434,43 +492,39 @@ def default_train_profile(model: str) -> str:
     return "capimagine"
 
 
-def make_accelerator():
-    """An ``accelerate.Accelerator`` when launched with several processes (``accelerate launch``), else None."""
-    from latentcheck.core.runner import distributed
-
-    _, world = distributed()
-    if world <= 1:
-        return None
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-
-    return Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-
-
 def run_train(data: str, out: str, model: str = "toy-direct", profile: str | None = None, method: str = "full",
-              val: str | None = None, cfg: TrainConfig | None = None, lora: LoraSettings | None = None,
-              resume: bool = False, stop_after: int | None = None, limit: int | None = None,
-              val_limit: int | None = None, device: str = "auto", max_pixels: int | None = None,
-              trust_remote_code: bool = False, merge: bool = True,
-              on_step: Callable[[int, dict], None] | None = None) -> dict:
-    """``caption-imagine train``: load the base (4-bit for qlora), read the build-data examples, ``train_sft``.
-    Returns the training log (also ``out/train_log.json``)."""
+              val: str | None = None, settings=None, lora: LoraSettings | None = None, resume: bool = False,
+              stop_after: int | None = None, limit: int | None = None, val_limit: int | None = None,
+              device: str = "auto", max_pixels: int | None = None, trust_remote_code: bool = False,
+              merge: bool = True, on_step: Callable[[int, dict], None] | None = None) -> dict:
+    """``caption-imagine train``: load the base (fp32 master weights for full/LoRA, 4-bit for QLoRA), read the
+    build-data records, fine-tune with the HF Trainer (``imagine/trainer.hf_train``). Returns the training log (also
+    ``out/train_log.json``)."""
     from latentcheck.core.loader import load_model
+    from latentcheck.core.runner import distributed
+    from latentcheck.imagine.trainer import TrainSettings, hf_train
 
     if method not in METHODS:
         raise LatentcheckError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    accelerator = make_accelerator()
-    if accelerator is not None and device == "auto" and accelerator.device.type == "cuda":
-        device = str(accelerator.device)  # one GPU per process (DDP), not device_map="auto" sharding
+    settings = settings or TrainSettings()
+    rank, world = distributed()
+    if world > 1 and device == "auto":
+        import torch
+
+        if torch.cuda.is_available():  # one GPU per process (DDP / ZeRO / FSDP), not device_map="auto" sharding
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    records = read_sft_records(data, limit=limit)
+    val_records = read_sft_records(val, limit=val_limit) if val else None
     lm = load_model(model, profile=profile or default_train_profile(model),
                     quant="4bit" if method == "qlora" else "none", device=device,
-                    trust_remote_code=trust_remote_code, max_pixels=max_pixels)
-    examples = sft_examples_from_file(lm, data, limit=limit)
-    log = train_sft(lm, examples, cfg or TrainConfig(), val_path=val, on_step=on_step, method=method, out_dir=out,
-                    resume=resume, lora=lora, accelerator=accelerator, stop_after=stop_after, val_limit=val_limit,
-                    merge=merge)
+                    trust_remote_code=trust_remote_code, max_pixels=max_pixels,
+                    dtype=None if method == "qlora" else "float32")
+    card = {"data": str(data), "val": str(val) if val else None}
+    log = hf_train(lm, records, settings, out, method=method, lora=lora, val_records=val_records, resume=resume,
+                   stop_after=stop_after, max_pixels=max_pixels, merge=merge, on_step=on_step, card=card)
     log["base_model"] = lm.describe()
-    log["data"] = str(data)
-    if accelerator is None or accelerator.is_main_process:
+    log.update(card)
+    if rank == 0:
         from latentcheck.core.records import write_json_atomic
 
         write_json_atomic(Path(out) / "train_log.json", log)

@@ -46,6 +46,8 @@ def test_wheel_has_one_namespace_with_profiles_and_zoo(wheel):
     assert tops == {"latentcheck"}, tops  # no generic top-level `core`, `cli`, `tests`
     assert "latentcheck/core/profiles/monet.toml" in names
     assert "latentcheck/toy/zoo/toy-mediated/model.safetensors" in names
+    for name in ("zero2.yaml", "zero3.yaml", "fsdp.yaml"):  # caption-imagine train's accelerate configs
+        assert f"latentcheck/imagine/accelerate_configs/{name}" in names
     assert not any(n.startswith("latentcheck/tests/") for n in names)
 
 
