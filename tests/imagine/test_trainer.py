@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from latentcheck.core.engine import Engine
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.loader import load_model
-from latentcheck.core.toy.world import write_world
+from latentcheck.toy.world import write_world
 from latentcheck.core.training import Example, example_loss, pad_responses
 from latentcheck.imagine.build_data import MetadataCaptioner, build_data
 from latentcheck.imagine.train import (LoraSettings, read_sft_records, record_prompt, response_ids)
