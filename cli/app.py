@@ -85,6 +85,9 @@ def main() -> None:
     try:
         n, rest = split_num_processes(sys.argv[1:])
         if n is not None and n > 1:
+            from latentcheck.core.runner import RUN_STAMP_ENV, run_stamp
+
+            os.environ.setdefault(RUN_STAMP_ENV, run_stamp())  # every process names the same default run folder
             sys.exit(launch(n, rest))
         if n is not None:
             sys.argv[1:] = rest

@@ -16,7 +16,8 @@ Profile = Annotated[Optional[str], typer.Option("--profile", help="Profile name 
 Data = Annotated[Optional[str], typer.Option("--data", "-d", help="Task JSONL file ('-' = stdin; default: the toy "
                                                "world's test split).", rich_help_panel=P)]
 Out = Annotated[str, typer.Option("--out", "-o", metavar="DIR|-", help="Output folder (samples.jsonl, "
-                                  "summary.json, plots); '-' streams the per-sample JSONL to stdout (tables go to "
+                                  "summary.json, plots). Default: a new folder DEFAULT/<UTC timestamp> per run "
+                                  "(--resume: the newest). '-' streams the per-sample JSONL to stdout (tables go to "
                                   "stderr; nothing is kept).", rich_help_panel=P)]
 Limit = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N records.", rich_help_panel=P)]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Samples per engine batch.", rich_help_panel=P)]
@@ -42,9 +43,31 @@ def common(model, profile, data, out, limit, batch_size, seed, quant, device, qu
     command ends — tables move to stderr, summary and plots are not kept — so output pipes into jq."""
     if out == "-":
         out = _stdout_run(resume)
+    elif _out_is_default():
+        out = default_run_folder(out, resume)
     return CommonOptions(model=model, profile=profile, data=data, out=out, limit=limit, batch_size=batch_size,
                          seed=seed, quant=quant, device=device, quiet=quiet, resume=resume, strict=strict,
                          max_pixels=max_pixels, trust_remote_code=trust_remote_code)
+
+
+def _out_is_default() -> bool:
+    """True when the running command's ``--out`` was not given on the command line (its default is the runs root)."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - typer without a vendored click
+        from click import get_current_context
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return False
+    source = ctx.get_parameter_source("out")
+    return source is not None and source.name in ("DEFAULT", "DEFAULT_MAP")
+
+
+def default_run_folder(root: str, resume: bool) -> str:
+    """Without ``--out``: a new timestamped folder under the command's runs root (``--resume``: the newest one)."""
+    from latentcheck.core.runner import latest_run_folder, new_run_folder
+
+    return str(latest_run_folder(root) if resume else new_run_folder(root))
 
 
 def _stdout_run(resume: bool) -> str:

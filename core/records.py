@@ -149,10 +149,19 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     return _replace_atomic(Path(path), text.encode("utf-8"))
 
 
+def file_mode() -> int:
+    """The mode a newly created file gets under the process umask (0o666 & ~umask; 0o644 under the usual 022).
+    ``tempfile.mkstemp`` creates 0600 files whatever the umask; atomic writers chmod their temp file to this."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _replace_atomic(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

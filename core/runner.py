@@ -32,8 +32,8 @@ import numpy as np
 
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.progress import progress_bar
-from latentcheck.core.records import (ResultStream, ResultWriter, config_differences, iter_results, merge_shards,
-                                      provenance, shard_path, write_json_atomic, write_shard_from)
+from latentcheck.core.records import (ResultStream, ResultWriter, config_differences, file_mode, iter_results,
+                                      merge_shards, provenance, shard_path, write_json_atomic, write_shard_from)
 from latentcheck.core.tasks import BadRecord, Task, read_tasks
 
 
@@ -58,6 +58,44 @@ class CommonOptions:
 
     def config(self) -> dict[str, Any]:
         return asdict(self)
+
+
+RUN_STAMP_ENV = "LATENTCHECK_RUN_STAMP"  # set by the launcher so every data-parallel process names the same folder
+
+
+def run_stamp() -> str:
+    """The run's timestamp (UTC, ``YYYYmmdd-HHMMSS``): ``$LATENTCHECK_RUN_STAMP`` when set, else now."""
+    from datetime import datetime, timezone
+
+    return os.environ.get(RUN_STAMP_ENV) or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def new_run_folder(root: str | os.PathLike) -> Path:
+    """A new folder ``root/<timestamp>`` for one invocation (``-2``, ``-3``, ... when that name exists), so a rerun
+    never replaces or mixes with an earlier run's files. Data-parallel processes share ``$LATENTCHECK_RUN_STAMP`` and
+    therefore the folder; without it a data-parallel run must name its folder."""
+    root = Path(root)
+    shared = bool(os.environ.get(RUN_STAMP_ENV))
+    if distributed()[1] > 1 and not shared:
+        raise LatentcheckError(f"a data-parallel run needs --out (or {RUN_STAMP_ENV}) so every process writes the "
+                               "same folder; `latentcheck --num-processes N` sets it")
+    stamp = run_stamp()
+    folder = root / stamp
+    n = 2
+    while not shared and folder.exists():
+        folder = root / f"{stamp}-{n}"
+        n += 1
+    return folder
+
+
+def latest_run_folder(root: str | os.PathLike) -> Path:
+    """The newest ``root/<timestamp>`` folder (what ``--resume`` without ``--out`` continues)."""
+    root = Path(root)
+    runs = sorted((p for p in root.glob("[0-9]" * 8 + "-" + "[0-9]" * 6 + "*") if p.is_dir()),
+                  key=lambda p: (p.name[:15], int(p.name[16:]) if p.name[16:].isdigit() else 1))
+    if not runs:
+        raise LatentcheckError(f"--resume without --out: no earlier run under {root}/ (pass the run's --out folder)")
+    return runs[-1]
 
 
 def load_for(opts: CommonOptions, default: str = "toy-latent"):
@@ -398,6 +436,7 @@ def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npz")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
         os.replace(tmp, path)

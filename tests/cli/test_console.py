@@ -118,3 +118,58 @@ def test_quiet_prints_only_the_final_line(tmp_path):
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("samples: 2 ok, 0 errors"), r.stderr
+
+
+def test_default_out_is_a_new_timestamped_folder_per_run_and_files_honour_the_umask(tmp_path):
+    """Two runs without --out land in two folders latentcheck-runs/perturb-latent/<UTC stamp>; --resume without
+    --out continues the newest; every file written follows the umask (027 here -> 0640), not mkstemp's 0600."""
+    import re
+    import stat
+
+    def run(*extra):
+        e = dict(os.environ)
+        e["PYTHONPATH"] = os.pathsep.join([str(ROOT.parent)] + [p for p in e.get("PYTHONPATH", "").split(os.pathsep)
+                                                                 if p])
+        e.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "LATENTCHECK_PROGRESS_INTERVAL": "3600"})
+        return subprocess.run([*console_command(), "perturb-latent", "--limit", "2", "-i", "zero", "--n-boot", "100",
+                               *extra], capture_output=True, text=True, cwd=tmp_path, env=e, timeout=600,
+                              preexec_fn=lambda: os.umask(0o027))
+
+    r1, r2 = run(), run()
+    assert r1.returncode == 0 and r2.returncode == 0, (r1.stderr[-2000:], r2.stderr[-2000:])
+    root = tmp_path / "latentcheck-runs" / "perturb-latent"
+    runs = sorted(p.name for p in root.iterdir())
+    assert len(runs) == 2 and all(re.fullmatch(r"\d{8}-\d{6}(-\d+)?", n) for n in runs), runs
+    for name in runs:
+        assert (root / name / "samples.jsonl").exists() and (root / name / "summary.json").exists()
+        assert f"latentcheck-runs/perturb-latent/{name}/samples.jsonl" in r1.stderr + r2.stderr
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} >= {".jsonl", ".json", ".png"}
+    modes = {p.relative_to(root).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert set(modes.values()) == {"0o640"}, modes
+    r3 = run("--resume")
+    assert r3.returncode == 0, r3.stderr[-2000:]
+    assert sorted(p.name for p in root.iterdir()) == runs
+    newest = max(runs, key=lambda n: (n[:15], int(n[16:] or 1)))
+    assert f"latentcheck-runs/perturb-latent/{newest}/samples.jsonl" in r3.stderr
+
+
+def test_new_run_folder_never_reuses_a_name(tmp_path, monkeypatch):
+    from latentcheck.core import runner
+
+    monkeypatch.delenv(runner.RUN_STAMP_ENV, raising=False)
+    monkeypatch.setattr(runner, "run_stamp", lambda: "20261202-131500")
+    made = []
+    for _ in range(3):
+        f = runner.new_run_folder(tmp_path)
+        f.mkdir(parents=True)
+        made.append(f.name)
+    assert made == ["20261202-131500", "20261202-131500-2", "20261202-131500-3"]
+    assert runner.latest_run_folder(tmp_path).name == "20261202-131500-3"
+    (tmp_path / "20261202-131501").mkdir()
+    assert runner.latest_run_folder(tmp_path).name == "20261202-131501"
+    import pytest as _pytest
+
+    from latentcheck.core.errors import LatentcheckError
+    with _pytest.raises(LatentcheckError, match="no earlier run"):
+        runner.latest_run_folder(tmp_path / "none")
