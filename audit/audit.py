@@ -46,9 +46,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from latentcheck.audit.verdicts import (SCHEMA, STAGE_FOLDERS, STAGES, ZOO_AUDIT_MODELS, Verdict,
+from latentcheck.audit.verdicts import (SCHEMA, STAGES, ZOO_AUDIT_MODELS, Verdict,
                                        bench_headline, comparison_row, judge, merge_rules,
                                        write_audit)
+import latentcheck.audit.stages  # noqa: F401  (registers the built-in analyses)
+from latentcheck.core.analysis import ANALYSES, AnalysisContext
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.runner import CommonOptions
 
@@ -61,16 +63,21 @@ AUDIT_MEDIATION = ("image",)
 # The zoo's models are tiny and dispatch-bound: one torch thread is as fast as two on an idle 2-core machine and
 # far faster on a busy one (measured: docs/audit.md), so the zoo audit runs with one unless told otherwise.
 ZOO_THREADS = 1
-IMAGINATION_PROBE_TOKENS = 8  # imagination-span states probed per sample (the first tokens, as K latents)
 
 
 # ================================================================================================== running
+def stage_order(names) -> list[str]:
+    """The audit's stages in order: the built-in ones first (``STAGES``), then registered extras."""
+    names = list(names)
+    return [s for s in STAGES if s in names] + [s for s in names if s not in STAGES]
+
+
 @dataclass
 class AuditSettings:
     """What the audit runs besides the common options (recorded in audit.json)."""
 
     limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    stages: list[str] = field(default_factory=lambda: stage_order(ANALYSES))  # every registered analysis
     treatments: list[str] = field(default_factory=lambda: list(AUDIT_TREATMENTS))
     interventions: list[str] = field(default_factory=lambda: list(AUDIT_INTERVENTIONS))
     mediation: list[str] = field(default_factory=lambda: list(AUDIT_MEDIATION))
@@ -84,14 +91,15 @@ class AuditSettings:
     threads: int | None = None  # torch intra-op threads during the audit (None: torch's default; zoo audit: 1)
 
     def __post_init__(self) -> None:
-        bad = [s for s in self.stages if s not in STAGES]
+        bad = [s for s in self.stages if s not in ANALYSES]
         if bad:
-            raise LatentcheckError(f"unknown audit stage(s) {', '.join(bad)}; valid: {', '.join(STAGES)}")
+            raise LatentcheckError(f"unknown audit stage(s) {', '.join(bad)}; valid: {', '.join(stage_order(ANALYSES))}")
         if self.threads is not None and self.threads < 1:
             raise LatentcheckError(f"--threads must be >= 1, got {self.threads}")
         for k, v in self.limits.items():
-            if k not in STAGES:
-                raise LatentcheckError(f"unknown audit stage {k!r} in limits; valid: {', '.join(STAGES)}")
+            if k not in ANALYSES:
+                raise LatentcheckError(f"unknown audit stage {k!r} in limits; valid: "
+                                       f"{', '.join(stage_order(ANALYSES))}")
             if v is not None and v < 2:
                 raise LatentcheckError(f"the {k} limit must be >= 2 (pairs and bootstraps need two samples), got {v}")
 
@@ -173,114 +181,6 @@ def _rel(path: str | Path, root: Path) -> str:
     return str(Path(path).resolve().relative_to(root.resolve()))
 
 
-def _counts(obj) -> dict:
-    c = getattr(obj, "counts", None)
-    if c is None and isinstance(obj, dict):
-        c = obj.get("counts")
-    return dict(c or {})
-
-
-class _Stages:
-    """Runs the stages of one model; each returns (summary dict, summary path, counts)."""
-
-    def __init__(self, lm, opts: CommonOptions, settings: AuditSettings, root: Path):
-        self.lm, self.opts, self.settings, self.root = lm, opts, settings, root
-
-    def opts_for(self, stage: str) -> CommonOptions:
-        return dataclasses.replace(self.opts, out=str(self.root / STAGE_FOLDERS[stage]),
-                                   limit=self.settings.limit_for(stage, self.opts.limit))
-
-    def perturb_input(self):
-        from latentcheck.perturb.inputs import run_perturb_input
-
-        o = self.opts_for("perturb_input")
-        n = o.limit or DEFAULT_LIMITS["perturb_input"]
-        res = run_perturb_input(o, list(self.settings.treatments), max_matrix=max(2, n),
-                                force_start=self.settings.force_latent, n_boot=self.settings.n_boot,
-                                plots=self.settings.plots, lm=self.lm)
-        return res.summary, res.summary_path, res.counts
-
-    def perturb_latent(self):
-        from latentcheck.perturb.latents import run_perturb_latent
-
-        o = self.opts_for("perturb_latent")
-        res = run_perturb_latent(o, list(self.settings.interventions), mediation=list(self.settings.mediation),
-                                 force_latent=self.settings.force_latent, n_boot=self.settings.n_boot,
-                                 plots=self.settings.plots, lm=self.lm)
-        return res.summary, res.summary_path, res.counts
-
-    def probe(self):
-        from latentcheck.probe.behavioural import ProbeOptions, run_probe
-        from latentcheck.probe.trained import ProbeConfig
-
-        o = self.opts_for("probe")
-        cfg = ProbeConfig(methods=tuple(self.settings.probe_methods), seed=o.seed, n_boot=self.settings.n_boot)
-        res = run_probe(o, ProbeOptions(labels=self.settings.probe_labels, probe=cfg, n_boot=self.settings.n_boot),
-                        lm=self.lm)
-        counts = {"errors": res.errors, **{k: v for k, v in (res.summary.get("counts") or {}).items()}}
-        return res.summary, res.summary_path, counts
-
-    def probe_imagination(self):
-        """Trained probes on the imagination-span hidden states captured by the perturb-input stage."""
-        from latentcheck.core.records import write_json_atomic
-        from latentcheck.core.runner import TensorStore, data_path, read_all_tasks
-        from latentcheck.core.tasks import Task
-        from latentcheck.perturb.inputs import tensor_dirs
-        from latentcheck.probe.trained import ProbeConfig, analyse_states
-
-        pi_dir = self.root / STAGE_FOLDERS["perturb_input"]
-        dirs = tensor_dirs(pi_dir)
-        if not dirs:
-            raise LatentcheckError("no perturb-input tensors to probe (run the perturb_input stage first)")
-        o = self.opts_for("probe")
-        tensors: dict[str, dict] = {}
-        for d in dirs:
-            for key, arrays in TensorStore(d).load().items():
-                lat = arrays.get("orig.latents")
-                if lat is None or lat.ndim != 2 or not len(lat):
-                    continue
-                tensors[key] = {"latents": lat[:IMAGINATION_PROBE_TOKENS],
-                                **{name.split(".", 1)[1]: a for name, a in arrays.items()
-                                   if name.startswith("orig.") and name != "orig.latents"}}
-        items = read_all_tasks(data_path(o), o.limit, False)
-        tasks = {t.id: t for t in items if isinstance(t, Task) and t.id in tensors}
-        out = Path(o.out)
-        out.mkdir(parents=True, exist_ok=True)
-        summary: dict[str, Any] = {"command": "probe (imagination hidden states)", "model": self.lm.describe(),
-                                   "source": f"imagination-span hidden states (first {IMAGINATION_PROBE_TOKENS} "
-                                             "tokens) captured by the perturb-input stage",
-                                   "n": len(tasks)}
-        if len(tasks) < 2:
-            summary["trained"] = {"skipped": f"only {len(tasks)} samples with an imagination span"}
-            summary["plots"] = []
-        else:
-            cfg = ProbeConfig(methods=tuple(self.settings.probe_methods), seed=o.seed, n_boot=self.settings.n_boot)
-            tr = analyse_states(tensors, tasks, self.settings.probe_labels, cfg,
-                                plot_dir=out / "plots" if self.settings.plots else None)
-            summary.update(trained=tr.probes, similarity=tr.similarity, plots=tr.plots)
-        path = write_json_atomic(out / "summary.json", summary)
-        return summary, str(path), {"samples": len(tasks)}
-
-    def text_doz(self):
-        from latentcheck.imagine.intervene import run_intervene
-
-        o = self.opts_for("text_doz")
-        s = run_intervene(o, corrupter="auto", corrupt_model=self.settings.corrupt_model, plots=self.settings.plots,
-                          lm=self.lm)
-        return s, s["summary_path"], {"samples": s.get("n_samples"), "errors": s.get("n_errors", 0)}
-
-    def bench(self):
-        from latentcheck.bench.runner import run_bench
-        from latentcheck.core.records import write_json_atomic
-
-        o = self.opts_for("bench")
-        s = run_bench(o, None, force_latent=self.settings.force_latent and self.lm.profile.is_latent,
-                      n_boot=self.settings.n_boot, lm=self.lm)
-        keep = {k: v for k, v in s.items() if k not in ("results_path", "summary_path", "is_main", "exit_code")}
-        path = write_json_atomic(Path(o.out) / "summary.json", keep)  # the same content as results.json
-        return keep, str(path), s.get("counts")
-
-
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     """Set torch's intra-op thread count for the block (None: leave it), restoring it afterwards."""
@@ -298,15 +198,8 @@ def torch_threads(n: int | None):
 
 
 def applicable(stage: str, kind: str) -> str | None:
-    """None when ``stage`` applies to a model of ``kind``; else the reason it is skipped."""
-    if stage == "perturb_latent" and kind != "latent":
-        return f"{kind} model: no fed-back latent vectors to intervene on (Z -> Y uses the text do(Z) stage)" \
-            if kind == "text_imagination" else f"{kind} model: no latent vectors"
-    if stage == "text_doz" and kind != "text_imagination":
-        return f"{kind} model: no text imagination to rewrite"
-    if stage == "probe" and kind not in ("latent", "text_imagination"):
-        return f"{kind} model: nothing to probe"
-    return None
+    """None when ``stage`` applies to a model of ``kind``; else the reason it is skipped (the analysis says)."""
+    return ANALYSES[stage].skip_reason(kind)
 
 
 def _kind(lm) -> str:
@@ -335,8 +228,7 @@ def run_audit(opts: CommonOptions, settings: AuditSettings | None = None, rules:
         raise LatentcheckError("the audit reads the task file once per stage; pass a file, not '-' (stdin)")
     lm = lm or load_for(opts)
     kind = _kind(lm)
-    plan = [s for s in STAGES if s in settings.stages]
-    stages = _Stages(lm, opts, settings, root)
+    plan = stage_order([s for s in ANALYSES if s in settings.stages])
     short = Path(str(opts.model or lm.model_id)).name
     outcomes: dict[str, StageOutcome] = {}
     summaries: dict[str, dict | None] = {}
@@ -349,7 +241,7 @@ def run_audit(opts: CommonOptions, settings: AuditSettings | None = None, rules:
                 progress(stage)
             else:
                 bar.set_description(f"audit {short}: {stage}")
-            outcomes[stage], summaries[stage] = _run_stage(stages, stage, kind, settings, opts)
+            outcomes[stage], summaries[stage] = _run_stage(lm, stage, kind, settings, opts, root)
             if bar is not None:
                 bar.advance()
     items = read_all_tasks(path, opts.limit or max(v for v in settings.limits.values() if v), False)
@@ -373,28 +265,29 @@ def run_audit(opts: CommonOptions, settings: AuditSettings | None = None, rules:
     return result
 
 
-def _run_stage(stages: _Stages, stage: str, kind: str, settings: AuditSettings,
-               opts: CommonOptions) -> tuple[StageOutcome, dict | None]:
-    reason = applicable(stage, kind)
+def _run_stage(lm, stage: str, kind: str, settings: AuditSettings, opts: CommonOptions,
+               root: Path) -> tuple[StageOutcome, dict | None]:
+    """Run one registered analysis into its folder of the model's audit folder; a user-level error is recorded as a
+    failed stage (``--strict`` raises it)."""
+    analysis = ANALYSES[stage]
+    reason = analysis.skip_reason(kind)
     limit = settings.limit_for(stage, opts.limit)
     if reason:
         return StageOutcome(stage, "skipped", reason=reason, limit=limit), None
-    folder = stages.root / STAGE_FOLDERS[stage]
+    folder = root / analysis.folder
     if folder.exists() and not opts.resume:
         shutil.rmtree(folder)  # a fresh audit never mixes with an older run's files
+    stage_opts = dataclasses.replace(opts, out=str(folder), limit=limit)
     t = time.perf_counter()
     try:
-        if stage == "probe" and kind == "text_imagination":
-            summary, spath, counts = stages.probe_imagination()
-        else:
-            summary, spath, counts = getattr(stages, stage)()
+        res = analysis.run(AnalysisContext(lm=lm, opts=stage_opts, settings=settings, kind=kind, root=root))
     except LatentcheckError as e:
         if opts.strict:
             raise
-        return StageOutcome(stage, "failed", STAGE_FOLDERS[stage], reason=str(e), limit=limit,
+        return StageOutcome(stage, "failed", analysis.folder, reason=str(e), limit=limit,
                             seconds=round(time.perf_counter() - t, 2)), None
-    return StageOutcome(stage, "done", STAGE_FOLDERS[stage], _rel(spath, stages.root), limit=limit,
-                        seconds=round(time.perf_counter() - t, 2), counts=counts or {}), summary
+    return StageOutcome(stage, "done", analysis.folder, _rel(res.summary_path, root), limit=limit,
+                        seconds=round(time.perf_counter() - t, 2), counts=dict(res.counts)), res.summary
 
 
 def _audit_doc(kind: str, models: list[dict], rules: dict, settings: AuditSettings, opts: CommonOptions,
@@ -421,7 +314,7 @@ def run_zoo_audit(opts: CommonOptions, settings: AuditSettings | None = None, ru
     root = Path(opts.out)
     root.mkdir(parents=True, exist_ok=True)
     results: list[AuditResult] = []
-    plan = [s for s in STAGES if s in settings.stages]
+    plan = stage_order([s for s in ANALYSES if s in settings.stages])
     _single_process()
     _check_models(models)
     with progress_bar(len(models) * len(plan), "audit: toy zoo", quiet=opts.quiet) as bar:

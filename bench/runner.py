@@ -48,8 +48,8 @@ from latentcheck.bench.scoring import result_record
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.extract import get_extractor, strip_latent_span
 from latentcheck.core.interventions import InterventionSpec, LatentStats, parse_specs
-from latentcheck.core.runner import (CommonOptions, data_path, error_record, load_for, load_records, run_records,
-                                     write_summary)
+from latentcheck.core.analysis import AnalysisResult, finish, not_main
+from latentcheck.core.runner import CommonOptions, data_path, error_record, load_for, load_records, run_records
 from latentcheck.core.stats import accuracy_effect, wilson_ci
 from latentcheck.core.tasks import LETTERS, Task, decode_image
 
@@ -492,9 +492,9 @@ def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, var
               judge_profile: str | None = None, calibration_size: int | None = None, force_latent: bool = False,
               n_boot: int = 2000, lm=None, judge_protocol: str | None = None, judge_url: str | None = None,
               judge_key_env: str = DEFAULT_KEY_ENV, judge_cache: str | bool | None = True,
-              judge_concurrency: int = 4, image_root: str | None = None) -> dict[str, Any]:
-    """Run a benchmark; write ``<out>/samples.jsonl`` and ``<out>/results.json``; return the results dict (plus
-    ``results_path``, ``summary_path``, ``exit_code``, ``is_main``).
+              judge_concurrency: int = 4, image_root: str | None = None) -> AnalysisResult:
+    """Run a benchmark; write ``<out>/samples.jsonl`` and ``<out>/results.json``; return the
+    :class:`~latentcheck.core.analysis.AnalysisResult` (``result["conditions"]`` etc. read the results).
 
     ``benchmark``: a registry name (``"blink:Jigsaw"``), a :class:`Benchmark`, or None = ``generic`` (then with no
     ``opts.data`` the toy world test split). ``decoding`` overrides fields of the profile's decoding
@@ -579,8 +579,7 @@ def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, var
                       prepare_block=run.prepare_block, prefetch=lm.device != "cpu",
                       description=f"bench {bench.name}")
     if not res.is_main:
-        return {"is_main": False, "results_path": res.results_path, "counts": res.counts,
-                "exit_code": 1 if res.counts.get("errors") else 0}
+        return not_main(COMMAND, opts.out, res.results_path, res.counts)
     records = [r for r in load_records(res.results_path) if r.get("type", "sample") in ("sample", "error")]
     conditions = ["baseline"] + [s.label for s in specs]
     per = summarise(bench, records, conditions, seed=opts.seed, n_boot=n_boot)
@@ -604,10 +603,7 @@ def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, var
         "errors": {"counted_wrong": per["baseline"]["errors"], "unreadable_rows": unscored},
         "conditions": per,
         "timing": {"total_s": round(time.perf_counter() - t_start, 3)}}
-    summary_path = write_summary(opts, summary, name="results.json")
-    summary.update(results_path=res.results_path, summary_path=summary_path, is_main=True,
-                   exit_code=1 if res.counts.get("errors") else 0)
-    return summary
+    return finish(COMMAND, opts.out, summary, res.counts, res.results_path, name="results.json")
 
 
 def official_status(bench: Benchmark, v: PromptVariant, mode: str, judge: Judge | None, limit: int | None,

@@ -16,15 +16,16 @@ STYLE = {"positive": "bold green", "negative": "bold red", "inconclusive": "bold
 
 
 def _stage_names(values: list[str] | None) -> list[str] | None:
-    from latentcheck.audit.verdicts import STAGES
+    from latentcheck.audit.audit import ANALYSES, stage_order
     from latentcheck.core.errors import LatentcheckError
 
+    known = stage_order(ANALYSES)
     if not values:
         return None
     out = []
     for v in (x.strip().replace("-", "_") for item in values for x in item.split(",")):
-        if v not in STAGES:
-            raise LatentcheckError(f"--stage {v!r}: unknown stage; valid: {', '.join(STAGES)}")
+        if v not in known:
+            raise LatentcheckError(f"--stage {v!r}: unknown stage; valid: {', '.join(known)}")
         if v not in out:
             out.append(v)
     return out

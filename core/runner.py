@@ -446,12 +446,6 @@ def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     return path
 
 
-def write_summary(opts: CommonOptions, summary: dict[str, Any], name: str = "summary.json") -> str:
-    p = Path(opts.out) / name
-    write_json_atomic(p, summary)
-    return str(p)
-
-
 def require(cond: bool, message: str) -> None:
     if not cond:
         raise LatentcheckError(message)

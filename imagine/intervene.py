@@ -32,6 +32,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from latentcheck.core.errors import LatentcheckError, RecordError
+from latentcheck.core.analysis import AnalysisResult, finish, not_main
 from latentcheck.core.runner import CommonOptions
 from latentcheck.core.tasks import LETTERS, Task
 from latentcheck.imagine.run import (DEFAULT_MODEL, answer_of, gold_answer, imagination_token_range, is_correct,
@@ -369,11 +370,11 @@ def make_plots(summary: dict, folder: str | Path) -> dict[str, str]:
 
 def run_intervene(opts: CommonOptions, corrupter: str = "auto", corrupt_model: str | None = None,
                   corrupt_prompt: str | None = None, span_tokens: int = 8, plots: bool = True,
-                  lm=None) -> dict[str, Any]:
-    """``caption-imagine intervene`` (module docstring). Returns the summary (also ``<out>/summary.json``)."""
+                  lm=None) -> AnalysisResult:
+    """``caption-imagine intervene`` (module docstring). Returns the result (summary also in ``<out>/summary.json``)."""
     from latentcheck.core.engine import Engine
     from latentcheck.core.runner import (TensorStore, data_path, load_for, load_records, read_all_tasks,
-                                         run_records, write_summary)
+                                         run_records)
 
     if span_tokens < 1:
         raise LatentcheckError(f"--span-tokens must be >= 1, got {span_tokens}")
@@ -393,7 +394,7 @@ def run_intervene(opts: CommonOptions, corrupter: str = "auto", corrupt_model: s
                                                     opts.batch_size),
                       description="caption-imagine intervene")
     if not res.is_main:
-        return {"is_main": False, "results": res.results_path}
+        return not_main("caption-imagine intervene", opts.out, res.results_path, res.counts)
     records = load_records(res.results_path)
     keys = [r["key"] for r in records if r.get("type", "sample") == "sample" and "imagination" in r]
     hidden = {k: v["imagination_hidden"] for k, v in store.load(keys).items() if "imagination_hidden" in v}
@@ -401,5 +402,4 @@ def run_intervene(opts: CommonOptions, corrupter: str = "auto", corrupt_model: s
                "corrupter": type(corr).__name__,
                **summarize_intervene(records, hidden, span_tokens, opts.seed), "results": res.results_path}
     summary["plots"] = make_plots(summary, Path(opts.out) / "plots") if plots else {}
-    summary["summary_path"] = write_summary(opts, summary)
-    return summary
+    return finish("caption-imagine intervene", opts.out, summary, res.counts, res.results_path, summary["plots"])

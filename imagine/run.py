@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 from latentcheck.core.errors import LatentcheckError, RecordError
+from latentcheck.core.analysis import AnalysisResult, finish, not_main
 from latentcheck.core.runner import CommonOptions
 from latentcheck.core.tasks import Task
 
@@ -176,11 +177,10 @@ def summarize_run(records: list[dict]) -> dict[str, Any]:
     }
 
 
-def run_caption_imagine(opts: CommonOptions, lm=None) -> dict[str, Any]:
-    """``caption-imagine run`` (module docstring). Returns the summary (also written to ``<out>/summary.json``)."""
+def run_caption_imagine(opts: CommonOptions, lm=None) -> AnalysisResult:
+    """``caption-imagine run`` (module docstring). Returns the result (summary also in ``<out>/summary.json``)."""
     from latentcheck.core.engine import Engine
-    from latentcheck.core.runner import (data_path, load_for, load_records, read_all_tasks, run_records,
-                                         write_summary)
+    from latentcheck.core.runner import data_path, load_for, load_records, read_all_tasks, run_records
 
     lm = lm or load_for(opts, default=DEFAULT_MODEL)
     require_text_imagination(lm)
@@ -191,8 +191,7 @@ def run_caption_imagine(opts: CommonOptions, lm=None) -> dict[str, Any]:
                       lambda tasks: run_block(lm, engine, tasks, opts.max_pixels, opts.batch_size),
                       description="caption-imagine run")
     if not res.is_main:
-        return {"is_main": False, "results": res.results_path}
+        return not_main("caption-imagine run", opts.out, res.results_path, res.counts)
     summary = {"command": "caption-imagine run", "model": lm.describe(), "data": str(path),
                **summarize_run(load_records(res.results_path)), "results": res.results_path}
-    summary["summary_path"] = write_summary(opts, summary)
-    return summary
+    return finish("caption-imagine run", opts.out, summary, res.counts, res.results_path)

@@ -31,15 +31,16 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from latentcheck.core.errors import LatentcheckError, RecordError
+from latentcheck.core.analysis import AnalysisResult, finish, not_main
 from latentcheck.core.runner import (CommonOptions, TensorStore, data_path, distributed, item_key, load_for,
-                                     read_all_tasks, run_records, write_summary)
+                                     read_all_tasks, run_records)
 from latentcheck.core.tasks import LETTERS, Task
 from latentcheck.perturb.treatments import (REFERENCES, InputVariant, NotApplicable, Treatment, TreatmentContext,
                                             apply_treatment, original_variant, parse_treatments, partner_map)
@@ -50,16 +51,7 @@ DEFAULT_MAX_LATENTS_TEXT = 32
 MAX_HEATMAP_PANELS = 10
 
 
-@dataclass
-class PerturbInputResult:
-    """What :func:`run_perturb_input` returns (the CLI renders it)."""
-
-    summary: dict[str, Any]
-    results_path: str
-    summary_path: str | None
-    plots: list[str] = field(default_factory=list)
-    counts: dict[str, Any] = field(default_factory=dict)
-    is_main: bool = True
+PerturbInputResult = AnalysisResult  # what run_perturb_input returns (the one result type)
 
 
 @dataclass
@@ -428,7 +420,7 @@ def run_perturb_input(opts: CommonOptions, treatments: list[str] | list[Treatmen
     rr = run_records(COMMAND, opts, config, lm.describe(), items, runner.process_block,
                      description="perturb-input")
     if not rr.is_main:
-        return PerturbInputResult({}, rr.results_path, None, [], rr.counts, is_main=False)
+        return not_main(COMMAND, out, rr.results_path, rr.counts)
     order = [item_key(it) for it in items]
     summary = summarise(rr.results_path, tensor_dirs(out), parsed, order, max_matrix, seed=opts.seed, n_boot=n_boot)
     summary = {"command": COMMAND, "model": lm.describe(), "profile": lm.profile.name, "kind": lm.profile.kind,
@@ -440,7 +432,7 @@ def run_perturb_input(opts: CommonOptions, treatments: list[str] | list[Treatmen
     if mats:
         np.savez_compressed(out / "inter_instance.npz", keys=np.array(summary["geometry"]["keys"]), **mats)
     summary["plots"] = [str(Path(p).relative_to(out)) for p in plot_paths]
-    return PerturbInputResult(summary, rr.results_path, write_summary(opts, summary), plot_paths, rr.counts)
+    return finish(COMMAND, out, summary, rr.counts, rr.results_path, plot_paths)
 
 
 # ------------------------------------------------------------------------------------------------ aggregation

@@ -38,8 +38,9 @@ from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.interventions import (REGISTRY, InterventionSpec, LatentStats, parse_spec, parse_specs,
                                             sequence_override)
 from latentcheck.core.profiles import VISIBILITIES
+from latentcheck.core.analysis import AnalysisResult, finish, not_main
 from latentcheck.core.runner import CommonOptions, data_path, error_record, load_for, load_records, \
-    read_all_tasks, run_records, save_npz_atomic, write_summary
+    read_all_tasks, run_records, save_npz_atomic
 from latentcheck.core.stats import accuracy_effect, bootstrap_ci, wilson_ci
 from latentcheck.core.tasks import LETTERS, Task
 from latentcheck.perturb.mediation import (MEDIATION_KINDS, PRIMARY_OUTCOME, counterfactual_task, parse_kinds,
@@ -195,22 +196,7 @@ class PerturbLatentSettings:
     plots: bool = True
 
 
-@dataclass
-class PerturbLatentResult:
-    """What ``run_perturb_latent`` returns."""
-
-    summary: dict
-    out_dir: str
-    results_path: str
-    summary_path: str | None
-    plots: dict[str, str]
-    counts: dict[str, Any]
-    is_main: bool = True
-
-    @property
-    def exit_code(self) -> int:
-        """0, or 1 when some records became error records (the run still completed)."""
-        return 1 if self.counts.get("errors") else 0
+PerturbLatentResult = AnalysisResult  # what run_perturb_latent returns (the one result type)
 
 
 @dataclass
@@ -632,7 +618,7 @@ def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSp
     res = run_records(COMMAND, opts, config, lm.describe(), items, ana.process_block, block_size=block,
                       description="perturb-latent")
     if not res.is_main:
-        return PerturbLatentResult({}, opts.out, res.results_path, None, {}, res.counts, is_main=False)
+        return not_main(COMMAND, opts.out, res.results_path, res.counts)
     records = [r for r in load_records(res.results_path) if r.get("type", "sample") == "sample"]
     summary: dict[str, Any] = {"command": COMMAND, "model": lm.describe(), "data": data_path(opts),
                                "counts": res.counts, "settings": asdict(settings), "calibration": calibration}
@@ -643,8 +629,7 @@ def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSp
                          "total_s": round(time.perf_counter() - t_start, 3)}
     plot_paths = make_plots(summary, Path(opts.out) / "plots") if plots else {}
     summary["plots"] = {k: str(Path(v).relative_to(Path(opts.out))) for k, v in plot_paths.items()}
-    summary_path = write_summary(opts, summary)
-    return PerturbLatentResult(summary, opts.out, res.results_path, summary_path, plot_paths, res.counts)
+    return finish(COMMAND, opts.out, summary, res.counts, res.results_path, plot_paths)
 
 
 def intervention_names() -> list[tuple[str, str, dict, str]]:

@@ -33,12 +33,14 @@ from typing import Any
 import numpy as np
 
 from latentcheck.core.errors import LatentcheckError, RecordError
+from latentcheck.core.analysis import AnalysisResult, finish, not_main
 from latentcheck.core.runner import (CommonOptions, TensorStore, barrier, data_path, error_record, load_for,
-                                     load_records, read_all_tasks, run_records, write_summary)
+                                     load_records, read_all_tasks, run_records)
 from latentcheck.core.stats import accuracy_effect, paired_bootstrap_diff, wilson_ci
 from latentcheck.core.tasks import LETTERS, BadRecord, Task, read_tasks, validate_record
 from latentcheck.probe.trained import REFERENCE_SITES, ProbeConfig, analyse_states
 
+COMMAND = "probe"
 ARMS = ("latents", "shared", "noise", "text_only", "image")
 PLOT_ORDER = ("random", "text_only", "shared", "noise", "latents", "image")
 SCORINGS = ("logprob", "generate")
@@ -65,15 +67,7 @@ class ProbeOptions:
             raise LatentcheckError(f"--scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
 
 
-@dataclass
-class ProbeResult:
-    """What ``run_probe`` returns (the CLI renders it)."""
-
-    summary: dict[str, Any]
-    summary_path: str | None
-    plots: list[str]
-    errors: int
-    is_main: bool = True
+ProbeResult = AnalysisResult  # what run_probe returns (the one result type)
 
 
 # ------------------------------------------------------------------------------------------------ shared helpers
@@ -413,7 +407,7 @@ def run_probe(opts: CommonOptions, popts: ProbeOptions | None = None, lm=None) -
             if beh.is_main:
                 beh_records = load_records(beh.results_path)
     if not is_main:
-        return ProbeResult({}, None, [], 0, is_main=False)
+        return not_main(COMMAND, opts.out, None, counts)
     summary["counts"] = counts
     return _finish(opts, popts, summary, cap_records, beh_records, tensors, {t.id: t for t in sources})
 
@@ -440,8 +434,7 @@ def _finish(opts: CommonOptions, popts: ProbeOptions, summary: dict[str, Any], c
     summary["plots"] = plots
     errors = sum(int((c or {}).get("errors", 0)) for c in summary.get("counts", {}).values())
     summary["errors"] = errors
-    path = write_summary(opts, summary)
-    return ProbeResult(summary, path, plots, errors)
+    return finish(COMMAND, opts.out, summary, {"errors": errors, **summary.get("counts", {})}, None, plots)
 
 
 def _run_from_cache(opts: CommonOptions, popts: ProbeOptions) -> ProbeResult:

@@ -237,12 +237,12 @@ def test_text_imagination_audit_runs_its_own_stages(tiny_checkpoint, tmp_path):
 
 
 def test_a_failing_stage_is_recorded_and_the_audit_completes(tiny_checkpoint, tmp_path, monkeypatch):
-    import latentcheck.audit.audit as audit
+    from latentcheck.core.analysis import ANALYSES
 
-    def broken(self):
+    def broken(ctx):
         raise LatentcheckError("no labels to probe")
 
-    monkeypatch.setattr(audit._Stages, "probe", broken)
+    monkeypatch.setitem(ANALYSES["probe"].kinds, "latent", broken)
     ck = tiny_checkpoint("toy", "toy-bypass")
     opts = CommonOptions(model=str(ck), out=str(tmp_path / "f"), limit=4, quiet=True)
     r = run_audit(opts, AuditSettings(force_latent=True, report=False, n_boot=50, stages=["probe", "bench"]))
@@ -252,6 +252,36 @@ def test_a_failing_stage_is_recorded_and_the_audit_completes(tiny_checkpoint, tm
     with pytest.raises(LatentcheckError, match="no labels"):
         run_audit(CommonOptions(model=str(ck), out=str(tmp_path / "g"), limit=4, quiet=True, strict=True),
                   AuditSettings(report=False, stages=["probe"]))
+
+
+def test_the_audit_loops_over_registered_analyses(tiny_checkpoint, tmp_path):
+    """An analysis registered from outside the audit (as a plugin would) runs as one more stage, in its own folder,
+    on the audit's model; the built-in verdicts do not depend on it."""
+    from latentcheck.core.analysis import ANALYSES, Analysis, finish, register_analysis
+    from latentcheck.core.runner import data_path, read_all_tasks
+
+    seen = {}
+
+    def count_options(ctx):
+        seen["lm"], seen["out"] = ctx.lm, ctx.opts.out
+        items = read_all_tasks(data_path(ctx.opts), ctx.opts.limit, False)
+        summary = {"command": "count-options", "n": len(items), "options": sum(len(t.options) for t in items)}
+        return finish("count-options", ctx.opts.out, summary, {"total": len(items), "ok": len(items), "errors": 0})
+
+    register_analysis(Analysis("count_options", "count-options", "count-options", {"latent": count_options}))
+    try:
+        ck = tiny_checkpoint("toy", "toy-bypass")
+        opts = CommonOptions(model=str(ck), out=str(tmp_path / "a"), limit=3, quiet=True)
+        r = run_audit(opts, AuditSettings(report=False, n_boot=50, stages=["bench", "count_options"]))
+    finally:
+        ANALYSES.remove("count_options")
+    st = r.stages["count_options"]
+    assert list(r.stages) == ["bench", "count_options"] and st.status == "done"
+    assert st.summary == "count-options/summary.json" and st.counts["ok"] == 3
+    assert json.loads((tmp_path / "a" / st.summary).read_text()) == {"command": "count-options", "n": 3,
+                                                                     "options": 12}
+    assert seen["out"] == str(tmp_path / "a" / "count-options") and seen["lm"] is not None
+    assert r.verdicts["xz"].status == "untestable"  # no perturb-input stage ran
 
 
 def test_bad_settings_are_user_errors(tmp_path):
