@@ -100,11 +100,13 @@ class Completion:
     latency_s: float = 0.0
     usage: dict = field(default_factory=dict)
     prompt_key: str | None = None
+    dropped_params: list = field(default_factory=list)  # params the endpoint refused (sent again without them)
 
     def record(self) -> dict[str, Any]:
         """JSON-able per-call record (the caller adds the prompt and the backend identity where it wants them)."""
         return {"reply": self.text, "error": self.error, "cached": self.cached, "attempts": self.attempts,
-                "latency_s": round(self.latency_s, 4), "cache_key": self.key, "usage": self.usage}
+                "latency_s": round(self.latency_s, 4), "cache_key": self.key, "usage": self.usage,
+                "dropped_params": self.dropped_params}
 
 
 class TextBackend(Protocol):
@@ -274,7 +276,7 @@ class LocalBackend:
                 out[i] = Completion(text=None, error=f"cannot build the prompt: {e}", prompt_key=p.key)
                 self.stats["errors"] += 1
         t0 = time.perf_counter()
-        traces = self._engine(params).generate(built, batch_size=self.batch_size) if built else []
+        traces = [t[0] for t in self._engine(params).generate(built, batch_size=self.batch_size)] if built else []
         per = (time.perf_counter() - t0) / max(1, len(built))
         for i, tr in zip(idx, traces):
             out[i] = Completion(text=clean_reply(self.lm, tr.text), attempts=1, latency_s=per,
@@ -310,6 +312,7 @@ class OpenAIBackend:
         self.identity = {"backend": "openai", "model": model, "base_url": self.base_url}
         self.stats = {"calls": 0, "cache_hits": 0, "errors": 0}
         self._lock = threading.Lock()
+        self._refuses_top_k = False
 
     def _messages(self, p: ChatPrompt) -> list[dict[str, Any]]:
         msgs: list[dict[str, Any]] = []
@@ -335,8 +338,11 @@ class OpenAIBackend:
                               "seed": params.seed}
         if params.top_p != 1.0:
             kw["top_p"] = params.top_p
-        if params.top_k:
+        dropped: list[str] = []
+        if params.top_k and not self._refuses_top_k:
             kw["extra_body"] = {"top_k": params.top_k}
+        elif params.top_k:
+            dropped = ["top_k"]
         t0 = time.perf_counter()
         attempt, err = 0, None
         while attempt <= self.max_retries:
@@ -349,9 +355,18 @@ class OpenAIBackend:
                     err = "the endpoint returned no message content"
                     break
                 return Completion(text=text, attempts=attempt, latency_s=time.perf_counter() - t0,
-                                  usage={k: v for k, v in usage.items() if isinstance(v, int)}, prompt_key=p.key)
+                                  usage={k: v for k, v in usage.items() if isinstance(v, int)}, prompt_key=p.key,
+                                  dropped_params=dropped)
             except Exception as e:  # noqa: BLE001 - every failure becomes a recorded error
                 err = f"{type(e).__name__}: {e}"
+                if (isinstance(e, self._openai.APIStatusError) and e.status_code in (400, 422)
+                        and "extra_body" in kw and "top_k" in f"{e} {getattr(e, 'body', '')} {e.response.text}"):
+                    # top_k is not an OpenAI parameter: vLLM / SGLang take it, strict servers refuse it
+                    kw.pop("extra_body")
+                    dropped.append("top_k")
+                    self._refuses_top_k = True
+                    attempt -= 1
+                    continue
                 if not isinstance(e, self._openai.OpenAIError) or not self._retryable(e) \
                         or attempt > self.max_retries:
                     break

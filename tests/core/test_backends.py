@@ -120,7 +120,8 @@ def test_local_backend_equals_engine_and_caches(direct_lm, tmp_path):
     from latentcheck.core.prompts import build_prompt
 
     eng = Engine(direct_lm, decoding=DecodingSpec(max_new_tokens=8))
-    want = [eng.generate([build_prompt(direct_lm, "k", p.text, system=p.system)])[0].token_ids for p in PROMPTS]
+    want = [eng.generate([build_prompt(direct_lm, "k", p.text, system=p.system)])[0][0].token_ids
+            for p in PROMPTS]
     b = make_backend("local", direct_lm, cache=tmp_path / "local.sqlite", batch_size=3)
     out = b.generate(PROMPTS, GREEDY)
     assert [c.text for c in out] == [direct_lm.tokenizer.decode(w, skip_special_tokens=True).strip() for w in want]
@@ -138,3 +139,14 @@ def test_bad_arguments():
         make_backend("openai", "gpt-4o", key_env="LATENTCHECK_TEST_NO_SUCH_KEY")
     assert isinstance(make_backend("openai", "m", base_url="http://127.0.0.1:9/v1", cache=None), object)
     assert not isinstance(make_backend("openai", "m", base_url="http://127.0.0.1:9/v1"), CachedBackend)
+
+
+def test_endpoint_refusing_top_k_is_asked_again_without_it(transformers_server):
+    """transformers serve (like hosted APIs) refuses top_k, which vLLM / SGLang accept: the backend sends the request
+    again without it, says so per call, and stops offering it to that endpoint."""
+    b = make_backend("openai", transformers_server.model, base_url=transformers_server.base_url, concurrency=1)
+    params = GenParams(max_new_tokens=4, temperature=0.5, top_k=5)
+    first, second = b.generate(PROMPTS[:2], params)
+    assert first.error is None and first.dropped_params == ["top_k"] and first.attempts == 1
+    assert second.error is None and second.dropped_params == ["top_k"]
+    assert first.record()["dropped_params"] == ["top_k"]
