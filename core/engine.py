@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from latentcheck.core.errors import ProfileError
+from latentcheck.core.kvshare import SharedPrefixCache, shared_forward, supports_shared_prefix
 from latentcheck.core.interventions import InterventionSpec, LatentStats, VectorContext, apply_vector
 from latentcheck.core.profiles import DecodingSpec
 from latentcheck.core.prompts import Prompt
@@ -167,7 +168,7 @@ class Engine:
     """Batched latent/plain decoding over a ``LoadedModel`` (see module docstring)."""
 
     def __init__(self, lm, decoding: DecodingSpec | None = None, seed: int = 0, capture_hidden: bool = False,
-                 stats: LatentStats | None = None, capture_logits: bool = False):
+                 stats: LatentStats | None = None, capture_logits: bool = False, shared_prefix: bool | None = None):
         import torch
 
         self.lm = lm
@@ -201,6 +202,12 @@ class Engine:
         self._eos = torch.tensor(self.tokens.eos or [-1], device=self.device)
         self.processors = logits_processor(self.decoding)
         self.penalised = any(type(p).__name__ == "RepetitionPenaltyLogitsProcessor" for p in self.processors)
+        # forks keep ONE copy of the prompt's KV per sample (core/kvshare.py): None = whenever a sample has several
+        # rows (conditions, continuations), True = always, False = copy the prompt's KV per row (the plain fork)
+        self.can_share = supports_shared_prefix(self.text_model)
+        if shared_prefix and not self.can_share:
+            raise ValueError("shared_prefix=True needs a text model whose layers are all full attention")
+        self.shared_prefix = shared_prefix
         self._torch = torch
 
     # ------------------------------------------------------------------ public API
@@ -249,10 +256,10 @@ class Engine:
         h, cache, st = self.prefill(list(prompts), vis)
         first = self.model.lm_head(h[:, -1])
         idx = torch.tensor(src, device=dev)
-        if src != list(range(len(prompts))):
-            cache.batch_select_indices(idx)
-            first = first[idx]
         R, n = len(flat), max(len(x) for x in flat)
+        cache = self._fork(cache, src, len(prompts), latent_steps + 1 + n)
+        if src != list(range(len(prompts))):
+            first = first[idx]
         kinds = st["kinds"][idx]
         pos = st["next_pos"][idx]
         hide = torch.tensor([v != "all" for v in vis], device=dev)[idx]
@@ -320,6 +327,8 @@ class Engine:
         first row, identical to its 1-D positions). ``visual``: Qwen3-VL's DeepStack inputs (prefill only)."""
         if self.text_only:
             positions = positions[0]
+        if isinstance(cache, SharedPrefixCache):
+            return shared_forward(self.text_model, embeds, positions, mask, cache)
         out = self.text_model(inputs_embeds=embeds, position_ids=positions, attention_mask=mask,
                               cache=cache, use_cache=cache is not None, **visual)
         return out.last_hidden_state
@@ -460,6 +469,16 @@ class Engine:
         return torch.stack([torch.multinomial(probs[r], 1, generator=gens[r])[0]
                             for r in range(probs.shape[0])]).to(logits.device)
 
+    def _fork(self, cache, src: list[int], n_samples: int, capacity: int):
+        """One cache row per entry of ``src`` (the sample the row continues): the prompt's KV kept once per sample
+        (``SharedPrefixCache``, room for ``capacity`` new positions per row) or copied per row."""
+        share = self.shared_prefix if self.shared_prefix is not None else len(src) > n_samples
+        if share and self.can_share:
+            return SharedPrefixCache(cache, src, capacity)
+        if src != list(range(n_samples)):
+            cache.batch_select_indices(self._torch.tensor(src, device=self.device))
+        return cache
+
     # ------------------------------------------------------------------ one batch: set-up, steps, assembly
     def _decode(self, reqs: list[Request]) -> list[list[Trace]]:
         """Decode one batch of requests: set-up (prefill + fork), steps until every row is done, option scores,
@@ -498,12 +517,10 @@ class Engine:
         b.src, b.conds = src, conds
         b.R = R = len(src)
         idx = torch.tensor(src, device=dev)
-        if R != len(reqs) or src != list(range(len(reqs))):
-            cache.batch_select_indices(idx)
-        b.cache = cache
+        b.max_new = max((r.max_new_tokens or self.decoding.max_new_tokens) for r in reqs)
+        b.cache = self._fork(cache, src, len(reqs), b.max_new + 2)
         kinds0 = st["kinds"][idx]
         b.P = P = st["P"]
-        b.max_new = max((r.max_new_tokens or self.decoding.max_new_tokens) for r in reqs)
         T = P + b.max_new + 2
         valid = kinds0 != PAD
         vis_row = [vis[i] for i in src]
