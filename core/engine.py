@@ -926,3 +926,5 @@ class Engine:
                     m &= ~((qk == SPAN) & (idx_k >= first[0]) & (kk != SPAN))
             h = self._forward(emb, pos, m[None, None], None, **visual)
             return self.model.lm_head(h[0])
+
+    replay_logits = replay  # the earlier name

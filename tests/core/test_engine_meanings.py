@@ -55,7 +55,7 @@ def test_option_logprobs_equal_teacher_forced_prompt_generated_and_answer_prefix
             tr, token_ids=tr.token_ids[:i + 1] + prefix + [0],
             fed_mask=tr.fed_mask[:i + 1] + [False] * (n - i - 1), span_mask=tr.span_mask[:i + 1] + [False] * (n - i - 1),
             latents=tr.latents[:sum(tr.fed_mask[:i + 1])])
-        logits = eng.replay_logits(p, forced).float()
+        logits = eng.replay(p, forced).float()
         want = torch.log_softmax(logits[-1], -1)[opts].numpy()
         early = torch.log_softmax(logits[-2], -1)[opts].numpy()
         assert np.abs(tr.option_logprobs - want).max() <= 1e-4
