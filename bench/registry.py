@@ -104,7 +104,7 @@ class Benchmark:
         return self.variant(variant).system_prompt
 
     def extract(self, text: str, task: Task, variant: str = "official") -> str | None:
-        """Apply the variant's extractor to a reply (strip latent spans first with ``strip_latent_span``)."""
+        """Apply the variant's extractor to a reply's answer text (core.answers.read_trace reads it from a trace)."""
         v = self.variant(variant)
         if v.extractor is None:
             raise LatentcheckError(f"variant {variant!r} of {self.name!r} is scored by likelihood, not extraction")

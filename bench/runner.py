@@ -5,9 +5,9 @@ Per sample, through the one runner loop (``core.runner.run_records``: resume, er
 * **generate** scoring: the variant's user text (``Benchmark.prompt``), its system prompt (None = the model's
   default) and ALL the sample's images (BLINK: ``meta["images"]``) go through ``build_prompt``; the baseline and every
   ``--intervention`` run as Conditions of ONE engine Request (one shared prefill per sample, conditions forked as rows
-  of the decode batch; the engine sorts by prompt length). The reply is the generated text with every latent span
-  (profile start/end tokens) or imagination span (profile imagination markers) and end-of-turn tokens removed; the
-  variant's extractor reads it; ``Benchmark.record`` scores it. With a judge (``bench/judges.py``: a protocol on a
+  of the decode batch; the engine sorts by prompt length). Reply and answer text come from the one answer rule
+  (core/answers.py: spans from the engine's span mask, the answer after the last span, none if a span never
+  closed); the variant's extractor reads the answer text; ``Benchmark.record`` scores it. With a judge (``bench/judges.py``: a protocol on a
   ``local`` or ``openai`` backend with the persistent reply cache), the protocol decides which replies it reads
   (HR-Bench, BLINK: all; VLMEvalKit: those ``can_infer`` cannot settle; Monet: rule failures); each sample keeps the
   rule-based outcome (``extracted``, ``correct_rule``) next to the judged one (``pred``, ``correct``) and the judge's
@@ -46,7 +46,7 @@ from latentcheck.bench.judges import Judge, get_protocol
 from latentcheck.bench.registry import BENCHMARKS, Benchmark, PromptVariant, get_benchmark
 from latentcheck.bench.scoring import result_record
 from latentcheck.core.errors import LatentcheckError, RecordError
-from latentcheck.core.extract import get_extractor, strip_latent_span
+from latentcheck.core.answers import read_trace
 from latentcheck.core.interventions import InterventionSpec, LatentStats, parse_specs
 from latentcheck.core.analysis import AnalysisResult, finish, not_main
 from latentcheck.core.runner import CommonOptions, data_path, error_record, load_for, load_records, run_records
@@ -93,24 +93,6 @@ def resolve_protocol(bench: Benchmark, variant: str | None, scoring: str | None)
         raise LatentcheckError(f"variant {variant!r} of {bench.name!r} is scored by {mode}, not {scoring}; "
                                f"pick a matching --variant (known: {', '.join(bench.variants)})")
     return variant, mode
-
-
-def reply_text(lm, text: str) -> str:
-    """The part of a generation the extractor reads: latent spans (profile start/end tokens) or imagination spans
-    (profile markers; an unclosed span is dropped to the end) and end-of-turn / EOS tokens removed."""
-    prof = lm.profile
-    start, end = prof.tokens.get("start"), prof.tokens.get("end")
-    if prof.is_latent and start and end:
-        text = strip_latent_span(text, start, end)
-    elif prof.kind == "text_imagination" and prof.imagination.get("start") and prof.imagination.get("end"):
-        text = strip_latent_span(text, prof.imagination["start"], prof.imagination["end"])
-    specials = {"<|im_end|>", "<|endoftext|>"}
-    specials.update(t for t in lm.tokenizer.convert_ids_to_tokens(list(lm.tokens.eos or [])) if t)
-    if prof.tokens.get("placeholder"):
-        specials.add(prof.tokens["placeholder"])
-    for s in specials:
-        text = text.replace(s, "")
-    return text.strip()
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -293,8 +275,9 @@ class _BenchRun:
         rows = max(1, int(t.get("batch_rows", 1)))
         t["row_s"] = t.get("batch_total_s", math.nan) / rows
         t["row_decode_s"] = (t.get("batch_total_s", math.nan) - t.get("batch_prefill_s", 0.0)) / rows
-        reply = reply_text(self.lm, tr.text)
-        return {"extracted": self.bench.extract(reply, s.task, self.variant), "reply": reply, "text": tr.text,
+        r = read_trace(self.lm, tr)  # the one answer rule (core/answers.py); the variant's extractor reads its answer
+        return {"extracted": self.bench.extract(r.answer_text, s.task, self.variant) if r.answer_text else None,
+                "reply": r.reply, "answer_text": r.answer_text, "span_closed": r.closed, "text": tr.text,
                 "tokens": len(tr.token_ids), "latent_steps": int(tr.latent_count),
                 "latent_blocks": int(tr.latent_blocks), "triggered": bool(tr.triggered),
                 "finish_reason": tr.finish_reason, "timing": t}
@@ -636,5 +619,5 @@ def _image_cache() -> Path:
 
 
 __all__ = ["run_bench", "Judge", "official_status", "option_mean_ce", "option_reply_ids", "option_reply_text",
-           "reply_text", "resolve_protocol", "profile_variant", "summarise", "condition_results", "latency",
+           "resolve_protocol", "profile_variant", "summarise", "condition_results", "latency",
            "localize_task", "task_images", "BenchSettings"]

@@ -21,7 +21,7 @@ API
   ``images`` (PIL images, file paths or ``data:`` URIs; sent in order before the text).
 * :class:`GenParams` -- decoding: ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_p``, ``top_k`` (0 = off),
   ``seed``.
-* :class:`Completion` -- ``text`` (reply; end-of-turn tokens and latent spans removed for local models), ``error``
+* :class:`Completion` -- ``text`` (reply; for local models the answer rule's reply, core/answers.py), ``error``
   (None, or why no reply came: the caller records it and goes on), ``cached``, ``attempts``, ``latency_s``,
   ``key`` (the cache key), ``usage``.
 * Backends: ``local`` (:class:`LocalBackend`): a checkpoint through ``core.loader.load_model`` and decoded by
@@ -54,10 +54,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+from latentcheck.core.answers import read_trace
 from latentcheck.core.errors import LatentcheckError
 
 BACKENDS = ("local", "openai")
-END_STRINGS = ("<|im_end|>", "<|endoftext|>")
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 
 
@@ -225,18 +225,6 @@ class CachedBackend:
 
 
 # ---------------------------------------------------------------------------------------------- local
-def clean_reply(lm, text: str) -> str:
-    """Generated text without end-of-turn tokens and latent / imagination spans (profile markers)."""
-    from latentcheck.core.extract import strip_latent_span
-
-    prof = lm.profile
-    if prof.is_latent and prof.tokens.get("start") and prof.tokens.get("end"):
-        text = strip_latent_span(text, prof.tokens["start"], prof.tokens["end"])
-    for s in END_STRINGS:
-        text = text.replace(s, "")
-    return text.strip()
-
-
 class LocalBackend:
     """A checkpoint through the one loader, decoded in batches by the one engine (offline)."""
 
@@ -279,7 +267,7 @@ class LocalBackend:
         traces = [t[0] for t in self._engine(params).generate(built, batch_size=self.batch_size)] if built else []
         per = (time.perf_counter() - t0) / max(1, len(built))
         for i, tr in zip(idx, traces):
-            out[i] = Completion(text=clean_reply(self.lm, tr.text), attempts=1, latency_s=per,
+            out[i] = Completion(text=read_trace(self.lm, tr).reply, attempts=1, latency_s=per,
                                 usage={"completion_tokens": len(tr.token_ids),
                                        "prompt_tokens": built[idx.index(i)].length},
                                 prompt_key=prompts[i].key)
@@ -419,5 +407,5 @@ def make_backend(kind: str, model: str | Any, *, base_url: str | None = None, ke
 
 
 __all__ = ["ChatPrompt", "GenParams", "Completion", "TextBackend", "LocalBackend", "OpenAIBackend", "CachedBackend",
-           "ResponseCache", "make_backend", "cache_key", "clean_reply", "image_data_uri", "BACKENDS",
+           "ResponseCache", "make_backend", "cache_key", "image_data_uri", "BACKENDS",
            "default_cache_path", "DEFAULT_KEY_ENV"]

@@ -388,18 +388,6 @@ def extract_answer_text(text: str, options: list[str] | None) -> str | None:
     return t or None
 
 
-def answer_text(lm, text: str) -> str:
-    """The part of a generated text that holds the answer: after the latent span / imagination span."""
-    prof = lm.profile
-    if prof.is_latent and prof.tokens.get("end") and prof.tokens["end"] in text:
-        text = text.rsplit(prof.tokens["end"], 1)[1]
-    elif prof.kind == "text_imagination" and prof.imagination.get("end") in text:
-        text = text.rsplit(prof.imagination["end"], 1)[1]
-    for s in ("<|im_end|>", "<|endoftext|>"):
-        text = text.replace(s, "")
-    return text.strip()
-
-
 __all__ = ["EXTRACTORS", "Extractor", "register_extractor", "get_extractor", "strip_latent_span", "normalize_text",
            "last_boxed", "match_option_text", "can_infer_option", "can_infer_text", "MME_RW_PREFIXES",
            "extract_letter", "extract_boxed", "extract_mme_rw", "extract_vlmeval_exact",

@@ -2,8 +2,8 @@
 
 ``EngineGenerator(lm)`` implements build_data's ``TextGenerator`` protocol with the shared prompt builder and decoding
 engine: each ``GenRequest`` (images + prompt text) becomes ``build_prompt(lm, key, text, images)`` (a list of images
-gives a multi-image prompt) and the reply is the generated text without end-of-turn tokens (and without latent spans
-when the model is a latent-reasoning model). ``build_data_with_models`` wires captioner / refiner / judge models
+gives a multi-image prompt) and the reply is the answer rule's reply (core/answers.py: the generated text without
+end-of-turn tokens and without latent / imagination spans). ``build_data_with_models`` wires captioner / refiner / judge models
 loaded through the one loader into ``imagine.build_data.build_data``.
 """
 
@@ -15,20 +15,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from latentcheck.core.errors import LatentcheckError
-
-END_STRINGS = ("<|im_end|>", "<|endoftext|>")
-
-
-def clean_reply(lm, text: str) -> str:
-    """Generated text without end-of-turn tokens and (latent profiles) without latent spans."""
-    from latentcheck.core.extract import strip_latent_span
-
-    prof = lm.profile
-    if prof.is_latent and prof.tokens.get("start") and prof.tokens.get("end"):
-        text = strip_latent_span(text, prof.tokens["start"], prof.tokens["end"])
-    for s in END_STRINGS:
-        text = text.replace(s, "")
-    return text.strip()
 
 
 class EngineGenerator:
@@ -62,10 +48,12 @@ class EngineGenerator:
         return out
 
     def generate(self, requests: list) -> list[str]:
+        from latentcheck.core.answers import read_trace
+
         if not requests:
             return []
-        traces = self.engine.generate(self.prompts(requests), batch_size=self.batch_size)
-        return [clean_reply(self.lm, t.text) for t in traces]
+        traces = [t[0] for t in self.engine.generate(self.prompts(requests), batch_size=self.batch_size)]
+        return [read_trace(self.lm, t).reply for t in traces]
 
 
 def _load(model: str, cache: dict, load_kw: dict):

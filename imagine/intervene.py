@@ -175,9 +175,9 @@ def make_corrupter(kind: str, lm, corrupt_model: str | None = None, prompt_path:
 
 
 # ----------------------------------------------------------------------------------------------- per block
-def _continuation(lm, text: str, task: Task) -> dict[str, Any]:
-    ans, pred = answer_of(lm, text, task)
-    return {"pred": pred, "correct": is_correct(task, pred), "answer_text": ans, "text": text}
+def _continuation(lm, trace, task: Task) -> dict[str, Any]:
+    ans, pred = answer_of(lm, trace, task)
+    return {"pred": pred, "correct": is_correct(task, pred), "answer_text": ans, "text": trace.text}
 
 
 def _option_probs(trace, option_ids: list[int]) -> np.ndarray:
@@ -264,7 +264,7 @@ def intervene_block(lm, engines: dict, corrupter: Corrupter, tasks: list[Task], 
     for t, base, opt_ids in plan:
         rec = dict(base)
         for name in ("clean", "corrupt"):
-            res = _continuation(lm, conts[ci].text, t)
+            res = _continuation(lm, conts[ci], t)
             ci += 1
             probs = None
             if opt_ids:

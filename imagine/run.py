@@ -82,13 +82,12 @@ def is_correct(task: Task, pred: str | None) -> bool | None:
     return pred is not None and normalize_text(pred) == normalize_text(gold)
 
 
-def answer_of(lm, text: str, task: Task) -> tuple[str, str | None]:
-    """(answer text after the imagination, extracted answer) of a generated text."""
-    from latentcheck.core.extract import get_extractor
-    from latentcheck.core.extract import answer_text
+def answer_of(lm, trace, task: Task) -> tuple[str, str | None]:
+    """(answer text after the imagination, extracted answer) of a generated trace (core.answers, the one rule)."""
+    from latentcheck.core.answers import read_trace
 
-    ans = answer_text(lm, text)
-    return ans, get_extractor(lm.profile.extractor)(ans, task.options)
+    r = read_trace(lm, trace, task.options)
+    return r.answer_text, r.answer
 
 
 def option_summary(task: Task, probs) -> dict[str, Any]:
@@ -136,7 +135,7 @@ def run_block(lm, engine, tasks: list[Task], max_pixels: int | None = None, batc
     traces = engine.run(reqs, batch_size=batch_size) if reqs else []
     for t, tr in zip(live, traces):
         tr = tr[0]
-        ans, pred = answer_of(lm, tr.text, t)
+        ans, pred = answer_of(lm, tr, t)
         rng = imagination_token_range(lm, tr.token_ids, markers)
         spans = parse_imagination(tr.text, markers)
         out[t.id] = {"key": t.id, "category": t.category, "gold": gold_answer(t), "pred": pred,

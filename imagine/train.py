@@ -232,17 +232,16 @@ def predict_records(lm, records: list[SFTRecord], batch_size: int = 16) -> list[
     """Greedy generation for records; per record the predicted answer (profile extractor on the text after the
     imagination) and correctness against the gold answer (None when the record has none)."""
     from latentcheck.core.engine import Engine, Request
-    from latentcheck.core.extract import get_extractor, normalize_text
-    from latentcheck.core.extract import answer_text
+    from latentcheck.core.answers import read_trace
+    from latentcheck.core.extract import normalize_text
 
     engine = Engine(lm)
-    extract = get_extractor(lm.profile.extractor)
     out = []
     for s in range(0, len(records), batch_size):
         chunk = records[s:s + batch_size]
         traces = engine.run([Request(record_prompt(lm, r)) for r in chunk], batch_size=batch_size)
         for r, tr in zip(chunk, traces):
-            pred = extract(answer_text(lm, tr[0].text), r.options)
+            pred = read_trace(lm, tr[0], r.options).answer
             gold = r.gold()
             correct = None
             if gold is not None:

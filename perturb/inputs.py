@@ -292,10 +292,11 @@ class _Runner:
                        force_latent=self.force_start and prof.is_latent, max_new_tokens=self.max_new_tokens)
 
     def _capture(self, trace, v: InputVariant) -> Capture:
-        from latentcheck.core.extract import answer_text
+        from latentcheck.core.answers import read_trace
 
         lat, triggered, closed, span = trace_latents(self.lm, trace, self.force_start, self.max_latents)
-        ans = self.extract(answer_text(self.lm, trace.text), v.options)
+        opened = self.force_start and self.lm.profile.kind == "text_imagination"  # the prefix opened the span
+        ans = read_trace(self.lm, trace, v.options, self.extract, opened=opened).answer  # the one answer rule
         opt = None
         if ans is not None and v.options and len(ans) == 1 and ans in LETTERS[:len(v.options)]:
             opt = v.options[LETTERS.index(ans)]

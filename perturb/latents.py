@@ -336,14 +336,9 @@ class _Analysis:
     # -- outcomes
     def outcome(self, tr: Trace, s: _Sample, gold_task: Task, base: dict | None = None,
                 base_lp: np.ndarray | None = None) -> dict:
-        from latentcheck.core.extract import strip_latent_span
-        from latentcheck.core.extract import answer_text
+        from latentcheck.core.answers import read_trace
 
-        prof = self.lm.profile
-        text = answer_text(self.lm, tr.text)
-        if prof.tokens.get("start") and prof.tokens["start"] in text:
-            text = strip_latent_span(text, prof.tokens["start"], prof.tokens["end"])
-        answer = self.extract(text, s.task.options)
+        answer = read_trace(self.lm, tr, s.task.options, self.extract).answer  # the one answer rule
         gold = gold_task.answer_index
         lp = tr.option_logprobs
         degen = degeneration(tr.token_ids, tr.span_mask, self.lm.tokens.eos, answer is not None, tr.finish_reason)

@@ -77,12 +77,12 @@ def _key_seed(seed: int, key: str, salt: str) -> list[int]:
 
 def _scores(lm, trace, task: Task, extract) -> dict[str, Any]:
     """Both answers of one trace: argmax option log-prob at the answer point and the extracted generated letter."""
-    from latentcheck.core.extract import answer_text
+    from latentcheck.core.answers import read_trace
 
     gold = task.answer_letter
     lp = trace.option_logprobs
     pred = LETTERS[int(np.argmax(lp))] if lp is not None else None
-    gen = extract(answer_text(lm, trace.text), task.options) if task.options else None
+    gen = read_trace(lm, trace, task.options, extract).answer if task.options else None
     return {"pred": pred, "correct": int(pred is not None and pred == gold), "gen_pred": gen,
             "gen_correct": int(gen is not None and gen == gold),
             "option_logprobs": None if lp is None else [float(x) for x in lp]}

@@ -174,12 +174,11 @@ def cache_image_features(lm, examples, batch: int = 64) -> None:
 def evaluate_accuracy(lm, samples, batch_size: int = 32, **request_kw) -> float:
     """Held-out accuracy from generated text with the profile's extractor."""
     from latentcheck.core.engine import Engine, Request
-    from latentcheck.core.extract import answer_text, get_extractor
+    from latentcheck.core.answers import read_trace
     from latentcheck.core.prompts import build_prompt, task_text
     from latentcheck.core.tasks import Task
 
     eng = Engine(lm)
-    extract = get_extractor(lm.profile.extractor)
     reqs = []
     for s in samples:
         task = Task(id=s.id, question=s.question, options=s.options, answer=s.answer)
@@ -187,7 +186,7 @@ def evaluate_accuracy(lm, samples, batch_size: int = 32, **request_kw) -> float:
     traces = eng.run(reqs, batch_size=batch_size)
     correct = 0
     for s, tr in zip(samples, traces):
-        correct += int(extract(answer_text(lm, tr[0].text), s.options) == s.answer)
+        correct += int(read_trace(lm, tr[0], s.options).answer == s.answer)
     return correct / max(1, len(samples))
 
 

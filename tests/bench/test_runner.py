@@ -22,7 +22,7 @@ from latentcheck.bench.registry import PromptVariant
 from latentcheck.core.backends import GenParams, make_backend
 from latentcheck.bench.judges import Judge
 from latentcheck.bench.runner import (localize_task, option_mean_ce, option_reply_ids,
-                                      option_reply_text, reply_text, run_bench)
+                                      option_reply_text, run_bench)
 from latentcheck.core.engine import Engine
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.extract import EXTRACTORS, register_extractor
@@ -369,20 +369,6 @@ def test_bad_records_become_errors(load_tiny, tmp_path, toy_tasks):
     errors = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
               if '"type": "error"' in x]
     assert {e["field"] for e in errors} == {"image", "question"}
-
-
-def test_reply_text_strips_latent_and_imagination_spans(load_tiny):
-    lat = load_tiny("toy", "toy-latent")
-    assert reply_text(lat, "<|latent_start|><|latent_pad|>B<|latent_end|> The answer is C<|im_end|>") \
-        == "The answer is C"
-    assert reply_text(lat, "A<|latent_start|><|latent_pad|>D") == "A"  # unclosed span dropped
-    from types import SimpleNamespace
-
-    from latentcheck.core.profiles import get_profile
-
-    cap = SimpleNamespace(profile=get_profile("toy-capimagine"), tokenizer=lat.tokenizer, tokens=lat.tokens)
-    assert reply_text(cap, "<imagine>a red A square</imagine>B<|im_end|>") == "B"
-    assert reply_text(cap, "<imagine>a red A square") == ""
 
 
 def test_large_embedded_images_are_localised(tmp_path, monkeypatch):
