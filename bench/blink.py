@@ -162,7 +162,11 @@ def score_blink(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
         groups.setdefault(str(st), []).append(r)
     per = {st: accuracy(v) for st, v in groups.items()}
     macro = sum(v["accuracy"] for v in per.values()) / len(per) if per else None
-    return {"n": len(rs), "accuracy": macro, "micro_accuracy": accuracy(rs)["accuracy"], "per_subtask": per}
+    missing = [st for st in BLINK_SUBTASKS if st not in per]
+    reasons = [f"BLINK Total over {len(per)} of {len(BLINK_SUBTASKS)} sub-tasks (the per-sub-task accuracies are "
+               "comparable; the official Total averages all 14)"] if missing and per else []
+    return {"n": len(rs), "accuracy": macro, "micro_accuracy": accuracy(rs)["accuracy"], "per_subtask": per,
+            "not_comparable": reasons}
 
 
 __all__ = ["load_blink", "prompt_official", "prompt_lmms_eval", "prompt_vlmevalkit", "score_blink",

@@ -274,6 +274,7 @@ def generic_vlmevalkit_prompt(task: Task) -> str:
     return vlmevalkit_mcq_prompt(task.question, task.options, task.meta.get("hint"))
 
 
-__all__ = ["data_uri", "image_field", "image_list_cell", "TsvImageRefs", "iter_tsv_rows", "iter_parquet_rows", "md5_file", "verify_md5",
-           "require", "letter_columns", "stream_tasks", "check_exists", "load_generic", "vlmevalkit_mcq_prompt",
-           "generic_official_prompt", "generic_vlmevalkit_prompt", "qwen2_5_vl_mcq_prompt", "LLAVA_MC_SUFFIX", "raise_csv_field_limit"]
+__all__ = ["data_uri", "image_field", "image_list_cell", "TsvImageRefs", "iter_tsv_rows", "iter_parquet_rows",
+           "md5_file", "verify_md5", "require", "letter_columns", "stream_tasks", "check_exists", "load_generic",
+           "vlmevalkit_mcq_prompt", "generic_official_prompt", "generic_vlmevalkit_prompt", "qwen2_5_vl_mcq_prompt",
+           "LLAVA_MC_SUFFIX", "raise_csv_field_limit"]

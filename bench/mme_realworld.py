@@ -268,5 +268,6 @@ def score_mme_realworld(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
             "tasks": out_tasks}
 
 
-__all__ = ["load_mme_realworld", "load_mme_realworld_lite", "load_mme_realworld_parquet", "load_mme_realworld_any", "prompt_official", "prompt_official_script",
+__all__ = ["load_mme_realworld", "load_mme_realworld_lite", "load_mme_realworld_parquet", "load_mme_realworld_any",
+           "prompt_official", "prompt_official_script",
            "prompt_lmms_eval", "score_mme_realworld", "rating_category", "split_choices", "MME_RW_INSTRUCTION"]

@@ -181,5 +181,6 @@ def score_vsp(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["load_vsp", "find_image_root", "simulate_vsp", "parse_actions", "validate_map", "prompt_official", "vsp_is_correct",
+__all__ = ["load_vsp", "find_image_root", "simulate_vsp", "parse_actions", "validate_map", "prompt_official",
+           "vsp_is_correct",
            "score_vsp", "VSPOutcome"]

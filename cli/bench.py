@@ -89,13 +89,14 @@ def _list_benchmarks() -> None:
     from latentcheck.bench import BENCHMARKS
 
     t = Table(title="benchmarks (--benchmark) and prompt variants (--variant)")
-    for c in ("benchmark", "variant", "mode", "extractor", "source"):
+    for c in ("benchmark", "variant", "mode", "extractor", "judge", "source"):
         t.add_column(c)
     for b in BENCHMARKS.values():
         for i, v in enumerate(b.variants.values()):
-            t.add_row(b.name if i == 0 else "", v.name, v.mode, v.extractor or "-", v.source)
+            judge = "-" if not v.judge else v.judge + (" (official: required)" if v.judge_required else "")
+            t.add_row(b.name if i == 0 else "", v.name, v.mode, v.extractor or "-", judge, v.source)
         if b.default_variant == "profile":
-            t.add_row("", "profile", "generate", "(profile's)", "the model profile's own prompt (default for "
+            t.add_row("", "profile", "generate", "(profile's)", "-", "the model profile's own prompt (default for "
                       "generic)")
     out_console.print(t)
 

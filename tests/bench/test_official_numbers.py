@@ -13,7 +13,6 @@ from dataclasses import replace
 import pytest
 
 from latentcheck.bench import get_benchmark
-from latentcheck.bench.registry import PromptVariant
 from latentcheck.bench.runner import run_bench
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.extract import EXTRACTORS, get_extractor, register_extractor

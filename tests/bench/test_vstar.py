@@ -106,7 +106,8 @@ def test_missing_folder_is_clear(tmp_path):
 
 
 @pytest.mark.parametrize("variant, snap", [
-    ("generate", "vstar_official.txt"), ("official", "vstar_likelihood.txt"), ("likelihood", "vstar_likelihood.txt"), ("lmms-eval", "vstar_lmms_eval.txt"),
+    ("generate", "vstar_official.txt"), ("official", "vstar_likelihood.txt"), ("likelihood", "vstar_likelihood.txt"),
+    ("lmms-eval", "vstar_lmms_eval.txt"),
     ("vlmevalkit", "vstar_vlmevalkit.txt"), ("lvr", "vstar_lvr.txt")])
 def test_prompts_match_snapshots(vstar_dir, snapshot, variant, snap):
     bench = get_benchmark("vstar")
