@@ -69,7 +69,7 @@ def _register_subcommands() -> None:
     """Attach the analysis commands (each module registers itself on ``app``)."""
     import importlib
 
-    for mod in ("zoo", "perturb_latent", "perturb_input", "probe", "caption_imagine", "bench", "audit"):
+    for mod in ("zoo", "perturb_latent", "perturb_input", "probe", "caption_imagine", "bench", "audit", "reproduce"):
         try:
             importlib.import_module(f"latentcheck.cli.{mod}")
         except ModuleNotFoundError as e:

@@ -31,8 +31,10 @@ def save(fig, path: str | Path) -> str:
 
 def bar_ci(labels: Sequence[str], values: Sequence[float], lo: Sequence[float], hi: Sequence[float], path,
            title: str = "", ylabel: str = "", hline: float | None = None, hline_label: str = "",
-           extra_lines: dict[str, float] | None = None) -> str:
-    """Bars with confidence-interval error bars (and optional reference lines, e.g. chance)."""
+           extra_lines: dict[str, float] | None = None, marks: Sequence[float | None] | None = None,
+           marks_label: str = "") -> str:
+    """Bars with confidence-interval error bars (and optional reference lines, e.g. chance, and one reference mark
+    per bar, e.g. a published value: ``marks[i]`` drawn as a diamond over bar i, None for no mark)."""
     plt = _plt()
     v = np.asarray(values, float)
     err = np.vstack([v - np.asarray(lo, float), np.asarray(hi, float) - v])
@@ -45,7 +47,11 @@ def bar_ci(labels: Sequence[str], values: Sequence[float], lo: Sequence[float], 
         ax.axhline(hline, color="grey", ls="--", lw=1, label=hline_label or None)
     for i, (name, y) in enumerate((extra_lines or {}).items()):
         ax.axhline(y, color=f"C{i + 1}", ls=":", lw=1, label=name)
-    if hline_label or extra_lines:
+    shown = [(i, m) for i, m in enumerate(marks or []) if m is not None]
+    if shown:
+        ax.scatter([i for i, _ in shown], [m for _, m in shown], marker="D", s=28, color="black", zorder=3,
+                   label=marks_label or "reference")
+    if hline_label or extra_lines or shown:
         ax.legend(fontsize=7)
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(ylabel)

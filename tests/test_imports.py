@@ -6,9 +6,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("core", "cli", "perturb", "probe", "imagine", "bench", "audit", "toy")
+PACKAGES = ("core", "cli", "perturb", "probe", "imagine", "bench", "audit", "toy", "reproduce")
 ABOVE_CORE = ("latentcheck.cli", "latentcheck.perturb", "latentcheck.probe", "latentcheck.imagine",
-              "latentcheck.bench", "latentcheck.audit", "latentcheck.toy")
+              "latentcheck.bench", "latentcheck.audit", "latentcheck.toy", "latentcheck.reproduce")
 
 
 def module_name(path: Path) -> str:

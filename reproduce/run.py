@@ -1,0 +1,291 @@
+"""Run a study: every step into ``<out>/steps/<id>/`` (resumable), one model load per model role, then the tables.
+
+Each step calls one analysis's library function with the step's options (the same functions the commands call):
+
+==================  =====================================================  ===========================================
+analysis            function                                               step ``options`` (all optional)
+==================  =====================================================  ===========================================
+``perturb-input``   ``perturb.inputs.run_perturb_input``                   ``treatments``, ``max_matrix``, ``force_start``
+``perturb-latent``  ``perturb.latents.run_perturb_latent``                 ``interventions``, ``mediation``,
+                                                                           ``sigma_sweep``, ``force_latent``
+``probe``           ``probe.behavioural.run_probe``                        ``labels``
+``bench``           ``bench.runner.run_bench``                             ``benchmark``, ``variant``, ``scoring``
+``intervene``       ``imagine.intervene.run_intervene``                    ``corrupter``
+==================  =====================================================  ===========================================
+
+A data role with a ``benchmark`` is first exported to latentcheck task JSONL with ``bench.export.export_tasks``
+(except for ``bench`` steps, which read the benchmark's own file). A model or data role that is not bound (and has no
+default) skips its steps with the reason, and the tables say which cells are missing and why; a step that fails is
+recorded as failed (its message in the table) and the study goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from latentcheck.core.errors import LatentcheckError
+from latentcheck.core.records import write_json_atomic
+from latentcheck.core.runner import CommonOptions
+from latentcheck.reproduce.study import Step, Study
+from latentcheck.reproduce.tables import STEP_FILE, StepState, TableResult, build_tables, markdown, read_step_state, \
+    step_dir
+
+RESULT_FILE = "reproduce.json"
+TABLES_FILE = "tables.md"
+SCHEMA = "latentcheck.reproduce/1"
+
+
+@dataclass
+class ReproduceResult:
+    """What :func:`run_study` returns: the step states, the filled tables and where they were written."""
+
+    study: Study
+    out: str
+    steps: dict[str, StepState]
+    tables: list[TableResult]
+    result_path: str
+    tables_path: str
+    report_path: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when no step failed (skipped steps are not failures), else 1."""
+        return 1 if any(s.status == "failed" for s in self.steps.values()) else 0
+
+
+def _bindings(pairs: list[str] | dict[str, str] | None, what: str, known: dict) -> dict[str, str]:
+    if isinstance(pairs, dict):
+        out = dict(pairs)
+    else:
+        out = {}
+        for p in pairs or []:
+            role, sep, value = p.partition("=")
+            if not sep or not role or not value:
+                raise LatentcheckError(f"--{what} takes ROLE=VALUE, got {p!r}")
+            out[role] = value
+    unknown = sorted(set(out) - set(known))
+    if unknown:
+        raise LatentcheckError(f"--{what}: unknown role(s) {', '.join(unknown)}; the study declares "
+                               f"{', '.join(known) or 'none'}")
+    return out
+
+
+def _data_file(study: Study, step: Step, data: dict[str, str], out: Path, limit: int | None) -> tuple[str, str | None]:
+    """(path, benchmark) the step reads: the bound or default file; for non-bench steps a benchmark file is
+    exported to task JSONL first."""
+    role = study.data[step.data]
+    src = data.get(step.data) or role.default
+    if not src:
+        raise _Skip(f"data role {step.data!r} is not bound (--data {step.data}=PATH)")
+    if src.startswith("toy:"):
+        from latentcheck.core.runner import data_path
+
+        return data_path(CommonOptions(), src.split(":", 1)[1]), None
+    if not Path(src).exists():
+        raise _Skip(f"data file {src} for role {step.data!r} does not exist")
+    if not role.benchmark or step.analysis == "bench":
+        return src, role.benchmark or None
+    from latentcheck.bench.export import export_tasks
+
+    dest = out / "data" / f"{step.data}.jsonl"
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        export_tasks(role.benchmark, src, dest, limit=None)
+    return str(dest), None
+
+
+class _Skip(Exception):
+    pass
+
+
+def _options(step: Step, allowed: tuple[str, ...]) -> dict[str, Any]:
+    bad = sorted(set(step.options) - set(allowed))
+    if bad:
+        raise LatentcheckError(f"step {step.id}: unknown option(s) {', '.join(bad)} for {step.analysis} "
+                               f"(known: {', '.join(allowed)})")
+    return dict(step.options)
+
+
+def _perturb_input(lm, opts, step, benchmark, n_boot, plots):
+    from latentcheck.perturb.inputs import run_perturb_input
+
+    o = _options(step, ("treatments", "max_matrix", "force_start"))
+    return run_perturb_input(opts, o.get("treatments"), max_matrix=int(o.get("max_matrix", 100)),
+                             force_start=bool(o.get("force_start", False)), n_boot=n_boot, plots=plots, lm=lm)
+
+
+def _perturb_latent(lm, opts, step, benchmark, n_boot, plots):
+    from latentcheck.perturb.latents import run_perturb_latent
+
+    o = _options(step, ("interventions", "mediation", "sigma_sweep", "force_latent"))
+    return run_perturb_latent(opts, o.get("interventions"), mediation=o.get("mediation", ("image",)),
+                              sigma_sweep=o.get("sigma_sweep"), force_latent=bool(o.get("force_latent", False)),
+                              n_boot=n_boot, plots=plots, lm=lm)
+
+
+def _probe(lm, opts, step, benchmark, n_boot, plots):
+    from latentcheck.probe.behavioural import ProbeOptions, run_probe
+
+    o = _options(step, ("labels",))
+    return run_probe(opts, ProbeOptions(labels=o.get("labels"), n_boot=n_boot), lm=lm)
+
+
+def _bench(lm, opts, step, benchmark, n_boot, plots):
+    from latentcheck.bench.runner import run_bench
+
+    o = _options(step, ("benchmark", "variant", "scoring"))
+    return run_bench(opts, o.get("benchmark", benchmark), variant=o.get("variant"), scoring=o.get("scoring"),
+                     n_boot=n_boot, lm=lm)
+
+
+def _intervene(lm, opts, step, benchmark, n_boot, plots):
+    from latentcheck.imagine.intervene import run_intervene
+
+    o = _options(step, ("corrupter",))
+    return run_intervene(opts, corrupter=o.get("corrupter", "auto"), plots=plots, lm=lm)
+
+
+RUNNERS: dict[str, Callable] = {"perturb-input": _perturb_input, "perturb-latent": _perturb_latent,
+                                "probe": _probe, "bench": _bench, "intervene": _intervene}
+
+
+def _finished_summary(folder: Path) -> str | None:
+    for name in ("summary.json", "results.json"):
+        if (folder / name).is_file():
+            return str(folder / name)
+    return None
+
+
+def _summary_path(result: Any, folder: Path) -> str:
+    path = getattr(result, "summary_path", None) or (result.get("summary_path") if isinstance(result, dict) else None)
+    if path and Path(path).is_file():
+        return str(path)
+    found = _finished_summary(folder)
+    if found is None:
+        raise LatentcheckError(f"the analysis wrote no summary in {folder}")
+    return found
+
+
+def run_study(study: Study, opts: CommonOptions, models: list[str] | dict[str, str] | None = None,
+              data: list[str] | dict[str, str] | None = None, profiles: list[str] | dict[str, str] | None = None,
+              only: list[str] | None = None, n_boot: int = 1000, plots: bool = True, report: bool = True,
+              progress: Callable[[str], None] | None = None) -> ReproduceResult:
+    """Run ``study``'s steps into ``opts.out`` (``--resume`` keeps finished steps), write ``reproduce.json`` and
+    ``tables.md`` (and ``report.html``), and return the result. ``models`` / ``data`` / ``profiles`` bind roles
+    (``["monet=/ckpt/Monet-7B"]`` or a dict); ``only`` restricts the run to those step ids (the tables still read
+    every step already in the folder)."""
+    from latentcheck.core.runner import distributed, load_for
+
+    if distributed()[1] > 1:
+        raise LatentcheckError("reproduce runs in one process (like audit); for data parallelism run a step's "
+                               "analysis itself with --num-processes, into <out>/steps/<id>/run, then reproduce "
+                               "--resume reads it")
+    t0 = time.perf_counter()
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    mbind = _bindings(models, "model", study.models)
+    dbind = _bindings(data, "data", study.data)
+    pbind = _bindings(profiles, "profile", study.models)
+    if only:
+        unknown = sorted(set(only) - {s.id for s in study.steps})
+        if unknown:
+            raise LatentcheckError(f"--step: unknown step(s) {', '.join(unknown)}")
+    states: dict[str, StepState] = {}
+    say = progress or (lambda msg: None)
+    # one model load per role: steps grouped by model role, in the study's order of first use
+    roles: list[str] = []
+    for s in study.steps:
+        if s.model not in roles:
+            roles.append(s.model)
+    for role in roles:
+        steps = [s for s in study.steps if s.model == role and (not only or s.id in only)]
+        todo = []
+        for s in steps:
+            prev = read_step_state(out, s.id)
+            if opts.resume and prev is not None and prev.status == "done":
+                states[s.id] = prev
+            elif opts.resume and prev is None and _finished_summary(step_dir(out, s.id) / "run"):
+                # the step's analysis was run by hand into its folder (e.g. data-parallel): adopt its summary
+                states[s.id] = _record(out, StepState(s.id, "done", None,
+                                                      _finished_summary(step_dir(out, s.id) / "run"),
+                                                      extra={"adopted": True}))
+            else:
+                todo.append(s)
+        if not todo:
+            continue
+        spec = study.models[role]
+        model = mbind.get(role) or spec.default
+        if not model:
+            for s in todo:
+                states[s.id] = _record(out, StepState(s.id, "skipped",
+                                                      f"model role {role!r} ({spec.stands_for or role}) is not bound "
+                                                      f"(--model {role}=PATH)"))
+            continue
+        lm = None
+        try:
+            say(f"loading model {role} = {model}")
+            lm = load_for(dataclasses.replace(opts, model=model, profile=pbind.get(role) or spec.profile))
+        except LatentcheckError as e:
+            for s in todo:
+                states[s.id] = _record(out, StepState(s.id, "failed", f"model {model}: {e}"))
+            continue
+        for s in todo:
+            say(f"step {s.id}: {s.analysis} on {s.data} with {role}")
+            states[s.id] = _run_step(study, s, lm, opts, dbind, out, n_boot, plots)
+        del lm
+    for s in study.steps:  # steps not run now: whatever the folder holds
+        if s.id not in states:
+            prev = read_step_state(out, s.id)
+            states[s.id] = prev or StepState(s.id, "skipped", "not selected (--step)")
+    tables = build_tables(study, out)
+    doc = {"schema": SCHEMA, "study": {"name": study.name, "title": study.title, "source": study.source,
+                                       "file": study.path},
+           "bindings": {"models": {r: mbind.get(r) or study.models[r].default or None for r in study.models},
+                        "data": {r: dbind.get(r) or study.data[r].default or None for r in study.data}},
+           "steps": {k: v.to_dict() for k, v in states.items()}, "tables": [t.to_dict() for t in tables],
+           "timing": {"total_s": round(time.perf_counter() - t0, 2)}}
+    result_path = write_json_atomic(out / RESULT_FILE, doc)
+    tables_path = out / TABLES_FILE
+    tables_path.write_text(markdown(tables, study), encoding="utf-8")
+    res = ReproduceResult(study, str(out), states, tables, str(result_path), str(tables_path),
+                          seconds=round(time.perf_counter() - t0, 2))
+    if report:
+        from latentcheck.reproduce.report import render_reproduce_report
+
+        res.report_path = str(render_reproduce_report(res))
+    return res
+
+
+def _record(out: Path, state: StepState) -> StepState:
+    write_json_atomic(step_dir(out, state.id) / STEP_FILE, state.to_dict())
+    return state
+
+
+def _run_step(study: Study, step: Step, lm, opts: CommonOptions, dbind: dict[str, str], out: Path, n_boot: int,
+              plots: bool) -> StepState:
+    folder = step_dir(out, step.id)
+    t = time.perf_counter()
+    try:
+        path, benchmark = _data_file(study, step, dbind, out, step.limit or None)
+    except _Skip as e:
+        return _record(out, StepState(step.id, "skipped", str(e)))
+    except LatentcheckError as e:
+        return _record(out, StepState(step.id, "failed", f"data: {e}"))
+    sopts = dataclasses.replace(opts, out=str(folder / "run"), data=path,
+                                limit=opts.limit or step.limit or None, resume=opts.resume)
+    try:
+        result = RUNNERS[step.analysis](lm, sopts, step, benchmark, n_boot, plots)
+        summary = _summary_path(result, folder / "run")
+    except LatentcheckError as e:
+        if opts.strict:
+            raise
+        return _record(out, StepState(step.id, "failed", str(e), seconds=round(time.perf_counter() - t, 2)))
+    counts = getattr(result, "counts", None) or (result.get("counts") if isinstance(result, dict) else None) or {}
+    return _record(out, StepState(step.id, "done", None, summary, round(time.perf_counter() - t, 2),
+                                  {"counts": json.loads(json.dumps(counts, default=str)), "data": path}))

@@ -1,0 +1,140 @@
+"""Study tables from a fake run folder: layout, differences, CI marks and the reasons of cells without a number."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from latentcheck.core.errors import LatentcheckError
+from latentcheck.reproduce.study import load_study, packaged_studies
+from latentcheck.reproduce.tables import build_tables, markdown
+
+STUDY = """
+[study]
+name = "fake"
+title = "A fake study"
+source = "tests"
+
+[models.m]
+stands_for = "Model M"
+
+[data.d]
+
+[[steps]]
+id = "pl"
+analysis = "perturb-latent"
+model = "m"
+data = "d"
+
+[[steps]]
+id = "bn"
+analysis = "bench"
+model = "m"
+data = "d"
+
+[[steps]]
+id = "missing"
+analysis = "bench"
+model = "m"
+data = "d"
+
+[[tables]]
+id = "t"
+title = "Table T"
+columns = ["A", "B"]
+[[tables.rows]]
+label = "base"
+cells = [{ step = "pl", metric = "accuracy", paper = 80.0, provenance = "table" }, { step = "bn", metric = "accuracy", paper = 50.0, provenance = "figure" }]
+[[tables.rows]]
+label = "delta"
+cells = [{ step = "pl", metric = "delta@zero", paper = -1.0, provenance = "table" }, { step = "missing", metric = "accuracy", paper = 40.0, provenance = "table" }]
+[[tables.rows]]
+label = "paper only"
+cells = [{ paper = 12.5, provenance = "text" }, { step = "pl", metric = "delta@noise:sigma=2" }]
+"""
+
+
+def _write_run(out: Path) -> None:
+    pl = {"baseline": {"n": 40, "accuracy": 0.75, "accuracy_lo": 0.6, "accuracy_hi": 0.86},
+          "interventions": [{"label": "zero", "n": 40, "delta": {"estimate": -0.3, "lo": -0.45, "hi": -0.15, "n": 40}},
+                            {"label": "noise:sigma=2.0", "n": 0}]}
+    bn = {"scores": {"n": 20, "correct": 10, "accuracy": 0.5}}
+    for sid, summ in (("pl", pl), ("bn", bn)):
+        d = out / "steps" / sid
+        (d / "run").mkdir(parents=True)
+        (d / "run" / "summary.json").write_text(json.dumps(summ))
+        (d / "step.json").write_text(json.dumps({"id": sid, "status": "done", "summary": str(d / "run" / "summary.json")}))
+    d = out / "steps" / "missing"
+    d.mkdir(parents=True)
+    (d / "step.json").write_text(json.dumps({"id": "missing", "status": "skipped",
+                                             "reason": "data role 'd' is not bound (--data d=PATH)"}))
+
+
+def test_cells_paper_run_difference_marks_and_reasons(tmp_path):
+    (tmp_path / "s.toml").write_text(STUDY)
+    study = load_study(str(tmp_path / "s.toml"))
+    _write_run(tmp_path / "run")
+    (t,) = build_tables(study, tmp_path / "run")
+    (base_a, base_b), (delta_a, delta_b), (paper_only, skipped_iv) = (cells for _, cells in t.rows)
+    # 75% [60, 86] vs paper 80: inside the CI -> no mark; difference -5 points
+    assert base_a.ours.estimate == pytest.approx(75.0) and base_a.difference == pytest.approx(-5.0)
+    assert base_a.excludes_paper is False
+    # bench 10/20 = 50%: Wilson CI computed from the counts; paper 50 (figure) is inside
+    assert base_b.ours.lo == pytest.approx(100 * 0.2993, abs=0.01) and base_b.provenance == "figure"
+    assert base_b.excludes_paper is False
+    # delta -30 [-45, -15] vs paper -1: outside -> marked
+    assert delta_a.difference == pytest.approx(-29.0) and delta_a.excludes_paper is True
+    assert delta_b.ours is None and "not bound" in delta_b.reason
+    assert paper_only.ours is None and paper_only.reason is None and paper_only.paper == 12.5
+    assert skipped_iv.ours is None and "skipped for every sample" in skipped_iv.reason
+    md = markdown(build_tables(study, tmp_path / "run"), study)
+    assert "| A paper | A this run | A diff | B paper | B this run | B diff |" in md
+    assert "| base | 80.0 | 75.0 [60.0, 86.0] | -5.0 | ~50.0 | 50.0 [29.9, 70.1] | +0.0 |" in md
+    assert "| delta | -1.0 | -30.0 [-45.0, -15.0] | -29.0* | 40.0 | n/a | - |" in md
+    assert "- delta / B: step missing skipped: data role 'd' is not bound (--data d=PATH)" in md
+
+
+def test_a_step_that_never_ran_says_so(tmp_path):
+    (tmp_path / "s.toml").write_text(STUDY)
+    study = load_study(str(tmp_path / "s.toml"))
+    (t,) = build_tables(study, tmp_path / "empty")
+    assert t.rows[0][1][0].reason == "step pl has not run"
+
+
+@pytest.mark.parametrize("edit,message", [
+    (("[data.d]", "[data.d]\nbenchmrk = \"x\""), "[data.d] benchmrk: unknown key"),
+    (('analysis = "bench"', 'analysis = "bnch"'), "[steps[1]] analysis: must be one of"),
+    (('step = "pl", metric = "accuracy", paper = 80.0', 'step = "nope", metric = "accuracy", paper = 80.0'),
+     "cells[0]] step: unknown step 'nope'"),
+    (('metric = "delta@zero"', 'metric = "delta"'), "metric: metric 'delta' needs an argument"),
+    (('paper = 80.0, provenance = "table"', 'paper = 80.0'), "provenance: a paper value needs its provenance"),
+    (('paper = 80.0', 'paper = "80"'), "paper: expected int/float, got str"),
+    (('columns = ["A", "B"]', 'columns = ["A"]'), "cells: 2 cells for 1 columns"),
+])
+def test_study_errors_name_file_section_and_key(tmp_path, edit, message):
+    p = tmp_path / "s.toml"
+    p.write_text(STUDY.replace(*edit, 1))
+    with pytest.raises(LatentcheckError) as e:
+        load_study(str(p))
+    assert str(p) in str(e.value) and message in str(e.value)
+
+
+def test_packaged_studies_load_and_every_paper_value_has_provenance():
+    assert {"paper-2602.22766", "zoo"} <= set(packaged_studies())
+    paper = load_study("paper-2602.22766")
+    values = [c for t in paper.tables for _, row in [(r.label, r.cells) for r in t.rows] for c in row
+              if c.paper is not None]
+    assert values and all(c.provenance in ("table", "figure", "text") for c in values)
+    t4 = next(t for t in paper.tables if t.id == "table4b")
+    assert [c.paper for c in t4.rows[-1].cells] == [0.8, -41.5]  # Mirage mu ~ 0: +0.8 / -41.5
+    assert next(t for t in paper.tables if t.id == "table1").rows[-1].cells[0].paper == 85.9  # CapImagine V*
+
+
+def test_the_documented_example_study_is_valid(tmp_path):
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "reproduce.md").read_text()
+    block = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "my.toml").write_text(block)
+    s = load_study(str(tmp_path / "my.toml"))
+    assert [st.id for st in s.steps] == ["zy"] and s.tables[0].rows[1].cells[0].metric == "delta@shared:source=mean"
