@@ -131,20 +131,36 @@ class ServedModel:
 
 
 @pytest.fixture(scope="session")
-def transformers_server():
-    """A REAL OpenAI-compatible server (``transformers serve``, extra ``transformers[serving]``) serving the toy zoo's
-    ``toy-direct`` (a Qwen2.5-VL-class image-text model, loaded offline from its folder) on 127.0.0.1, started once
-    per session and stopped at the end (hard limit 15 minutes). Skips when the serving extras are missing."""
+def serve_model():
+    """Factory: ``serve_model(folder) -> ServedModel``: a REAL OpenAI-compatible server (``transformers serve``, extra
+    ``transformers[serving]``) for any local checkpoint folder (image-text or text-only causal LM, loaded offline),
+    bound to 127.0.0.1 on a free port; one per folder per session, all stopped at the end (each killed after 15
+    minutes whatever happens). Skips when the serving extras are missing."""
     pytest.importorskip("openai")
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
+    servers: dict[str, ServedModel] = {}
+
+    def make(folder) -> ServedModel:
+        key = str(folder)
+        if key not in servers:
+            servers[key] = ServedModel(folder)
+        return servers[key]
+
+    try:
+        yield make
+    finally:
+        for s in servers.values():
+            s.stop()
+
+
+@pytest.fixture(scope="session")
+def transformers_server(serve_model):
+    """``transformers serve`` on the toy zoo's ``toy-direct`` (a Qwen2.5-VL-class image-text model) on 127.0.0.1:
+    ``.base_url``, ``.model`` (the name requests use), ``.log`` (its output; each request is a line)."""
     from latentcheck.core.loader import resolve_model_path
 
-    server = ServedModel(resolve_model_path("toy-direct"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    return serve_model(resolve_model_path("toy-direct"))
 
 # ------------------------------------------------------------------------------------------- fresh-machine check
 def foreign_modules(modules: dict, prefix: str, outside_dirs: list[str]) -> list[str]:

@@ -150,3 +150,24 @@ def test_endpoint_refusing_top_k_is_asked_again_without_it(transformers_server):
     assert first.error is None and first.dropped_params == ["top_k"] and first.attempts == 1
     assert second.error is None and second.dropped_params == ["top_k"]
     assert first.record()["dropped_params"] == ["top_k"]
+
+
+def test_text_only_causal_lm_local_and_served(serve_model, tmp_path_factory):
+    """A text-only causal LM (tiny Qwen2ForCausalLM, the toy tokenizer) as a judge: the local backend's greedy reply
+    equals the model's own generate, and the served one (transformers serve) equals the local one."""
+    from latentcheck.core.loader import load_model
+    from latentcheck.toy.tiny import build_tiny_checkpoint
+
+    ck = build_tiny_checkpoint(tmp_path_factory.mktemp("qwen2-judge"), arch="qwen2", seed=3)
+    lm = load_model(str(ck), profile="qwen2_5_vl")
+    assert type(lm.model).__name__ == "Qwen2ForCausalLM"
+    p = ChatPrompt("Is the answer correct? Answer yes or no.", system="You are a judge.")
+    local = LocalBackend(lm).generate([p], GREEDY)[0]
+    ids = lm.tokenizer.apply_chat_template([{"role": "system", "content": p.system},
+                                            {"role": "user", "content": p.text}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    gen = lm.model.generate(**ids, max_new_tokens=GREEDY.max_new_tokens, do_sample=False)
+    assert local.text == lm.tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    server = serve_model(ck)
+    remote = make_backend("openai", server.model, base_url=server.base_url).generate([p], GREEDY)[0]
+    assert remote.error is None and remote.text.strip() == local.text
