@@ -93,7 +93,8 @@ class AuditSettings:
     def __post_init__(self) -> None:
         bad = [s for s in self.stages if s not in ANALYSES]
         if bad:
-            raise LatentcheckError(f"unknown audit stage(s) {', '.join(bad)}; valid: {', '.join(stage_order(ANALYSES))}")
+            raise LatentcheckError(f"unknown audit stage(s) {', '.join(bad)}; valid: "
+                                   f"{', '.join(stage_order(ANALYSES))}")
         if self.threads is not None and self.threads < 1:
             raise LatentcheckError(f"--threads must be >= 1, got {self.threads}")
         for k, v in self.limits.items():

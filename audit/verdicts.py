@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latentcheck.core.summaries import fmt_ci  # the one CI formatter (re-exported for the report and CLI)
 from latentcheck.core.errors import LatentcheckError
 
 SCHEMA = "latentcheck.audit/1"
@@ -117,20 +118,6 @@ class Verdict:
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def fmt_ci(est: Any, lo: Any = None, hi: Any = None, signed: bool = False, digits: int = 2) -> str:
-    """``0.52 [0.41, 0.63]`` (``-`` for missing values, ``inf`` kept)."""
-    def one(v):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "-"
-        if isinstance(v, float) and math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
-
-    if lo is None and hi is None:
-        return one(est)
-    return f"{one(est)} [{one(lo)}, {one(hi)}]"
 
 
 def _inside(lo: Any, hi: Any, margin: float) -> bool:

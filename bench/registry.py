@@ -301,8 +301,8 @@ for _b in (_VSTAR, _HR4K, _HR8K, _MME, _MME_LITE, _BLINK, _VSP, _TABLEVQA, _GENE
 
 
 def get_benchmark(name: str, **loader_kwargs: Any) -> Benchmark:
-    """Look up a benchmark; ``"blink:Jigsaw,Multi-view_Reasoning"`` selects BLINK sub-tasks, ``"tablevqa:vwtq,vtabfact"``
-    TableVQA splits (any benchmark with a ``selection``)."""
+    """Look up a benchmark; ``"blink:Jigsaw,Multi-view_Reasoning"`` selects BLINK sub-tasks,
+    ``"tablevqa:vwtq,vtabfact"`` TableVQA splits (any benchmark with a ``selection``)."""
     base, _, sel = name.partition(":")
     bench = BENCHMARKS[base]
     chooser = bench.selection

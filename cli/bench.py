@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Optional
 
 import typer
@@ -12,6 +11,7 @@ from rich.table import Table
 from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
 from latentcheck.cli.tables import run_line
+from latentcheck.core.summaries import fmt_ci, fmt_num, fmt_p, fmt_pct
 
 P = "bench options"
 bench_app = typer.Typer(help="Run a benchmark (V*, HR-Bench, MME-RealWorld, BLINK, VSP, TableVQA, generic) with its "
@@ -19,20 +19,6 @@ bench_app = typer.Typer(help="Run a benchmark (V*, HR-Bench, MME-RealWorld, BLIN
                              "runs.",
                         no_args_is_help=False)
 app.add_typer(bench_app, name="bench")
-
-
-def _pct(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
-
-
-def _num(v, digits: int = 3) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
-def _acc(a: dict) -> str:
-    if not a or a.get("accuracy") is None:
-        return "-"
-    return f"{_pct(a['accuracy'])} [{_pct(a['lo'])}, {_pct(a['hi'])}]"
 
 
 def _render(r: dict) -> None:
@@ -47,31 +33,33 @@ def _render(r: dict) -> None:
     for name, c in r["conditions"].items():
         lat = c["latency"]
         eff = c.get("effect")
-        delta = "-" if not eff else f"{100 * eff['delta']:+.1f} [{100 * eff['delta_lo']:+.1f}, " \
-                                    f"{100 * eff['delta_hi']:+.1f}]"
-        t.add_row(name, "all", str(c["accuracy"]["n"]), _acc(c["accuracy"]), delta,
-                  "-" if not eff else f"{eff['mcnemar_p']:.3g}", _num(lat["overall"]["row_s"]),
-                  _num(lat["overall"]["tokens"], 1), _num(lat["overall"]["latent_steps"], 1),
+        delta = "-" if not eff else fmt_ci(eff["delta"], eff["delta_lo"], eff["delta_hi"], digits=1, signed=True,
+                                           pct=True)
+        t.add_row(name, "all", str(c["accuracy"]["n"]), fmt_ci(c["accuracy"], digits=1, pct=True), delta,
+                  "-" if not eff else fmt_p(eff["mcnemar_p"]), fmt_num(lat["overall"]["row_s"]),
+                  fmt_num(lat["overall"]["tokens"], 1), fmt_num(lat["overall"]["latent_steps"], 1),
                   str(lat["overall"]["judge_used"]))
         if len(c["per_category"]) > 1:
             for cat, a in c["per_category"].items():
                 lc = lat["per_category"][cat]
-                t.add_row("", cat, str(a["n"]), _acc(a), "", "", _num(lc["row_s"]), _num(lc["tokens"], 1),
-                          _num(lc["latent_steps"], 1), str(lc["judge_used"]))
+                t.add_row("", cat, str(a["n"]), fmt_ci(a, digits=1, pct=True), "", "", fmt_num(lc["row_s"]),
+                          fmt_num(lc["tokens"], 1),
+                          fmt_num(lc["latent_steps"], 1), str(lc["judge_used"]))
     out_console.print(t)
     scores = r.get("scores") or {}
     headline = scores.get("accuracy")
     if headline is not None:
-        console.print(f"official score ({r['benchmark']}): {_pct(headline)}"
-                      + (f"; chance {_pct(r['chance']['these_samples'])}" if r["chance"].get("these_samples")
+        console.print(f"official score ({r['benchmark']}): {fmt_pct(headline)}"
+                      + (f"; chance {fmt_pct(r['chance']['these_samples'])}" if r["chance"].get("these_samples")
                          else "")
-                      + (f"; paper overall {_pct(scores['paper_overall'])}" if scores.get("paper_overall") is not None
+                      + (f"; paper overall {fmt_pct(scores['paper_overall'])}"
+                         if scores.get("paper_overall") is not None
                          else ""), highlight=False)
     if r.get("judge"):
         j = r["conditions"]["baseline"]["judge"]
         rule = (r.get("scores_rule") or {}).get("accuracy")
         console.print(f"judge {r['judge']['protocol']} ({r['judge']['backend'].get('model')}): asked {j['asked']} "
-                      f"({j['cached']} from cache, {j['errors']} errors); rule-based score {_pct(rule)}",
+                      f"({j['cached']} from cache, {j['errors']} errors); rule-based score {fmt_pct(rule)}",
                       highlight=False)
     off = r.get("official") or {}
     if off and not off.get("comparable"):
@@ -247,7 +235,7 @@ def compare_cmd(
         t.add_column(c, justify="left" if c == "category" else "right")
     rows = [("all", r["overall"])] + (list(r["per_category"].items()) if len(r["per_category"]) > 1 else [])
     for name, e in rows:
-        t.add_row(name, str(e["n"]), _pct(e["acc_a"]), _pct(e["acc_b"]),
+        t.add_row(name, str(e["n"]), fmt_pct(e["acc_a"]), fmt_pct(e["acc_b"]),
                   f"{100 * e['delta']:+.1f} [{100 * e['delta_lo']:+.1f}, {100 * e['delta_hi']:+.1f}]",
                   str(e["n01"]), str(e["n10"]), f"{e['mcnemar_p']:.3g}")
     out_console.print(t)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Optional
 
 import typer
@@ -11,6 +10,7 @@ from rich.table import Table
 
 from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
+from latentcheck.core.summaries import fmt_ci, fmt_p, fmt_pct
 from latentcheck.core.errors import LatentcheckError
 
 sub = typer.Typer(name="caption-imagine", no_args_is_help=False,
@@ -20,18 +20,6 @@ app.add_typer(sub, name="caption-imagine")
 
 P = "caption-imagine options"
 T = "training options"
-
-
-def _pct(v) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    return f"{100 * v:.1f}"
-
-
-def _acc_ci(a: dict | None) -> str:
-    if not a or a.get("accuracy") is None:
-        return "-"
-    return f"{_pct(a['accuracy'])} [{_pct(a['lo'])}, {_pct(a['hi'])}] (n={a['n']})"
 
 
 # ----------------------------------------------------------------------------------------------- build-data
@@ -196,7 +184,7 @@ def train_cmd(
         best = log.get("best_score")
         t.add_row(str(log["steps_done"]), str(log["resumed_from"] if log["resumed_from"] is not None else "-"),
                   f"{losses[0]:.3f}" if losses else "-", f"{losses[-1]:.3f}" if losses else "-",
-                  "-" if best is None else (f"{_pct(best)}%" if log.get("best_metric") == "accuracy"
+                  "-" if best is None else (f"{fmt_pct(best)}%" if log.get("best_metric") == "accuracy"
                                             else f"loss {best:.4f}"),
                   str(log.get("best_step") or "-"), f"{log['trainable_params']:,} / {log['total_params']:,}")
         out_console.print(t)
@@ -244,11 +232,12 @@ def run_cmd(
         t = Table(title=f"caption-imagine run: {s['model'].get('id')} (profile {s['model'].get('profile')})")
         for c in ("subset", "accuracy % [95% CI]", "option argmax % [95% CI]"):
             t.add_column(c, justify="left" if c == "subset" else "right")
-        t.add_row("all", _acc_ci(s["accuracy"]), _acc_ci(s.get("option_accuracy")))
+        t.add_row("all", fmt_ci(s["accuracy"], digits=1, pct=True, n=True),
+                  fmt_ci(s.get("option_accuracy"), digits=1, pct=True, n=True))
         for cat, a in s["by_category"].items():
-            t.add_row(cat, _acc_ci(a), "")
+            t.add_row(cat, fmt_ci(a, digits=1, pct=True, n=True), "")
         out_console.print(t)
-        console.print(f"imagination rate {_pct(s['imagination_rate'])}%, mean span "
+        console.print(f"imagination rate {fmt_pct(s['imagination_rate'])}%, mean span "
                       f"{s['mean_imagination_tokens'] or 0:.1f} tokens; {s['n_samples']} samples, {s['n_errors']} "
                       f"errors -> {s['results']}", highlight=False)
     if s["n_errors"]:
@@ -295,14 +284,14 @@ def intervene_cmd(
             t.add_column(c, justify="left" if c == "outcome" else "right")
         for name, e in (("generated answer", s["effect"]), ("option argmax", s["option_effect"])):
             if e:
-                t.add_row(name, _pct(e["acc_base"]), _pct(e["acc_cond"]),
-                          f"{100 * e['delta']:+.1f} [{100 * e['delta_lo']:+.1f}, {100 * e['delta_hi']:+.1f}]",
-                          f"{e['mcnemar_p']:.3g}", str(e["flips"]))
+                t.add_row(name, fmt_pct(e["acc_base"]), fmt_pct(e["acc_cond"]),
+                          fmt_ci(e["delta"], e["delta_lo"], e["delta_hi"], digits=1, signed=True, pct=True),
+                          fmt_p(e["mcnemar_p"]), str(e["flips"]))
         out_console.print(t)
         if s.get("follows_corruption"):
             f = s["follows_corruption"]
-            console.print(f"answer follows the corrupted imagination: {_pct(f['rate'])}% [{_pct(f['lo'])}, "
-                          f"{_pct(f['hi'])}] (n={f['n']})", highlight=False)
+            console.print(f"answer follows the corrupted imagination: "
+                          f"{fmt_ci(f['rate'], f['lo'], f['hi'], digits=1, pct=True)} (n={f['n']}, %)", highlight=False)
         sim = s["similarity"]
         if sim.get("inter_raw"):
             console.print(f"imagination hidden states (first {sim['span_tokens']} tokens, n={sim['n']}): inter-instance "

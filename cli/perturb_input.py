@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,23 +12,10 @@ from latentcheck.cli.app import app, console, out_console
 from latentcheck.cli.tables import run_line
 from latentcheck.cli.options import (BatchSize, Data, Device, Limit, MaxNewTokens, MaxPixels, Model, Out, Profile,
                                      Quant, Quiet, Resume, Seed, Strict, TrustRemoteCode, common)
+from latentcheck.core.summaries import fmt_ci, fmt_num
 
 A = "perturb-input options"
 SHORT = {"image_tokens": "image", "question_tokens": "question", "last_prompt_token": "last"}
-
-
-def _num(x, fmt: str = "{:.3f}") -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    if isinstance(x, float) and math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return fmt.format(x)
-
-
-def _ci(d: dict) -> str:
-    if not d or d.get("estimate") is None:
-        return "-"
-    return f"{_num(d['estimate'])} [{_num(d['lo'])}, {_num(d['hi'])}]"
 
 
 def treatments_table() -> Table:
@@ -45,7 +31,7 @@ def treatments_table() -> Table:
 
 def results_table(summary: dict) -> Table:
     t = Table(title=f"perturb-input: {summary['profile']} ({summary['latent_source']}), n={summary['n_samples']}, "
-                    f"trigger rate {_num((summary.get('trigger_rate') or {}).get('rate'), '{:.2f}')}")
+                    f"trigger rate {fmt_num((summary.get('trigger_rate') or {}).get('rate'), 2)}")
     t.add_column("treatment", no_wrap=True)
     for c in ("n", "skip", "latent cos", "latent rel. change", "ref.", "ref. rel. change",
               "sensitivity ratio [95% CI]", "answer changed"):
@@ -53,10 +39,10 @@ def results_table(summary: dict) -> Table:
     for label, tr in summary["treatments"].items():
         ref = tr["reference"]
         changed = tr["answer_changed"]
-        t.add_row(label, str(tr["n"]), str(tr["n_skipped"]), _num(tr["latent_cosine"]["estimate"], "{:.4f}"),
-                  _num(tr["latent_rel_l2"]["estimate"]), SHORT.get(ref, ref),
-                  _num(tr["refs"][ref]["rel_l2"]["estimate"]), _ci(tr["sensitivity_ratio"]),
-                  _num(changed["rate"], "{:.2f}"))
+        t.add_row(label, str(tr["n"]), str(tr["n_skipped"]), fmt_num(tr["latent_cosine"]["estimate"], 4),
+                  fmt_num(tr["latent_rel_l2"]["estimate"]), SHORT.get(ref, ref),
+                  fmt_num(tr["refs"][ref]["rel_l2"]["estimate"]), fmt_ci(tr["sensitivity_ratio"], digits=3),
+                  fmt_num(changed["rate"], 2))
     return t
 
 
@@ -69,8 +55,8 @@ def geometry_table(summary: dict) -> Table:
     rows = [(f"latent {p['index']}", p) for p in g["latent_index"]] + list(g["refs"].items())
     for name, p in rows:
         wa = p.get("within_across_raw")
-        t.add_row(name, _num(p["raw_mean"]), _num(p["centred_mean"]), _num(p["effective_rank"], "{:.2f}"),
-                  _num(p["participation_ratio"], "{:.2f}"), _num(wa["difference"]) if wa else "-")
+        t.add_row(name, fmt_num(p["raw_mean"]), fmt_num(p["centred_mean"]), fmt_num(p["effective_rank"], 2),
+                  fmt_num(p["participation_ratio"], 2), fmt_num(wa["difference"]) if wa else "-")
     return t
 
 

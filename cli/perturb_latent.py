@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Optional
 
 import typer
@@ -11,28 +10,9 @@ from rich.table import Table
 from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
 from latentcheck.cli.tables import run_line
+from latentcheck.core.summaries import fmt_ci, fmt_num, fmt_p
 
 P = "perturb-latent options"
-
-
-def _fmt(v, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    return f"{v:.{digits}f}"
-
-
-def _num(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return f"{v:+.3f}"
-
-
-def _ci(d: dict | None, est: str = "estimate", lo: str = "lo", hi: str = "hi") -> str:
-    if not d or d.get(est) is None or (isinstance(d[est], float) and math.isnan(d[est])):
-        return "undefined" if d else "-"
-    if d.get(lo) is None or (isinstance(d[lo], float) and math.isnan(d[lo])):
-        return _num(d[est])
-    return f"{_num(d[est])} [{_num(d[lo])}, {_num(d[hi])}]"
 
 
 def _render(result, quiet: bool = False) -> None:
@@ -48,20 +28,21 @@ def _render(result, quiet: bool = False) -> None:
 def _tables(s: dict) -> None:
     b = s["baseline"]
     t = Table(title=f"perturb-latent: {s['model'].get('id')} (profile {s['model'].get('profile')}), n={b['n']}, "
-                    f"chance {_fmt(b['chance'], 2)}")
+                    f"chance {fmt_num(b['chance'], 2)}")
     for c in ("intervention", "n", "accuracy", "delta acc [95% CI]", "McNemar p", "answer flips", "delta log p(gold)",
               "KL(base||int)", "degen.", "trig.", "latents"):
         t.add_column(c, justify="left" if c == "intervention" else "right")
-    t.add_row("baseline", str(b["n"]), _fmt(b["accuracy"]), "-", "-", "-", "-", "-", _fmt(b["degenerate_rate"], 2),
-              _fmt(b["trigger_rate"], 2), _fmt(b["mean_latent_count"], 1))
+    t.add_row("baseline", str(b["n"]), fmt_num(b["accuracy"]), "-", "-", "-", "-", "-",
+              fmt_num(b["degenerate_rate"], 2), fmt_num(b["trigger_rate"], 2), fmt_num(b["mean_latent_count"], 1))
     for r in s["interventions"]:
         if not r["n"]:
             t.add_row(r["label"], "0", "-", "-", "-", "-", "-", "-", "-", "-", "-")
             continue
-        t.add_row(r["label"], str(r["n"]), _fmt(r["accuracy"]), _ci(r, "delta", "delta_lo", "delta_hi"),
-                  f"{r['mcnemar_p']:.3g}", _fmt(r["answer_flip_rate"], 2), _ci(r["d_logp_gold"]),
-                  _fmt((r["kl"] or {}).get("estimate"), 4), _fmt(r["degenerate_rate"], 2), _fmt(r["trigger_rate"], 2),
-                  _fmt(r["mean_latent_count"], 1))
+        t.add_row(r["label"], str(r["n"]), fmt_num(r["accuracy"]),
+                  fmt_ci(r["delta"], r["delta_lo"], r["delta_hi"], digits=3, signed=True), fmt_p(r["mcnemar_p"]),
+                  fmt_num(r["answer_flip_rate"], 2), fmt_ci(r["d_logp_gold"], digits=3, signed=True),
+                  fmt_num((r["kl"] or {}).get("estimate"), 4), fmt_num(r["degenerate_rate"], 2),
+                  fmt_num(r["trigger_rate"], 2), fmt_num(r["mean_latent_count"], 1))
     out_console.print(t)
     for kind, entry in (s.get("mediation") or {}).items():
         m = Table(title=f"mediation, {kind} swap (outcome vs the ORIGINAL gold; primary: {entry['primary_outcome']})")
@@ -72,7 +53,8 @@ def _tables(s: dict) -> None:
             if not e.get("n"):
                 m.add_row(outcome, "0", "-", "-", "-", "-")
                 continue
-            m.add_row(outcome, str(e["n"]), _ci(e["te"]), _ci(e["nie"]), _ci(e["nde"]), _ci(e["proportion_mediated"]))
+            m.add_row(outcome, str(e["n"]), *(fmt_ci(e[k], digits=3, signed=True)
+                                              for k in ("te", "nie", "nde", "proportion_mediated")))
         out_console.print(m)
 
 

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from latentcheck.cli import options as o
 from latentcheck.cli.app import app, out_console
+from latentcheck.core.summaries import fmt_ci, fmt_num, fmt_pct
 
 PP = "Probe options"
 
 
-def _fmt(x: Any, pct: bool = True) -> str:
-    if x is None:
-        return "-"
-    return f"{100 * x:.1f}" if pct else f"{x:.3g}"
-
-
-def _ci(d: dict) -> str:
-    return f"{_fmt(d['accuracy'])} [{_fmt(d['lo'])}, {_fmt(d['hi'])}]"
-
-
 def _behavioural_table(beh: dict) -> Table:
     t = Table(title=f"Behavioural probe: derived questions (n={beh['n']}, scoring={beh['scoring']}, "
-                    f"chance {_fmt(beh['expected_chance'])}%)")
+                    f"chance {fmt_pct(beh['expected_chance'])}%)")
     for c in ("arm", "acc % [95% CI]", "vs random: Δ pp (McNemar p)", "vs text-only: Δ pp (McNemar p)"):
         t.add_column(c)
     comps = beh["comparisons"]
@@ -34,7 +25,7 @@ def _behavioural_table(beh: dict) -> Table:
         for base in ("random", "text_only"):
             c = comps.get(f"{arm}_vs_{base}")
             cells.append("-" if c is None else f"{100 * c['delta']:+.1f} (p={c['mcnemar_p']:.3g})")
-        t.add_row(arm, _ci(acc), *cells)
+        t.add_row(arm, fmt_ci(acc, digits=1, pct=True), *cells)
     return t
 
 
@@ -56,10 +47,10 @@ def _trained_table(trained: dict) -> Table:
             for m in methods:
                 sel = r.get(f"{m}_selectivity")
                 ctrl = r.get(f"{m}_control", {}).get("accuracy")
-                cells += [f"{_fmt(r[m]['accuracy'])} ({_fmt(ctrl)})",
+                cells += [f"{fmt_pct(r[m]['accuracy'])} ({fmt_pct(ctrl)})",
                           "-" if sel is None else f"{100 * sel['estimate']:+.0f} [{100 * sel['lo']:+.0f}, "
                                                   f"{100 * sel['hi']:+.0f}]"]
-            t.add_row(name, site, _fmt(r["chance"]), *cells)
+            t.add_row(name, site, fmt_pct(r["chance"]), *cells)
     return t
 
 
@@ -69,8 +60,8 @@ def _similarity_table(sim: dict) -> Table:
         t.add_column(c)
     for i in range(sim.get("K", 0)):
         sep = sim.get("separability")
-        t.add_row(str(i), _fmt(sim["inter_raw"][i], False), _fmt(sim["inter_centred"][i], False),
-                  _fmt(sep[i]["accuracy"]) if sep else "-", _fmt(sim["effective_rank"][i], False))
+        t.add_row(str(i), fmt_num(sim["inter_raw"][i], 3, style="g"), fmt_num(sim["inter_centred"][i], 3, style="g"),
+                  fmt_pct(sep[i]["accuracy"]) if sep else "-", fmt_num(sim["effective_rank"][i], 3, style="g"))
     return t
 
 

@@ -23,8 +23,9 @@ Robustness choices (documented here because the CLI relies on them):
   byte-identical files once every ``"timing"`` key is removed (:func:`strip_timing`).
 * **Data parallel.** Rank ``r`` of ``w`` takes a strided share of the items (``core.runner.run_records`` strides
   whole blocks, ``block_ranges``, so every sample is batched as in a single-process run: every rank gets a similar
-  mix of early and late items, as in VLMEvalKit's item-level split), writes
-  ``shard_path(out, r, w)``, and :func:`merge_shards` rebuilds the single-process file. Shard information lives only in the provenance's top-level ``"shard"`` field (pass
+  mix of early and late items, as in VLMEvalKit's item-level split), writes ``shard_path(out, r, w)``, and
+  :func:`merge_shards` rebuilds the single-process file. Shard information lives only in the provenance's top-level
+  ``"shard"`` field (pass
   ``shard=(rank, world_size)`` to :func:`provenance`; never put rank / world size into ``config``), which the merge
   drops, so the merged file equals a single-process run (timing aside).
 """

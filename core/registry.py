@@ -1,10 +1,10 @@
 """One registry class for everything looked up by name: profiles, interventions, treatments, benchmarks, extractors.
 
 A :class:`Registry` maps names to definitions. Registering a name twice is an error (a plugin cannot silently replace
-a built-in), looking up an unknown name is a :class:`LatentcheckError` listing the known names (sorted), and iteration follows
-registration order (the order ``--list`` prints). Each definition declares its own capabilities (needs dataset
-statistics, needs a partner sample, needs a file, parameters with types), so callers ask the definition and never
-compare names.
+a built-in), looking up an unknown name is a :class:`LatentcheckError` listing the known names (sorted), and
+iteration follows registration order (the order ``--list`` prints). Each definition declares its own capabilities
+(needs dataset statistics, needs a partner sample, needs a file, parameters with types), so callers ask the
+definition and never compare names.
 
 Adding something is one module: define it and register it on the registry of its kind, e.g. ::
 

@@ -338,12 +338,13 @@ def fmt_p(p: Any) -> str:
 
 def fmt_ci(est: Any, lo: Any = None, hi: Any = None, *, digits: int = 2, signed: bool = False, pct: bool = False,
            n: bool = False) -> str:
-    """``0.52 [0.41, 0.63]``; ``est`` may be a record or its dict (then lo / hi / n come from it). Without an
-    interval only the estimate prints; ``pct`` prints percent; ``n`` appends `` (n=50)``."""
+    """``0.52 [0.41, 0.63]``; ``est`` may be a record or its dict (then lo / hi / n come from it; ``None`` prints
+    ``-``). Without an interval only the estimate prints; ``pct`` prints percent; ``n`` appends `` (n=50)``."""
     count = None
     if isinstance(est, (Record, Mapping)):
         rec = est
-        est, lo, hi, count = rec.get("estimate"), rec.get("lo"), rec.get("hi"), rec.get("n")
+        value = rec.get("estimate", rec.get("accuracy"))  # summary v1 accuracy dicts used "accuracy"
+        est, lo, hi, count = value, rec.get("lo"), rec.get("hi"), rec.get("n")
     scale = 100.0 if pct else 1.0
     text = fmt_num(est, digits, signed, scale)
     if lo is not None or hi is not None:

@@ -1,7 +1,7 @@
 """A new intervention and a new benchmark, each from ONE module outside the package, registered with
 `latentcheck --plugin FILE` and run through the CLI on the shipped toy zoo. Oracles: the plugin intervention halves
-every latent, so every sample must match the built-in `scale:alpha=0.5` exactly (and move away from the baseline on toy-mediated,
-which reads its latents); the plugin benchmark asks with the generic official prompt and the letter extractor, so
+every latent, so every sample must match the built-in `scale:alpha=0.5` exactly (and move away from the baseline on
+toy-mediated, which reads its latents); the plugin benchmark asks with the generic official prompt and the letter extractor, so
 every prediction must match `bench --benchmark generic --variant official`."""
 
 from __future__ import annotations
