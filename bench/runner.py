@@ -234,7 +234,8 @@ class _BenchRun:
         else:
             text = self.bench.prompt(task, self.variant)
         try:
-            prompt = build_prompt(self.lm, task.id, text, images or None, system=self.v.system_prompt,
+            system = self.v.system_prompt if self.opts.system is None else self.opts.system  # --system wins
+            prompt = build_prompt(self.lm, task.id, text, images or None, system=system,
                                   image_placeholder=self.v.image_placeholder)
         except ValueError as e:  # e.g. the processor refuses an image smaller than one patch
             raise RecordError(task.id, "image", f"cannot build the model input ({e})") from None
@@ -571,7 +572,7 @@ def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, var
         "command": COMMAND, "benchmark": bench.name, "description": bench.description,
         "subtasks": bench.loader_kwargs.get("subtasks"),
         "variant": {"name": variant, "source": v.source, "mode": v.mode, "extractor": v.extractor,
-                    "system_prompt": v.system_prompt},
+                    "system_prompt": v.system_prompt if opts.system is None else opts.system},
         "scoring": mode, "extractor": v.extractor if mode == "generate" else None,
         "judge": None if judge is None else judge.describe(),
         "model": lm.describe(),

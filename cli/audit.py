@@ -84,6 +84,9 @@ def audit_cmd(
     batch_size: o.BatchSize = 8, seed: o.Seed = 0, quant: o.Quant = "auto",
     device: o.Device = "auto", quiet: o.Quiet = False, resume: o.Resume = False, strict: o.Strict = False,
     max_pixels: o.MaxPixels = None, trust_remote_code: o.TrustRemoteCode = False,
+    greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
+    repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
+    max_new_tokens: o.MaxNewTokens = None,
     stage: Annotated[Optional[list[str]], typer.Option(
         "--stage", help="Run only these stages (repeatable or comma-separated): perturb_input, perturb_latent, "
                         "probe, text_doz, bench.", rich_help_panel=A)] = None,
@@ -116,7 +119,9 @@ def audit_cmd(
     from latentcheck.audit.verdicts import load_audit, load_rules
 
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
-                    max_pixels, trust_remote_code)
+                    max_pixels, trust_remote_code,
+                    decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
+                    system=system)
     settings = AuditSettings(force_latent=force_latent, n_boot=n_boot, plots=not no_plots, report=not no_report,
                              probe_methods=["linear", "mlp"] if mlp else ["linear"], corrupt_model=corrupt_model,
                              threads=threads if threads is not None or model else ZOO_THREADS)

@@ -134,12 +134,6 @@ def bench_cmd(
         help="Folder the image paths are relative to (vsp: default the Mirage repository root found above the "
              "jsonl; mme_realworld: the JSON's folder).")] = None,
     max_new_tokens: o.MaxNewTokens = None,
-    temperature: Annotated[Optional[float], typer.Option(
-        "--temperature", rich_help_panel=P, help="Sampling temperature (0 = greedy; default: the profile's).")] = None,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", rich_help_panel=P, help="Nucleus sampling.")] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", rich_help_panel=P, help="Top-k sampling.")] = None,
-    repetition_penalty: Annotated[Optional[float], typer.Option(
-        "--repetition-penalty", rich_help_panel=P, help="Repetition penalty.")] = None,
     force_latent: Annotated[bool, typer.Option(
         "--force-latent", rich_help_panel=P,
         help="Force the latent-start token as the first generated token.")] = False,
@@ -151,6 +145,8 @@ def bench_cmd(
     limit: o.Limit = None, batch_size: o.BatchSize = 8, seed: o.Seed = 0, quant: o.Quant = "auto",
     device: o.Device = "auto", quiet: o.Quiet = False, resume: o.Resume = False, strict: o.Strict = False,
     max_pixels: o.MaxPixels = None, trust_remote_code: o.TrustRemoteCode = False,
+    greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
+    repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
 ) -> None:
     """Run a benchmark with its official scoring (generation + rule extraction, or V* likelihood ranking), under
     optional latent interventions, with latency per category. Writes samples.jsonl and results.json to --out."""
@@ -161,15 +157,12 @@ def bench_cmd(
         return
     from latentcheck.bench.runner import run_bench
 
-    decoding = {"max_new_tokens": max_new_tokens, "top_p": top_p, "top_k": top_k,
-                "repetition_penalty": repetition_penalty}
-    if temperature is not None:
-        decoding.update(do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0)
+    decoding = o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens)
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
-                    max_pixels, trust_remote_code)
+                    max_pixels, trust_remote_code, decoding=decoding, system=system)
     cache = None if (judge_cache or "").lower() == "none" else (judge_cache or True)
     result = run_bench(opts, benchmark, variant, scoring, intervention, judge=judge_model,
-                       decoding={k: v for k, v in decoding.items() if v is not None}, verify=not no_verify,
+                       decoding=decoding, verify=not no_verify,
                        judge_profile=judge_profile, force_latent=force_latent, n_boot=n_boot,
                        judge_protocol=judge_protocol, judge_url=judge_url, judge_key_env=judge_key_env,
                        judge_cache=cache, judge_concurrency=judge_concurrency, image_root=image_root)

@@ -219,12 +219,17 @@ def run_cmd(
     seed: o.Seed = 0, quant: o.Quant = "auto", device: o.Device = "auto", quiet: o.Quiet = False,
     resume: o.Resume = False, strict: o.Strict = False, max_pixels: o.MaxPixels = None,
     trust_remote_code: o.TrustRemoteCode = False,
+    greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
+    repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
+    max_new_tokens: o.MaxNewTokens = None,
 ) -> None:
     """Answer with explicit text imagination (default model: toy-capimagine); accuracy with a Wilson CI."""
     from latentcheck.imagine.run import run_caption_imagine
 
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
-                    max_pixels, trust_remote_code)
+                    max_pixels, trust_remote_code,
+                    decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
+                    system=system)
     s = run_caption_imagine(opts)
     if not s.get("is_main", True):
         return
@@ -266,13 +271,18 @@ def intervene_cmd(
     seed: o.Seed = 0, quant: o.Quant = "auto", device: o.Device = "auto", quiet: o.Quiet = False,
     resume: o.Resume = False, strict: o.Strict = False, max_pixels: o.MaxPixels = None,
     trust_remote_code: o.TrustRemoteCode = False,
+    greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
+    repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
+    max_new_tokens: o.MaxNewTokens = None,
 ) -> None:
     """Text do(Z): corrupt the generated imagination, let the model finish, measure the accuracy drop (paired
     bootstrap CI, McNemar); plus the imagination's hidden-state similarity (paper Table 3, Fig. 4)."""
     from latentcheck.imagine.intervene import run_intervene
 
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
-                    max_pixels, trust_remote_code)
+                    max_pixels, trust_remote_code,
+                    decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
+                    system=system)
     s = run_intervene(opts, corrupter=corrupter, corrupt_model=corrupt_model, corrupt_prompt=corrupt_prompt,
                       span_tokens=span_tokens, plots=not no_plots)
     if not s.get("is_main", True):

@@ -33,12 +33,43 @@ MaxPixels = Annotated[Optional[int], typer.Option("--max-pixels", help="Image pi
                                                   rich_help_panel=P)]
 MaxNewTokens = Annotated[Optional[int], typer.Option("--max-new-tokens", help="Generation budget of the model's "
                                                      "passes (default: the profile's).", rich_help_panel=P)]
+D = "Decoding (every analysis command; default: the profile's)"
+Greedy = Annotated[bool, typer.Option("--greedy", help="Greedy decoding, whatever the profile samples.",
+                                      rich_help_panel=D)]
+Temperature = Annotated[Optional[float], typer.Option("--temperature", help="Sample at this temperature (0 = "
+                                                      "greedy).", rich_help_panel=D)]
+TopP = Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass (transformers' TopP).",
+                                               rich_help_panel=D)]
+TopK = Annotated[Optional[int], typer.Option("--top-k", help="Top-k sampling (0 = off).", rich_help_panel=D)]
+RepetitionPenalty = Annotated[Optional[float], typer.Option(
+    "--repetition-penalty", help="transformers' repetition penalty (over prompt and generated ids).",
+    rich_help_panel=D)]
+System = Annotated[Optional[str], typer.Option("--system", help="System prompt instead of the profile's ('' = "
+                                               "none).", rich_help_panel=D)]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the checkpoint's own Python code "
                                                "(off by default).", rich_help_panel=P)]
 
 
+def decoding(greedy: bool = False, temperature: float | None = None, top_p: float | None = None,
+             top_k: int | None = None, repetition_penalty: float | None = None,
+             max_new_tokens: int | None = None) -> dict:
+    """The decoding options given on the command line, as overrides of the profile's ``DecodingSpec`` fields
+    (``--temperature 0`` and ``--greedy`` mean greedy; a positive temperature means sampling)."""
+    from latentcheck.core.errors import LatentcheckError
+
+    if greedy and temperature:
+        raise LatentcheckError("--greedy and a positive --temperature contradict each other")
+    out: dict = {"top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty,
+                 "max_new_tokens": max_new_tokens}
+    if greedy or temperature == 0:
+        out["do_sample"] = False
+    elif temperature is not None:
+        out.update(do_sample=True, temperature=temperature)
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict, max_pixels,
-           trust_remote_code) -> CommonOptions:
+           trust_remote_code, *, decoding: dict | None = None, system: str | None = None) -> CommonOptions:
     """Bundle the shared options. ``--out -`` writes the per-sample JSONL (provenance first) to stdout when the
     command ends — tables move to stderr, summary and plots are not kept — so output pipes into jq."""
     if out == "-":
@@ -47,7 +78,8 @@ def common(model, profile, data, out, limit, batch_size, seed, quant, device, qu
         out = default_run_folder(out, resume)
     return CommonOptions(model=model, profile=profile, data=data, out=out, limit=limit, batch_size=batch_size,
                          seed=seed, quant=quant, device=device, quiet=quiet, resume=resume, strict=strict,
-                         max_pixels=max_pixels, trust_remote_code=trust_remote_code)
+                         max_pixels=max_pixels, trust_remote_code=trust_remote_code, decoding=dict(decoding or {}),
+                         system=system)
 
 
 def _out_is_default() -> bool:

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from latentcheck.cli.app import app, console, out_console
 from latentcheck.cli.tables import run_line
+from latentcheck.cli import options as o
 from latentcheck.cli.options import (BatchSize, Data, Device, Limit, MaxNewTokens, MaxPixels, Model, Out, Profile,
                                      Quant, Quiet, Resume, Seed, Strict, TrustRemoteCode, common)
 from latentcheck.core.summaries import fmt_ci, fmt_num
@@ -89,6 +90,8 @@ def perturb_input_cmd(
     limit: Limit = None, batch_size: BatchSize = 8, seed: Seed = 0, quant: Quant = "auto", device: Device = "auto",
     quiet: Quiet = False, resume: Resume = False, strict: Strict = False, max_pixels: MaxPixels = None,
     trust_remote_code: TrustRemoteCode = False,
+    greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
+    repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
 ) -> None:
     """Do the latents change when the input changes? Controlled input treatments vs reference states (X -> Z)."""
     from latentcheck.perturb.inputs import run_perturb_input
@@ -99,7 +102,9 @@ def perturb_input_cmd(
         return
     parsed = parse_treatments(treatment) if treatment else None
     opts = common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
-                  max_pixels, trust_remote_code)
+                  max_pixels, trust_remote_code,
+                    decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
+                    system=system)
     res = run_perturb_input(opts, parsed, max_matrix=max_matrix, save_tensors=save_tensors, force_start=force_start,
                             image_visibility=image_visibility, max_latents=max_latents,
                             max_new_tokens=max_new_tokens, n_boot=n_boot, plots=not no_plots)

@@ -98,6 +98,8 @@ def perturb_latent_cmd(
     seed: o.Seed = 0, quant: o.Quant = "auto", device: o.Device = "auto", quiet: o.Quiet = False,
     resume: o.Resume = False, strict: o.Strict = False, max_pixels: o.MaxPixels = None,
     trust_remote_code: o.TrustRemoteCode = False,
+    greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
+    repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
 ) -> None:
     """Intervene on the fed-back latent vectors (Z -> Y) and decompose the input's effect on the answer into
     direct and latent-mediated parts (TE / NIE / NDE). Writes samples.jsonl, summary.json and plots/ to --out."""
@@ -113,7 +115,9 @@ def perturb_latent_cmd(
         out_console.print("default set: " + " ".join(DEFAULT_SPECS))
         return
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
-                    max_pixels, trust_remote_code)
+                    max_pixels, trust_remote_code,
+                    decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
+                    system=system)
     result = run_perturb_latent(opts, intervention, sigma_sweep=sigma_sweep, per_index=per_index or [],
                                 mediation=mediation, naive=naive, force_latent=force_latent,
                                 image_visibility=image_visibility, max_new_tokens=max_new_tokens,

@@ -71,6 +71,9 @@ def probe_cmd(
     limit: o.Limit = None, batch_size: o.BatchSize = 8, seed: o.Seed = 0, quant: o.Quant = "auto",
     device: o.Device = "auto", quiet: o.Quiet = False, resume: o.Resume = False, strict: o.Strict = False,
     max_pixels: o.MaxPixels = None, trust_remote_code: o.TrustRemoteCode = False,
+    greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
+    repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
+    max_new_tokens: o.MaxNewTokens = None,
     derived: Annotated[Optional[str], typer.Option("--derived", help="Derived questions (task JSONL, each with "
                                                    "meta.source_id). Default: derived_<split>.jsonl next to a toy "
                                                    "task file, or generated from toy metadata.",
@@ -102,7 +105,9 @@ def probe_cmd(
     from latentcheck.probe.trained import ProbeConfig
 
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
-                    max_pixels, trust_remote_code)
+                    max_pixels, trust_remote_code,
+                    decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
+                    system=system)
     popts = ProbeOptions(derived=derived, labels=label or None, from_cache=from_cache, scoring=scoring,
                          force_latent=force_latent, behavioural=behavioural, trained=trained,
                          probe=ProbeConfig(n_splits=splits, mlp_hidden=(mlp_hidden,), seed=seed))

@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 from latentcheck.core.errors import ModelLoadError
 from latentcheck.core.fastpaths import linear_patch_embedding
-from latentcheck.core.profiles import Profile, ResolvedTokens, detect_profile, get_profile, resolve_tokens
+from latentcheck.core.profiles import (Profile, ResolvedTokens, detect_profile, get_profile, latent_profiles_matching,
+                                      resolve_tokens)
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,12 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         """Provenance fields for result files."""
+        from dataclasses import asdict
+
         return {"id": self.model_id, "path": self.path, "weight_hash": self.weight_hash,
-                "profile": self.profile.name, "profile_file": self.profile.path, "device": self.device,
+                "profile": self.profile.name, "profile_file": self.profile.path,
+                "protocol": self.profile.description, "decoding": asdict(self.profile.decoding),
+                "system_prompt": self.profile.prompt.system, "device": self.device,
                 "dtype": self.dtype, "quant": self.quant, "projection_head": self.head is not None, **self.info}
 
 
@@ -298,10 +303,17 @@ def load_model(model: str, profile: str | Profile | None = None, quant: str = "a
                                     min_pixels=prof.processor.get("min_pixels"))
     tokens = resolve_tokens(prof, tok, m)
     head = _load_projection_head(path, m, prof)
+    warnings = []
+    latent_like = latent_profiles_matching(prof, tok)
+    if latent_like:
+        toks = sorted({t for ts in latent_like.values() for t in ts})
+        warnings.append(f"profile {prof.name} is {prof.kind}, but this checkpoint's tokenizer has latent tokens "
+                        f"{toks} (built-in profiles {', '.join(sorted(latent_like))}): latent mode can never trigger "
+                        "under this profile; pass --profile if the checkpoint reasons in latents")
     return LoadedModel(model=m, processor=processor, tokenizer=tok, profile=prof, tokens=tokens, model_id=model,
                        path=str(path), device=dev, dtype=str(dtype).replace("torch.", ""), quant=quant,
                        weight_hash=weight_fingerprint(path), head=head,
                        info={"architecture": type(m).__name__, "text_only": text_only,
                              "max_pixels": None if text_only else processor.image_processor.size.get("longest_edge"),
                              "min_pixels": None if text_only else processor.image_processor.size.get("shortest_edge"),
-                             "fast_paths": fast})
+                             "fast_paths": fast, "warnings": warnings})

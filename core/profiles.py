@@ -297,6 +297,17 @@ def detect_profile(tokenizer, config) -> Profile:
     return get_profile("qwen2_5_vl")
 
 
+def latent_profiles_matching(profile: Profile, tokenizer) -> dict[str, list[str]]:
+    """For a non-latent ``profile``: the built-in latent profiles whose detection tokens this tokenizer has (name ->
+    tokens). Non-empty means the checkpoint looks like a latent-reasoning model run with a plain protocol, whose
+    latent mode can then never trigger."""
+    if profile.is_latent:
+        return {}
+    vocab = tokenizer.get_vocab()
+    return {p.name: p.detect_tokens for p in builtin_profiles().values()
+            if p.is_latent and p.detect_tokens and all(t in vocab for t in p.detect_tokens)}
+
+
 @dataclass
 class ResolvedTokens:
     """Token ids of a profile's strings in one checkpoint's tokenizer."""

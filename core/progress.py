@@ -41,6 +41,11 @@ def status(message: str, quiet: bool = False) -> None:
         print(f"{_stamp()} {message}", file=sys.stderr, flush=True)
 
 
+def warn(message: str) -> None:
+    """A loud warning on stderr, also under ``--quiet`` (results that may be meaningless must not pass silently)."""
+    print(f"{_stamp()} WARNING: {message}", file=sys.stderr, flush=True)
+
+
 def log_interval() -> float:
     try:
         return max(0.0, float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL)))

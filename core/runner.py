@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from latentcheck.core.errors import LatentcheckError, RecordError
-from latentcheck.core.progress import progress_bar
+from latentcheck.core.progress import progress_bar, warn
 from latentcheck.core.records import (ResultStream, ResultWriter, config_differences, file_mode, iter_results,
                                       merge_shards, provenance, shard_path, write_json_atomic, write_shard_from)
 from latentcheck.core.tasks import BadRecord, Task, read_tasks
@@ -55,6 +55,8 @@ class CommonOptions:
     strict: bool = False
     max_pixels: int | None = None
     trust_remote_code: bool = False
+    decoding: dict = field(default_factory=dict)  # overrides of the profile's DecodingSpec fields
+    system: str | None = None  # system prompt instead of the profile's
 
     def config(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,9 +119,45 @@ def load_for(opts: CommonOptions, default: str = "toy-latent"):
     start = time.monotonic()
     lm = load_model(name, profile=opts.profile, quant=opts.quant, device=data_parallel_device(opts.device),
                     trust_remote_code=opts.trust_remote_code, max_pixels=opts.max_pixels)
+    lm = apply_options(lm, opts)
     status(f"loaded {name} in {time.monotonic() - start:.1f}s (profile {lm.profile.name}, {lm.device}, "
            f"{str(lm.dtype).replace('torch.', '')})", quiet)
+    status(run_header(lm), quiet)
+    for w in lm.info.get("warnings", []):
+        warn(w)
     return lm
+
+
+def apply_options(lm, opts: CommonOptions):
+    """The run's decoding overrides (``opts.decoding``: DecodingSpec fields) and system prompt (``opts.system``)
+    applied to the loaded model's profile (a copy), so the engine, the prompts and the provenance all see them."""
+    from dataclasses import replace
+
+    from latentcheck.core.profiles import DecodingSpec
+
+    if not opts.decoding and opts.system is None:
+        return lm
+    bad = set(opts.decoding) - set(DecodingSpec.__dataclass_fields__)
+    if bad:
+        raise LatentcheckError(f"unknown decoding setting(s) {sorted(bad)}; known: "
+                               f"{sorted(DecodingSpec.__dataclass_fields__)}")
+    prof = lm.profile
+    try:
+        dec = replace(prof.decoding, **opts.decoding)
+    except ValueError as e:  # pydantic's ValidationError is a ValueError
+        raise LatentcheckError(f"invalid decoding option: {str(e).splitlines()[-2:]}") from None
+    prompt = prof.prompt if opts.system is None else replace(prof.prompt, system=opts.system)
+    lm.profile = replace(prof, decoding=dec, prompt=prompt)
+    return lm
+
+
+def run_header(lm) -> str:
+    """One line naming the protocol a run uses (which Monet convention, which decoding), for the log and records."""
+    p = lm.profile
+    d = p.decoding
+    how = (f"sample T={d.temperature} top_p={d.top_p} top_k={d.top_k}" if d.do_sample else "greedy") + \
+        (f" rep={d.repetition_penalty}" if d.repetition_penalty != 1.0 else "") + f", max {d.max_new_tokens} tokens"
+    return f"profile {p.name} ({p.kind}): {p.description} Decoding: {how}."
 
 
 def data_parallel_device(device: str) -> str:
