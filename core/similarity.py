@@ -300,3 +300,64 @@ def nearest_centroid_accuracy(X, labels, n_splits: int = 5, seed: int = 0, metri
         "n_splits": splits,
         "chance": float(counts.max() / counts.sum()),
     }
+
+
+# ------------------------------------------------------------------------------ beyond raw cosine (issue #24)
+def _paired(X, Y, name_x: str = "X", name_y: str = "Y") -> tuple[np.ndarray, np.ndarray]:
+    a, b = _as_array(X, name_x, 2), _as_array(Y, name_y, 2)
+    if a.shape[0] != b.shape[0]:
+        raise LatentcheckError(f"arguments '{name_x}' and '{name_y}': {a.shape[0]} vs {b.shape[0]} rows (one row per "
+                               "instance in both)")
+    if a.shape[0] < 3:
+        raise LatentcheckError(f"need at least 3 instances, got {a.shape[0]}")
+    return a, b
+
+
+def linear_cka(X, Y) -> float:
+    """Linear centred kernel alignment (Kornblith et al. 2019) between two representations of the same n instances
+    (X [n, p], Y [n, q]): ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F). 1 for representations equal up to an
+    orthogonal transform and isotropic scaling, ~0 for unrelated ones; insensitive to the shared mean direction that
+    inflates raw cosine. nan when either side has no variance."""
+    a, b = _paired(X, Y)
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    num = np.linalg.norm(b.T @ a) ** 2
+    den = np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b)
+    return float(num / den) if den > 0 else float("nan")
+
+
+def rsa(X, Y) -> float:
+    """Representational similarity analysis: Spearman correlation between the two representations' dissimilarity
+    matrices (1 - cosine, upper triangle). nan when either has constant dissimilarities."""
+    from scipy.stats import spearmanr
+
+    a, b = _paired(X, Y)
+    iu = np.triu_indices(a.shape[0], k=1)
+    da, db = (1.0 - cosine_matrix(a))[iu], (1.0 - cosine_matrix(b))[iu]
+    if np.ptp(da) == 0 or np.ptp(db) == 0:
+        return float("nan")
+    return float(spearmanr(da, db).statistic)
+
+
+def retrieval_accuracy(X, Y, n_perm: int = 1000, seed: int = 0, centre: bool = True) -> dict:
+    """Instance retrieval: can row i of X pick out row i of Y among all n rows (nearest by cosine)? ``X`` and ``Y``
+    may live in different spaces only if they have the same width (e.g. latents vs image-token states of one model).
+
+    Returns ``accuracy`` (share of rows whose nearest Y is their own), ``chance`` (1/n), and a permutation null:
+    ``p_value`` = (1 + #{permutations with accuracy >= observed}) / (1 + n_perm), where a permutation re-pairs the
+    rows of Y at random (the instance labels carry no information under the null). With ``centre`` both sides are
+    centred by their own mean first (anisotropy)."""
+    a, b = _paired(X, Y)
+    if a.shape[1] != b.shape[1]:
+        raise LatentcheckError(f"retrieval needs one space: widths {a.shape[1]} and {b.shape[1]} differ")
+    if centre:
+        a, b = a - a.mean(0), b - b.mean(0)
+    sims = _unit_rows(a) @ _unit_rows(b).T  # [n, n]
+    n = a.shape[0]
+    best = sims.argmax(1)
+    observed = float(np.mean(best == np.arange(n)))
+    rng = np.random.default_rng(seed)
+    null = np.array([np.mean(best == rng.permutation(n)) for _ in range(n_perm)])
+    return {"accuracy": observed, "chance": 1.0 / n, "n": int(n), "n_perm": int(n_perm),
+            "null_mean": float(null.mean()) if n_perm else float("nan"),
+            "p_value": float((1 + np.sum(null >= observed)) / (1 + n_perm)) if n_perm else float("nan")}

@@ -589,6 +589,27 @@ def _array(arrays: dict, name: str) -> np.ndarray:
     return np.asarray(arrays.get(name, np.zeros((0,))), np.float64)
 
 
+def latent_vs_refs(lats: list[np.ndarray], ref_X: dict[str, tuple[list[int], np.ndarray]], n_perm: int = 1000,
+                   seed: int = 0) -> dict[str, Any]:
+    """Does the latent span carry THIS instance's input? Per reference state type, over the instances that have both:
+    linear CKA and RSA between the instances' mean latent and their reference state, and instance retrieval (does an
+    instance's mean latent pick out its own reference state among all n, centred cosine) with a permutation null.
+    Unlike raw cosine, none of these is inflated by the shared direction of the hidden-state cone."""
+    from latentcheck.core.similarity import linear_cka, retrieval_accuracy, rsa
+
+    out: dict[str, Any] = {}
+    for r, (rows, X) in ref_X.items():
+        keep = [j for j, i in enumerate(rows) if len(lats[i])]
+        if len(keep) < 3:
+            out[r] = {"skipped": f"only {len(keep)} instances have latents and a {r} state"}
+            continue
+        L = np.stack([lats[rows[j]].mean(0) for j in keep])
+        R = X[keep]
+        out[r] = {"n": len(keep), "linear_cka": linear_cka(L, R), "rsa": rsa(L, R),
+                  "retrieval": retrieval_accuracy(L, R, n_perm=n_perm, seed=seed)}
+    return out
+
+
 def geometry(samples: list[tuple[str, dict]], categories: dict[str, str | None],
              treatments: list[Treatment]) -> dict[str, Any]:
     """Inter-instance matrices, collapse curves, effective rank and centred treated-vs-original cosines on the
@@ -625,6 +646,7 @@ def geometry(samples: list[tuple[str, dict]], categories: dict[str, str | None],
     out["latent_index"] = per_index
     refs = {r: _matrix_stats(X, [cats[i] for i in rows] if has_cats else None, mu) for r, (rows, X) in ref_X.items()}
     out["refs"] = refs
+    out["latent_vs_refs"] = latent_vs_refs(lats, ref_X)
     if nonempty and sum(len(x) for x in nonempty) >= 2:
         pooled = np.concatenate(nonempty)
         out["latent_pooled"] = {"n": int(len(pooled)), "effective_rank": effective_rank(pooled),

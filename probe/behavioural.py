@@ -38,6 +38,7 @@ from latentcheck.core.runner import (CommonOptions, TensorStore, barrier, data_p
                                      load_records, read_all_tasks, run_records)
 from latentcheck.core.stats import accuracy_effect, paired_bootstrap_diff, wilson_ci
 from latentcheck.core.tasks import LETTERS, BadRecord, Task, read_tasks, validate_record
+from latentcheck.probe.lens import lens_record, summarise_lens
 from latentcheck.probe.trained import REFERENCE_SITES, ProbeConfig, analyse_states
 
 COMMAND = "probe"
@@ -130,6 +131,12 @@ def capture_block(engine, lm, tasks: list[Task], store: TensorStore, force_laten
                "latent_count": tr.latent_count, "triggered": tr.triggered}
         if t.options:
             rec.update({k: v for k, v in _scores(lm, tr, t, extract).items() if k != "option_logprobs"})
+            if tr.latent_count and t.answer_letter in LETTERS[:len(t.options)]:
+                pred = rec.get("pred")
+                rec["logit_lens"] = lens_record(
+                    lm, tr.raw_latents, tr.refs.get("last_prompt_token"), _option_ids(lm, t),
+                    LETTERS.index(t.answer_letter),
+                    LETTERS.index(pred) if isinstance(pred, str) and pred in LETTERS[:len(t.options)] else None)
         out[t.id] = rec
     return [out[t.id] for t in tasks]
 
@@ -322,6 +329,7 @@ def summarise_capture(records: list[dict]) -> dict[str, Any]:
     counts = np.array([r["latent_count"] for r in ok])
     res.update(latent_count_mean=float(counts.mean()), latent_count_min=int(counts.min()),
                latent_count_max=int(counts.max()), triggered_rate=float(np.mean([r["triggered"] for r in ok])))
+    res["logit_lens"] = summarise_lens(ok)
     scored = [r for r in ok if "correct" in r]
     if scored:
         res["source_accuracy"] = _acc(np.array([r["correct"] for r in scored]))
