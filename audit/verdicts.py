@@ -141,7 +141,7 @@ def verdict_xz(pi_summary: dict | None, rules: dict) -> Verdict:
         return Verdict("xz", "untestable", UNTESTABLE, f"treatment {r['treatment']} not in the perturb-input run",
                        rule=rule)
     ratio = tr.get("sensitivity_ratio") or {}
-    trig = (pi_summary.get("trigger_rate") or {}).get("rate")
+    trig = (pi_summary.get("trigger_rate") or {}).get("estimate")
     ev = {"treatment": r["treatment"], "reference": tr.get("reference"), "ratio": ratio.get("estimate"),
           "ratio_lo": ratio.get("lo"), "ratio_hi": ratio.get("hi"), "n": tr.get("n"),
           "latent_rel_change": (tr.get("latent_rel_l2") or {}).get("estimate"),

@@ -32,7 +32,7 @@ def treatments_table() -> Table:
 
 def results_table(summary: dict) -> Table:
     t = Table(title=f"perturb-input: {summary['profile']} ({summary['latent_source']}), n={summary['n_samples']}, "
-                    f"trigger rate {fmt_num((summary.get('trigger_rate') or {}).get('rate'), 2)}")
+                    f"trigger rate {fmt_num((summary.get('trigger_rate') or {}).get('estimate'), 2)}")
     t.add_column("treatment", no_wrap=True)
     for c in ("n", "skip", "latent cos", "latent rel. change", "ref.", "ref. rel. change",
               "sensitivity ratio [95% CI]", "answer changed"):
@@ -43,7 +43,7 @@ def results_table(summary: dict) -> Table:
         t.add_row(label, str(tr["n"]), str(tr["n_skipped"]), fmt_num(tr["latent_cosine"]["estimate"], 4),
                   fmt_num(tr["latent_rel_l2"]["estimate"]), SHORT.get(ref, ref),
                   fmt_num(tr["refs"][ref]["rel_l2"]["estimate"]), fmt_ci(tr["sensitivity_ratio"], digits=3),
-                  fmt_num(changed["rate"], 2))
+                  fmt_num(changed["estimate"], 2))
     return t
 
 

@@ -109,10 +109,12 @@ def figures_dict(figures: Mapping[str, str] | list[str] | None) -> dict[str, str
 def finish(command: str, out_dir: str | Path, summary: dict[str, Any], counts: Mapping[str, Any],
            results_path: str | None = None, figures: Mapping[str, str] | list[str] | None = None,
            name: str | None = "summary.json", started: float | None = None) -> AnalysisResult:
-    """The common tail of every analysis: write ``summary`` to ``out_dir/name`` (atomically, through the one JSON
-    serialisation; ``name=None`` writes nothing) and return the :class:`AnalysisResult`."""
+    """The common tail of every analysis: stamp ``summary`` with the summary schema (``"schema"``, added last when
+    missing), write it to ``out_dir/name`` (atomically, through the one JSON serialisation; ``name=None`` writes
+    nothing) and return the :class:`AnalysisResult`."""
     from latentcheck.core.records import write_json_atomic
 
+    summary.setdefault("schema", SUMMARY_SCHEMA)
     summary_path = None
     if name is not None:
         summary_path = str(write_json_atomic(Path(out_dir) / name, summary))

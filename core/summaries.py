@@ -26,9 +26,13 @@ Records (all frozen dataclasses, keyword-only, built by the classmethods that ca
 
 Serialisation is the same everywhere: ``record.to_dict()`` (nested records become dicts, field order = declaration
 order) and ``Record.from_dict(d)`` (unknown keys are an error; missing optional fields take their default), and
-``core.records.write_json_atomic`` / ``to_jsonable`` accept the records themselves. A summary that holds these
-records says so with ``"schema": SUMMARY_SCHEMA`` (``latentcheck.summary/2``; files without the key are version 1,
-the untyped shapes ``delta_lo`` / ``accuracy`` / ``lo`` that came before).
+``core.records.write_json_atomic`` / ``to_jsonable`` accept the records themselves. Every summary written through
+``core.analysis.finish`` carries ``"schema": SUMMARY_SCHEMA`` (``latentcheck.summary/2``; files without the key are
+version 1). Version 2: perturb-input's and perturb-latent's intervals are these records (``Estimate``, ``Ratio``,
+``Proportion``: every one has ``method``; perturb-input's rates say ``estimate`` / ``successes`` where v1 said
+``rate``). Still in the v1 shapes (next version): the accuracy dicts of probe / bench / caption-imagine
+(``accuracy, lo, hi, n, correct``) -> ``Proportion``, and the flat paired-accuracy rows of perturb-latent /
+caption-imagine intervene / bench (``delta, delta_lo, delta_hi, mcnemar_p, n01, n10``) -> ``AccuracyEffect``.
 
 Extending (e.g. multiplicity-adjusted p-values, equivalence tests, minimum detectable effects): add a field with a
 default to the record (``p_holm: float | None = None``), fill it where the record is built (``dataclasses.replace``

@@ -39,6 +39,7 @@ import numpy as np
 
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.analysis import AnalysisResult, finish, not_main
+from latentcheck.core.summaries import Estimate, Proportion, Ratio
 from latentcheck.core.runner import (CommonOptions, TensorStore, data_path, distributed, item_key, load_for,
                                      read_all_tasks, run_records)
 from latentcheck.core.tasks import LETTERS, Task
@@ -438,33 +439,26 @@ def run_perturb_input(opts: CommonOptions, treatments: list[str] | list[Treatmen
 
 # ------------------------------------------------------------------------------------------------ aggregation
 def _ci(values: list[float], n_boot: int, seed: int) -> dict[str, Any]:
-    from latentcheck.core.stats import bootstrap_ci
-
+    """Mean of the finite values with a percentile-bootstrap CI (a core.summaries.Estimate)."""
     vals = [v for v in values if v is not None and math.isfinite(v)]
     if not vals:
-        return {"estimate": None, "lo": None, "hi": None, "n": 0}
-    return {**bootstrap_ci(vals, n_boot=n_boot, seed=seed), "n": len(vals)}
+        return Estimate.missing().to_dict()
+    return Estimate.bootstrap(vals, n_boot=n_boot, seed=seed).to_dict()
 
 
 def _ratio(num: list[float | None], den: list[float | None], n_boot: int, seed: int) -> dict[str, Any]:
-    from latentcheck.core.stats import bootstrap_ratio
-
+    """mean(num) / mean(den) over the finite pairs, paired bootstrap (a core.summaries.Ratio)."""
     pairs = [(a, b) for a, b in zip(num, den)
              if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
     if not pairs:
-        return {"estimate": None, "lo": None, "hi": None, "n": 0, "n_undefined": 0}
+        return Ratio(estimate=None, n=0, method="none").to_dict()
     a, b = zip(*pairs)
-    return {**bootstrap_ratio(list(a), list(b), n_boot=n_boot, seed=seed), "n": len(pairs)}
+    return Ratio.bootstrap(list(a), list(b), n_boot=n_boot, seed=seed).to_dict()
 
 
 def _rate(flags: list[bool]) -> dict[str, Any]:
-    from latentcheck.core.stats import wilson_ci
-
-    if not flags:
-        return {"rate": None, "lo": None, "hi": None, "n": 0}
-    k = int(sum(flags))
-    lo, hi = wilson_ci(k, len(flags))
-    return {"rate": k / len(flags), "lo": lo, "hi": hi, "n": len(flags)}
+    """The share of true flags with a Wilson CI (a core.summaries.Proportion)."""
+    return Proportion.of(flags).to_dict()
 
 
 class _IndexMean:

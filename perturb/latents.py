@@ -39,9 +39,10 @@ from latentcheck.core.interventions import (REGISTRY, InterventionSpec, LatentSt
                                             sequence_override)
 from latentcheck.core.profiles import VISIBILITIES
 from latentcheck.core.analysis import AnalysisResult, finish, not_main
+from latentcheck.core.summaries import Estimate
 from latentcheck.core.runner import CommonOptions, data_path, error_record, load_for, load_records, \
     read_all_tasks, run_records, save_npz_atomic
-from latentcheck.core.stats import accuracy_effect, bootstrap_ci, wilson_ci
+from latentcheck.core.stats import accuracy_effect, wilson_ci
 from latentcheck.core.tasks import LETTERS, Task
 from latentcheck.perturb.mediation import (MEDIATION_KINDS, PRIMARY_OUTCOME, counterfactual_task, parse_kinds,
                                            partner_map, plot_mediation, summarise_mediation)
@@ -466,11 +467,8 @@ class _Analysis:
 
 # ---------------------------------------------------------------------------------------------- summary
 def _ci(values: list[float], seed: int, n_boot: int) -> dict | None:
-    if not values:
-        return None
-    d = bootstrap_ci(values, seed=seed, n_boot=n_boot)
-    d["n"] = len(values)
-    return d
+    """Mean with a percentile-bootstrap CI (a core.summaries.Estimate), None without values."""
+    return Estimate.bootstrap(values, n_boot=n_boot, seed=seed).to_dict() if values else None
 
 
 def _rate(values: list[bool]) -> float | None:

@@ -23,7 +23,7 @@ torch.set_num_threads(1)
 
 # ---------------------------------------------------------------------------------------------- hand-built summaries
 def pi_summary(est, lo, hi, n=20, treatment="swap_image"):
-    return {"trigger_rate": {"rate": 1.0}, "latent_source": "fed-back latent vectors",
+    return {"trigger_rate": {"estimate": 1.0}, "latent_source": "fed-back latent vectors",
             "treatments": {treatment: {"n": n, "reference": "image_tokens",
                                        "sensitivity_ratio": {"estimate": est, "lo": lo, "hi": hi},
                                        "latent_rel_l2": {"estimate": 0.1}, "latent_cosine": {"estimate": 0.9},
@@ -279,7 +279,7 @@ def test_the_audit_loops_over_registered_analyses(tiny_checkpoint, tmp_path):
     assert list(r.stages) == ["bench", "count_options"] and st.status == "done"
     assert st.summary == "count-options/summary.json" and st.counts["ok"] == 3
     assert json.loads((tmp_path / "a" / st.summary).read_text()) == {"command": "count-options", "n": 3,
-                                                                     "options": 12}
+                                                                     "options": 12, "schema": "latentcheck.summary/2"}
     assert seen["out"] == str(tmp_path / "a" / "count-options") and seen["lm"] is not None
     assert r.verdicts["xz"].status == "untestable"  # no perturb-input stage ran
 
