@@ -31,22 +31,47 @@ def build_data_cmd(
     out: Annotated[str, typer.Option("--out", "-o", rich_help_panel=P,
                                      help="Output JSONL (dropped records go to <stem>.dropped.jsonl).")]
     = "latentcheck-runs/capimagine-data/train.jsonl",
+    chat_json: Annotated[Optional[str], typer.Option("--chat-json", rich_help_panel=P,
+                                                     help="Also write the kept records as Monet-style chat JSON "
+                                                          "(image paths relative to its folder).")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", rich_help_panel=P,
                                      help="monet-sft | mirage | auto (.jsonl -> mirage).")] = "auto",
     captioner: Annotated[str, typer.Option("--captioner", rich_help_panel=P,
-                                           help="metadata (captions stored with the data) | model (--model "
-                                                "captions each intermediate image).")] = "metadata",
+                                           help="model (-m captions each intermediate image; the paper's setting) | "
+                                                "metadata (reuse captions stored with the data, else the "
+                                                "<observation> text) | auto (metadata for the toy world when no "
+                                                "INPUT is given, else model).")] = "auto",
+    url: Annotated[Optional[str], typer.Option("--url", rich_help_panel=P,
+                                               help="OpenAI-compatible endpoint serving -m (vLLM, SGLang, "
+                                                    "transformers serve, hosted); without it -m is a local "
+                                                    "checkpoint.")] = None,
     refine_model: Annotated[Optional[str], typer.Option("--refine-model", rich_help_panel=P,
-                                                        help="Local checkpoint that rewrites each chain.")] = None,
+                                                        help="Model that rewrites each chain (local checkpoint, or "
+                                                             "served name with --refine-url).")] = None,
+    refine_url: Annotated[Optional[str], typer.Option("--refine-url", rich_help_panel=P)] = None,
     judge_model: Annotated[Optional[str], typer.Option("--judge-model", rich_help_panel=P,
-                                                       help="Local checkpoint that keeps/drops each sample.")] = None,
+                                                       help="Model that keeps/drops each sample (local checkpoint, "
+                                                            "or served name with --judge-url).")] = None,
+    judge_url: Annotated[Optional[str], typer.Option("--judge-url", rich_help_panel=P)] = None,
+    key_env: Annotated[str, typer.Option("--key-env", rich_help_panel=P,
+                                         help="Environment variable holding the endpoints' API key.")]
+    = "OPENAI_API_KEY",
+    concurrency: Annotated[int, typer.Option("--concurrency", rich_help_panel=P,
+                                             help="Requests in flight per served model.")] = 8,
+    max_retries: Annotated[int, typer.Option("--max-retries", rich_help_panel=P,
+                                             help="Retries of a failed request (connection, timeout, 429, 5xx).")]
+    = 3,
+    cache: Annotated[Optional[str], typer.Option("--cache", rich_help_panel=P,
+                                                 help="Reply cache file (default $LATENTCHECK_CACHE/responses.sqlite; "
+                                                      "'none' turns it off): a rerun asks nothing twice.")] = None,
     prompts: Annotated[Optional[str], typer.Option("--prompts", rich_help_panel=P,
                                                    help="Folder with caption_zoom/caption_edit/refine/judge .txt "
                                                         "(missing files: the packaged ones).")] = None,
     kind: Annotated[Optional[str], typer.Option("--kind", rich_help_panel=P,
                                                 help="zoom | edit for every sample (default: per subset).")] = None,
     dataset_root: Annotated[Optional[str], typer.Option("--dataset-root", rich_help_panel=P,
-                                                        help="Folder image paths are relative to.")] = None,
+                                                        help="Folder image paths are relative to (default: the "
+                                                             "input's folder or the one or two above it).")] = None,
     split: Annotated[str, typer.Option("--split", rich_help_panel=P,
                                        help="Toy world split when no INPUT is given.")] = "train",
     max_new_tokens: o.MaxNewTokens = None,
@@ -57,18 +82,31 @@ def build_data_cmd(
     """Convert interleaved "thinking with images" data into text-imagination SFT records (paper s5.2)."""
     from pathlib import Path
 
-    from latentcheck.imagine.generate import build_data_with_models
+    from latentcheck.imagine.generate import BackendSpec, build_data_with_models
 
+    if captioner == "auto":
+        captioner = "metadata" if input is None else "model"
     if input is None:
         from latentcheck.toy.zoo import default_data
 
         input = str(Path(default_data(split)).parent / f"interleaved_{split}.json")
     load_kw = {"profile": profile, "quant": quant, "device": device, "trust_remote_code": trust_remote_code,
                "max_pixels": max_pixels}
-    counts = build_data_with_models(input, out, fmt=fmt, captioner=captioner, caption_model=model,
-                                    refine_model=refine_model, judge_model=judge_model, prompts_dir=prompts,
-                                    resume=resume, limit=limit, kind=kind, dataset_root=dataset_root,
-                                    batch_size=batch_size, max_new_tokens=max_new_tokens, load_kw=load_kw)
+    store = None if (cache or "").lower() == "none" else (cache or True)
+
+    def spec(name: str | None, endpoint: str | None) -> BackendSpec | None:
+        if name is None:
+            if endpoint:
+                raise LatentcheckError(f"--url {endpoint} needs the served model's name")
+            return None
+        return BackendSpec(name, url=endpoint, key_env=key_env, concurrency=concurrency, max_retries=max_retries,
+                           cache=store, load_kw=load_kw, batch_size=batch_size)
+
+    counts = build_data_with_models(input, out, fmt=fmt, captioner=captioner, caption=spec(model, url),
+                                    refine=spec(refine_model, refine_url), judge=spec(judge_model, judge_url),
+                                    prompts_dir=prompts, resume=resume, limit=limit, kind=kind,
+                                    dataset_root=dataset_root, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                    chat_json=chat_json)
     if not quiet:
         t = Table(title=f"caption-imagine build-data: {input}")
         for c in ("read", "kept", "dropped", "errors", "skipped (resume)"):
@@ -78,7 +116,12 @@ def build_data_cmd(
         out_console.print(t)
         for reason, n in sorted(counts["dropped_reasons"].items(), key=lambda x: -x[1]):
             console.print(f"  dropped: {n} x {reason}", highlight=False)
-        console.print(f"kept -> {counts['out']}; dropped/errors -> {counts['dropped_out']}", highlight=False)
+        for role, st in counts["calls"].items():
+            console.print(f"  {role}: {st.get('calls', 0)} requests, {st.get('cache_hits', 0)} from the cache, "
+                          f"{st.get('errors', 0)} failed", highlight=False)
+        console.print(f"kept -> {counts['out']}; dropped/errors -> {counts['dropped_out']}"
+                      + (f"; chat JSON -> {counts['chat_json']}" if counts.get("chat_json") else ""),
+                      highlight=False)
     if counts["errors"]:
         raise typer.Exit(1)
 
@@ -262,6 +305,24 @@ def intervene_cmd(
                                                           help="Prompt file (default imagine/prompts/corrupt.txt; "
                                                                "{question} {options} {imagination} {answer}).")]
     = None,
+    corrupt_url: Annotated[Optional[str], typer.Option("--corrupt-url", rich_help_panel=P,
+                                                       help="OpenAI-compatible endpoint serving --corrupt-model (e.g. "
+                                                            "vLLM with Qwen3-32B).")] = None,
+    span_rule: Annotated[str, typer.Option("--span-rule", rich_help_panel=P,
+                                           help="How the imagination is found: markers (the profile's) | prose "
+                                                "(marker-free: everything before the final-answer sentence / boxed "
+                                                "answer) | judge (--span-model copies it out) | auto (markers if "
+                                                "present, else prose).")] = "auto",
+    span_model: Annotated[Optional[str], typer.Option("--span-model", rich_help_panel=P,
+                                                      help="Span judge for --span-rule judge (local checkpoint, or "
+                                                           "served name with --span-url).")] = None,
+    span_url: Annotated[Optional[str], typer.Option("--span-url", rich_help_panel=P)] = None,
+    key_env: Annotated[str, typer.Option("--key-env", rich_help_panel=P,
+                                         help="Environment variable holding the endpoints' API key.")]
+    = "OPENAI_API_KEY",
+    cache: Annotated[Optional[str], typer.Option("--cache", rich_help_panel=P,
+                                                 help="Reply cache of the model passes (default "
+                                                      "$LATENTCHECK_CACHE/responses.sqlite; 'none': off).")] = None,
     span_tokens: Annotated[int, typer.Option("--span-tokens", rich_help_panel=P,
                                              help="Imagination tokens per instance in the similarity "
                                                   "analysis.")] = 8,
@@ -283,8 +344,10 @@ def intervene_cmd(
                     max_pixels, trust_remote_code,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system)
+    store = None if (cache or "").lower() == "none" else (cache or True)
     s = run_intervene(opts, corrupter=corrupter, corrupt_model=corrupt_model, corrupt_prompt=corrupt_prompt,
-                      span_tokens=span_tokens, plots=not no_plots)
+                      span_tokens=span_tokens, plots=not no_plots, span_rule=span_rule, span_model=span_model,
+                      corrupt_url=corrupt_url, span_url=span_url, backend_kw={"key_env": key_env, "cache": store})
     if not s.get("is_main", True):
         return
     if not quiet:
@@ -307,6 +370,9 @@ def intervene_cmd(
             console.print(f"imagination hidden states (first {sim['span_tokens']} tokens, n={sim['n']}): inter-instance "
                           f"cos raw {sim['inter_raw_mean']:.3f} / centred {sim['inter_centred_mean']:.3f}; intra "
                           f"all-pairs {sim['intra_all_pairs']:.3f}; effective rank {sim['effective_rank']:.1f}",
+                          highlight=False)
+        if s.get("span_rules"):
+            console.print("imagination span found by: " + "; ".join(f"{n} x {r}" for r, n in s["span_rules"].items()),
                           highlight=False)
         if s["skip_reasons"]:
             console.print("not intervened: " + "; ".join(f"{n} x {r}" for r, n in s["skip_reasons"].items()),

@@ -22,7 +22,9 @@ Input formats (``fmt``):
   line is the sample's metadata (e.g. ``caption``, ``answer``).
 * ``"auto"`` — ``.jsonl`` -> mirage, anything else -> monet-sft.
 
-Image paths are resolved against ``dataset_root`` (default: the input file's folder); absolute paths are kept.
+Image paths are resolved against ``dataset_root``; without one, against the input file's folder or, when the image is
+not there, its parent or grandparent (Monet-SFT-125K: ``<root>/<subset>/train.json`` with paths relative to ``<root>``).
+Absolute paths are kept.
 
 Step kind (``"zoom"`` or ``"edit"``), first match wins: the ``kind`` argument (``--kind``); ``metadata["kind"]``;
 for monet-sft the subset name, taken from ``metadata`` keys ``dataset_name`` / ``dataset`` / ``subset`` /
@@ -40,8 +42,10 @@ Output: one JSON line per kept sample in ``out_path``::
   the convention of core/tasks.py; ``meta.step_images`` lists the replaced images the same way.
 * ``response`` — the assistant text with each description inlined where its image was, wrapped in
   ``markers`` (default ``<imagine>`` ... ``</imagine>``; ``("", "")`` = no markers). ``<abs_vis_token>...``
-  spans, the image items and ``<output_image>`` are removed, ``<observation>`` tags are removed (their text kept);
-  an observation that directly follows the image and equals the description is moved into the span, not repeated.
+  spans, the image items and ``<output_image>`` are removed, ``<observation>`` tags are removed (their text kept, as
+  Monet's loader keeps it); an observation that became the description (``MetadataCaptioner``, or a stored caption
+  equal to it) is moved into the span wherever it stands after the image, not repeated, and a ``\\boxed{...}`` answer
+  inside it stays in the chain.
   Other tags (e.g. Mirage's ``<think>``) are kept.
 * ``imagination`` — the inserted descriptions (after refinement: the spans parsed back from the refined text).
 * ``answer`` — the last ``\\boxed{...}`` of the response, else ``metadata["answer"]`` (``meta.answer_origin``).
@@ -257,17 +261,61 @@ def sanitize_description(text: str, markers: Sequence[str] = DEFAULT_MARKERS) ->
     return text
 
 
+_BOXED_START = re.compile(r"\\boxed\{")
+
+
+def _boxed_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every balanced ``\\boxed{...}`` in ``text``."""
+    spans = []
+    for m in _BOXED_START.finditer(text):
+        depth = 1
+        for j in range(m.end(), len(text)):
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            if depth == 0:
+                spans.append((m.start(), j + 1))
+                break
+    return spans
+
+
+def observation_caption(observation: str) -> str:
+    """The caption an ``<observation>`` can give: its text without any ``\\boxed{...}`` answer (that stays in the
+    chain; see ``assemble``)."""
+    spans = _boxed_spans(observation)
+    out, last = [], 0
+    for a, b in spans:
+        out.append(observation[last:a])
+        last = b
+    out.append(observation[last:])
+    return " ".join("".join(out).split()).strip()
+
+
+def _remove_observation(following: str) -> str:
+    """``following`` with its first ``<observation>`` span removed (it became the caption), except the boxed answers
+    the observation held, which stay where they were."""
+    m = _OBS_SPAN.search(following)
+    if not m:
+        return following
+    kept = " ".join(m.group(1)[a:b] for a, b in _boxed_spans(m.group(1)))
+    return following[: m.start()] + kept + following[m.end():]
+
+
 def assemble(sample: InterleavedSample, descriptions: Sequence[Description],
              markers: Sequence[str] = DEFAULT_MARKERS) -> str:
-    """Inline the descriptions where the images were and remove the interleaving tags (see module docstring)."""
+    """Inline the descriptions where the images were and remove the interleaving tags (see module docstring).
+
+    Observations are handled as Monet's loader handles them: their text stays in the chain (the tags go). When a
+    description IS that observation (``MetadataCaptioner`` reusing it, or a stored caption equal to it), the
+    observation is taken out of the chain wherever it stands after the image -- no duplicated text -- and a
+    ``\\boxed{...}`` answer inside it stays in the chain."""
     open_m, close_m = check_markers(markers)
     if len(descriptions) != len(sample.steps):
         raise LatentcheckError(f"{sample.name}: {len(descriptions)} descriptions for {len(sample.steps)} images")
     parts: list[str] = [clean_text(sample.texts[0])]
     for i, (step, desc) in enumerate(zip(sample.steps, descriptions)):
         following = sample.texts[i + 1]
-        if step.observation_leading and step.observation is not None and _norm(step.observation) == _norm(desc.text):
-            following = _OBS_SPAN.sub("", following, count=1)  # the observation moved into the span
+        if step.observation is not None and (desc.origin == "observation" or _norm(
+                observation_caption(step.observation)) == _norm(desc.text)):
+            following = _remove_observation(following)  # the observation moved into the span
         parts.append(f"{open_m}{desc.text}{close_m}")
         parts.append(clean_text(following))
     return _smart_join([p for p in parts if p.strip()]).strip()
@@ -366,7 +414,11 @@ class MetadataCaptioner:
                     if self.use_observation else ""
                 raise RecordError(sample.name, f"metadata.{self.keys[0] if self.keys else 'caption'}",
                                   f"no caption (tried {tried}){extra}")
-            out.append(Description(step.observation.strip(), "observation"))
+            text = observation_caption(step.observation)
+            if not text:
+                raise RecordError(sample.name, step.field, f"the <observation> after intermediate image {i} holds "
+                                  "only the answer (\\boxed{...}); no caption to reuse")
+            out.append(Description(text, "observation"))
         return out
 
     def describe(self, samples: list[InterleavedSample]) -> list[list[Description] | RecordError]:
@@ -386,11 +438,13 @@ def _load(path: str | None, record: str, fname: str, max_pixels: int | None):
         raise RecordError(record, fname, e.message) from None
 
 
-def _call(generator: TextGenerator, requests: list[GenRequest]) -> list[str]:
+def _call(generator: TextGenerator, requests: list[GenRequest]) -> list[Any]:
+    """Replies (strings) in request order; a request the backend could not answer stays a failure object (anything
+    that is not a string, e.g. ``imagine.generate.GenerationFailure``) for the caller to record as an error."""
     replies = generator.generate(requests)
     if len(replies) != len(requests):
         raise LatentcheckError(f"text generator returned {len(replies)} replies for {len(requests)} requests")
-    return [r if isinstance(r, str) else str(r) for r in replies]
+    return list(replies)
 
 
 def _answer_hint(sample: InterleavedSample) -> str:
@@ -445,7 +499,12 @@ class ModelCaptioner(_ModelTextPass):
                     errors[si] = e
             if requests:
                 for key, reply in zip(batch, _call(self.generator, requests)):
-                    texts[key] = sanitize_description(reply, self.markers)
+                    if isinstance(reply, str):
+                        texts[key] = sanitize_description(reply, self.markers)
+                    else:
+                        step = samples[key[0]].steps[key[1]]
+                        errors.setdefault(key[0], RecordError(samples[key[0]].name, step.field,
+                                                              f"captioner: {reply}"))
         out: list[list[Description] | RecordError] = []
         for si, s in enumerate(samples):
             if si in errors:
@@ -519,7 +578,8 @@ def _run_text_pass(owner: Any, template: str, samples: list[InterleavedSample], 
             requests.append(GenRequest(images=images, prompt=prompt))
         if requests:
             for k, reply in zip(idx, _call(owner.generator, requests)):
-                out[k] = parse(reply)
+                out[k] = parse(reply) if isinstance(reply, str) else RecordError(samples[k].name, "<" + template
+                                                                                  + ">", f"{template}: {reply}")
     return out
 
 
@@ -623,19 +683,28 @@ def _check_kind(kind: str | None) -> str | None:
 
 
 class _PathResolver:
-    def __init__(self, root: Path):
-        self.root = root
+    """Relative image paths against the dataset root. Without an explicit root the candidates are the input file's
+    folder and its two parents (Monet-SFT-125K keeps ``<subset>/train.json`` with ``image_file_name`` relative to the
+    dataset folder above it, which Monet's loader receives as ``--dataset_root``); the first that holds the file
+    wins."""
+
+    def __init__(self, roots: Sequence[Path]):
+        self.roots = list(roots)
 
     def __call__(self, value: Any, record: str, fname: str) -> str:
         if not isinstance(value, str) or not value.strip():
             raise RecordError(record, fname, "missing or not a non-empty path string")
         p = Path(value)
-        if not p.is_absolute():
-            p = self.root / p
-        if not p.exists():
-            raise RecordError(record, fname, f"image file not found: {p} (set the dataset root if paths are "
-                              "relative to another folder)")
-        return str(p.resolve())
+        if p.is_absolute():
+            if not p.exists():
+                raise RecordError(record, fname, f"image file not found: {p}")
+            return str(p.resolve())
+        for root in self.roots:
+            if (root / p).exists():
+                return str((root / p).resolve())
+        tried = ", ".join(str(r) for r in self.roots)
+        raise RecordError(record, fname, f"image file not found: {value} (relative to {tried}; pass --dataset-root "
+                                         "if the paths are relative to another folder)")
 
 
 def _sample_id(raw: dict[str, Any], metadata: dict[str, Any], fallback: str, record: str) -> str:
@@ -825,10 +894,14 @@ def read_interleaved(path: str | os.PathLike, fmt: str = "auto", dataset_root: s
     if not p.is_file():
         raise LatentcheckError(f"input file not found: {p}")
     fmt, kind = resolve_format(p, fmt), _check_kind(kind)
-    root = Path(dataset_root) if dataset_root is not None else p.resolve().parent
-    if not root.is_dir():
-        raise LatentcheckError(f"dataset root is not a folder: {root}")
-    return _read(p, fmt, kind, _PathResolver(root))
+    if dataset_root is not None:
+        roots = [Path(dataset_root)]
+        if not roots[0].is_dir():
+            raise LatentcheckError(f"dataset root is not a folder: {roots[0]}")
+    else:
+        here = p.resolve().parent
+        roots = [here, *list(here.parents)[:2]]
+    return _read(p, fmt, kind, _PathResolver(roots))
 
 
 def _read(p: Path, fmt: str, kind: str | None, resolve: _PathResolver) -> Iterator[InterleavedSample | BadRecord]:
@@ -851,6 +924,43 @@ def _read(p: Path, fmt: str, kind: str | None, resolve: _PathResolver) -> Iterat
 
 
 # ----------------------------------------------------------------------------------------------- writing / resume
+MONET_SYSTEM = "You are a helpful assistant."  # Monet's loader overwrites the system text with this
+
+
+def monet_chat_sample(rec: dict[str, Any], src_dir: Path, dst_dir: Path) -> dict[str, Any]:
+    """One build-data record as a Monet-SFT-style chat sample (``{"data": [turns], "metadata"}``): the user turn
+    holds the question image(s) (``image_file_name`` relative to ``dst_dir``, the dataset root of the written file)
+    and the question; the assistant turn is the text-imagination response (no intermediate images)."""
+    def rel(ref: str) -> str:
+        p = Path(ref) if os.path.isabs(ref) else (src_dir / ref)
+        try:
+            return os.path.relpath(p.resolve(), dst_dir.resolve())
+        except ValueError:  # another drive (Windows)
+            return str(p.resolve())
+
+    refs = ([rec["image"]] if rec.get("image") else []) + list((rec.get("meta") or {}).get("extra_images") or [])
+    user = [{"type": "image", "image_file_name": rel(r)} for r in refs] + [{"type": "text", "text": rec["question"]}]
+    meta = {k: rec.get(k) for k in ("id", "answer", "source", "kind", "imagination")}
+    return {"data": [{"role": "system", "content": [{"type": "text", "text": MONET_SYSTEM}]},
+                     {"role": "user", "content": user},
+                     {"role": "assistant", "content": [{"type": "text", "text": rec["response"]}]}],
+            "metadata": meta}
+
+
+def write_monet_chat(jsonl_path: str | os.PathLike, json_path: str | os.PathLike) -> Path:
+    """Write the records of a build-data output as one Monet-style chat JSON list (atomically); image paths relative
+    to the JSON file's folder. The JSONL stays the primary output (resume, training); this is an export of it."""
+    from latentcheck.core.records import write_json_atomic
+
+    src, dst = Path(jsonl_path), Path(json_path)
+    samples = []
+    with open(src, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                samples.append(monet_chat_sample(json.loads(line), src.resolve().parent, dst.resolve().parent))
+    return write_json_atomic(dst, samples, indent=None)
+
+
 def dropped_path_for(out_path: str | os.PathLike) -> Path:
     """``x.jsonl`` -> ``x.dropped.jsonl`` (other names: ``<name>.dropped.jsonl``)."""
     p = Path(out_path)

@@ -3,12 +3,18 @@ imagination's hidden states (paper Fig. 4, set beside the latent methods).
 
 Per sample (greedy, shared engine):
 
-1. **Z**: generate until the imagination end marker (``Request.stop_sequences``), capturing last-layer hidden states.
-   Samples without a closed imagination span are recorded as not intervened (reason kept) and left out of the effect.
+1. **Z**: generate the chain (with ``--span-rule markers`` only until the imagination end marker), capturing
+   last-layer hidden states, and find the imagination span (``find_span``): ``markers`` (the profile's markers),
+   ``prose`` (marker-free text such as the released CapImagine-7B's "Upon zooming in, ...": everything between the
+   prompt and the final-answer sentence / boxed answer), ``judge`` (a model copies the span out of the output) or
+   ``auto`` (markers when the output has a closed marker span, else prose). The rule used is recorded per sample
+   (``span_rule``, ``span_chars``). Samples without a span are recorded as not intervened (reason kept) and left
+   out of the effect.
 2. **do(Z)**: the first imagination span is rewritten to imply a wrong answer — ``rule`` (toy world: the attribute word
    of the target that the question does not name, a colour or shape of ``toy/world.py``, is replaced by another
    word of the same kind, chosen by a seeded hash of the key; when it is an option, that option is the *implied*
-   answer) or ``model`` (a local model loaded through the shared loader rewrites it with ``prompts/corrupt.txt``).
+   answer) or ``model`` (a model on the ``core.backends`` layer -- a local checkpoint, or an OpenAI-compatible
+   endpoint such as vLLM serving Qwen3-32B -- rewrites it with ``prompts/corrupt.txt``).
 3. **Continue**: the model finishes from ``build_prompt(..., assistant_prefix=<chain up to and including the
    imagination>)`` twice — with its own imagination re-fed (the paired baseline; under greedy decoding this is the
    uninterrupted run) and with the corrupted one. The answer is the profile's extractor on the continuation. With
@@ -35,12 +41,112 @@ from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.analysis import AnalysisResult, finish, not_main
 from latentcheck.core.runner import CommonOptions
 from latentcheck.core.tasks import LETTERS, Task
-from latentcheck.imagine.run import (DEFAULT_MODEL, answer_of, gold_answer, imagination_token_range, is_correct,
+from latentcheck.imagine.run import (DEFAULT_MODEL, answer_of, char_token_range, gold_answer, is_correct,
                                      option_summary, require_text_imagination, split_imagination, task_prompt)
 
 CORRUPT_PROMPT = Path(__file__).resolve().parent / "prompts" / "corrupt.txt"
 CORRUPT_PLACEHOLDERS = ("question", "options", "imagination", "answer")
 CORRUPTERS = ("auto", "rule", "model")
+SPAN_PROMPT = Path(__file__).resolve().parent / "prompts" / "span.txt"
+SPAN_PLACEHOLDERS = ("question", "response")
+SPAN_RULES = ("auto", "markers", "prose", "judge")
+# a final-answer phrase: "The answer is", "So the final answer is", "Therefore, the answer:", "Answer:"
+_ANSWER_CUE = re.compile(r"(?i)(?:\b(?:so|thus|therefore|hence)\b[,\s]+)?\b(?:the\s+)?(?:final\s+|correct\s+)?"
+                         r"answer\s*(?:is\b|:)")
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
+
+
+# ----------------------------------------------------------------------------------------------- the span
+@dataclass
+class Span:
+    """Where the imagination is in a generated text: ``before + imagination + after == text``; ``rule`` says how it
+    was found (``markers``, ``prose:answer-cue``, ``prose:sentence``, ``judge``); ``end_marker`` is what the
+    continuation prefix keeps after the span (the profile's end marker, or "" for marker-free text)."""
+
+    before: str
+    imagination: str
+    after: str
+    rule: str
+    end_marker: str = ""
+
+    @property
+    def chars(self) -> tuple[int, int]:
+        return len(self.before), len(self.before) + len(self.imagination)
+
+
+def prose_span(text: str) -> Span | None:
+    """The imagination of a marker-free chain: everything between the prompt and the final-answer sentence. The
+    answer is the last ``\\boxed{`` (else the last final-answer phrase); the span ends where that sentence starts --
+    at a final-answer phrase in the same sentence ("... in the top left The answer is \\boxed{A}"), else after the
+    previous sentence end (., !, ? or a newline). None when there is no answer or nothing before it."""
+    anchor = text.rfind("\\boxed{")
+    cues = list(_ANSWER_CUE.finditer(text))
+    if anchor < 0:
+        if not cues:
+            return None
+        anchor = cues[-1].start()
+    ends = [m.end() for m in _SENTENCE_END.finditer(text, 0, anchor)]
+    sentence_start = ends[-1] if ends else 0
+    cue = next((m for m in reversed(cues) if sentence_start <= m.start() <= anchor), None)
+    cut, rule = (cue.start(), "prose:answer-cue") if cue else (sentence_start, "prose:sentence")
+    imagination = text[:cut].rstrip()
+    if not imagination.strip():
+        return None
+    return Span("", imagination, text[len(imagination):], rule)
+
+
+def marker_span(text: str, markers: tuple[str, str]) -> Span | None:
+    """The first closed ``markers`` span (``before`` ends with the start marker, ``after`` starts with the end)."""
+    split = split_imagination(text, markers)
+    return None if split is None else Span(*split, rule="markers", end_marker=markers[1])
+
+
+def judged_span(text: str, marked: str) -> Span | None:
+    """The judge's copy of the imagination located in the text (exactly, else up to whitespace); None if absent."""
+    marked = marked.strip().strip("\"'`").strip()
+    if not marked:
+        return None
+    i = text.find(marked)
+    if i >= 0:
+        return Span(text[:i], marked, text[i + len(marked):], "judge")
+    pattern = r"\s+".join(re.escape(w) for w in marked.split())
+    m = re.search(pattern, text)
+    return Span(text[: m.start()], m.group(0), text[m.end():], "judge") if m else None
+
+
+def find_span(text: str, rule: str, markers: tuple[str, str] | None, judged: str | None = None) -> Span | None:
+    """The imagination span of a generated text under ``rule`` (``auto``: the markers when the text has a closed
+    marker span, else the prose rule)."""
+    if rule not in SPAN_RULES:
+        raise LatentcheckError(f"--span-rule must be one of {', '.join(SPAN_RULES)}, got {rule!r}")
+    if rule in ("markers", "auto") and markers:
+        span = marker_span(text, markers)
+        if span is not None or rule == "markers":
+            return span
+    if rule == "judge":
+        return judged_span(text, judged) if judged is not None else None
+    return prose_span(text)
+
+
+class SpanJudge:
+    """A model marks the imagination of each response by copying it verbatim (``prompts/span.txt``)."""
+
+    def __init__(self, generator, template: str | None = None):
+        from latentcheck.imagine.build_data import read_template
+
+        self.generator = generator
+        self.template = template if template is not None else read_template(
+            SPAN_PROMPT, SPAN_PLACEHOLDERS, ("response",), "span prompt")
+
+    def mark(self, questions: list[str], responses: list[str]) -> list[str | None]:
+        from latentcheck.imagine.build_data import GenRequest
+
+        if not responses:
+            return []
+        prompts = [self.template.replace("{question}", q).replace("{response}", r).strip()
+                   for q, r in zip(questions, responses)]
+        replies = self.generator.generate([GenRequest(images=[], prompt=p) for p in prompts])
+        return [r if isinstance(r, str) else None for r in replies]
 
 
 # ----------------------------------------------------------------------------------------------- corruption
@@ -118,7 +224,8 @@ def load_corrupt_prompt(path: str | Path | None = None) -> str:
 
 
 class ModelCorrupter:
-    """A local model rewrites the imagination to imply a wrong answer (``TextGenerator``, e.g. ``EngineGenerator``)."""
+    """A model rewrites the imagination to imply a wrong answer (a ``TextGenerator``: ``imagine.generate``'s
+    ``BackendGenerator`` over a local checkpoint or an OpenAI-compatible endpoint, e.g. Qwen3-32B served by vLLM)."""
 
     def __init__(self, generator, template: str | None = None, markers: Sequence[str] = ("<imagine>", "</imagine>")):
         self.generator = generator
@@ -145,7 +252,10 @@ class ModelCorrupter:
             raise LatentcheckError(f"corruption model returned {len(replies)} replies for {len(items)} requests")
         out = []
         for it, reply in zip(items, replies):
-            text = sanitize_description(str(reply), self.markers)
+            if not isinstance(reply, str):
+                out.append(Corruption(None, None, f"model: {reply}"))
+                continue
+            text = sanitize_description(reply, self.markers)
             if not text:
                 out.append(Corruption(None, None, "model: empty rewrite"))
             elif " ".join(text.split()).lower() == " ".join(it.imagination.split()).lower():
@@ -156,8 +266,10 @@ class ModelCorrupter:
 
 
 def make_corrupter(kind: str, lm, corrupt_model: str | None = None, prompt_path: str | None = None,
-                   seed: int = 0, load_kw: dict | None = None, batch_size: int = 8) -> Corrupter:
-    """``rule`` | ``model`` | ``auto`` (model when ``corrupt_model`` is given, else rule)."""
+                   seed: int = 0, load_kw: dict | None = None, batch_size: int = 8, url: str | None = None,
+                   backend_kw: dict | None = None) -> Corrupter:
+    """``rule`` | ``model`` | ``auto`` (model when ``corrupt_model`` is given, else rule). The model runs locally, or
+    at ``url`` (an OpenAI-compatible endpoint serving ``corrupt_model``) through ``core.backends``."""
     if kind not in CORRUPTERS:
         raise LatentcheckError(f"--corrupter must be one of {', '.join(CORRUPTERS)}, got {kind!r}")
     if kind == "auto":
@@ -165,13 +277,27 @@ def make_corrupter(kind: str, lm, corrupt_model: str | None = None, prompt_path:
     if kind == "rule":
         return RuleCorrupter(seed=seed)
     if not corrupt_model:
-        raise LatentcheckError("--corrupter model needs --corrupt-model (a local checkpoint)")
-    from latentcheck.core.loader import load_model
-    from latentcheck.imagine.generate import EngineGenerator
+        raise LatentcheckError("--corrupter model needs --corrupt-model (a local checkpoint, or a served model's name "
+                               "with --corrupt-url)")
+    from latentcheck.imagine.generate import BackendSpec, make_generator
 
     template = load_corrupt_prompt(prompt_path)
-    gen = EngineGenerator(load_model(corrupt_model, **(load_kw or {})), batch_size=batch_size)
-    return ModelCorrupter(gen, template, (lm.profile.imagination["start"], lm.profile.imagination["end"]))
+    gen = make_generator(BackendSpec(corrupt_model, url=url, load_kw=load_kw or {}, batch_size=batch_size,
+                                     **(backend_kw or {})))
+    markers = (lm.profile.imagination.get("start", ""), lm.profile.imagination.get("end", ""))
+    return ModelCorrupter(gen, template, markers)
+
+
+def make_span_judge(model: str | None, url: str | None = None, load_kw: dict | None = None, batch_size: int = 8,
+                    backend_kw: dict | None = None) -> SpanJudge:
+    """The span judge of ``--span-rule judge``."""
+    if not model:
+        raise LatentcheckError("--span-rule judge needs --span-model (a local checkpoint, or a served model's name "
+                               "with --span-url)")
+    from latentcheck.imagine.generate import BackendSpec, make_generator
+
+    return SpanJudge(make_generator(BackendSpec(model, url=url, load_kw=load_kw or {}, batch_size=batch_size,
+                                                **(backend_kw or {}))))
 
 
 # ----------------------------------------------------------------------------------------------- per block
@@ -200,14 +326,17 @@ def doz_prefixes(split: tuple[str, str, str], corrupted: str, end_marker: str) -
 
 
 def intervene_block(lm, engines: dict, corrupter: Corrupter, tasks: list[Task], store=None, span_tokens: int = 8,
-                    max_pixels: int | None = None, batch_size: int = 8) -> list[dict]:
-    """The do(Z) experiment for a block of tasks (module docstring); one record per task."""
+                    max_pixels: int | None = None, batch_size: int = 8, span_rule: str = "auto",
+                    span_judge: SpanJudge | None = None) -> list[dict]:
+    """The do(Z) experiment for a block of tasks (module docstring); one record per task. ``span_rule``: how the
+    imagination is found in the output (``find_span``); the rule used is recorded per sample."""
     from latentcheck.core.engine import Request
     from latentcheck.core.prompts import option_token_ids
     from latentcheck.core.runner import error_record
 
     markers = require_text_imagination(lm)
-    stop = [list(lm.tokens.imagination_end)]
+    # only the markers rule may stop at the end marker; the others need the whole output (the answer locates the span)
+    stop = [list(lm.tokens.imagination_end)] if span_rule == "markers" else []
     out: dict[str, dict] = {}
     live, reqs = [], []
     for t in tasks:
@@ -217,35 +346,46 @@ def intervene_block(lm, engines: dict, corrupter: Corrupter, tasks: list[Task], 
         except RecordError as e:
             out[t.id] = error_record(t.id, e)
     z_traces = [tr[0] for tr in engines["z"].run(reqs, batch_size=batch_size)] if reqs else []
+    judged: list[str | None] = [None] * len(live)
+    if span_rule == "judge":
+        if span_judge is None:
+            raise LatentcheckError("--span-rule judge needs a span judge (--span-model)")
+        judged = span_judge.mark([t.question for t in live], [tr.text for tr in z_traces])
     todo, items = [], []
-    for t, tr in zip(live, z_traces):
-        split = split_imagination(tr.text, markers)
+    for t, tr, marked in zip(live, z_traces, judged):
+        span = find_span(tr.text, span_rule, markers, marked)
         base = {"key": t.id, "category": t.category, "gold": gold_answer(t), "z_text": tr.text,
                 "z_finish_reason": tr.finish_reason}
-        if split is None:
-            out[t.id] = {**base, "intervened": False,
-                         "skip_reason": "no closed imagination span" + (" (generation ended)"
-                                                                          if tr.finish_reason != "stop" else "")}
+        if span is None:
+            reason = {"markers": "no closed imagination span", "judge": "the judge's span is not in the output"
+                      if marked is not None else "the span judge gave no reply"}.get(
+                span_rule, "no imagination before a final answer (no closed marker span, no boxed answer or answer "
+                           "phrase)")
+            out[t.id] = {**base, "intervened": False, "span_rule": span_rule,
+                         "skip_reason": reason + (" (generation ended)" if tr.finish_reason != "stop"
+                                                  and span_rule in ("markers", "auto") else "")}
             continue
-        rng = imagination_token_range(lm, tr.token_ids, markers)
-        n_tok = (rng[1] - rng[0]) if rng else 0
-        if store is not None and rng and tr.hidden is not None:
+        lo, hi = span.chars
+        lead = len(span.imagination) - len(span.imagination.lstrip())
+        rng = char_token_range(lm, tr.token_ids, lo + lead, hi)
+        if store is not None and tr.hidden is not None and rng[1] > rng[0]:
             hid = tr.hidden[rng[0]: min(rng[1], rng[0] + span_tokens)]
             if len(hid):
                 store.save([t.id], {"imagination_hidden": [hid]})
-        base.update(imagination=split[1].strip(), imagination_tokens=n_tok)
-        todo.append((t, split, base))
-        items.append(CorruptItem(t.id, t.question, t.options, split[1].strip(), None))
+        base.update(imagination=span.imagination.strip(), imagination_tokens=rng[1] - rng[0], span_rule=span.rule,
+                    span_chars=[lo, hi])
+        todo.append((t, span, base))
+        items.append(CorruptItem(t.id, t.question, t.options, span.imagination.strip(), None))
     corruptions = corrupter.corrupt(items) if items else []
     if len(corruptions) != len(items):
         raise LatentcheckError(f"corrupter returned {len(corruptions)} results for {len(items)} samples")
     cont_reqs, score_reqs, plan = [], [], []
     answer_prefix = lm.profile.answer_prefix
-    for (t, split, base), c in zip(todo, corruptions):
+    for (t, span, base), c in zip(todo, corruptions):
         if c.text is None:
             out[t.id] = {**base, "intervened": False, "skip_reason": c.how}
             continue
-        prefixes = doz_prefixes(split, c.text, markers[1])
+        prefixes = doz_prefixes((span.before, span.imagination, span.after), c.text, span.end_marker)
         base.update(corrupted_imagination=c.text.strip(), corruption=c.how, implied=c.implied, intervened=True)
         opt_ids = option_token_ids(lm, len(t.options)) if t.options else None
         try:
@@ -318,6 +458,7 @@ def summarize_intervene(records: list[dict], hidden: dict[str, np.ndarray] | Non
         "n_samples": len(samples), "n_errors": sum(r.get("type") == "error" for r in records),
         "n_intervened": len(done), "skip_reasons": dict(Counter(r["skip_reason"] for r in samples
                                                                 if not r.get("intervened"))),
+        "span_rules": dict(Counter(r["span_rule"] for r in done if r.get("span_rule"))),
         "imagination_rate": (sum("imagination" in r for r in samples) / len(samples)) if samples else None,
     }
     out["effect"] = accuracy_effect([r["clean"]["correct"] for r in scored],
@@ -370,7 +511,8 @@ def make_plots(summary: dict, folder: str | Path) -> dict[str, str]:
 
 def run_intervene(opts: CommonOptions, corrupter: str = "auto", corrupt_model: str | None = None,
                   corrupt_prompt: str | None = None, span_tokens: int = 8, plots: bool = True,
-                  lm=None) -> AnalysisResult:
+                  lm=None, span_rule: str = "auto", span_model: str | None = None, corrupt_url: str | None = None,
+                  span_url: str | None = None, backend_kw: dict | None = None) -> AnalysisResult:
     """``caption-imagine intervene`` (module docstring). Returns the result (summary also in ``<out>/summary.json``)."""
     from latentcheck.core.engine import Engine
     from latentcheck.core.runner import (TensorStore, data_path, load_for, load_records, read_all_tasks,
@@ -381,17 +523,23 @@ def run_intervene(opts: CommonOptions, corrupter: str = "auto", corrupt_model: s
     lm = lm or load_for(opts, default=DEFAULT_MODEL)
     require_text_imagination(lm)
     load_kw = {"quant": opts.quant, "device": opts.device, "trust_remote_code": opts.trust_remote_code}
-    corr = make_corrupter(corrupter, lm, corrupt_model, corrupt_prompt, opts.seed, load_kw, opts.batch_size)
+    if span_rule not in SPAN_RULES:
+        raise LatentcheckError(f"--span-rule must be one of {', '.join(SPAN_RULES)}, got {span_rule!r}")
+    corr = make_corrupter(corrupter, lm, corrupt_model, corrupt_prompt, opts.seed, load_kw, opts.batch_size,
+                          url=corrupt_url, backend_kw=backend_kw)
+    judge = make_span_judge(span_model, span_url, load_kw, opts.batch_size, backend_kw) if span_rule == "judge" \
+        else None
     path = data_path(opts)
     items = read_all_tasks(path, opts.limit, opts.strict)
     engines = {"z": Engine(lm, seed=opts.seed, capture_hidden=True), "cont": Engine(lm, seed=opts.seed),
                "score": Engine(lm, seed=opts.seed, capture_logits=True)}
     store = TensorStore(Path(opts.out) / "tensors")
     config = {**opts.config(), "corrupter": corrupter, "corrupt_model": corrupt_model,
-              "corrupt_prompt": corrupt_prompt, "span_tokens": span_tokens}
+              "corrupt_prompt": corrupt_prompt, "span_tokens": span_tokens, "span_rule": span_rule,
+              "span_model": span_model, "corrupt_url": corrupt_url, "span_url": span_url}
     res = run_records("caption-imagine intervene", opts, config, lm.describe(), items,
                       lambda tasks: intervene_block(lm, engines, corr, tasks, store, span_tokens, opts.max_pixels,
-                                                    opts.batch_size),
+                                                    opts.batch_size, span_rule, judge),
                       description="caption-imagine intervene")
     if not res.is_main:
         return not_main("caption-imagine intervene", opts.out, res.results_path, res.counts)

@@ -43,6 +43,19 @@ def split_imagination(text: str, markers: tuple[str, str]) -> tuple[str, str, st
     return text[: i + len(start_m)], text[i + len(start_m): j], text[j:]
 
 
+def char_token_range(lm, token_ids: list[int], start: int, end: int) -> tuple[int, int]:
+    """Token indices ``[s, e)`` of generated ``token_ids`` covering the characters ``[start, end)`` of their decoded
+    text (per-token decoded pieces, special tokens kept)."""
+    tok = lm.tokenizer
+    ends, pos = [], 0
+    for t in token_ids:
+        pos += len(tok.decode([t], skip_special_tokens=False))
+        ends.append(pos)
+    first = next((k for k, e in enumerate(ends) if e > start), len(ends))
+    stop = next((k for k, e in enumerate(ends) if e > end), len(ends))
+    return first, max(first, stop)
+
+
 def imagination_token_range(lm, token_ids: list[int], markers: tuple[str, str]) -> tuple[int, int] | None:
     """Token indices ``[s, e)`` of the first imagination span's content in generated ``token_ids``: tokens after the
     start marker up to (excluding) the token holding the first character of the end marker. Works whether the

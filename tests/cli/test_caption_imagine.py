@@ -26,10 +26,12 @@ def world(tmp_path_factory):
 
 def test_build_data_train_resume_run_intervene(world, tiny_checkpoint, tmp_path):
     w = world / "w"
-    r = invoke("build-data", w / "interleaved_train.json", "-o", tmp_path / "d" / "train.jsonl")
+    r = invoke("build-data", w / "interleaved_train.json", "-o", tmp_path / "d" / "train.jsonl", "--captioner",
+               "metadata")
     assert r.exit_code == 0, r.output + repr(r.exception)
     assert "kept" in r.output and len((tmp_path / "d" / "train.jsonl").read_text().splitlines()) == 6
-    r = invoke("build-data", w / "interleaved_val.json", "-o", tmp_path / "d" / "val.jsonl", "-q")
+    r = invoke("build-data", w / "interleaved_val.json", "-o", tmp_path / "d" / "val.jsonl", "-q", "--captioner",
+               "metadata")
     assert r.exit_code == 0 and r.output == ""
 
     ck = tiny_checkpoint("toy", "toy-capimagine")
@@ -80,3 +82,8 @@ def test_user_errors(tiny_checkpoint, tmp_path):
     assert isinstance(r.exception, LatentcheckError) and r.exception.exit_code == 2
     r = invoke("build-data", tmp_path / "none.json", "-o", tmp_path / "x.jsonl")
     assert isinstance(r.exception, LatentcheckError) and "not found" in str(r.exception)
+    # real data is captioned by a model unless reuse is asked for
+    src = tmp_path / "one.json"
+    src.write_text("[]")
+    r = invoke("build-data", src, "-o", tmp_path / "x.jsonl")
+    assert isinstance(r.exception, LatentcheckError) and "--captioner metadata" in str(r.exception)
