@@ -38,7 +38,7 @@ TARGET_SCORE = 0.97  # stop training once validation accuracy reaches this
 @dataclass
 class ZooSpec:
     name: str
-    kind: str  # direct | latent | capimagine
+    kind: str  # direct | latent | capimagine | capimagine-prose
     profile: str
     base: str | None
     steps: int
@@ -61,6 +61,10 @@ ZOO: dict[str, ZooSpec] = {s.name: s for s in [
             "(negative control)"),
     ZooSpec("toy-capimagine", "capimagine", "toy-capimagine", "toy-direct", 900, 1e-3,
             "base + caption-imagine train (full fine-tune, vision frozen) on text-imagination data"),
+    ZooSpec("toy-capimagine-prose", "capimagine-prose", "toy-capimagine", "toy-capimagine", 300, 1e-3,
+            "toy-capimagine + caption-imagine train on the HF Trainer (full fine-tune, vision frozen) on "
+            "text-imagination data written WITHOUT markers: the imagination is plain prose, like the released "
+            "CapImagine-7B's"),
 ]}
 
 
@@ -235,8 +239,8 @@ def _build_model(spec, name, out_root, seed, on_step, steps, n_train, t0):
     val = make_samples(ZOO_SIZES["val"], "val", WORLD_SEED, MAIN_QUESTION_TYPES)
     cfg = TrainConfig(steps=steps or spec.steps, lr=spec.lr, seed=seed, eval_every=100, freeze_vision=True,
                       grad_clip=100.0, warmup=20, target_score=TARGET_SCORE, latent_weight=spec.latent_weight)
-    if spec.kind == "capimagine":
-        log, data_counts = _train_capimagine(lm, tmp, cfg, on_step, n)
+    if spec.kind in ("capimagine", "capimagine-prose"):
+        log, data_counts = _train_capimagine(lm, tmp, cfg, on_step, n, prose=spec.kind == "capimagine-prose")
     else:
         exs = build_examples(lm, train_samples, spec.kind, latent_targets=spec.latent_targets)
         cache_image_features(lm, exs)  # the vision tower is frozen for every zoo model
@@ -246,7 +250,7 @@ def _build_model(spec, name, out_root, seed, on_step, steps, n_train, t0):
     acc = evaluate_accuracy(lm, test)
     derived = make_samples(ZOO_SIZES["test"], "test", WORLD_SEED, [t for t in QUESTION_TYPES
                                                                    if t not in MAIN_QUESTION_TYPES])
-    derived_acc = evaluate_accuracy(lm, derived) if spec.kind != "capimagine" else None
+    derived_acc = evaluate_accuracy(lm, derived) if not spec.kind.startswith("capimagine") else None
     held = [s for s in test if s.meta["heldout_combo"]]
     card = {"name": name, "profile": spec.profile, "kind": spec.kind, "base": spec.base, "how": spec.how,
             "seed": seed, "steps": cfg.steps, "lr": cfg.lr, "batch_size": cfg.batch_size, "data": data_counts,
@@ -265,19 +269,33 @@ def _build_model(spec, name, out_root, seed, on_step, steps, n_train, t0):
     return card
 
 
-def _train_capimagine(lm, folder: Path, cfg, on_step, n: int):
-    """CapImagine on the toy: build-data from the interleaved file (metadata captions), then SFT."""
-    from latentcheck.imagine.train import sft_examples_from_file, train_sft
+def _train_capimagine(lm, folder: Path, cfg, on_step, n: int, prose: bool = False):
+    """CapImagine on the toy: build-data from the interleaved file (metadata captions), then SFT. ``prose``: the
+    data is written without imagination markers and the fine-tune runs on the HF Trainer (``imagine/trainer.py``,
+    the path of ``caption-imagine train``); otherwise the one core loop (the recipe of the shipped toy-capimagine)."""
+    from dataclasses import replace
+
     from latentcheck.imagine.build_data import MetadataCaptioner, build_data
+    from latentcheck.imagine.train import read_sft_records, sft_examples_from_file, train_sft
+    from latentcheck.imagine.trainer import hf_train, preset
     from latentcheck.toy.world import write_world
 
     world = folder / "world"
     write_world(world, n_train=n // 3, n_val=ZOO_SIZES["val"], n_test=0, seed=WORLD_SEED)
+    markers = ("", "") if prose else ("<imagine>", "</imagine>")
     data = folder / "capimagine_train.jsonl"
-    counts = build_data(world / "interleaved_train.json", "monet-sft", data, MetadataCaptioner())
+    counts = build_data(world / "interleaved_train.json", "monet-sft", data, MetadataCaptioner(), markers=markers)
     val_data = folder / "capimagine_val.jsonl"
-    build_data(world / "interleaved_val.json", "monet-sft", val_data, MetadataCaptioner())
-    log = train_sft(lm, sft_examples_from_file(lm, data), cfg, val_path=val_data, on_step=on_step)
+    build_data(world / "interleaved_val.json", "monet-sft", val_data, MetadataCaptioner(), markers=markers)
+    if prose:
+        settings = replace(preset("toy"), max_steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, warmup_steps=cfg.warmup,
+                           grad_clip=cfg.grad_clip, batch_size=cfg.batch_size, micro_batch=cfg.batch_size,
+                           eval_every=50, save_every=50, target_score=cfg.target_score)
+        log = hf_train(lm, read_sft_records(data), settings, folder / "hf-train",
+                       val_records=read_sft_records(val_data), on_step=on_step)
+        shutil.rmtree(folder / "hf-train", ignore_errors=True)
+    else:
+        log = train_sft(lm, sft_examples_from_file(lm, data), cfg, val_path=val_data, on_step=on_step)
     shutil.rmtree(world, ignore_errors=True)
     for p in (data, val_data, data.with_suffix(".dropped.jsonl"), val_data.with_suffix(".dropped.jsonl")):
         p.unlink(missing_ok=True)
