@@ -35,8 +35,7 @@ import json
 import os
 import random
 import re
-import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -134,8 +133,8 @@ def check_accelerate_config(name_or_path: str) -> dict:
             info.update(distributed_type="DEEPSPEED", zero_stage=plugin.zero_stage,
                         deepspeed_config=plugin.deepspeed_config)
             try:
+                import deepspeed  # noqa: F401  (the Trainer's DeepSpeed config needs the package)
                 from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
-                import deepspeed  # noqa: F401
             except ImportError:
                 info["trainer_filled"] = None
             else:

@@ -27,7 +27,7 @@ from latentcheck.toy.world import write_world
 from latentcheck.core.training import Example, example_loss, pad_responses
 from latentcheck.imagine.build_data import MetadataCaptioner, build_data
 from latentcheck.imagine.train import (LoraSettings, read_sft_records, record_prompt, response_ids)
-from latentcheck.imagine.trainer import (ACCELERATE_CONFIGS, SFTCollator, SFTDataset, TrainSettings,
+from latentcheck.imagine.trainer import (ACCELERATE_CONFIGS, SFTCollator, TrainSettings,
                                          check_accelerate_config, complete_checkpoints, hf_train, preset,
                                          record_feature)
 
