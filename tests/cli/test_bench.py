@@ -146,3 +146,35 @@ def test_judge_model_option(tiny_checkpoint, tasks, tmp_path, monkeypatch):
             assert "reply" in s["judge"] and s["pred"] == s["judge"]["value"]
     assert res["conditions"]["baseline"]["latency"]["overall"]["judge_used"] == sum(s["judge"]["used"]
                                                                                     for s in samples)
+
+
+def test_judge_url_option_reaches_a_real_server(transformers_server, tiny_checkpoint, tmp_path, monkeypatch):
+    """--judge-url / --judge-model / --judge-cache through the CLI, against transformers serve on 127.0.0.1."""
+    import csv
+
+    import base64
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    img = base64.b64encode(_png(1)).decode()
+    tsv = tmp_path / "hr_bench_4k.tsv"
+    with open(tsv, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["index", "question", "answer", "category", "A", "B", "C", "D",
+                                           "cycle_category", "image"], delimiter="\t")
+        w.writeheader()
+        w.writerows([{"index": i, "question": f"Q{i}?", "answer": "AB"[i % 2], "category": "single", "A": "1",
+                      "B": "2", "C": "3", "D": "4", "cycle_category": "c0", "image": img} for i in range(2)])
+    ck = str(tiny_checkpoint("toy", "toy-direct"))
+    out = tmp_path / "judged"
+    r = _bench("--model", ck, "--profile", "toy-direct", "--benchmark", "hrbench4k", "--data", str(tsv),
+               "--no-verify", "--max-new-tokens", "3", "--judge-model", transformers_server.model, "--judge-url",
+               transformers_server.base_url, "--judge-cache", str(tmp_path / "c.sqlite"), "--out", str(out))
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    res = json.loads((out / "results.json").read_text())
+    assert res["judge"]["backend"] == {"backend": "openai", "model": transformers_server.model,
+                                       "base_url": transformers_server.base_url}
+    assert res["conditions"]["baseline"]["judge"]["asked"] == 2 and (tmp_path / "c.sqlite").is_file()
+    assert "judge hrbench" in r.output and "rule-based score" in r.output
+    r2 = _bench("--model", ck, "--profile", "toy-direct", "--benchmark", "hrbench4k", "--data", str(tsv),
+                "--no-verify", "--judge-url", transformers_server.base_url, "--out", str(tmp_path / "x"))
+    assert isinstance(r2.exception, LatentcheckError) and r2.exception.exit_code == 2
+    assert "--judge-url needs --judge-model" in str(r2.exception)
