@@ -69,6 +69,11 @@ def perturb_latent_cmd(
         "--sigma-sweep", rich_help_panel=P, help="Add noise:sigma=s for each s, e.g. 0.1,0.5,1,2 (sigma is relative "
                                                  "to each latent's norm); plotted as a curve. Added to the -i "
                                                  "specs; without -i, only the sweep runs (no default set).")] = None,
+    length_sweep: Annotated[Optional[str], typer.Option(
+        "--length-sweep", rich_help_panel=P, help="Add length:k=K' for each K', e.g. 0,1,2,4,8: the span forced to "
+                                                  "K' vectors (the model's own first K'; past its own span the last "
+                                                  "one repeated); plotted as a curve. Format vs content: K'=0 keeps "
+                                                  "only the markers.")] = None,
     per_index: Annotated[Optional[list[str]], typer.Option(
         "--per-index", rich_help_panel=P, help="Add NAME@k for every latent index k (per-index ablation curve), "
                                                "e.g. zero or index_mean (repeatable). Added to the -i specs; "
@@ -119,6 +124,7 @@ def perturb_latent_cmd(
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system)
     result = run_perturb_latent(opts, intervention, sigma_sweep=sigma_sweep, per_index=per_index or [],
+                                length_sweep=length_sweep,
                                 mediation=mediation, naive=naive, force_latent=force_latent,
                                 image_visibility=image_visibility, max_new_tokens=max_new_tokens,
                                 calibration_size=calibration, n_boot=n_boot, plots=not no_plots)

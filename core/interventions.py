@@ -256,6 +256,24 @@ def _drop(base, partner, rng, spec):
     return base[:0]
 
 
+def _check_length(params: dict[str, Any]) -> None:
+    k = params["k"]
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or k < 0 or not float(k).is_integer():
+        raise LatentcheckError(f"length: k must be a whole number >= 0, got {k!r}")
+
+
+@register("length", "sequence", "feed a span of k vectors: the model's own first k; past its own span the last own "
+          "vector repeated (format vs content: does the span's length matter?)", whole_span=True, check=_check_length,
+          k=4)
+def _length(base, partner, rng, spec):
+    k = int(spec.params["k"])
+    if k <= len(base):
+        return base[:k].copy()
+    if not len(base):
+        raise LatentcheckError("length: the baseline produced no latent to extend (latent mode never triggered)")
+    return np.concatenate([base, np.repeat(base[-1:], k - len(base), 0)])
+
+
 @register("replay", "sequence", "feed given latent vectors (a .npy file [K, H] or set by the caller)", path="")
 def _replay(base, partner, rng, spec):
     path = spec.params.get("path") or ""

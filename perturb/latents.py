@@ -110,13 +110,16 @@ def _as_specs(items: Iterable[str | InterventionSpec] | None) -> list[Interventi
 
 
 def plan_interventions(specs: Iterable[str | InterventionSpec] | None = None, sigma_sweep: Sequence[float] = (),
-                       per_index: Iterable[str] = (), n_latents: int = 4) -> list[PlannedIntervention]:
-    """Expand the user's specs, ``--sigma-sweep`` (one ``noise:sigma=s`` each) and ``--per-index NAME`` (one
-    ``NAME@k`` per latent index k < n_latents) into a de-duplicated list (first occurrence of a label wins).
-    With nothing given, ``DEFAULT_SPECS`` is used."""
+                       per_index: Iterable[str] = (), n_latents: int = 4,
+                       length_sweep: Sequence[float] = ()) -> list[PlannedIntervention]:
+    """Expand the user's specs, ``--sigma-sweep`` (one ``noise:sigma=s`` each), ``--length-sweep`` (one ``length:k=K'``
+    each: the span forced to K' vectors) and ``--per-index NAME`` (one ``NAME@k`` per latent index k < n_latents) into
+    a de-duplicated list (first occurrence of a label wins). With nothing given, ``DEFAULT_SPECS`` is used."""
     planned: list[PlannedIntervention] = [PlannedIntervention(s) for s in _as_specs(specs)]
     for s in sigma_sweep:
         planned.append(PlannedIntervention(parse_spec(f"noise:sigma={float(s)}"), "sigma_sweep", float(s)))
+    for k in length_sweep:
+        planned.append(PlannedIntervention(parse_spec(f"length:k={k:g}"), "length_sweep", float(k)))
     for name in per_index:
         base = parse_spec(name) if isinstance(name, str) else name
         if base.steps is not None:
@@ -556,6 +559,8 @@ def make_plots(summary: dict, folder: str | Path) -> dict[str, str]:
         bands = {"intervened": (c["accuracy_lo"], c["accuracy_hi"])}
         if g == "sigma_sweep":
             name, xlabel, title = "sigma_sweep", "sigma (noise norm / latent norm)", "accuracy vs additive noise"
+        elif g == "length_sweep":
+            name, xlabel, title = "length_sweep", "latent span length K'", "accuracy vs forced span length"
         else:
             spec_label = g.split(":", 1)[1]
             name = "per_index_" + "".join(ch if ch.isalnum() else "_" for ch in spec_label)
@@ -570,6 +575,7 @@ def make_plots(summary: dict, folder: str | Path) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------- entry point
 def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSpec] | None = None, *,
                        sigma_sweep: str | Sequence[float] | None = None, per_index: Iterable[str] = (),
+                       length_sweep: str | Sequence[float] | None = None,
                        mediation: str | Sequence[str] | None = ("image",), naive: bool = False,
                        force_latent: bool = False, image_visibility: str | None = None,
                        max_new_tokens: int | None = None, calibration_size: int | None = None,
@@ -592,7 +598,10 @@ def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSp
         raise LatentcheckError(f"perturb-latent intervenes on fed-back latent vectors, but profile {prof.name!r} is "
                                f"{prof.kind!r}; use a latent profile (for text imagination see perturb-input / "
                                "caption-imagine)")
-    planned = plan_interventions(specs, sweep, list(per_index), prof.latent.k)
+    lengths = parse_float_list(length_sweep, "--length-sweep")
+    if any(not float(k).is_integer() for k in lengths):
+        raise LatentcheckError(f"--length-sweep takes whole numbers of vectors, got {length_sweep!r}")
+    planned = plan_interventions(specs, sweep, list(per_index), prof.latent.k, length_sweep=lengths)
     block = max(1, opts.batch_size) * 4
     settings = PerturbLatentSettings(interventions=[p.to_dict() for p in planned], mediation=kinds, naive=naive,
                                      force_latent=force_latent, image_visibility=image_visibility,
