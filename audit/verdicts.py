@@ -128,6 +128,19 @@ def _excludes_zero(lo: Any, hi: Any) -> bool:
     return (_finite(lo) and lo > 0) or (_finite(hi) and hi < 0)
 
 
+def not_measurable(summary: dict | None, min_rate: float, fallback: Any = None) -> str | None:
+    """"not measurable: latent mode triggered in 12% of samples" when the run's baseline trigger rate (its
+    ``latent_trigger`` block, core/trigger.py; else ``fallback``) is below ``min_rate``; None otherwise."""
+    from latentcheck.core.trigger import baseline_rate
+
+    rate, _ = baseline_rate((summary or {}).get("latent_trigger"))
+    rate = fallback if rate is None else rate
+    if _finite(rate) and rate < min_rate:
+        return (f"not measurable: latent mode triggered in {rate:.0%} of samples (< {min_rate:.0%}); a span that "
+                "never runs gives a fake null (check the profile or use --force-latent)")
+    return None
+
+
 def verdict_xz(pi_summary: dict | None, rules: dict) -> Verdict:
     """X -> Z from a perturb-input summary (module docstring)."""
     r = rules["xz"]
@@ -157,6 +170,9 @@ def verdict_xz(pi_summary: dict | None, rules: dict) -> Verdict:
                              "reference": t.get("reference")}
     ev["other_treatments"] = others
     line = f"sensitivity ratio ({r['treatment']} / {tr.get('reference')}) {fmt_ci(ev['ratio'], ev['ratio_lo'], ev['ratio_hi'])}, n={tr.get('n')}"
+    why = not_measurable(pi_summary, r.get("min_trigger_rate", rules["zy"]["min_trigger_rate"]), trig)
+    if why:
+        return Verdict("xz", "not measurable", UNTESTABLE, f"{line}: {why}", ev, rule)
     if not _finite(ev["ratio"]) or not tr.get("n"):
         why = "no latents to compare (latent mode never triggered?)" if not tr.get("n") or \
             ev["latent_rel_change"] is None else "ratio undefined (the reference state did not change)"
@@ -212,9 +228,9 @@ def verdict_zy(pl_summary: dict | None, rules: dict) -> Verdict:
     why = None
     if not b.get("n") or b["n"] < r["min_samples"]:
         why = f"only {b.get('n') or 0} samples (need >= {r['min_samples']})"
-    elif _finite(b.get("trigger_rate")) and b["trigger_rate"] < r["min_trigger_rate"]:
-        why = (f"latent mode triggered in {b['trigger_rate']:.0%} of baselines (< {r['min_trigger_rate']:.0%}); "
-               "a span that never runs gives a fake null (use --force-latent)")
+    elif not_measurable(pl_summary, r["min_trigger_rate"], b.get("trigger_rate")):
+        why = not_measurable(pl_summary, r["min_trigger_rate"], b.get("trigger_rate"))
+        return Verdict("zy", "not measurable", UNTESTABLE, f"{line}: {why}", ev, rule)
     else:
         why = _chance_guard(b.get("accuracy"), b.get("accuracy_lo"), b.get("chance"), r)
     if why is None and not deltas:

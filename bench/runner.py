@@ -52,6 +52,7 @@ from latentcheck.core.analysis import AnalysisResult, finish, not_main
 from latentcheck.core.runner import CommonOptions, data_path, error_record, load_for, load_records, run_records
 from latentcheck.core.stats import accuracy_effect, wilson_ci
 from latentcheck.core.tasks import LETTERS, Task, decode_image
+from latentcheck.core.trigger import warn_trigger
 
 COMMAND = "bench"
 SCORINGS = ("generate", "likelihood")
@@ -279,8 +280,10 @@ class _BenchRun:
         r = read_trace(self.lm, tr)  # the one answer rule (core/answers.py); the variant's extractor reads its answer
         return {"extracted": self.bench.extract(r.answer_text, s.task, self.variant) if r.answer_text else None,
                 "reply": r.reply, "answer_text": r.answer_text, "span_closed": r.closed, "text": tr.text,
-                "tokens": len(tr.token_ids), "latent_steps": int(tr.latent_count),
-                "latent_blocks": int(tr.latent_blocks), "triggered": bool(tr.triggered),
+                "tokens": len(tr.token_ids),
+                # fed vectors (latent profiles) or imagination tokens (text imagination: spans of the answer rule)
+                "latent_steps": int(tr.latent_count) if self.lm.profile.is_latent else r.span_tokens,
+                "latent_blocks": int(tr.latent_blocks), "triggered": bool(tr.triggered) or r.triggered,
                 "finish_reason": tr.finish_reason, "timing": t}
 
     def _finish(self, s: _Sample, o: dict[str, Any], verdict: dict | None) -> dict[str, Any]:
@@ -390,6 +393,17 @@ def condition_results(records: Iterable[dict], condition: str = "baseline") -> l
         elif condition in (r.get("interventions") or {}):
             out.append({**{k: v for k, v in r.items() if k != "interventions"}, **r["interventions"][condition]})
     return out
+
+
+def trigger_summary(records: list[dict], conditions: Sequence[str], kind: str) -> dict | None:
+    """The fake-null guard block (core/trigger.py) per condition (scorable error rows have no trace: left out)."""
+    from latentcheck.core.trigger import trigger_block
+
+    conds = {}
+    for c in conditions:
+        rs = [r for r in condition_results(records, c) if not r.get("error_row") and "triggered" in r]
+        conds[c] = ([bool(r["triggered"]) for r in rs], [r.get("latent_steps") or 0 for r in rs])
+    return trigger_block(conds, "baseline", kind)
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -586,7 +600,9 @@ def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, var
         "official": official_status(bench, v, mode, judge, opts.limit, per["baseline"], unscored),
         "errors": {"counted_wrong": per["baseline"]["errors"], "unreadable_rows": unscored},
         "conditions": per,
+        "latent_trigger": trigger_summary(records, conditions, lm.profile.kind) if mode == "generate" else None,
         "timing": {"total_s": round(time.perf_counter() - t_start, 3)}}
+    warn_trigger(summary["latent_trigger"], COMMAND)
     return finish(COMMAND, opts.out, summary, res.counts, res.results_path, name="results.json")
 
 

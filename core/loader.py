@@ -80,7 +80,8 @@ class LoadedModel:
 
         return {"id": self.model_id, "path": self.path, "weight_hash": self.weight_hash,
                 "profile": self.profile.name, "profile_file": self.profile.path,
-                "protocol": self.profile.description, "decoding": asdict(self.profile.decoding),
+                "profile_kind": self.profile.kind, "protocol": self.profile.description,
+                "decoding": asdict(self.profile.decoding),
                 "system_prompt": self.profile.prompt.system, "device": self.device,
                 "dtype": self.dtype, "quant": self.quant, "projection_head": self.head is not None, **self.info}
 

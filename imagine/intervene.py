@@ -549,5 +549,12 @@ def run_intervene(opts: CommonOptions, corrupter: str = "auto", corrupt_model: s
     summary = {"command": "caption-imagine intervene", "model": lm.describe(), "data": str(path),
                "corrupter": type(corr).__name__,
                **summarize_intervene(records, hidden, span_tokens, opts.seed), "results": res.results_path}
+    from latentcheck.core.trigger import trigger_block, warn_trigger
+
+    ok = [r for r in records if r.get("type", "sample") == "sample"]
+    summary["latent_trigger"] = trigger_block(  # a closed imagination span in the model's own run (the Z to intervene on)
+        {"baseline": (["imagination_tokens" in r for r in ok], [r.get("imagination_tokens") or 0 for r in ok])},
+        "baseline", lm.profile.kind, "imagination tokens")
+    warn_trigger(summary["latent_trigger"], "caption-imagine intervene")
     summary["plots"] = make_plots(summary, Path(opts.out) / "plots") if plots else {}
     return finish("caption-imagine intervene", opts.out, summary, res.counts, res.results_path, summary["plots"])

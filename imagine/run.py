@@ -204,6 +204,14 @@ def run_caption_imagine(opts: CommonOptions, lm=None) -> AnalysisResult:
                       description="caption-imagine run")
     if not res.is_main:
         return not_main("caption-imagine run", opts.out, res.results_path, res.counts)
+    records = load_records(res.results_path)
     summary = {"command": "caption-imagine run", "model": lm.describe(), "data": str(path),
-               **summarize_run(load_records(res.results_path)), "results": res.results_path}
+               **summarize_run(records), "results": res.results_path}
+    from latentcheck.core.trigger import trigger_block, warn_trigger
+
+    ok = [r for r in records if r.get("type", "sample") == "sample"]
+    summary["latent_trigger"] = trigger_block(
+        {"baseline": ([bool(r.get("has_imagination")) for r in ok], [r.get("imagination_tokens") or 0 for r in ok])},
+        "baseline", lm.profile.kind, "imagination tokens")
+    warn_trigger(summary["latent_trigger"], "caption-imagine run")
     return finish("caption-imagine run", opts.out, summary, res.counts, res.results_path)

@@ -43,6 +43,7 @@ from latentcheck.core.summaries import Estimate, Proportion, Ratio
 from latentcheck.core.runner import (CommonOptions, TensorStore, data_path, distributed, item_key, load_for,
                                      read_all_tasks, run_records)
 from latentcheck.core.tasks import LETTERS, Task
+from latentcheck.core.trigger import warn_trigger
 from latentcheck.perturb.treatments import (REFERENCES, InputVariant, NotApplicable, Treatment, TreatmentContext,
                                             apply_treatment, original_variant, parse_treatments, partner_map)
 
@@ -429,6 +430,8 @@ def run_perturb_input(opts: CommonOptions, treatments: list[str] | list[Treatmen
                "latent_source": latent_source(lm.profile), "counts": rr.counts,
                "config": {k: config[k] for k in ("treatments", "max_matrix", "force_start", "image_visibility",
                                                  "max_latents", "seed")}, **summary}
+    summary["latent_trigger"] = trigger_summary(rr.results_path, parsed, lm.profile)
+    warn_trigger(summary["latent_trigger"], COMMAND)
     plot_paths = make_plots(summary, out / "plots") if plots else []
     mats = strip_matrices(summary["geometry"])
     if mats:
@@ -688,6 +691,26 @@ def strip_matrices(geo: dict[str, Any]) -> dict[str, np.ndarray]:
         for kind in ("raw", "centred"):
             mats[f"{r}_{kind}"] = st.pop(kind)
     return mats
+
+
+def trigger_summary(records_path: str, treatments: list[Treatment], profile) -> dict | None:
+    """The fake-null guard block (core/trigger.py): the original input and every treated one; the length is the
+    whole latent / imagination span (before --max-latents)."""
+    from latentcheck.core.records import iter_results
+    from latentcheck.core.trigger import trigger_block
+
+    conds: dict[str, tuple[list, list]] = {"original": ([], [])}
+    conds.update({t.label: ([], []) for t in treatments})
+    for rec in iter_results(records_path):
+        if rec.get("type") != "sample":
+            continue
+        for name, e in [("original", rec["original"])] + [(t.label, rec["treatments"].get(t.label))
+                                                          for t in treatments]:
+            if e is not None and "skipped" not in e:
+                conds[name][0].append(bool(e["triggered"]))
+                conds[name][1].append(e["span_length"])
+    unit = "imagination tokens" if profile.kind == "text_imagination" else "fed latent vectors"
+    return trigger_block(conds, "original", profile.kind, unit)
 
 
 def summarise(records_path: str, store_dirs: list[Path], treatments: list[Treatment], order: list[str],

@@ -44,6 +44,8 @@ from latentcheck.core.runner import CommonOptions, data_path, error_record, load
     read_all_tasks, run_records, save_npz_atomic
 from latentcheck.core.stats import accuracy_effect, wilson_ci
 from latentcheck.core.tasks import LETTERS, Task
+from latentcheck.core.progress import warn
+from latentcheck.core.trigger import trigger_block, warn_trigger
 from latentcheck.perturb.mediation import (MEDIATION_KINDS, PRIMARY_OUTCOME, counterfactual_task, parse_kinds,
                                            partner_map, plot_mediation, summarise_mediation)
 
@@ -528,6 +530,17 @@ def summarise(records: list[dict], planned: Sequence[PlannedIntervention], seed:
     return {"baseline": baseline, "interventions": rows, "curves": curves}
 
 
+def trigger_summary(records: list[dict], planned: Sequence[PlannedIntervention], kind: str) -> dict | None:
+    """The fake-null guard block (core/trigger.py) per condition: baseline and every intervention."""
+    conds = {"baseline": ([r["baseline"]["triggered"] for r in records],
+                          [r["baseline"]["latent_count"] for r in records])}
+    for p in planned:
+        got = [r["interventions"].get(p.label) for r in records]
+        got = [o for o in got if o is not None and "skipped" not in o]
+        conds[p.label] = ([o["triggered"] for o in got], [o["latent_count"] for o in got])
+    return trigger_block(conds, "baseline", kind)
+
+
 def make_plots(summary: dict, folder: str | Path) -> dict[str, str]:
     """accuracy.png (every non-curve intervention, Wilson CI bars, chance line), delta_logp.png, one curve per
     --sigma-sweep / --per-index group, and mediation_<kind>.png."""
@@ -612,10 +625,24 @@ def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSp
     ana = _Analysis(lm, opts, planned, settings, tasks, group_size=block)
     calibration = None
     if needs_stats(planned):
-        stats, calibration = ana.calibrate(tasks, settings.calibration_size)
-        Path(opts.out).mkdir(parents=True, exist_ok=True)
-        save_npz_atomic(Path(opts.out) / "latent_stats.npz", mean=stats.mean, index_mean=stats.index_mean)
-        calibration["path"] = "latent_stats.npz"
+        try:
+            stats, calibration = ana.calibrate(tasks, settings.calibration_size)
+        except LatentcheckError as e:
+            if "never entered latent mode" not in str(e):
+                raise
+            # nothing to calibrate on: drop the interventions that need latent statistics and go on, so the run
+            # measures (and flags) the trigger rate instead of stopping (the fake-null guard reports it)
+            dropped = [p.label for p in planned if p.spec.needs_stats]
+            planned = [p for p in planned if not p.spec.needs_stats]
+            settings.interventions = [p.to_dict() for p in planned]
+            ana = _Analysis(lm, opts, planned, settings, tasks, group_size=block)
+            calibration = {"error": str(e), "dropped_interventions": dropped}
+            warn(f"{COMMAND}: latent mode never triggered on the calibration samples; interventions that need latent "
+                 f"statistics were dropped: {', '.join(dropped)}")
+        else:
+            Path(opts.out).mkdir(parents=True, exist_ok=True)
+            save_npz_atomic(Path(opts.out) / "latent_stats.npz", mean=stats.mean, index_mean=stats.index_mean)
+            calibration["path"] = "latent_stats.npz"
     config = {**opts.config(), **asdict(settings)}
     res = run_records(COMMAND, opts, config, lm.describe(), items, ana.process_block, block_size=block,
                       description="perturb-latent")
@@ -625,6 +652,8 @@ def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSp
     summary: dict[str, Any] = {"command": COMMAND, "model": lm.describe(), "data": data_path(opts),
                                "counts": res.counts, "settings": asdict(settings), "calibration": calibration}
     summary.update(summarise(records, planned, seed=opts.seed, n_boot=n_boot))
+    summary["latent_trigger"] = trigger_summary(records, planned, lm.profile.kind)
+    warn_trigger(summary["latent_trigger"], COMMAND)
     summary["mediation"] = summarise_mediation(records, kinds, seed=opts.seed, n_boot=n_boot) if kinds else {}
     summary["mediation_primary_outcome"] = PRIMARY_OUTCOME
     summary["timing"] = {**{k: round(v, 3) if isinstance(v, float) else v for k, v in ana.timing.items()},

@@ -426,6 +426,13 @@ def _finish(opts: CommonOptions, popts: ProbeOptions, summary: dict[str, Any], c
     plot_dir = Path(opts.out) / "plots"
     plots: list[str] = []
     summary["capture"] = summarise_capture(cap_records)
+    from latentcheck.core.trigger import trigger_block, warn_trigger
+
+    ok = [r for r in cap_records if r.get("type", "sample") == "sample"]
+    kind = (summary.get("model") or {}).get("profile_kind", "latent")
+    summary["latent_trigger"] = trigger_block(
+        {"capture": ([bool(r["triggered"]) for r in ok], [r["latent_count"] for r in ok])}, "capture", kind)
+    warn_trigger(summary["latent_trigger"], "probe")
     if beh_records:
         summary["behavioural"] = summarise_behavioural(beh_records, popts.scoring, opts.seed, popts.n_boot)
         plots += plot_behavioural(summary["behavioural"], plot_dir)
