@@ -109,6 +109,13 @@ class Scores:
         return (-(self.logprobs * v).sum(1) / v.sum(1)).detach().float().cpu().numpy().astype(np.float64)
 
 
+_ROW_TENSORS = ("mT", "mL", "pos", "logits", "fb", "ov", "ov_len", "ov_mask", "has_ov", "limit", "fixed", "force",
+                "mode", "lat_count", "blocks", "finished", "reason", "history", "gen_ids", "fed_t", "span_t", "n_gen",
+                "ap_logits", "ap_done", "ap_col", "ap_pos", "ap_pending", "zeros_l", "ones_l", "start_fill",
+                "end_fill", "pad_fill", "lat_rec", "no_rows", "has_spec", "retirable", "need", "vec", "nxt",
+                "span_now", "new_fin", "active")  # per-row state of a _Batch (rows leave by indexing these)
+
+
 class _Batch(SimpleNamespace):
     """Decode state of one batch inside the engine: one row per (request, condition); per-row quantities are
     tensors of R rows (set up by ``Engine._setup``, advanced by ``_transition`` / ``_advance``, read by
@@ -168,7 +175,8 @@ class Engine:
     """Batched latent/plain decoding over a ``LoadedModel`` (see module docstring)."""
 
     def __init__(self, lm, decoding: DecodingSpec | None = None, seed: int = 0, capture_hidden: bool = False,
-                 stats: LatentStats | None = None, capture_logits: bool = False, shared_prefix: bool | None = None):
+                 stats: LatentStats | None = None, capture_logits: bool = False, shared_prefix: bool | None = None,
+                 retire_rows: bool = True):
         import torch
 
         self.lm = lm
@@ -208,6 +216,7 @@ class Engine:
         if shared_prefix and not self.can_share:
             raise ValueError("shared_prefix=True needs a text model whose layers are all full attention")
         self.shared_prefix = shared_prefix
+        self.retire_rows = retire_rows  # finished rows leave the decode batch (False: they idle to the end)
         self._torch = torch
 
     # ------------------------------------------------------------------ public API
@@ -486,9 +495,11 @@ class Engine:
         with self._torch.no_grad():
             b = self._setup(reqs)
             while not self._transition(b):
+                if self.retire_rows:
+                    self._retire(b)
                 self._advance(b)
             b.t_decode = time.perf_counter() - b.t_loop
-            self._option_scores(b)
+            b.opt = self._option_scores(b, list(range(b.R)))
             b.t_total = time.perf_counter() - b.t0
         return self._assemble(b)
 
@@ -515,7 +526,12 @@ class Engine:
                 src.append(i)
                 conds.append(c)
         b.src, b.conds = src, conds
-        b.R = R = len(src)
+        b.R = b.R0 = R = len(src)
+        b.src0 = list(src)  # request of each original row
+        b.rid = list(range(R))  # original index of each live row (rows leave the batch when they finish)
+        b.done = []  # (original row, trace) of rows that left
+        b.retired = 0
+        b.texts = {}  # decoded text per distinct id sequence
         idx = torch.tensor(src, device=dev)
         b.max_new = max((r.max_new_tokens or self.decoding.max_new_tokens) for r in reqs)
         b.cache = self._fork(cache, src, len(reqs), b.max_new + 2)
@@ -622,6 +638,8 @@ class Engine:
             b.ap_col[:] = P
             b.ap_pos[:] = b.pos
         b.ap_pending = torch.zeros(R, dtype=torch.bool, device=dev)
+        answer_prefix = bool(prof.answer_prefix)
+        b.retirable = torch.tensor([not (answer_prefix and reqs[i].option_ids) for i in src], device=dev)
         b.ap_all_done = bool(b.ap_done.all())
         b.ar = torch.arange(R, device=dev)
         b.zeros_l = torch.zeros(R, dtype=torch.long, device=dev)
@@ -801,23 +819,55 @@ class Engine:
         b.pos = b.pos + 1
         b.t_col = t_col + 1
 
-    def _option_scores(self, b: _Batch) -> None:
-        """Option log-probabilities at each row's answer point (after the profile's answer prefix)."""
+    def _option_scores(self, b: _Batch, rows: list[int]) -> list:
+        """Option log-probabilities at the answer point of live rows ``rows`` (after the profile's answer prefix,
+        teacher-forced on the cache; rows that still need it are never retired early)."""
         torch = self._torch
-        b.opt = [None] * b.R
-        need_opts = [b.reqs[i].option_ids for i in b.src]
+        need_opts = [b.reqs[b.src[r]].option_ids for r in rows]
         if not any(o for o in need_opts):
-            return
+            return [None] * len(rows)
         lp = torch.log_softmax(b.ap_logits.float(), -1)
         prof = self.profile
         prefix = self.lm.tokenizer.encode(prof.answer_prefix, add_special_tokens=False) if prof.answer_prefix else []
-        if prefix and bool(b.ap_done.any()):
+        if prefix and bool(b.ap_done[rows].any()):
             lp = self._score_prefix(prefix, b, lp)
         done_l = b.ap_done.tolist()
         lp_np = lp.cpu().numpy()
-        for r in range(b.R):
-            if need_opts[r] and done_l[r]:
-                b.opt[r] = lp_np[r, need_opts[r]].astype(np.float64)
+        return [lp_np[r, o].astype(np.float64) if o and done_l[r] else None for r, o in zip(rows, need_opts)]
+
+    def _retire(self, b: _Batch) -> None:
+        """Rows that finished leave the batch (their traces are assembled now; the cache, the masks and every
+        per-row state tensor keep only the other rows), once they are at least an eighth of the live rows."""
+        torch = self._torch
+        gone = b.finished & (b.retirable | ~b.ap_done)
+        n = int(gone.sum())
+        if n == 0 or n < max(1, b.R // 8):
+            return
+        rows = gone.nonzero().view(-1).tolist()
+        b.done.extend(self._traces(b, rows, self._option_scores(b, rows)))
+        keep = (~gone).nonzero().view(-1)
+        kl = keep.tolist()
+        for name in _ROW_TENSORS:
+            t = getattr(b, name)
+            if t is not None:
+                setattr(b, name, t[keep])
+        for name in ("src", "conds", "keys", "rid", "spec_of_row"):
+            setattr(b, name, [getattr(b, name)[i] for i in kl])
+        if b.gens is not None:
+            b.gens = [b.gens[i] for i in kl]
+        b.stop_groups = [(seq, m[keep]) for seq, m in b.stop_groups]
+        b.lat_steps = [(m[keep], v[keep], r[keep]) for m, v, r in b.lat_steps]
+        b.hid_steps = [(m[keep], h[keep]) for m, h in b.hid_steps]
+        b.lg_steps = [lg[keep] for lg in b.lg_steps]
+        b.spec_groups = {}
+        b.R = len(kl)
+        b.ar = torch.arange(b.R, device=self.device)
+        b.ap_all_done = bool(b.ap_done.all())
+        if isinstance(b.cache, SharedPrefixCache):
+            b.cache.select_rows(keep)
+        else:
+            b.cache.batch_select_indices(keep)
+        b.retired += n
 
     def _score_prefix(self, prefix: list[int], b: _Batch, lp):
         """Teacher-force the profile's answer prefix at each row's answer point (hiding later cache columns)."""
@@ -835,50 +885,56 @@ class Engine:
         new = torch.log_softmax(self.model.lm_head(hs[:, -1]).float(), -1)
         return torch.where(b.ap_done[:, None], new, lp)
 
-    def _assemble(self, b: _Batch) -> list[list[Trace]]:
-        """The traces of the batch (one conversion per tensor, then per-row slices), in request order."""
+    def _traces(self, b: _Batch, rows: list[int], opt: list) -> list[tuple[int, Trace]]:
+        """(original row index, trace) of live rows ``rows`` (one conversion per tensor, then per-row slices)."""
         torch = self._torch
-        R, H = b.R, b.H
-        n_l = b.n_gen.tolist()
-        gen_l, fed_l, span_l = b.gen_ids.cpu().tolist(), b.fed_t.cpu().tolist(), b.span_t.cpu().tolist()
-        reason_l, blocks_l, mode_l = b.reason.tolist(), b.blocks.tolist(), b.mode.tolist()
-        empty = np.zeros((0, H), dtype=np.float32)
+        sel = torch.tensor(rows, dtype=torch.long, device=self.device)
+        empty = np.zeros((0, b.H), dtype=np.float32)
+        n_l = b.n_gen[sel].tolist()
+        gen_l, fed_l, span_l = (t[sel].cpu().tolist() for t in (b.gen_ids, b.fed_t, b.span_t))
+        reason_l, blocks_l, mode_l = b.reason[sel].tolist(), b.blocks[sel].tolist(), b.mode[sel].tolist()
         lat_fed = lat_raw = lat_mask = None
         if b.lat_steps:
-            lat_mask = torch.stack([m for m, _, _ in b.lat_steps], 1).cpu().numpy()  # [R, S']
-            lat_fed = torch.stack([v for _, v, _ in b.lat_steps], 1).float().cpu().numpy()  # [R, S', H]
-            lat_raw = torch.stack([v for _, _, v in b.lat_steps], 1).float().cpu().numpy()
+            lat_mask = torch.stack([m[sel] for m, _, _ in b.lat_steps], 1).cpu().numpy()  # [n, S']
+            lat_fed = torch.stack([v[sel] for _, v, _ in b.lat_steps], 1).float().cpu().numpy()  # [n, S', H]
+            lat_raw = torch.stack([v[sel] for _, _, v in b.lat_steps], 1).float().cpu().numpy()
         hid_mask = hid_all = None
         if b.hid_steps:
-            hid_mask = torch.stack([m for m, _ in b.hid_steps], 1).cpu().numpy()
-            hid_all = torch.stack([h for _, h in b.hid_steps], 1).float().cpu().numpy()
-        lg_all = torch.stack(b.lg_steps, 1).float().cpu().numpy() if b.lg_steps else None  # [R, S, V]
-        timing = {"batch_prefill_s": b.t_prefill, "batch_decode_s": b.t_decode, "batch_total_s": b.t_total,
-                  "batch_rows": R, "steps": b.n_steps}
-        out: list[list[Trace]] = [[] for _ in b.reqs]
-        texts: dict[tuple[int, ...], str] = {}
-        for r in range(R):
+            hid_mask = torch.stack([m[sel] for m, _ in b.hid_steps], 1).cpu().numpy()
+            hid_all = torch.stack([h[sel] for _, h in b.hid_steps], 1).float().cpu().numpy()
+        lg_all = torch.stack([lg[sel] for lg in b.lg_steps], 1).float().cpu().numpy() if b.lg_steps else None
+        out = []
+        for j, r in enumerate(rows):
             i = b.src[r]
-            n = n_l[r]
-            ids = gen_l[r][:n]
-            text = texts.get(tuple(ids))
+            n = n_l[j]
+            ids = gen_l[j][:n]
+            text = b.texts.get(tuple(ids))
             if text is None:
-                text = texts[tuple(ids)] = self.lm.tokenizer.decode(ids, skip_special_tokens=False)
-            if lat_mask is not None and lat_mask[r].any():
-                lf, lr = lat_fed[r][lat_mask[r]], lat_raw[r][lat_mask[r]]
+                text = b.texts[tuple(ids)] = self.lm.tokenizer.decode(ids, skip_special_tokens=False)
+            if lat_mask is not None and lat_mask[j].any():
+                lf, lr = lat_fed[j][lat_mask[j]], lat_raw[j][lat_mask[j]]
             else:
                 lf, lr = empty, empty
             hidden = None
-            if hid_mask is not None and hid_mask[r].any():
-                hidden = hid_all[r][hid_mask[r]]
-            out[i].append(Trace(
+            if hid_mask is not None and hid_mask[j].any():
+                hidden = hid_all[j][hid_mask[j]]
+            out.append((b.rid[r], Trace(
                 key=b.keys[r], condition=b.conds[r].name, token_ids=ids,
                 text=text, latents=lf, raw_latents=lr,
-                latent_count=len(lf), latent_blocks=int(blocks_l[r]),
-                triggered=bool(blocks_l[r] > 0 or mode_l[r] == 1), fed_mask=fed_l[r][:n], span_mask=span_l[r][:n],
-                option_logprobs=b.opt[r], refs=b.refs[i], hidden=hidden, finish_reason=REASONS[reason_l[r]],
-                logits=np.ascontiguousarray(lg_all[r, :n]) if (lg_all is not None and n) else None,
-                timing=dict(timing)))
+                latent_count=len(lf), latent_blocks=int(blocks_l[j]),
+                triggered=bool(blocks_l[j] > 0 or mode_l[j] == 1), fed_mask=fed_l[j][:n], span_mask=span_l[j][:n],
+                option_logprobs=opt[j], refs=b.refs[i], hidden=hidden, finish_reason=REASONS[reason_l[j]],
+                logits=np.ascontiguousarray(lg_all[j, :n]) if (lg_all is not None and n) else None)))
+        return out
+
+    def _assemble(self, b: _Batch) -> list[list[Trace]]:
+        """The traces of the batch in request order (rows retired early and the rows left at the end)."""
+        timing = {"batch_prefill_s": b.t_prefill, "batch_decode_s": b.t_decode, "batch_total_s": b.t_total,
+                  "batch_rows": b.R0, "steps": b.n_steps, "rows_retired": b.retired}
+        out: list[list[Trace]] = [[] for _ in b.reqs]
+        for rid, tr in sorted(b.done + self._traces(b, list(range(b.R)), b.opt), key=lambda x: x[0]):
+            tr.timing = dict(timing)
+            out[b.src0[rid]].append(tr)
         return out
 
     # ------------------------------------------------------------------ replay (teacher-forced oracle)

@@ -85,6 +85,12 @@ def test_rows_finishing_at_different_steps_match_single_runs(load_tiny):
         reasons = {tr.finish_reason for row in batched for tr in row}
         assert {"stop", "eos"} <= reasons  # the scenario really has early finishers
         assert len({len(tr.token_ids) for row in batched for tr in row}) > 1
+        assert batched[0][0].timing["rows_retired"] > 0  # finished rows left the batch before the end
+        kept = Engine(lm, capture_hidden=True, capture_logits=True, retire_rows=False).run(reqs, batch_size=3)
+        assert kept[0][0].timing["rows_retired"] == 0
+        for a_row, b_row in zip(kept, batched):
+            for a, b in zip(a_row, b_row):
+                _assert_same(a, b)
         for i, p in enumerate(prompts):
             for j, c in enumerate(conds):
                 single = eng.run([dataclasses.replace(reqs[i], conditions=[c])], batch_size=1)[0][0]
