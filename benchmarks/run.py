@@ -15,6 +15,10 @@
     identical predictions asserted.
 (d) peak memory of ``perturb-input`` at 100 vs 1000 samples, each in its own subprocess (ru_maxrss; tracemalloc peak
     in a second subprocess so its bookkeeping does not inflate the RSS).
+(e) at a shape where KV matters (>= 1k image tokens per prompt, random medium checkpoint): KV memory and time of
+    N = 9 conditions vs 1, today's fork (prompt KV copied per condition) vs the shared prefix (benchmarks/kv.py).
+(f) a mixed-length workload (budgets 8..256 tokens): the engine (rows leave when done) vs today's engine (rows idle to
+    the longest row) vs HF ``generate`` at the same batch size, identical outputs asserted (benchmarks/kv.py).
 
 Compared variants run interleaved (A, B, A, B, ...) and the table reports medians; every process uses one intra-op
 thread (``torch.set_num_threads(1)``, ``OMP_NUM_THREADS=1``). The model is the toy zoo's ``toy-latent`` when it is
@@ -47,10 +51,14 @@ from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kv  # noqa: E402  (parts e and f)
+
 # perturb-latent's vector interventions (its DEFAULT_SPECS minus the sequence ones) plus a scale
 INTERVENTIONS = ("identity", "shared:source=mean", "noise:sigma=1", "noise_replace", "near_zero", "zero",
                  "index_mean", "scale:alpha=0.5")
-TARGETS = {"a": (">=", 8.0), "b": ("<=", 1.3), "c": (">=", 3.0), "d": ("<=", 1.2)}
+TARGETS = {"a": (">=", 8.0), "b": ("<=", 1.3), "c": (">=", 3.0), "d": ("<=", 1.2), "e": ("<=", 1.3),
+           "f": (">=", 2.0), "f_hf": (">=", 1.0), "e_time": (">=", 1.0)}
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -464,12 +472,40 @@ def table(results: dict) -> str:
             t = d["tracemalloc_peak_mb"]
             rows.append(f"| d | ... tracemalloc peak (Python allocations), {k[-1]} / {k[0]} | {t[k[-1]]:.1f} MB | "
                         f"{t[k[0]]:.1f} MB | {d['tracemalloc_ratio']:.2f}x | (info) |")
+    if "e" in results:
+        e = results["e"]
+        kv, m, sp = e["kv_cache_mb"], e["median_s"], e["subprocess"]
+        head = f"{e['samples']} samples x {e['image_tokens']} image tokens ({e['prompt_tokens']}-token prompts)"
+        rows.append(f"| e | KV cache, shared prefix: N=9 / N=1 conditions, {head} | {kv['shared N=9']:.1f} MB | "
+                    f"{kv['shared N=1']:.1f} MB | {e['kv_ratio_shared_9_vs_1']:.2f}x | "
+                    f"{check('e', e['kv_ratio_shared_9_vs_1'])} |")
+        rows.append(f"| e | ... today's fork: N=9 / N=1 | {kv['fork N=9']:.1f} MB | {kv['fork N=1']:.1f} MB | "
+                    f"{e['kv_ratio_fork_9_vs_1']:.2f}x | (today) |")
+        rows.append(f"| e | ... peak RSS growth of the run (fresh subprocess), shared N=9 / N=1 | "
+                    f"{sp['shared N=9']['growth_mb']:.0f} MB | {sp['shared N=1']['growth_mb']:.0f} MB | "
+                    f"{e['rss_ratio_shared_9_vs_1']:.2f}x | (info; fork {e['rss_ratio_fork_9_vs_1']:.2f}x) |")
+        rows.append(f"| e | time N=9: today's fork / shared prefix | {m['fork N=9']:.2f} s | {m['shared N=9']:.2f} s | "
+                    f"{e['time_ratio_fork_vs_shared_9']:.2f}x | {check('e_time', e['time_ratio_fork_vs_shared_9'])} |")
+        rows.append(f"| e | ... time N=1: today's fork / shared prefix (no forks: the same path) | "
+                    f"{m['fork N=1']:.2f} s | {m['shared N=1']:.2f} s | {m['fork N=1'] / m['shared N=1']:.2f}x | (info) |")
+    if "f" in results:
+        f = results["f"]
+        m = f["median_s"]
+        head = f"{f['requests']} requests, budgets 8..256, {f['generated_tokens']} tokens, batch {f['batch_size']}"
+        rows.append(f"| f | mixed lengths ({head}): today's engine / engine | {m['today']:.2f} s | {m['engine']:.2f} s "
+                    f"| {f['ratio_vs_today']:.2f}x | {check('f', f['ratio_vs_today'])} |")
+        rows.append(f"| f | ... HF generate (batches by prompt length) / engine | {m['hf_generate']:.2f} s | "
+                    f"{m['engine']:.2f} s | {f['ratio_vs_hf']:.2f}x | {check('f_hf', f['ratio_vs_hf'])} |")
+        rows.append(f"| f | ... HF generate (batches by budget, as the engine) / engine | "
+                    f"{m['hf_generate_budget_sorted']:.2f} s | {m['engine']:.2f} s | "
+                    f"{f['ratio_vs_hf_budget_sorted']:.2f}x | (info) |")
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--only", default="a,b,c,d", help="comma-separated parts to run (a,b,c,d)")
+    ap.add_argument("--only", default="a,b,c,d,e,f", help="comma-separated parts to run (a,b,c,d,e,f)")
+    ap.add_argument("--f-requests", type=int, default=32, help="(f): number of requests")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats per variant (medians reported)")
     ap.add_argument("--memory-repeats", type=int, default=1, help="subprocess runs per size for (d)")
     ap.add_argument("--no-tracemalloc", action="store_true", help="(d): skip the tracemalloc subprocesses")
@@ -501,7 +537,9 @@ def main(argv: list[str] | None = None) -> int:
         steps = {"a": lambda: bench_a(s, args.repeats), "b": lambda: bench_b(s, args.repeats),
                  "c": lambda: bench_c(s, args.repeats, workdir),
                  "d": lambda: bench_d(s, args.memory_repeats, workdir, sizes=tuple(int(x) for x in args.memory_sizes.split(",")),
-                                      tracemalloc=not args.no_tracemalloc)}
+                                      tracemalloc=not args.no_tracemalloc),
+                 "e": lambda: kv.bench_e(workdir, args.repeats, interleave=interleave, med=med),
+                 "f": lambda: kv.bench_f(workdir, args.repeats, n=args.f_requests, interleave=interleave, med=med)}
         for p in parts:
             t0 = time.perf_counter()
             results[p] = steps[p]()
@@ -514,6 +552,11 @@ def main(argv: list[str] | None = None) -> int:
     env["load_after"] = load_avg()
     print()
     print(table(results))
+    if "e" in results:
+        print(f"(e) identical tokens fork vs shared: {results['e']['identical_tokens']}; max |option log-prob diff|: "
+              f"{results['e']['max_option_logprob_diff']:.1e}")
+    if "f" in results:
+        print(f"(f) identical outputs engine / today / HF generate: {results['f']['identical_outputs']}")
     for p in ("a", "c"):
         if p in results:
             r = results[p]
@@ -525,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before/after: {env['load_before']} / {env['load_after']}")
     if args.json:
         Path(args.json).write_text(json.dumps({"env": env, "results": results}, indent=1, default=float))
-    bad = [p for p in ("a", "c") if p in results and not results[p]["ok"]]
+    bad = [p for p in ("a", "c", "e", "f") if p in results and not results[p]["ok"]]
     if bad:
         print(f"ANSWERS DIFFER in part(s) {', '.join(bad)}")
         return 1

@@ -80,7 +80,8 @@ class Trace:
     hidden: np.ndarray | None  # [T, H] last-layer hidden state at each generated position (if captured)
     finish_reason: str
     timing: dict[str, float] = field(default_factory=dict)  # batch_prefill_s, batch_decode_s (the decode loop),
-    # batch_total_s (prefill to option scores), batch_rows, steps: shared by the traces of one batch
+    # batch_total_s (prefill to option scores), batch_rows, steps, rows_retired (rows that left the batch early),
+    # kv_cache_bytes (the largest size of the batch's KV cache): shared by the traces of one batch
     logits: np.ndarray | None = None  # [T, V] logits each generated token was chosen from (capture_logits only)
 
     @property
@@ -113,7 +114,7 @@ _ROW_TENSORS = ("mT", "mL", "pos", "logits", "fb", "ov", "ov_len", "ov_mask", "h
                 "mode", "lat_count", "blocks", "finished", "reason", "history", "gen_ids", "fed_t", "span_t", "n_gen",
                 "ap_logits", "ap_done", "ap_col", "ap_pos", "ap_pending", "zeros_l", "ones_l", "start_fill",
                 "end_fill", "pad_fill", "lat_rec", "no_rows", "has_spec", "retirable", "need", "vec", "nxt",
-                "span_now", "new_fin", "active")  # per-row state of a _Batch (rows leave by indexing these)
+                "span_now", "new_fin", "active", "row_max")  # per-row state of a _Batch (rows leave by indexing these)
 
 
 class _Batch(SimpleNamespace):
@@ -165,6 +166,19 @@ def logits_processor(decoding: DecodingSpec):
         if d.top_p is not None and d.top_p < 1.0:
             out.append(TopPLogitsWarper(top_p=d.top_p, min_tokens_to_keep=1))
     return out
+
+
+def cache_bytes(cache) -> int:
+    """Bytes held by a KV cache (a transformers cache's layer tensors, or a SharedPrefixCache's prefixes and
+    suffix buffers)."""
+    if isinstance(cache, SharedPrefixCache):
+        return sum(cache.nbytes().values())
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if t is not None and hasattr(t, "numel"):
+                total += t.numel() * t.element_size()
+    return total
 
 
 def _row_seed(seed: int, key: str) -> int:
@@ -227,8 +241,9 @@ class Engine:
         trace per condition) per request."""
         requests = [r if isinstance(r, Request) else Request(r) for r in requests]
         order = list(range(len(requests)))
-        if sort_by_length:
-            order.sort(key=lambda i: requests[i].prompt.length)
+        if sort_by_length:  # similar generation budgets, then similar prompt lengths, share a batch
+            order.sort(key=lambda i: (requests[i].max_new_tokens or self.decoding.max_new_tokens,
+                                      requests[i].prompt.length))
         out: list[list[Trace] | None] = [None] * len(requests)
         for s in range(0, len(order), max(1, batch_size)):
             idx = order[s:s + batch_size]
@@ -499,6 +514,7 @@ class Engine:
                     self._retire(b)
                 self._advance(b)
             b.t_decode = time.perf_counter() - b.t_loop
+            b.kv_bytes = max(b.kv_bytes, cache_bytes(b.cache))
             b.opt = self._option_scores(b, list(range(b.R)))
             b.t_total = time.perf_counter() - b.t0
         return self._assemble(b)
@@ -533,7 +549,9 @@ class Engine:
         b.retired = 0
         b.texts = {}  # decoded text per distinct id sequence
         idx = torch.tensor(src, device=dev)
-        b.max_new = max((r.max_new_tokens or self.decoding.max_new_tokens) for r in reqs)
+        limits = [reqs[i].max_new_tokens or self.decoding.max_new_tokens for i in src]
+        b.max_new = max(limits)
+        b.row_max = torch.tensor(limits, dtype=torch.long, device=dev)  # each row stops at its own budget
         b.cache = self._fork(cache, src, len(reqs), b.max_new + 2)
         kinds0 = st["kinds"][idx]
         b.P = P = st["P"]
@@ -658,6 +676,7 @@ class Engine:
         b.eos_ends_span = is_latent and L.record_id == "sampled" and not L.eos_guard
         b.reenter = is_latent and L.exit == "none"
         b.max_blocks = (L.max_blocks or 0) or b.max_new + 1  # 0 = no limit (the authors' loops)
+        b.kv_bytes = cache_bytes(b.cache)
         b.t_col = P
         b.n_steps = 0
         b.t_loop = time.perf_counter()
@@ -768,6 +787,7 @@ class Engine:
             b.ap_pending = b.ap_pending | (~b.ap_done & ~need & (nxt == b.ap_id) & active)
         if b.history is not None:
             b.history[:, b.P + n_steps] = rec
+        new_fin = new_fin | (active & (b.n_gen >= b.row_max))  # (reason stays "length")
         b.finished = b.finished | new_fin
         b.n_steps = n_steps + 1
         # what the next forward feeds
@@ -844,6 +864,7 @@ class Engine:
         if n == 0 or n < max(1, b.R // 8):
             return
         rows = gone.nonzero().view(-1).tolist()
+        b.kv_bytes = max(b.kv_bytes, cache_bytes(b.cache))
         b.done.extend(self._traces(b, rows, self._option_scores(b, rows)))
         keep = (~gone).nonzero().view(-1)
         kl = keep.tolist()
@@ -930,7 +951,7 @@ class Engine:
     def _assemble(self, b: _Batch) -> list[list[Trace]]:
         """The traces of the batch in request order (rows retired early and the rows left at the end)."""
         timing = {"batch_prefill_s": b.t_prefill, "batch_decode_s": b.t_decode, "batch_total_s": b.t_total,
-                  "batch_rows": b.R0, "steps": b.n_steps, "rows_retired": b.retired}
+                  "batch_rows": b.R0, "steps": b.n_steps, "rows_retired": b.retired, "kv_cache_bytes": b.kv_bytes}
         out: list[list[Trace]] = [[] for _ in b.reqs]
         for rid, tr in sorted(b.done + self._traces(b, list(range(b.R)), b.opt), key=lambda x: x[0]):
             tr.timing = dict(timing)

@@ -141,3 +141,17 @@ def test_force_latent_is_ignored_without_a_latent_span(load_tiny, family, profil
     a = eng.run([Request(p, force_latent=True, max_new_tokens=6)])[0][0]
     b = eng.run([Request(p, max_new_tokens=6)])[0][0]
     assert a.token_ids == b.token_ids and not a.triggered
+
+
+def test_each_row_stops_at_its_own_token_budget(load_tiny):
+    lm = load_tiny("plain", "qwen2_5_vl")
+    prompts = _prompts(lm)
+    reqs = [Request(p, max_new_tokens=n) for p, n in zip(prompts, (5, 12, 8))]
+    eng = Engine(lm, capture_logits=True)
+    batched = eng.run(reqs, batch_size=3)
+    for r, row in zip(reqs, batched):
+        single = eng.run([r], batch_size=1)[0][0]
+        assert len(row[0].token_ids) <= r.max_new_tokens
+        _assert_same(row[0], single)
+        if single.finish_reason == "length":
+            assert len(row[0].token_ids) == r.max_new_tokens
