@@ -552,6 +552,7 @@ class Engine:
         limits = [reqs[i].max_new_tokens or self.decoding.max_new_tokens for i in src]
         b.max_new = max(limits)
         b.row_max = torch.tensor(limits, dtype=torch.long, device=dev)  # each row stops at its own budget
+        b.own_budgets = len(set(limits)) > 1
         b.cache = self._fork(cache, src, len(reqs), b.max_new + 2)
         kinds0 = st["kinds"][idx]
         b.P = P = st["P"]
@@ -787,13 +788,15 @@ class Engine:
             b.ap_pending = b.ap_pending | (~b.ap_done & ~need & (nxt == b.ap_id) & active)
         if b.history is not None:
             b.history[:, b.P + n_steps] = rec
-        new_fin = new_fin | (active & (b.n_gen >= b.row_max))  # (reason stays "length")
+        if b.own_budgets:  # (equal budgets end together at the step limit)
+            new_fin = new_fin | (active & (b.n_gen >= b.row_max))  # (reason stays "length")
         b.finished = b.finished | new_fin
         b.n_steps = n_steps + 1
         # what the next forward feeds
         b.need, b.any_need, b.vec, b.nxt, b.span_now, b.new_fin, b.active = \
             need, any_need, vec, nxt, span_now, new_fin, active
-        return bool(b.finished.all()) or b.n_steps >= b.max_new
+        b.n_finished = int(b.finished.sum())
+        return b.n_finished == b.R or b.n_steps >= b.max_new
 
     @staticmethod
     def _suffix_is(b: _Batch, seq, n: int):
@@ -859,6 +862,8 @@ class Engine:
         """Rows that finished leave the batch (their traces are assembled now; the cache, the masks and every
         per-row state tensor keep only the other rows), once they are at least an eighth of the live rows."""
         torch = self._torch
+        if b.n_finished < max(1, b.R // 8):
+            return
         gone = b.finished & (b.retirable | ~b.ap_done)
         n = int(gone.sum())
         if n == 0 or n < max(1, b.R // 8):
