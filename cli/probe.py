@@ -98,6 +98,10 @@ def probe_cmd(
                                         rich_help_panel=PP)] = 5,
     mlp_hidden: Annotated[int, typer.Option("--mlp-hidden", help="Hidden units of the MLP probe.",
                                             rich_help_panel=PP)] = 64,
+    erase: Annotated[Optional[str], typer.Option(
+        "--erase", metavar="LABEL", rich_help_panel=PP,
+        help="Encodes vs uses: erase LABEL (e.g. answer, meta.answer_text) from the latents with LEACE and steer them "
+             "to another value, feed them back and report whether the answer follows (needs the 'mech' extra).")] = None,
 ) -> None:
     """Probe what the latents encode: derived questions answered from the latents alone vs baselines, trained
     linear/MLP probes with a control task, and latent geometry."""
@@ -109,7 +113,7 @@ def probe_cmd(
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system)
     popts = ProbeOptions(derived=derived, labels=label or None, from_cache=from_cache, scoring=scoring,
-                         force_latent=force_latent, behavioural=behavioural, trained=trained,
+                         force_latent=force_latent, behavioural=behavioural, trained=trained, erase=erase,
                          probe=ProbeConfig(n_splits=splits, mlp_hidden=(mlp_hidden,), seed=seed))
     res = run_probe(opts, popts)
     if not res.is_main:

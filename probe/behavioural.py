@@ -62,6 +62,7 @@ class ProbeOptions:
     trained: bool = True
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     n_boot: int = 2000
+    erase: str | None = None  # a label to erase from / steer in the latents (probe/erasure.py); None = skip
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
@@ -416,6 +417,15 @@ def run_probe(opts: CommonOptions, popts: ProbeOptions | None = None, lm=None) -
                 beh_records = load_records(beh.results_path)
     if not is_main:
         return not_main(COMMAND, opts.out, None, counts)
+    if popts.erase:
+        from latentcheck.core.records import write_json_atomic
+        from latentcheck.probe.erasure import erasure_block, summarise_erasure
+
+        lat = {t.id: tensors[t.id]["latents"] for t in sources if "latents" in tensors.get(t.id, {})}
+        er_records, check = erasure_block(engine, lm, sources, lat, popts.erase, opts.seed, opts.batch_size,
+                                          popts.probe)
+        write_json_atomic(out / "erasure_samples.json", er_records)
+        summary["erasure"] = summarise_erasure(er_records, check, opts.seed, popts.n_boot)
     summary["counts"] = counts
     return _finish(opts, popts, summary, cap_records, beh_records, tensors, {t.id: t for t in sources})
 
