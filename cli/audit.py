@@ -102,11 +102,8 @@ def audit_cmd(
     corrupt_model: Annotated[Optional[str], typer.Option(
         "--corrupt-model", help="Local model that rewrites text imaginations for do(Z) (default: the rule "
                                 "corrupter).", rich_help_panel=A)] = None,
-    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples for every CI.",
-                                        rich_help_panel=A)] = 1000,
-    threads: Annotated[Optional[int], typer.Option(
-        "--threads", help="torch CPU threads during the audit (default: torch's default for one model, 1 for the "
-                          "tiny zoo models).", rich_help_panel=A)] = None,
+    n_boot: o.NBoot = o.N_BOOT,
+    threads: o.Threads = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the analyses' PNGs.", rich_help_panel=A)] = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Do not write report.html.",
                                             rich_help_panel=A)] = False,

@@ -139,7 +139,7 @@ def bench_cmd(
         help="Force the latent-start token as the first generated token.")] = False,
     no_verify: Annotated[bool, typer.Option(
         "--no-verify", rich_help_panel=P, help="Skip the MD5 check of distributed TSVs.")] = False,
-    n_boot: Annotated[int, typer.Option("--n-boot", rich_help_panel=P, help="Bootstrap resamples.")] = 2000,
+    n_boot: o.NBoot = o.N_BOOT,
     list_: Annotated[bool, typer.Option("--list", rich_help_panel=P, help="List benchmarks and variants.")] = False,
     model: o.Model = None, profile: o.Profile = None, data: o.Data = None, out: o.Out = "latentcheck-runs/bench",
     limit: o.Limit = None, batch_size: o.BatchSize = 8, seed: o.Seed = 0, quant: o.Quant = "auto",
@@ -147,6 +147,7 @@ def bench_cmd(
     max_pixels: o.MaxPixels = None, trust_remote_code: o.TrustRemoteCode = False,
     greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
+    threads: o.Threads = None,
 ) -> None:
     """Run a benchmark with its official scoring (generation + rule extraction, or V* likelihood ranking), under
     optional latent interventions, with latency per category. Writes samples.jsonl and results.json to --out."""
@@ -159,7 +160,7 @@ def bench_cmd(
 
     decoding = o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens)
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
-                    max_pixels, trust_remote_code, decoding=decoding, system=system)
+                    max_pixels, trust_remote_code, decoding=decoding, system=system, threads=threads)
     cache = None if (judge_cache or "").lower() == "none" else (judge_cache or True)
     result = run_bench(opts, benchmark, variant, scoring, intervention, judge=judge_model,
                        decoding=decoding, verify=not no_verify,
@@ -207,7 +208,7 @@ def compare_cmd(
     condition_a: Annotated[str, typer.Option("--condition-a", help="Condition of A (baseline or an intervention "
                                                                    "label).")] = "baseline",
     condition_b: Annotated[str, typer.Option("--condition-b", help="Condition of B.")] = "baseline",
-    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples.")] = 2000,
+    n_boot: o.NBoot = o.N_BOOT,
     seed: o.Seed = 0,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Also write the comparison to this file.")] = None,
     quiet: o.Quiet = False,

@@ -265,6 +265,7 @@ def run_cmd(
     greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
     max_new_tokens: o.MaxNewTokens = None,
+    threads: o.Threads = None,
 ) -> None:
     """Answer with explicit text imagination (default model: toy-capimagine); accuracy with a Wilson CI."""
     from latentcheck.imagine.run import run_caption_imagine
@@ -272,7 +273,7 @@ def run_cmd(
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
                     max_pixels, trust_remote_code,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
-                    system=system)
+                    system=system, threads=threads)
     s = run_caption_imagine(opts)
     if not s.get("is_main", True):
         return
@@ -335,6 +336,7 @@ def intervene_cmd(
     greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
     max_new_tokens: o.MaxNewTokens = None,
+    threads: o.Threads = None,
 ) -> None:
     """Text do(Z): corrupt the generated imagination, let the model finish, measure the accuracy drop (paired
     bootstrap CI, McNemar); plus the imagination's hidden-state similarity (paper Table 3, Fig. 4)."""
@@ -343,7 +345,7 @@ def intervene_cmd(
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
                     max_pixels, trust_remote_code,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
-                    system=system)
+                    system=system, threads=threads)
     store = None if (cache or "").lower() == "none" else (cache or True)
     s = run_intervene(opts, corrupter=corrupter, corrupt_model=corrupt_model, corrupt_prompt=corrupt_prompt,
                       span_tokens=span_tokens, plots=not no_plots, span_rule=span_rule, span_model=span_model,

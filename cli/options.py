@@ -46,6 +46,10 @@ RepetitionPenalty = Annotated[Optional[float], typer.Option(
     rich_help_panel=D)]
 System = Annotated[Optional[str], typer.Option("--system", help="System prompt instead of the profile's ('' = "
                                                "none).", rich_help_panel=D)]
+NBoot = Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples for every CI.", rich_help_panel=P)]
+N_BOOT = 2000  # the one default of --n-boot
+Threads = Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (default: torch's own choice; "
+                                                "audit of the tiny zoo: 1).", rich_help_panel=P)]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the checkpoint's own Python code "
                                                "(off by default).", rich_help_panel=P)]
 
@@ -69,9 +73,18 @@ def decoding(greedy: bool = False, temperature: float | None = None, top_p: floa
 
 
 def common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict, max_pixels,
-           trust_remote_code, *, decoding: dict | None = None, system: str | None = None) -> CommonOptions:
+           trust_remote_code, threads: int | None = None, *, decoding: dict | None = None,
+           system: str | None = None) -> CommonOptions:
     """Bundle the shared options. ``--out -`` writes the per-sample JSONL (provenance first) to stdout when the
     command ends — tables move to stderr, summary and plots are not kept — so output pipes into jq."""
+    if threads is not None:
+        if threads < 1:
+            from latentcheck.core.errors import LatentcheckError
+
+            raise LatentcheckError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     if out == "-":
         out = _stdout_run(resume)
     elif _out_is_default():

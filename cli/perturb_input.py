@@ -11,8 +11,9 @@ from rich.table import Table
 from latentcheck.cli.app import app, console, out_console
 from latentcheck.cli.tables import run_line
 from latentcheck.cli import options as o
-from latentcheck.cli.options import (BatchSize, Data, Device, Limit, MaxNewTokens, MaxPixels, Model, Out, Profile,
-                                     Quant, Quiet, Resume, Seed, Strict, TrustRemoteCode, common)
+from latentcheck.cli.options import (N_BOOT, BatchSize, Data, Device, Limit, MaxNewTokens, MaxPixels, Model, NBoot,
+                                     Out, Profile, Quant, Quiet, Resume, Seed, Strict, Threads, TrustRemoteCode,
+                                     common)
 from latentcheck.core.summaries import fmt_ci, fmt_num
 
 A = "perturb-input options"
@@ -64,16 +65,17 @@ def geometry_table(summary: dict) -> Table:
 @app.command("perturb-input")
 def perturb_input_cmd(
     treatment: Annotated[Optional[list[str]], typer.Option(
-        "--treatment", "-t", help="Input treatment spec, repeatable or ';'-separated (e.g. noise:std=0.2, "
+        "--treatment", "-t", "-i", help="Input treatment spec, repeatable or ';'-separated (e.g. noise:std=0.2, "
         "mask_target, shuffle_patches:patch=28, swap_image+noise:std=0.1). Default: a standard set "
-        "(see --list-treatments).", rich_help_panel=A)] = None,
-    list_treatments: Annotated[bool, typer.Option("--list-treatments", help="List the treatments and exit.",
+        "(see --list).", rich_help_panel=A)] = None,
+    list_treatments: Annotated[bool, typer.Option("--list", "--list-treatments", help="List the treatments and exit.",
                                                   rich_help_panel=A)] = False,
     max_matrix: Annotated[int, typer.Option("--max-matrix", help="Samples used for the inter-instance matrices and "
                                             "geometry aggregates (bounded memory).", rich_help_panel=A)] = 64,
     save_tensors: Annotated[bool, typer.Option("--save-tensors", help="Keep every sample's latents and reference "
                                                "states in <out>/tensors (npz blocks).", rich_help_panel=A)] = False,
-    force_start: Annotated[bool, typer.Option("--force-start", help="Force the latent-start token / imagination "
+    force_start: Annotated[bool, typer.Option("--force-latent", "--force-start", help="Force the latent-start token "
+                                              "/ imagination "
                                               "start marker (for checkpoints that do not emit it).",
                                               rich_help_panel=A)] = False,
     image_visibility: Annotated[Optional[str], typer.Option("--image-visibility", help="Override the profile's "
@@ -83,8 +85,7 @@ def perturb_input_cmd(
                                                        "run (text-imagination/plain default 32).",
                                                        rich_help_panel=A)] = None,
     max_new_tokens: MaxNewTokens = None,
-    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples for the CIs.",
-                                        rich_help_panel=A)] = 2000,
+    n_boot: NBoot = N_BOOT,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.", rich_help_panel=A)] = False,
     model: Model = None, profile: Profile = None, data: Data = None, out: Out = "latentcheck-runs/perturb-input",
     limit: Limit = None, batch_size: BatchSize = 8, seed: Seed = 0, quant: Quant = "auto", device: Device = "auto",
@@ -92,6 +93,7 @@ def perturb_input_cmd(
     trust_remote_code: TrustRemoteCode = False,
     greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
+    threads: o.Threads = None,
 ) -> None:
     """Do the latents change when the input changes? Controlled input treatments vs reference states (X -> Z)."""
     from latentcheck.perturb.inputs import run_perturb_input
@@ -104,7 +106,7 @@ def perturb_input_cmd(
     opts = common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
                   max_pixels, trust_remote_code,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
-                    system=system)
+                    system=system, threads=threads)
     res = run_perturb_input(opts, parsed, max_matrix=max_matrix, save_tensors=save_tensors, force_start=force_start,
                             image_visibility=image_visibility, max_latents=max_latents,
                             max_new_tokens=max_new_tokens, n_boot=n_boot, plots=not no_plots)

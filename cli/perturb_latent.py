@@ -94,7 +94,7 @@ def perturb_latent_cmd(
     calibration: Annotated[Optional[int], typer.Option(
         "--calibration", rich_help_panel=P, help="Samples in the calibration pass for shared/index_mean statistics "
                                                  "(default: one block = 4 x batch size).")] = None,
-    n_boot: Annotated[int, typer.Option("--n-boot", rich_help_panel=P, help="Bootstrap resamples.")] = 2000,
+    n_boot: o.NBoot = o.N_BOOT,
     no_plots: Annotated[bool, typer.Option("--no-plots", rich_help_panel=P, help="Skip the PNG plots.")] = False,
     list_: Annotated[bool, typer.Option("--list", rich_help_panel=P,
                                         help="List the interventions and exit.")] = False,
@@ -105,6 +105,7 @@ def perturb_latent_cmd(
     trust_remote_code: o.TrustRemoteCode = False,
     greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
+    threads: o.Threads = None,
 ) -> None:
     """Intervene on the fed-back latent vectors (Z -> Y) and decompose the input's effect on the answer into
     direct and latent-mediated parts (TE / NIE / NDE). Writes samples.jsonl, summary.json and plots/ to --out."""
@@ -122,7 +123,7 @@ def perturb_latent_cmd(
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
                     max_pixels, trust_remote_code,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
-                    system=system)
+                    system=system, threads=threads)
     result = run_perturb_latent(opts, intervention, sigma_sweep=sigma_sweep, per_index=per_index or [],
                                 length_sweep=length_sweep,
                                 mediation=mediation, naive=naive, force_latent=force_latent,

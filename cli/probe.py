@@ -74,6 +74,7 @@ def probe_cmd(
     greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
     max_new_tokens: o.MaxNewTokens = None,
+    threads: o.Threads = None,
     derived: Annotated[Optional[str], typer.Option("--derived", help="Derived questions (task JSONL, each with "
                                                    "meta.source_id). Default: derived_<split>.jsonl next to a toy "
                                                    "task file, or generated from toy metadata.",
@@ -111,7 +112,7 @@ def probe_cmd(
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
                     max_pixels, trust_remote_code,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
-                    system=system)
+                    system=system, threads=threads)
     popts = ProbeOptions(derived=derived, labels=label or None, from_cache=from_cache, scoring=scoring,
                          force_latent=force_latent, behavioural=behavioural, trained=trained, erase=erase,
                          probe=ProbeConfig(n_splits=splits, mlp_hidden=(mlp_hidden,), seed=seed))
