@@ -292,8 +292,14 @@ BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
 
 def register_benchmark(bench: Benchmark) -> Benchmark:
     """Add a benchmark to the registry (a taken name is an error); a new benchmark is one module that builds a
-    :class:`Benchmark` and calls this (load it with ``latentcheck --plugin MODULE``)."""
-    return BENCHMARKS.add(bench.name, bench)
+    :class:`Benchmark` and calls this (load it with ``latentcheck --plugin MODULE``). Its files also become a task
+    source for every analysis: ``--data NAME:PATH`` (core.tasks.register_task_source)."""
+    from latentcheck.core.tasks import register_task_source
+
+    BENCHMARKS.add(bench.name, bench)
+    register_task_source(bench.name, lambda where, limit, strict, _b=bench: _b.load(where, limit, strict=strict),
+                         f"{bench.name} benchmark files ({bench.description or 'bench format'})", replace=True)
+    return bench
 
 
 for _b in (_VSTAR, _HR4K, _HR8K, _MME, _MME_LITE, _BLINK, _VSP, _TABLEVQA, _GENERIC):

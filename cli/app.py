@@ -69,6 +69,7 @@ def _register_subcommands() -> None:
     """Attach the analysis commands (each module registers itself on ``app``)."""
     import importlib
 
+    importlib.import_module("latentcheck.bench")  # every benchmark format becomes a --data source (NAME:PATH)
     for mod in ("zoo", "perturb_latent", "perturb_input", "probe", "caption_imagine", "bench", "audit", "reproduce"):
         try:
             importlib.import_module(f"latentcheck.cli.{mod}")
@@ -262,8 +263,8 @@ def command_list(ctx) -> str:
 
     import textwrap
 
-    lines = [f"latentcheck {__version__}", textwrap.fill(app.info.help, 78), "", "usage: latentcheck [--version] [--num-processes N] "
-             "COMMAND [OPTIONS]", "", "commands:"]
+    lines = [f"latentcheck {__version__}", textwrap.fill(app.info.help, 78), "",
+             "usage: latentcheck [--version] [--num-processes N] COMMAND [OPTIONS]", "", "commands:"]
     rows = []
     for name in ctx.command.list_commands(ctx):
         cmd = ctx.command.get_command(ctx, name)

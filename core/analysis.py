@@ -74,6 +74,23 @@ class AnalysisResult:
         out = {k: v for k, v in (("samples", self.results_path), ("summary", self.summary_path)) if v}
         return {**out, **{f"figure:{k}": v for k, v in self.figures.items()}}
 
+    def records(self) -> list[dict[str, Any]]:
+        """The sample and error records of ``results_path`` (provenance dropped)."""
+        from latentcheck.core.records import iter_results
+
+        return list(iter_results(self.results_path)) if self.results_path else []
+
+    def to_pandas(self):
+        """The records as a tidy DataFrame: one row per sample and condition, plain column names
+        (``key``, ``section``, ``condition``, ``correct``, ...; see core/export.py). Needs pandas."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("AnalysisResult.to_pandas() needs pandas (pip install 'latentcheck[api]')") from None
+        from latentcheck.core.export import flat_rows
+
+        return pd.DataFrame(flat_rows(self.records()))
+
     # read access to the summary, as for the analyses that used to return their summary dict
     _ATTRIBUTES = ("results_path", "summary_path", "is_main", "exit_code", "counts")
 

@@ -318,3 +318,32 @@ def load_model(model: str, profile: str | Profile | None = None, quant: str = "a
                              "max_pixels": None if text_only else processor.image_processor.size.get("longest_edge"),
                              "min_pixels": None if text_only else processor.image_processor.size.get("shortest_edge"),
                              "fast_paths": fast, "warnings": warnings})
+
+
+def wrap_model(model: Any, processor: Any = None, profile: str | Profile | None = None,
+               model_id: str | None = None, max_pixels: int | None = None) -> LoadedModel:
+    """A :class:`LoadedModel` around a Hugging Face model you already loaded (a notebook, a fine-tuning loop): the
+    model is used as it is (device, dtype, any patches); the processor is rebuilt from the model's folder
+    (``config._name_or_path``) unless given, the profile is detected from the tokenizer unless given. The weight
+    fingerprint is the folder's (the in-memory weights may differ from it: ``info["in_memory"]`` says so)."""
+    path = Path(str(getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "") or ""))
+    text_only = getattr(model.config, "vision_config", None) is None
+    if processor is None:
+        if not path.is_dir():
+            raise ModelLoadError("wrap_model: the model does not name a local folder (config._name_or_path = "
+                                 f"{str(path)!r}); pass its processor")
+        processor = build_text_processor(path) if text_only else build_processor(path, max_pixels=max_pixels)
+    tok = processor.tokenizer
+    prof = get_profile(profile) if isinstance(profile, str) else (profile or detect_profile(tok, model.config))
+    if prof.processor and not max_pixels and not text_only and path.is_dir():
+        processor = build_processor(path, max_pixels=prof.processor.get("max_pixels"),
+                                    min_pixels=prof.processor.get("min_pixels"))
+    first = next(model.parameters())
+    device = str(first.device) if first.device.type != "cpu" else "cpu"
+    return LoadedModel(model=model.eval(), processor=processor, tokenizer=tok, profile=prof,
+                       tokens=resolve_tokens(prof, tok, model), model_id=model_id or str(path) or type(model).__name__,
+                       path=str(path), device=device, dtype=str(first.dtype).replace("torch.", ""),
+                       quant="none" if not getattr(model, "is_quantized", False) else "preloaded",
+                       weight_hash=weight_fingerprint(path) if path.is_dir() else "in-memory",
+                       head=_load_projection_head(path, model, prof) if path.is_dir() else None,
+                       info={"architecture": type(model).__name__, "text_only": text_only, "in_memory": True})

@@ -337,6 +337,10 @@ def run_records(command: str, opts: CommonOptions, config: dict[str, Any], model
     elif adopted:  # adopted records came first, in another layout's order: restore item order
         counts = merge_shards([final], final, keys).as_dict()
     _remove_stale_shards(final)
+    from latentcheck.core.export import write_flat, write_provenance
+
+    write_provenance(final)  # provenance.json + samples.csv / .parquet: the pandas-friendly views (core/export.py)
+    write_flat(final)
     return RunResult(str(final), counts)
 
 

@@ -195,10 +195,146 @@ def stream_tasks(rows: Iterable[tuple[str, Any]], convert: Callable[[Any, str], 
         raise LatentcheckError(f"empty input: {source} has no records")
 
 
+# ------------------------------------------------------------------------------------------------ task sources
+# ``--data SOURCE:WHERE`` reads tasks from something other than task JSONL: ``hf:`` (a Hugging Face ``datasets``
+# dataset, below) and every benchmark format bench knows (bench registers ``vstar:``, ``hrbench:`` ... when it is
+# imported). A reader takes (where, limit, strict) and streams Task | BadRecord.
+TaskReader = Callable[[str, "int | None", bool], Iterator["Task | BadRecord"]]
+TASK_SOURCES: dict[str, tuple[TaskReader, str]] = {}
+
+
+def register_task_source(prefix: str, reader: TaskReader, doc: str = "", replace: bool = False) -> None:
+    """Make ``--data PREFIX:WHERE`` read tasks with ``reader``; a taken prefix is an error unless ``replace`` (the
+    benchmark registry re-registers a benchmark's source when a test or plugin re-adds it)."""
+    if prefix in TASK_SOURCES and not replace:
+        raise LatentcheckError(f"task source {prefix!r} is already registered")
+    TASK_SOURCES[prefix] = (reader, doc)
+
+
+def split_source(path: str) -> tuple[str, str] | None:
+    """(prefix, where) when ``path`` names a registered task source and is not itself an existing file."""
+    prefix, sep, rest = path.partition(":")
+    if not sep or prefix not in TASK_SOURCES or Path(path).exists():
+        return None
+    return prefix, rest
+
+
+def dataset_rows_to_tasks(rows: Iterable[Any], source: str, limit: int | None = None, strict: bool = False,
+                          image_dir: str | os.PathLike | None = None) -> Iterator[Task | BadRecord]:
+    """Tasks from dict-like rows (a list of dicts, any iterable, a ``datasets.Dataset``): the task schema's fields
+    (``id`` / ``question_id``, ``question``, ``options`` or ``choices``, ``answer``, ``image``, ``category``,
+    ``bbox``, ``meta``). An ``image`` that is a PIL image (what ``datasets`` decodes) becomes a PNG file in
+    ``image_dir`` (or an in-memory data URI without one); a row without an id gets its row number. Bad rows are
+    BadRecords naming ``source[row]`` and the field, like bad JSONL lines."""
+
+    def convert(raw: Any, where: str) -> Task:
+        if not isinstance(raw, dict):
+            try:
+                raw = dict(raw)
+            except (TypeError, ValueError):
+                raise RecordError(where, "<record>", f"expected a mapping, got {type(raw).__name__}") from None
+        raw = dict(raw)
+        if raw.get("id") is None and raw.get("question_id") is None:
+            raw["id"] = where.rsplit("[", 1)[-1].rstrip("]")
+        if raw.get("options") is None and isinstance(raw.get("choices"), (list, tuple)):
+            raw["options"] = list(raw.pop("choices"))
+        if isinstance(raw.get("options"), tuple):
+            raw["options"] = list(raw["options"])
+        image = raw.get("image")
+        if image is not None and not isinstance(image, str):
+            raw["image"] = _image_to_str(image, str(raw.get("id", raw.get("question_id"))), where, image_dir)
+        known = {"id", "question_id", "question", "options", "answer", "image", "category", "bbox", "meta"}
+        extra = {k: v for k, v in raw.items() if k not in known and _json_plain(v)}
+        if extra:
+            raw["meta"] = {**extra, **(raw.get("meta") or {})}
+        for k in list(raw):
+            if k not in known:
+                raw.pop(k)
+        return validate_record(raw, where, str(image_dir) if image_dir else None)
+
+    def numbered() -> Iterator[tuple[str, Any]]:
+        for i, row in enumerate(rows):
+            yield f"{source}[{i}]", row
+
+    yield from stream_tasks(numbered(), convert, source, limit=limit, strict=strict)
+
+
+def _json_plain(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool)) or (
+        isinstance(v, (list, tuple)) and all(isinstance(x, (str, int, float, bool)) for x in v))
+
+
+def _image_to_str(image: Any, rid: str, where: str, image_dir: str | os.PathLike | None) -> str:
+    """A PIL image (or a ``datasets`` image dict with bytes/path) -> a PNG file path (or a data URI)."""
+    if isinstance(image, dict):  # datasets' undecoded Image feature: {"bytes": ..., "path": ...}
+        if image.get("bytes"):
+            from PIL import Image
+
+            try:
+                image = Image.open(io.BytesIO(image["bytes"]))
+            except Exception:  # noqa: BLE001 - any decoder failure is this record's error
+                raise RecordError(where, "image", "image bytes are not a format Pillow recognises") from None
+        elif image.get("path"):
+            return str(image["path"])
+    if not hasattr(image, "save"):
+        raise RecordError(where, "image", f"must be a path, base64 string or PIL image, got {type(image).__name__}")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    data = buf.getvalue()
+    if image_dir is None:
+        return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    import hashlib
+
+    folder = Path(image_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / (hashlib.sha256(data).hexdigest()[:24] + ".png")
+    if not target.exists():
+        target.write_bytes(data)
+    return str(target)
+
+
+def read_hf_dataset(where: str, limit: int | None = None, strict: bool = False) -> Iterator[Task | BadRecord]:
+    """``--data hf:PATH_OR_NAME[@SPLIT]``: a ``datasets`` dataset saved with ``save_to_disk`` (a folder) or one in
+    the local Hugging Face cache (loaded with ``HF_DATASETS_OFFLINE=1``: never downloaded). Default split: test, else
+    the only one. Images are written as PNG files under ``~/.cache/latentcheck/hf-images``."""
+    try:
+        import datasets
+    except ImportError:
+        raise LatentcheckError("--data hf:... needs the `datasets` package (pip install 'latentcheck[hf]')") from None
+    name, _, split = where.partition("@")
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    try:
+        if Path(name).is_dir():
+            ds = datasets.load_from_disk(name)
+        else:
+            ds = datasets.load_dataset(name, split=split or None)
+    except Exception as e:  # noqa: BLE001 - any loading failure is one line naming the dataset
+        raise LatentcheckError(f"cannot open dataset {name!r} offline (saved folder or local HF cache): "
+                               f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if isinstance(ds, dict) or hasattr(ds, "keys") and not hasattr(ds, "column_names"):
+        splits = list(ds.keys())
+        chosen = split or ("test" if "test" in splits else splits[0] if len(splits) == 1 else None)
+        if chosen not in splits:
+            raise LatentcheckError(f"dataset {name!r} has splits {', '.join(splits)}: pick one with hf:{name}@SPLIT")
+        ds = ds[chosen]
+    cache = Path(os.environ.get("LATENTCHECK_CACHE", Path.home() / ".cache" / "latentcheck")) / "hf-images"
+    yield from dataset_rows_to_tasks(ds, f"hf:{where}", limit=limit, strict=strict, image_dir=cache)
+
+
+register_task_source("hf", read_hf_dataset, "a Hugging Face datasets dataset: hf:FOLDER (save_to_disk) or "
+                     "hf:NAME[@SPLIT] from the local cache")
+
+
 def read_tasks(path: str | os.PathLike, limit: int | None = None, strict: bool = False,
                ) -> Iterator[Task | BadRecord]:
-    """Stream task records from a JSONL file (``-`` = stdin). Bad lines yield ``BadRecord`` (or raise if strict)."""
+    """Stream task records from a JSONL file (``-`` = stdin) or a task source (``hf:...``, ``vstar:...``; see
+    :func:`register_task_source`). Bad lines yield ``BadRecord`` (or raise if strict)."""
     p = str(path)
+    source = split_source(p)
+    if source is not None:
+        reader, _ = TASK_SOURCES[source[0]]
+        yield from reader(source[1], limit, strict)
+        return
     if p != "-" and not Path(p).exists():
         raise LatentcheckError(f"data file not found: {p}")
     base_dir = None if p == "-" else str(Path(p).resolve().parent)

@@ -173,3 +173,34 @@ def test_new_run_folder_never_reuses_a_name(tmp_path, monkeypatch):
     from latentcheck.core.errors import LatentcheckError
     with _pytest.raises(LatentcheckError, match="no earlier run"):
         runner.latest_run_folder(tmp_path / "none")
+
+
+def test_every_analysis_reads_a_benchmark_format_and_the_console_names_the_first_error(tmp_path):
+    """V*'s distributed folder through --data vstar:DIR works in perturb-latent; its raw jsonl (not the task schema)
+    fails record by record and the console names the first failing record, field and reason."""
+    import base64
+
+    root = tmp_path / "vstar_bench"
+    (root / "direct_attributes").mkdir(parents=True)
+    png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg==")
+    lines = []
+    for i in range(2):
+        (root / "direct_attributes" / f"sa_{i}.png").write_bytes(png)
+        (root / "direct_attributes" / f"sa_{i}.json").write_text(json.dumps({
+            "target_object": ["bag"], "bbox": [[0, 0, 1, 1]], "question": "What is the color of the bag?",
+            "options": ["black", "white", "red", "blue"]}))
+        lines.append({"image": f"direct_attributes/sa_{i}.png", "question_id": i, "category": "direct_attributes",
+                      "label": "A", "text": "What is the color of the bag?\n(A) black\n(B) white\n(C) red\n(D) blue\n"
+                                            "Answer with the option's letter from the given choices directly."})
+    (root / "test_questions.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    ok = run_cli("perturb-latent", "--data", f"vstar:{root}", "-i", "zero", "--n-boot", "100", "--no-plots",
+                 "--mediation", "none", "--out", str(tmp_path / "ok"), "-q")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert ok.stderr.strip().startswith("samples: 2 ok, 0 errors")
+    bad = run_cli("perturb-latent", "--data", str(root / "test_questions.jsonl"), "-i", "zero", "--n-boot", "100",
+                  "--no-plots", "--mediation", "none", "--out", str(tmp_path / "bad"), "-q")
+    assert bad.returncode == 1, bad.stderr[-3000:]
+    lines = bad.stderr.strip().splitlines()
+    assert lines[0].startswith("samples: 0 ok, 2 errors")
+    assert lines[1] == ("first error: test_questions.jsonl:1 (id=0), field 'question': missing or not a non-empty "
+                        "string (and 1 more: the error records in " + str(tmp_path / "bad" / "samples.jsonl") + ")")
