@@ -85,7 +85,7 @@ def _bars(items: list[tuple[str, Any, Any, Any]]) -> tuple[list[str], list[float
 
 def audit_figures(entry: dict[str, Any], model_root: Path, rules: dict[str, Any]) -> list[Figure]:
     """Draw the per-model verdict figures from one model entry of audit.json into ``model_root/figures``."""
-    from latentcheck.core.plots import bar_ci
+    from latentcheck.core.plots import bar_ci, forest
 
     out = model_root / FIGURE_DIR
     figs: list[Figure] = []
@@ -123,10 +123,9 @@ def audit_figures(entry: dict[str, Any], model_root: Path, rules: dict[str, Any]
         items.append(("d p(gold) text do(Z)", d["estimate"], d["lo"], d["hi"]))
     labels, vals, lo, hi = _bars(items)
     if labels:
-        p = bar_ci(labels, vals, lo, hi, out / "zy_effects.png",
+        p = forest([lab.replace("\n", " ") for lab in labels], vals, lo, hi, out / "zy_effects.png",
                    title=f"Z -> Y effects (95% CI), equivalence band +-{m:.2f}",
-                   ylabel="effect on accuracy / P(correct)", hline=0.0,
-                   extra_lines={f"+{m:.2f}": m, f"-{m:.2f}": -m})
+                   xlabel="effect on accuracy / P(correct)", band=m)
         figs.append(Figure("audit/zy_effects", "zy", "Intervention effects and mediation vs zero",
                            f"Verdict: {v['zy']['verdict']}. {v['zy']['rule']}.", Path(p), wide=len(labels) > 6))
     enc = v["encodes"]["evidence"]
@@ -149,7 +148,7 @@ def audit_figures(entry: dict[str, Any], model_root: Path, rules: dict[str, Any]
 
 def zoo_figures(audit: dict[str, Any], root: Path) -> list[Figure]:
     """Side-by-side comparison figures of a multi-model audit into ``root/figures``."""
-    from latentcheck.core.plots import bar_ci
+    from latentcheck.core.plots import bar_ci, forest
 
     rows = audit["comparison"]
     rules = audit["rules"]
@@ -178,9 +177,9 @@ def zoo_figures(audit: dict[str, Any], root: Path) -> list[Figure]:
         m = rules["zy"]["equivalence_margin"]
         figs.append(Figure("zoo/zy", "comparison", "Z -> Y: accuracy change under intervention and NIE per model",
                            f"95% CIs; dotted: the +-{m:.2f} equivalence band of the 'not causal' verdict.",
-                           Path(bar_ci(labels, vals, lo, hi, out / "zoo_zy.png", hline=0.0,
-                                       extra_lines={f"+{m:.2f}": m, f"-{m:.2f}": -m},
-                                       title="Z -> Y effects", ylabel="effect on accuracy")), wide=len(labels) > 6))
+                           Path(forest([lab.replace("\n", " ") for lab in labels], vals, lo, hi,
+                                       out / "zoo_zy.png", band=m, title="Z -> Y effects",
+                                       xlabel="effect on accuracy")), wide=len(labels) > 6))
     enc = [r for r in rows if r["encodes"].get("accuracy") is not None]
     labels, vals, lo, hi = _bars([(f"{r['model']}\n{r['encodes']['site']}", r["encodes"]["accuracy"],
                                    r["encodes"]["lo"], r["encodes"]["hi"]) for r in enc])
@@ -259,7 +258,10 @@ th,td{border:1px solid #dadce0;padding:.35em .6em;text-align:left;vertical-align
 .badge{display:inline-block;padding:.1em .6em;border-radius:1em;color:#fff;font-weight:600;font-size:.9em}
 .figs{display:flex;flex-wrap:wrap;gap:1.2em}figure{margin:0;max-width:560px;flex:1 1 460px}
 figure.wide{max-width:100%;flex-basis:100%}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#5f6368}
-.muted{color:#5f6368;font-size:.9em}code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em}
+.muted{color:#5f6368;font-size:.9em}
+nav#contents{border:1px solid #ddd;background:#fafafa;padding:.4em 1em;margin:1em 0;max-width:760px}
+nav#contents h2{margin:.3em 0;font-size:1.1em}nav#contents ul{margin:.2em 0;padding-left:1.2em}
+nav#contents li.toc2{margin-left:1.4em;font-size:.9em}code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em}
 pre{background:#f8f9fa;padding:.8em;overflow-x:auto;border:1px solid #eee}
 """
 
@@ -278,8 +280,46 @@ def _img(fig: Figure) -> str:
         return f'<p class="muted">figure {_e(fig.id)}: {_e(fig.path.name)} is not a PNG file</p>'
     b64 = base64.b64encode(data).decode("ascii")
     cls = ' class="wide"' if fig.wide else ""
+    svg = fig.path.with_suffix(".svg")
+    vector = f' <a href="{_e(_relative(svg))}">SVG</a>' if svg.is_file() else ""
     return (f'<figure{cls}><img alt="{_e(fig.title)}" data-figure="{_e(fig.id)}" src="data:image/png;base64,{b64}">'
-            f"<figcaption><b>{_e(fig.title)}</b>. {_e(fig.caption)}</figcaption></figure>")
+            f"<figcaption><b>{_e(fig.title)}</b>. {_e(fig.caption)}{vector}</figcaption></figure>")
+
+
+_REPORT_ROOT: list[Path] = []  # the folder report.html is written to (links are relative to it)
+
+
+def _relative(path: Path) -> str:
+    if _REPORT_ROOT:
+        try:
+            return os.path.relpath(path, _REPORT_ROOT[-1])
+        except ValueError:
+            pass
+    return str(path)
+
+
+def anchor(*parts: Any) -> str:
+    """A stable HTML id from parts (letters, digits, '-')."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9]+", "-", "-".join(str(p) for p in parts)).strip("-").lower() or "section"
+
+
+def _contents(items: list[tuple[int, str, str]]) -> str:
+    """The contents box: (level, anchor, title) -> nested links."""
+    out = ['<nav id="contents"><h2>Contents</h2><ul>']
+    for level, ref, title in items:
+        out.append(f'<li class="toc{level}"><a href="#{_e(ref)}">{_e(title)}</a></li>')
+    out.append("</ul></nav>")
+    return "".join(out)
+
+
+def _verdict_badges(entry: dict[str, Any]) -> str:
+    """One badge per link plus the overall verdict (the comparison table's verdict cell)."""
+    v = entry["verdicts"]
+    short = {"xz": "X->Z", "zy": "Z->Y", "encodes": "latents", "overall": "overall"}
+    return " ".join(f'<span class="muted">{short[k]}</span> {_badge(v[k]["verdict"], v[k]["status"])}'
+                    for k in ("xz", "zy", "encodes", "overall") if k in v)
 
 
 def _table(headers: list[str], rows: list[list[str]], raw: bool = False) -> str:
@@ -327,16 +367,16 @@ def _model_section(entry: dict[str, Any], figs: list[Figure], heading: str = "h2
         f"<p>Short bench ({_e(bench.get('benchmark'))}, n={_e(bench.get('n'))}): accuracy "
         f"{_e(fmt_ci(bench['accuracy'], bench['lo'], bench['hi']))}"
         + (f", chance {bench['chance']:.2f}" if _finite(bench.get("chance")) else "") + "</p>")
-    parts = [f'<{heading} id="model-{_e(entry["model"])}">{_e(entry["model"])} '
+    parts = [f'<{heading} id="{anchor("model", entry["model"])}">{_e(entry["model"])} '
              f'{_badge(entry["verdicts"]["overall"]["verdict"], entry["verdicts"]["overall"]["status"])}</{heading}>',
              f'<p class="muted">profile {_e(entry.get("profile"))} ({_e(entry.get("kind"))}); weights '
              f'{_e(info.get("path"))} (hash {_e(str(info.get("weight_hash"))[:12])}); data {_e(entry.get("data"))}; '
              f'{_e(entry.get("seconds"))} s</p>',
              _verdict_table(entry), bench_line]
     for link in ("xz", "zy", "encodes"):
-        parts.append(f"<{sub}>{_e(LINK_NAMES[link])}</{sub}>")
+        parts.append(f'<{sub} id="{anchor("model", entry["model"], link)}">{_e(LINK_NAMES[link])}</{sub}>')
         parts.append(_figure_block(figs, link))
-    parts.append(f"<{sub}>stages</{sub}>")
+    parts.append(f'<{sub} id="{anchor("model", entry["model"], "stages")}">stages</{sub}>')
     parts.append(_stage_table(entry))
     return "\n".join(parts)
 
@@ -352,20 +392,32 @@ def build_html(audit: dict[str, Any], figures: dict[str, list[Figure]]) -> str:
              f'<p class="muted">Is the latent imagination causally real? X -> Z (do latents depend on the input?), '
              f'Z -> Y (does the answer depend on them?), and what they encode. Created {_e(audit.get("created"))}; '
              f'total {_e((audit.get("timing") or {}).get("total_s"))} s.</p>']
+    toc = [(1, "summary", "Comparison" if multi else "Summary")]
+    for m in models:
+        toc.append((1, anchor("model", m["model"]), f'{m["model"]}: {m["verdicts"]["overall"]["verdict"]}'))
+        toc += [(2, anchor("model", m["model"], link), LINK_NAMES[link]) for link in ("xz", "zy", "encodes")]
+        toc.append((2, anchor("model", m["model"], "stages"), "stages"))
+    toc += [(1, "verdict-rules", "Verdict rules"), (1, "settings", "Settings")]
+    parts.append(_contents(toc))
+    by_model = {m["model"]: m for m in models}
     rows = [comparison_cells(r) for r in audit["comparison"]]
-    parts.append("<h2>Summary</h2>" if not multi else "<h2>Comparison</h2>")
-    parts.append(_table(list(COMPARISON_COLUMNS), [[c[k] for k in COMPARISON_COLUMNS] for c in rows]))
+    cells = [[_e(c[k]) for k in COMPARISON_COLUMNS] for c in rows]
+    for cell, r in zip(cells, audit["comparison"]):
+        if r["model"] in by_model and "verdicts" in COMPARISON_COLUMNS:
+            cell[COMPARISON_COLUMNS.index("verdicts")] = _verdict_badges(by_model[r["model"]])
+        if "model" in COMPARISON_COLUMNS:
+            cell[0] = f'<a href="#{anchor("model", r["model"])}">{_e(r["model"])}</a>'
+    parts.append('<h2 id="summary">Summary</h2>' if not multi else '<h2 id="summary">Comparison</h2>')
+    parts.append(_table(list(COMPARISON_COLUMNS), cells, raw=True))
     if multi:
         parts.append(_figure_block(figures.get("comparison", []), "comparison"))
-        parts.append("<p>Models: " + ", ".join(f'<a href="#model-{_e(m["model"])}">{_e(m["model"])}</a>'
-                                               for m in models) + "</p>")
     for m in models:
         parts.append(_model_section(m, figures.get(m["model"], [])))
-    parts.append("<h2>Verdict rules</h2>")
+    parts.append('<h2 id="verdict-rules">Verdict rules</h2>')
     parts.append("<p>Every threshold of the verdicts (audit/audit.py DEFAULT_RULES, overridable with --rules); "
                  "see docs/audit.md.</p>")
     parts.append(f"<pre>{_e(json.dumps(audit.get('rules'), indent=2))}</pre>")
-    parts.append("<h2>Settings</h2>")
+    parts.append('<h2 id="settings">Settings</h2>')
     parts.append(f"<pre>{_e(json.dumps({'settings': audit.get('settings'), 'options': audit.get('options')}, indent=2))}"
                  "</pre>")
     parts += ["</body>", "</html>"]
@@ -375,8 +427,14 @@ def build_html(audit: dict[str, Any], figures: dict[str, list[Figure]]) -> str:
 def render_report(folder: str | Path) -> Path:
     """Write ``<folder>/report.html`` from the saved audit (audit.json, stage summaries' PNGs); return its path."""
     root = Path(folder)
+    if not (root / "audit.json").is_file() and (root / "summary.json").is_file():
+        return render_analysis_report(root)
     audit = load_audit(root)
-    page = build_html(audit, report_figures(root, audit))
+    _REPORT_ROOT.append(root)
+    try:
+        page = build_html(audit, report_figures(root, audit))
+    finally:
+        _REPORT_ROOT.pop()
     path = root / REPORT_FILE
     tmp = path.with_name(f".{REPORT_FILE}.tmp{os.getpid()}")
     tmp.write_text(page, encoding="utf-8")
@@ -384,5 +442,49 @@ def render_report(folder: str | Path) -> Path:
     return path
 
 
-__all__ = ["Figure", "REPORT_FILE", "audit_figures", "build_html", "model_figures", "render_report",
+def render_analysis_report(folder: str | Path) -> Path:
+    """``report.html`` for the folder of any single analysis (perturb-latent, perturb-input, probe, bench,
+    caption-imagine ...): contents, the run's counts and settings, every figure under ``plots/`` (and the folder),
+    and the summary; no model is loaded."""
+    root = Path(folder)
+    summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    prov_file = root / "provenance.json"
+    prov = json.loads(prov_file.read_text(encoding="utf-8")) if prov_file.is_file() else {}
+    command = summary.get("command") or prov.get("command") or root.name
+    model = (summary.get("model") or {}).get("id") if isinstance(summary.get("model"), dict) else summary.get("model")
+    title = f"latentcheck {command}" + (f": {model}" if model else "")
+    pngs = sorted(set((root / "plots").glob("*.png")) | set(root.glob("*.png"))) if root.is_dir() else []
+    figs = [Figure(f"{command}/{p.stem}", "figures", p.stem.replace("_", " "),
+                   CAPTIONS.get(p.stem, p.name), p) for p in pngs]
+    counts = summary.get("counts") or {}
+    toc = [(1, "run", "Run"), (1, "figures", f"Figures ({len(figs)})")]
+    toc += [(2, anchor("figure", f.id), f.title) for f in figs]
+    toc += [(1, "summary", "Summary (summary.json)")]
+    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', f"<title>{_e(title)}</title>",
+             f"<style>{CSS}</style>", "</head>", "<body>", f"<h1>{_e(title)}</h1>", _contents(toc),
+             '<h2 id="run">Run</h2>',
+             _table(["samples ok", "error records", "data", "created", "folder"],
+                    [[_e(counts.get("ok", "-")), _e(counts.get("errors", "-")), _e(summary.get("data", "-")),
+                      _e(prov.get("created", "-")), _e(str(root))]], raw=True),
+             f'<h2 id="figures">Figures</h2>']
+    _REPORT_ROOT.append(root)
+    try:
+        if figs:
+            parts.append('<div class="figs">' + "".join(
+                f'<div id="{anchor("figure", f.id)}">{_img(f)}</div>' for f in figs) + "</div>")
+        else:
+            parts.append('<p class="muted">no figures in this folder</p>')
+    finally:
+        _REPORT_ROOT.pop()
+    parts.append('<h2 id="summary">Summary (summary.json)</h2>')
+    parts.append(f"<pre>{_e(json.dumps(summary, indent=2))}</pre>")
+    parts += ["</body>", "</html>"]
+    path = root / REPORT_FILE
+    tmp = path.with_name(f".{REPORT_FILE}.tmp{os.getpid()}")
+    tmp.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+__all__ = ["Figure", "REPORT_FILE", "render_analysis_report", "audit_figures", "build_html", "model_figures", "render_report",
            "report_figures", "zoo_figures"]

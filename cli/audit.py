@@ -137,14 +137,20 @@ def audit_cmd(
 
 @app.command("report")
 def report_cmd(
-    folder: Annotated[str, typer.Argument(help="An audit folder (holds audit.json).")],
+    folder: Annotated[str, typer.Argument(help="An audit folder (audit.json) or the folder of any analysis run "
+                                                "(summary.json, plots/).")],
     quiet: o.Quiet = False,
 ) -> None:
-    """Re-render report.html of an audit folder from its saved results (no model is loaded)."""
+    """Render report.html of an audit or of any analysis folder from its saved results (no model is loaded)."""
     from latentcheck.audit.verdicts import load_audit
     from latentcheck.audit.report import render_report
 
+    root = Path(folder)
+    if not (root / "audit.json").is_file() and not (root / "summary.json").is_file():
+        from latentcheck.core.errors import LatentcheckError
+
+        raise LatentcheckError(f"{folder}: neither an audit folder (audit.json) nor an analysis folder (summary.json)")
     path = render_report(folder)
-    if not quiet:
-        render_audit(load_audit(Path(folder)))
-        console.print(f"report: {path}", highlight=False)
+    if not quiet and (root / "audit.json").is_file():
+        render_audit(load_audit(root))
+    console.print(f"report: {path}", highlight=False)

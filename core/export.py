@@ -31,6 +31,7 @@ from typing import Any, Iterable
 from latentcheck.core.records import ResultStream, file_mode, write_json_atomic
 
 FIXED = ("key", "section", "condition")
+EXPORTS = ("provenance.json", "samples.csv", "samples.parquet")  # written beside every merged samples.jsonl
 
 
 def _is_outcome(d: dict) -> bool:
@@ -40,7 +41,7 @@ def _is_outcome(d: dict) -> bool:
 
 def _walk(d: dict, path: list[str], inherited: dict[str, Any], out: list[tuple[list[str], dict]]) -> None:
     scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
-    nested = {k: v for k, v in d.items() if isinstance(v, dict)}
+    nested = {k: v for k, v in d.items() if isinstance(v, dict) and v}
     if not nested:
         out.append((path, {**inherited, **scalars}))
         return
@@ -52,8 +53,19 @@ def _walk(d: dict, path: list[str], inherited: dict[str, Any], out: list[tuple[l
         _walk(v, path + [str(k)], carried, out)
 
 
+def _cell(v: Any) -> Any:
+    """A plain cell value: dicts and lists of non-scalars become JSON text (no nested columns)."""
+    if isinstance(v, dict) or (isinstance(v, (list, tuple)) and any(isinstance(x, (dict, list, tuple)) for x in v)):
+        return json.dumps(v, sort_keys=True, default=str)
+    return v
+
+
 def flat_rows(records: Iterable[dict]) -> list[dict[str, Any]]:
     """Tidy rows (module docstring) of sample and error records."""
+    return [{k: _cell(v) for k, v in row.items()} for row in _rows(records)]
+
+
+def _rows(records: Iterable[dict]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for rec in records:
         key = rec.get("key", rec.get("id"))
@@ -63,7 +75,7 @@ def flat_rows(records: Iterable[dict]) -> list[dict[str, Any]]:
                          **{k: v for k, v in rec.items() if k not in ("type", "key")}})
             continue
         top = {k: v for k, v in rec.items() if k not in ("type", "key") and not isinstance(v, dict)}
-        nested = {k: v for k, v in rec.items() if isinstance(v, dict)}
+        nested = {k: v for k, v in rec.items() if isinstance(v, dict) and v}
         if not nested:
             rows.append({"key": key, "section": "sample", "condition": "", **top})
             continue
@@ -111,11 +123,20 @@ def write_flat(results_path: str | os.PathLike, folder: str | os.PathLike | None
             import pyarrow.parquet as pq
         except ImportError:
             return written
-        table = pa.Table.from_pylist([{c: r.get(c) for c in cols} for r in rows]) if rows else pa.table({})
+        table = pa.table({c: _arrow_column(pa, [r.get(c) for r in rows]) for c in cols}) if rows else pa.table({})
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         written["parquet"] = str(_atomic_bytes(folder / "samples.parquet", sink.getvalue().to_pybytes()))
     return written
+
+
+def _arrow_column(pa, values: list[Any]):
+    """One parquet column; a column whose values have mixed types (an id that is sometimes a number) is text."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return pa.array([None if v is None else v if isinstance(v, str) else json.dumps(v, default=str)
+                         for v in values], type=pa.string())
 
 
 def _atomic_bytes(path: Path, data: bytes) -> Path:

@@ -544,7 +544,7 @@ def trigger_summary(records: list[dict], planned: Sequence[PlannedIntervention],
 def make_plots(summary: dict, folder: str | Path) -> dict[str, str]:
     """accuracy.png (every non-curve intervention, Wilson CI bars, chance line), delta_logp.png, one curve per
     --sigma-sweep / --per-index group, and mediation_<kind>.png."""
-    from latentcheck.core.plots import bar_ci, lines
+    from latentcheck.core.plots import bar_ci, forest, lines
 
     folder = Path(folder)
     b = summary["baseline"]
@@ -560,10 +560,10 @@ def make_plots(summary: dict, folder: str | Path) -> dict[str, str]:
                                ylabel="accuracy", hline=b["chance"], hline_label="chance")
     lrows = [r for r in rows if r.get("d_logp_gold")]
     if lrows:
-        paths["delta_logp"] = bar_ci([r["label"] for r in lrows], [r["d_logp_gold"]["estimate"] for r in lrows],
+        paths["delta_logp"] = forest([r["label"] for r in lrows], [r["d_logp_gold"]["estimate"] for r in lrows],
                                      [r["d_logp_gold"]["lo"] for r in lrows], [r["d_logp_gold"]["hi"] for r in lrows],
                                      folder / "delta_logp.png", title="mean change in log p(gold) (bootstrap 95% CI)",
-                                     ylabel="delta log p(gold)", hline=0.0)
+                                     xlabel="delta log p(gold)")
     for g, c in summary["curves"].items():
         if not c["x"]:
             continue

@@ -10,6 +10,7 @@ import pytest
 
 from latentcheck.core import runner
 from latentcheck.core.errors import LatentcheckError, RecordError
+from latentcheck.core.export import EXPORTS
 from latentcheck.core.records import read_results
 from latentcheck.core.runner import CommonOptions, block_ranges, run_records
 from latentcheck.core.tasks import BadRecord, Task
@@ -45,7 +46,7 @@ def test_two_cpu_processes_equal_one_process(ck, tmp_path, monkeypatch):
     assert canonical_records(two / "samples.jsonl") == canonical_records(one / "samples.jsonl")
     assert canonical_provenance(two / "samples.jsonl") == canonical_provenance(one / "samples.jsonl")
     assert canonical_summary(two / "summary.json") == canonical_summary(one / "summary.json")
-    assert sorted(p.name for p in two.iterdir()) == ["samples.jsonl", "summary.json"]  # shards merged, removed
+    assert sorted(p.name for p in two.iterdir()) == sorted(["samples.jsonl", "summary.json", *EXPORTS])  # no shards
 
 
 def test_probe_two_processes_equal_one_process(ck, tmp_path, monkeypatch):
@@ -136,7 +137,7 @@ def test_simulated_two_ranks_merge_to_the_single_process_file(monkeypatch, tmp_p
     assert results[1].counts == single.counts == {"total": 12, "ok": 10, "errors": 2,
                                                   "errors_by_field": {"<line>": 1, "image": 1}}
     assert sorted(map(sorted, rec1.calls)) == sorted(map(sorted, rec2.calls))  # the same batches
-    assert [p.name for p in (tmp_path / "two").iterdir()] == ["samples.jsonl"]  # shards merged and removed
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(["samples.jsonl", *EXPORTS])  # no shards
     _, recs = read_results(tmp_path / "one" / "samples.jsonl")
     assert [r["key"] for r in recs] == [*(f"k{i}" for i in range(5)), "error@d.jsonl:6",
                                         *(f"k{i}" for i in range(5, 11))]  # item order, errors in place
@@ -183,7 +184,7 @@ def test_resume_across_process_counts_adopts_the_records_already_written(monkeyp
     _, rec = simulate(monkeypatch, out, 1, resume=True)
     assert sorted(rec.calls) == [["k3", "k4"], ["k8", "k9", "k10"]]  # rank 1's blocks only
     assert canonical_records(out / "samples.jsonl") == canonical_records(ref)
-    assert sorted(p.name for p in out.iterdir()) == ["samples.jsonl"]  # the old shard is removed
+    assert sorted(p.name for p in out.iterdir()) == sorted(["samples.jsonl", *EXPORTS])  # the old shard is removed
 
 
 def test_num_processes_option_parsing_and_child_exit_codes(monkeypatch, tmp_path):
