@@ -374,9 +374,9 @@ def _model_section(entry: dict[str, Any], figs: list[Figure], heading: str = "h2
              f'{_e(entry.get("seconds"))} s</p>',
              _verdict_table(entry), bench_line]
     for link in ("xz", "zy", "encodes"):
-        parts.append(f'<{sub} id="{anchor("model", entry["model"], link)}">{_e(LINK_NAMES[link])}</{sub}>')
+        parts.append(f'<{sub} id="{anchor("section", entry["model"], link)}">{_e(LINK_NAMES[link])}</{sub}>')
         parts.append(_figure_block(figs, link))
-    parts.append(f'<{sub} id="{anchor("model", entry["model"], "stages")}">stages</{sub}>')
+    parts.append(f'<{sub} id="{anchor("section", entry["model"], "stages")}">stages</{sub}>')
     parts.append(_stage_table(entry))
     return "\n".join(parts)
 
@@ -395,8 +395,8 @@ def build_html(audit: dict[str, Any], figures: dict[str, list[Figure]]) -> str:
     toc = [(1, "summary", "Comparison" if multi else "Summary")]
     for m in models:
         toc.append((1, anchor("model", m["model"]), f'{m["model"]}: {m["verdicts"]["overall"]["verdict"]}'))
-        toc += [(2, anchor("model", m["model"], link), LINK_NAMES[link]) for link in ("xz", "zy", "encodes")]
-        toc.append((2, anchor("model", m["model"], "stages"), "stages"))
+        toc += [(2, anchor("section", m["model"], link), LINK_NAMES[link]) for link in ("xz", "zy", "encodes")]
+        toc.append((2, anchor("section", m["model"], "stages"), "stages"))
     toc += [(1, "verdict-rules", "Verdict rules"), (1, "settings", "Settings")]
     parts.append(_contents(toc))
     by_model = {m["model"]: m for m in models}

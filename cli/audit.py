@@ -149,7 +149,7 @@ def report_cmd(
     if not (root / "audit.json").is_file() and not (root / "summary.json").is_file():
         from latentcheck.core.errors import LatentcheckError
 
-        raise LatentcheckError(f"{folder}: neither an audit folder (audit.json) nor an analysis folder (summary.json)")
+        raise LatentcheckError(f"{folder}: no audit.json (an audit folder) and no summary.json (an analysis folder)")
     path = render_report(folder)
     if not quiet and (root / "audit.json").is_file():
         render_audit(load_audit(root))
