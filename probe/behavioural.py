@@ -132,7 +132,7 @@ def capture_block(engine, lm, tasks: list[Task], store: TensorStore, force_laten
                "latent_count": tr.latent_count, "triggered": tr.triggered}
         if t.options:
             rec.update({k: v for k, v in _scores(lm, tr, t, extract).items() if k != "option_logprobs"})
-            if tr.latent_count and t.answer_letter in LETTERS[:len(t.options)]:
+            if tr.latent_count and t.answer_letter is not None and t.answer_letter in LETTERS[:len(t.options)]:
                 pred = rec.get("pred")
                 rec["logit_lens"] = lens_record(
                     lm, tr.raw_latents, tr.refs.get("last_prompt_token"), _option_ids(lm, t),

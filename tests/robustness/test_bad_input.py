@@ -141,7 +141,7 @@ USER_ERRORS = [
     ("unknown profile", ["perturb-latent", "--profile", "toy-latnet"],
      "error: unknown profile 'toy-latnet'; built-in profiles: "),
     ("unknown intervention", ["perturb-latent", "--profile", "toy-latent", "-i", "zeros"],
-     "error: unknown intervention 'zeros'; valid: drop, identity, index_mean, near_zero, noise, noise_replace, "
+     "error: unknown intervention 'zeros'; valid: drop, identity, index_mean, length, near_zero, noise, noise_replace, "
      "replay, reverse, scale, shared, shuffle, swap, zero"),
     ("unknown intervention parameter", ["perturb-latent", "--profile", "toy-latent", "-i", "noise:sgima=1"],
      "error: intervention 'noise' has no parameter 'sgima'; valid: sigma (default 0.5)"),
