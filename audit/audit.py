@@ -18,21 +18,20 @@ bench             bench/                        short generic bench             
 ``run_zoo_audit`` audits several models (default: the toy zoo's latent model, text-imagination model and both
 controls) into ``<out>/<model>/`` and adds a side-by-side comparison.
 
-Verdict rules are DATA (:data:`DEFAULT_RULES`, overridable from a JSON/TOML file): every threshold lives there and is
-copied into ``audit.json``. Each link gets a verdict with a status ``positive`` / ``negative`` / ``inconclusive`` /
-``untestable``, the numbers and CIs it rests on, and the rule in words (see docs/audit.md):
+Verdict rules are DATA (``audit/verdicts.toml`` = :data:`DEFAULT_RULES`, overridable from a JSON/TOML file): every
+threshold lives there and is copied into ``audit.json``. Each link gets a verdict with a status ``positive`` /
+``negative`` / ``inconclusive`` / ``untestable``, the numbers and CIs it rests on, and the rule in words (the rules
+themselves: ``audit/verdicts.py`` and docs/audit.md):
 
-* X -> Z "input-dependent": the sensitivity ratio (latent relative change / image-token relative change under the
-  rule's treatment, paired bootstrap CI) has ``lo > xz.dependent_above``; "input-independent": ``hi <
-  xz.independent_below``.
-* Z -> Y (latent models) "causal": some primary intervention's accuracy delta CI lies below 0 AND the NIE CI of the
-  mediation analysis excludes 0; "not causal": every primary delta CI and the NIE CI lie inside +-
-  ``zy.equivalence_margin``. Untestable when latent mode triggers too rarely or the baseline is not above chance.
-  Text-imagination models: the text do(Z) accuracy delta, same rule without NIE.
-* "encodes": the best latent site's probe (rule label and method) has Wilson ``lo > chance +
-  encodes.chance_margin`` and selectivity (accuracy - control task) ``lo > encodes.control_margin``.
-* overall "causally real" when X -> Z is positive and Z -> Y is positive; "not causally real" when either is
-  negative.
+* X -> Z: the sensitivity ratio's CI against ``xz`` thresholds, with the verdict at a sweep of thresholds shown.
+* Z -> Y (latent models) "causal": a Holm-significant drop beyond ``zy.min_effect`` under an on-distribution
+  ablation (mean / resample) that does not degenerate, AND the NIE CI excludes 0; "not causal": every primary delta
+  and the NIE equivalent to 0 (TOST within ``zy.equivalence_margin``), with minimum detectable effects; below the
+  sample size equivalence needs: inconclusive. Text-imagination models: the text do(Z) delta, with a neutral-edit
+  control.
+* "encodes": the best latent site's probe has Wilson ``lo > chance + encodes.chance_margin`` and selectivity
+  ``lo > encodes.control_margin``.
+* overall "causally real" when X -> Z and Z -> Y are positive; "not causally real" when either is negative.
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ from latentcheck.core.analysis import ANALYSES, AnalysisContext
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.runner import CommonOptions
 
-# Default samples per stage (``--limit`` overrides every stage). Chosen so the default zoo audit (4 models) stays
+# Default samples per stage (``--limit`` overrides every stage). Chosen so the default zoo audit (5 models) stays
 # within 5 minutes on a 2-core CPU machine (measured: docs/audit.md).
 DEFAULT_LIMITS = {"perturb_input": 100, "perturb_latent": 100, "probe": 100, "text_doz": 100, "bench": 100}
 AUDIT_TREATMENTS = ("identity", "swap_image", "swap_question", "noise:std=0.2")
@@ -84,6 +83,9 @@ class AuditSettings:
     force_latent: bool = False
     probe_methods: list[str] = field(default_factory=lambda: ["linear"])
     probe_labels: list[str] | None = None
+    # the behavioural probe's questions: "same" asks each source question again with only the fed vectors carrying
+    # the image (known ground truth on the zoo: toy-vector must pass, toy-mediated must fail); None: derived questions
+    probe_derived: str | None = "same"
     corrupt_model: str | None = None
     n_boot: int = 1000
     plots: bool = True

@@ -414,7 +414,7 @@ def build_html(audit: dict[str, Any], figures: dict[str, list[Figure]]) -> str:
     for m in models:
         parts.append(_model_section(m, figures.get(m["model"], [])))
     parts.append('<h2 id="verdict-rules">Verdict rules</h2>')
-    parts.append("<p>Every threshold of the verdicts (audit/audit.py DEFAULT_RULES, overridable with --rules); "
+    parts.append("<p>Every threshold of the verdicts (audit/verdicts.toml, overridable with --rules); "
                  "see docs/audit.md.</p>")
     parts.append(f"<pre>{_e(json.dumps(audit.get('rules'), indent=2))}</pre>")
     parts.append('<h2 id="settings">Settings</h2>')

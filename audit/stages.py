@@ -42,7 +42,8 @@ def _probe(ctx: AnalysisContext) -> AnalysisResult:
 
     s = ctx.settings
     cfg = ProbeConfig(methods=tuple(s.probe_methods), seed=ctx.opts.seed, n_boot=s.n_boot)
-    return run_probe(ctx.opts, ProbeOptions(labels=s.probe_labels, probe=cfg, n_boot=s.n_boot), lm=ctx.lm)
+    return run_probe(ctx.opts, ProbeOptions(labels=s.probe_labels, probe=cfg, n_boot=s.n_boot,
+                                            derived=s.probe_derived), lm=ctx.lm)
 
 
 def _probe_imagination(ctx: AnalysisContext) -> AnalysisResult:

@@ -23,33 +23,21 @@ STAGE_FOLDERS = {"perturb_input": "perturb-input", "perturb_latent": "perturb-la
 STAGE_TITLES = {"perturb_input": "perturb-input (X -> Z)", "perturb_latent": "perturb-latent (Z -> Y, mediation)",
                 "probe": "probe (what the latents encode)", "text_doz": "caption-imagine intervene (text do(Z))",
                 "bench": "bench (generic, short)"}
-ZOO_AUDIT_MODELS = ("toy-latent", "toy-capimagine", "toy-mediated", "toy-bypass")
+ZOO_AUDIT_MODELS = ("toy-latent", "toy-capimagine", "toy-mediated", "toy-vector", "toy-bypass")
 LINKS = ("xz", "zy", "encodes")
 LINK_NAMES = {"xz": "X -> Z", "zy": "Z -> Y", "encodes": "what latents encode", "overall": "overall"}
 
-# Every verdict threshold, in one place (docs/audit.md explains each one).
-DEFAULT_RULES: dict[str, Any] = {
-    "xz": {
-        "treatment": "swap_image",  # the input change whose sensitivity ratio decides the link
-        "dependent_above": 0.10,  # ratio CI lower bound above this -> input-dependent
-        "independent_below": 0.10,  # ratio CI upper bound below this -> input-independent
-    },
-    "zy": {
-        "interventions": ["zero", "noise_replace"],  # primary interventions (accuracy-delta criterion)
-        "mediation_kind": "image",
-        "mediation_outcome": "correct",
-        "equivalence_margin": 0.05,  # |effect| CI inside +-margin -> "no effect" (equivalence)
-        "min_trigger_rate": 0.8,  # baseline latent-mode trigger rate below this -> untestable (paper sec. 10)
-        "min_samples": 10,
-        "require_above_chance": True,  # baseline accuracy Wilson lo must exceed chance (else drops cannot show)
-    },
-    "encodes": {
-        "labels": ["meta.answer_text", "answer"],  # first label present is judged (toy: the asked attribute value)
-        "method": "linear",
-        "chance_margin": 0.05,  # probe accuracy CI lo must exceed chance (majority rate) + this
-        "control_margin": 0.0,  # selectivity (accuracy - control task) CI lo must exceed this
-    },
-}
+RULES_FILE = Path(__file__).with_name("verdicts.toml")
+
+
+def _read_rules_file(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+# Every verdict threshold, in one documented data file (audit/verdicts.toml; docs/audit.md explains each one).
+DEFAULT_RULES: dict[str, Any] = _read_rules_file(RULES_FILE)
 
 POSITIVE, NEGATIVE, INCONCLUSIVE, UNTESTABLE = "positive", "negative", "inconclusive", "untestable"
 
@@ -146,7 +134,8 @@ def verdict_xz(pi_summary: dict | None, rules: dict) -> Verdict:
     r = rules["xz"]
     rule = (f"sensitivity ratio under {r['treatment']} (latent rel. change / image-token rel. change, paired "
             f"bootstrap 95% CI): lo > {r['dependent_above']:.2f} -> input-dependent; hi < "
-            f"{r['independent_below']:.2f} -> input-independent")
+            f"{r['independent_below']:.2f} -> input-independent (the CI's upper end bounds the ratio the data allow); "
+            f"inconclusive below {r['min_samples']} samples; the verdict at each of {r['threshold_sweep']} is shown")
     if not pi_summary:
         return Verdict("xz", "untestable", UNTESTABLE, "perturb-input did not run", rule=rule)
     tr = (pi_summary.get("treatments") or {}).get(r["treatment"])
@@ -177,11 +166,29 @@ def verdict_xz(pi_summary: dict | None, rules: dict) -> Verdict:
         why = "no latents to compare (latent mode never triggered?)" if not tr.get("n") or \
             ev["latent_rel_change"] is None else "ratio undefined (the reference state did not change)"
         return Verdict("xz", "untestable", UNTESTABLE, f"{line}: {why}", ev, rule)
-    if _finite(ev["ratio_lo"]) and ev["ratio_lo"] > r["dependent_above"]:
-        return Verdict("xz", "input-dependent", POSITIVE, f"{line} > {r['dependent_above']:.2f}", ev, rule)
-    if ev["ratio_hi"] is not None and not (isinstance(ev["ratio_hi"], float) and math.isnan(ev["ratio_hi"])) \
-            and ev["ratio_hi"] < r["independent_below"]:
-        return Verdict("xz", "input-independent", NEGATIVE, f"{line} < {r['independent_below']:.2f}", ev, rule)
+    lo, hi = ev["ratio_lo"], ev["ratio_hi"]
+    hi_ok = hi is not None and not (isinstance(hi, float) and math.isnan(hi))
+
+    def reading(dep: float, ind: float) -> str:
+        if _finite(lo) and lo > dep:
+            return "input-dependent"
+        if hi_ok and hi < ind:
+            return "input-independent"
+        return "inconclusive"
+
+    # the threshold's effect on the verdict, shown rather than hidden (same threshold on both sides)
+    ev["threshold_sweep"] = [{"threshold": t, "verdict": reading(t, t)} for t in r["threshold_sweep"]]
+    flips = [f"{x['verdict']} at {x['threshold']:g}" for x in ev["threshold_sweep"]]
+    line += f" (thresholds: {', '.join(flips)})"
+    if tr.get("n") < r["min_samples"]:
+        return Verdict("xz", "inconclusive", INCONCLUSIVE,
+                       f"{line}: inconclusive (n too small: need >= {r['min_samples']})", ev, rule)
+    v = reading(r["dependent_above"], r["independent_below"])
+    if v == "input-dependent":
+        return Verdict("xz", v, POSITIVE, f"{line}; lo > {r['dependent_above']:.2f}", ev, rule)
+    if v == "input-independent":
+        return Verdict("xz", v, NEGATIVE, f"{line}; hi < {r['independent_below']:.2f}: the data exclude ratios "
+                                          f"above {hi:.2f}", ev, rule)
     return Verdict("xz", "inconclusive", INCONCLUSIVE, f"{line}: CI straddles the threshold", ev, rule)
 
 
@@ -191,39 +198,85 @@ def _chance_guard(acc: Any, lo: Any, chance: Any, rules_zy: dict) -> str | None:
     return None
 
 
+def _paired_evidence(d: dict, rz: dict) -> dict[str, Any]:
+    """Equivalence (TOST against the margin) and the minimum detectable effect of one paired 0/1 contrast with
+    discordant counts ``n01`` / ``n10`` over ``n`` samples: the READING of a stored result under the rules."""
+    from latentcheck.core.stats import paired_mde, paired_tost
+
+    n01, n10, n = d.get("n01"), d.get("n10"), d.get("n")
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (n01, n10, n)) or not n:
+        return {"tost": None, "mde": None}
+    t = paired_tost(n01, n10, n, rz["equivalence_margin"], rz["alpha"])
+    return {"tost": t, "mde": paired_mde(n, (n01 + n10) / n, rz["alpha"], rz["power"])}
+
+
 def verdict_zy(pl_summary: dict | None, rules: dict) -> Verdict:
     """Z -> Y for latent models from a perturb-latent summary (module docstring)."""
+    from latentcheck.core.stats import equivalence_min_n
+
     r = rules["zy"]
-    m = r["equivalence_margin"]
-    rule = (f"causal: accuracy delta CI < 0 under one of {', '.join(r['interventions'])} AND NIE "
-            f"({r['mediation_kind']} swap, outcome {r['mediation_outcome']}) CI excludes 0; not causal: every "
-            f"delta CI and the NIE CI inside +-{m:.2f}; untestable if trigger rate < {r['min_trigger_rate']:.2f}, "
-            f"n < {r['min_samples']} or the baseline is not above chance")
+    m, a, eff_min = r["equivalence_margin"], r["alpha"], r["min_effect"]
+    min_n = equivalence_min_n(m, a)
+    rule = (f"causal: under a primary (on-distribution) ablation ({', '.join(r['primary'])}) accuracy drops with "
+            f"Holm-adjusted McNemar p < {a:g} and the 95% score CI of the drop below -{eff_min:.2f}, the condition "
+            f"degenerating in <= {r['max_degenerate_rate']:.0%} of samples, AND the NIE ({r['mediation_kind']} swap, "
+            f"outcome {r['mediation_outcome']}, fed-vector mediator) CI excludes 0; not causal: every primary delta "
+            f"and the NIE equivalent to 0 within +-{m:.2f} (TOST at {a:g}; needs n >= {min_n}); off-distribution "
+            f"ablations ({', '.join(r['secondary'])}) are reported, never decisive; every negative verdict states its "
+            f"minimum detectable effect at {r['power']:.0%} power; untestable if trigger rate < "
+            f"{r['min_trigger_rate']:.2f}, n < {r['min_samples']} or the baseline is not above chance")
     if not pl_summary:
         return Verdict("zy", "untestable", UNTESTABLE, "perturb-latent did not run", rule=rule)
     b = pl_summary.get("baseline") or {}
     rows = {row["label"]: row for row in pl_summary.get("interventions") or []}
-    deltas = {}
-    for label in r["interventions"]:
-        row = rows.get(label)
-        if row and row.get("n"):
-            deltas[label] = {"delta": row.get("delta"), "lo": row.get("delta_lo"), "hi": row.get("delta_hi"),
-                             "accuracy": row.get("accuracy"), "mcnemar_p": row.get("mcnemar_p"), "n": row.get("n"),
-                             "degenerate_rate": row.get("degenerate_rate")}
-    med = ((pl_summary.get("mediation") or {}).get(r["mediation_kind"]) or {}).get(r["mediation_outcome"]) or {}
-    nie = med.get("nie") if med.get("n") else None
+
+    def row_ev(row: dict) -> dict[str, Any]:
+        d = {"delta": row.get("delta"), "lo": row.get("delta_lo"), "hi": row.get("delta_hi"),
+             "interval": row.get("interval", "paired_bootstrap"), "accuracy": row.get("accuracy"),
+             "mcnemar_p": row.get("mcnemar_p"), "p_holm": row.get("p_holm"), "n": row.get("n"),
+             "n01": row.get("n01"), "n10": row.get("n10"), "degenerate_rate": row.get("degenerate_rate")}
+        d.update(_paired_evidence(d, r))
+        d["degenerate_flag"] = _finite(d["degenerate_rate"]) and d["degenerate_rate"] > r["max_degenerate_rate"]
+        return d
+
+    deltas = {lab: row_ev(rows[lab]) for lab in r["primary"] if rows.get(lab) and rows[lab].get("n")}
+    secondary = {lab: row_ev(rows[lab]) for lab in r["secondary"] if rows.get(lab) and rows[lab].get("n")}
+    med = ((pl_summary.get("mediation") or {}).get(r["mediation_kind"]) or {})
+    vec = med.get(r["mediation_outcome"]) or {}
+    nie = None
+    if vec.get("n"):
+        e = vec["nie"]
+        nie = {"estimate": e["estimate"], "lo": e["lo"], "hi": e["hi"], "n": vec["n"], "n01": e.get("n01"),
+               "n10": e.get("n10"), "interval": e.get("method", "paired_bootstrap")}
+        nie.update(_paired_evidence(nie, r))
+    span = (med.get("span") or {}).get(r["mediation_outcome"]) or {}
+
+    def effects(e: dict) -> dict | None:
+        if not e.get("n"):
+            return None
+        return {k: {x: e[k][x] for x in ("estimate", "lo", "hi")} for k in
+                ("te", "nie", "nde", "interaction", "total_nie", "proportion_mediated", "proportion_mediated_total")
+                if k in e}
+
     ev = {"baseline_accuracy": b.get("accuracy"), "baseline_lo": b.get("accuracy_lo"),
           "baseline_hi": b.get("accuracy_hi"), "chance": b.get("chance"), "n": b.get("n"),
-          "trigger_rate": b.get("trigger_rate"), "deltas": deltas,
-          "nie": None if nie is None else {"estimate": nie["estimate"], "lo": nie["lo"], "hi": nie["hi"]},
-          "te": None if not med.get("n") else {k: med["te"][k] for k in ("estimate", "lo", "hi")},
-          "nde": None if not med.get("n") else {k: med["nde"][k] for k in ("estimate", "lo", "hi")},
-          "mediation_n": med.get("n"),
+          "trigger_rate": b.get("trigger_rate"), "deltas": deltas, "secondary": secondary, "nie": nie,
+          "te": None if not vec.get("n") else {k: vec["te"][k] for k in ("estimate", "lo", "hi")},
+          "nde": None if not vec.get("n") else {k: vec["nde"][k] for k in ("estimate", "lo", "hi")},
+          "mediation_n": vec.get("n"), "mediation": {"vectors": effects(vec), "span": effects(span)},
+          "interchange": {"vectors": (med.get("interchange") or {}).get("follows_counterfactual"),
+                          "span": ((med.get("span") or {}).get("interchange") or {}).get("follows_counterfactual")},
+          "multiplicity": pl_summary.get("multiplicity"), "equivalence_min_n": min_n,
           "other_interventions": {lab: {"delta": row.get("delta"), "lo": row.get("delta_lo"),
-                                        "hi": row.get("delta_hi")}
-                                  for lab, row in rows.items() if lab not in r["interventions"] and row.get("n")}}
-    parts = [f"{lab} dAcc {fmt_ci(d['delta'], d['lo'], d['hi'], signed=True)}" for lab, d in deltas.items()]
+                                        "hi": row.get("delta_hi"), "p_holm": row.get("p_holm")}
+                                  for lab, row in rows.items()
+                                  if lab not in r["primary"] and lab not in r["secondary"] and row.get("n")}}
+    parts = [f"{lab} dAcc {fmt_ci(d['delta'], d['lo'], d['hi'], signed=True)} (p_holm {_p(d['p_holm'])})"
+             + (" [degenerate]" if d["degenerate_flag"] else "") for lab, d in deltas.items()]
     parts.append(f"NIE {fmt_ci(nie['estimate'], nie['lo'], nie['hi'], signed=True)}" if nie else "NIE -")
+    if secondary:
+        parts.append("off-distribution: " + ", ".join(f"{lab} {fmt_ci(d['delta'], d['lo'], d['hi'], signed=True)}"
+                                                       for lab, d in secondary.items()))
     line = "; ".join(parts)
     why = None
     if not b.get("n") or b["n"] < r["min_samples"]:
@@ -234,28 +287,52 @@ def verdict_zy(pl_summary: dict | None, rules: dict) -> Verdict:
     else:
         why = _chance_guard(b.get("accuracy"), b.get("accuracy_lo"), b.get("chance"), r)
     if why is None and not deltas:
-        why = f"none of the primary interventions ({', '.join(r['interventions'])}) ran"
+        why = f"none of the primary interventions ({', '.join(r['primary'])}) ran"
     if why:
         return Verdict("zy", "untestable", UNTESTABLE, f"{line}: {why}", ev, rule)
-    drop = [lab for lab, d in deltas.items() if _finite(d["hi"]) and d["hi"] < 0]
+    flagged = [lab for lab, d in deltas.items() if d["degenerate_flag"]]
+    drop = [lab for lab, d in deltas.items() if not d["degenerate_flag"] and _finite(d["hi"]) and d["hi"] < -eff_min
+            and _finite(d["p_holm"]) and d["p_holm"] < a]
     nie_ok = nie is not None and _excludes_zero(nie["lo"], nie["hi"])
     if drop and nie_ok:
         return Verdict("zy", "causal", POSITIVE, line, ev, rule)
-    flat = all(_inside(d["lo"], d["hi"], m) for d in deltas.values()) and nie is not None and \
-        _inside(nie["lo"], nie["hi"], m)
-    if flat:
-        return Verdict("zy", "not causal", NEGATIVE, f"{line} (all inside +-{m:.2f})", ev, rule)
-    reason = ("accuracy drops but the NIE CI includes 0" if drop else
-              "NIE excludes 0 but no primary intervention drops accuracy" if nie_ok else
-              "no drop shown, but the CIs are too wide for equivalence")
+    checks = list(deltas.values()) + ([nie] if nie is not None else [])
+    mdes = ", ".join(f"{lab} {d['mde']:.2f}" for lab, d in [*deltas.items(), ("NIE", nie or {})]
+                     if d and _finite(d.get("mde")))
+    flat = nie is not None and all(d.get("tost") and d["tost"]["equivalent"] for d in checks)
+    if flat and not flagged:
+        return Verdict("zy", "not causal", NEGATIVE, f"{line}: every effect equivalent to 0 within +-{m:.2f} (TOST "
+                                                     f"p < {a:g}); minimum detectable effect at {r['power']:.0%} "
+                                                     f"power: {mdes}", ev, rule)
+    n_eff = min([d["n"] for d in checks if d.get("n")] or [0])
+    if n_eff < min_n and not (drop or nie_ok):
+        return Verdict("zy", "inconclusive", INCONCLUSIVE,
+                       f"{line}: inconclusive (n too small for +-{m * 100:.0f} points: need >= {min_n}); minimum "
+                       f"detectable effect at {r['power']:.0%} power: {mdes}", ev, rule)
+    if drop:
+        reason = "accuracy drops but the NIE CI includes 0"
+    elif nie_ok:
+        reason = ("NIE excludes 0 but no primary ablation drops accuracy by more than "
+                  f"{eff_min:.2f} (Holm-adjusted)")
+    elif flagged:
+        reason = f"{', '.join(flagged)} degenerate(s) in more than {r['max_degenerate_rate']:.0%} of samples"
+    else:
+        reason = (f"no drop shown, but the CIs are too wide for equivalence within +-{m:.2f}; minimum detectable "
+                  f"effect at {r['power']:.0%} power: {mdes}")
     return Verdict("zy", "inconclusive", INCONCLUSIVE, f"{line}: {reason}", ev, rule)
+
+
+def _p(p: Any) -> str:
+    return "-" if not _finite(p) else f"{p:.2g}"
 
 
 def verdict_zy_text(doz_summary: dict | None, rules: dict, chance: float | None) -> Verdict:
     """Z -> Y for text-imagination models from a caption-imagine intervene summary (module docstring)."""
     r = rules["zy"]
     m = r["equivalence_margin"]
-    rule = (f"causal: text do(Z) accuracy delta CI < 0; not causal: CI inside +-{m:.2f}; untestable if fewer than "
+    rule = (f"causal: text do(Z) accuracy drop with McNemar p < {r['alpha']:g} and 95% score CI below "
+            f"-{r['min_effect']:.2f} while a neutral edit (answer-irrelevant words) does not drop accuracy by more "
+            f"than {r['min_effect']:.2f}; not causal: equivalent to 0 within +-{m:.2f} (TOST); untestable if fewer than "
             f"{r['min_samples']} samples had a closed imagination span or the clean run is not above chance")
     if not doz_summary:
         return Verdict("zy", "untestable", UNTESTABLE, "caption-imagine intervene did not run", rule=rule)
@@ -285,12 +362,30 @@ def verdict_zy_text(doz_summary: dict | None, rules: dict, chance: float | None)
         why = _chance_guard(eff["acc_base"], eff["acc_base_lo"], chance, r)
     if why:
         return Verdict("zy", "untestable", UNTESTABLE, f"{line}: {why}", ev, rule)
-    if _finite(eff["delta_hi"]) and eff["delta_hi"] < 0:
+    pe = _paired_evidence(eff, r)
+    ev["delta"].update(pe, n01=eff.get("n01"), n10=eff.get("n10"))
+    neu = doz_summary.get("neutral_effect")
+    ev["neutral"] = None if not neu else {"delta": neu["delta"], "lo": neu["delta_lo"], "hi": neu["delta_hi"],
+                                          "n": neu["n"], "mcnemar_p": neu["mcnemar_p"]}
+    ev["interchange"] = (doz_summary.get("interchange") or {}).get("follows_partner")
+    if neu:
+        line += f"; neutral edit dAcc {fmt_ci(neu['delta'], neu['delta_lo'], neu['delta_hi'], signed=True)}"
+    if ev["interchange"]:
+        line += f"; text interchange follows the partner {fmt_ci(ev['interchange'])}"
+    if _finite(eff["delta_hi"]) and eff["delta_hi"] < -r["min_effect"] and eff["mcnemar_p"] < r["alpha"]:
+        if neu and _finite(neu["delta_hi"]) and neu["delta_hi"] < -r["min_effect"]:
+            return Verdict("zy", "inconclusive", INCONCLUSIVE, f"{line}: the neutral edit moves accuracy too (the "
+                                                               "model reacts to any edit)", ev, rule)
         return Verdict("zy", "causal", POSITIVE, line, ev, rule)
-    if _inside(eff["delta_lo"], eff["delta_hi"], m):
-        return Verdict("zy", "not causal", NEGATIVE, f"{line} (inside +-{m:.2f})", ev, rule)
-    return Verdict("zy", "inconclusive", INCONCLUSIVE, f"{line}: no drop shown, CI too wide for equivalence", ev,
-                   rule)
+    mde = f"minimum detectable effect at {r['power']:.0%} power {pe['mde']:.2f}" if _finite(pe["mde"]) else ""
+    if pe["tost"] and pe["tost"]["equivalent"]:
+        return Verdict("zy", "not causal", NEGATIVE, f"{line}: equivalent to 0 within +-{m:.2f} (TOST); {mde}", ev,
+                       rule)
+    if pe["tost"] and eff["n"] < pe["tost"]["min_n"]:
+        return Verdict("zy", "inconclusive", INCONCLUSIVE, f"{line}: inconclusive (n too small for +-{m * 100:.0f} "
+                                                           f"points: need >= {pe['tost']['min_n']}); {mde}", ev, rule)
+    return Verdict("zy", "inconclusive", INCONCLUSIVE, f"{line}: no drop shown, CI too wide for equivalence; {mde}",
+                   ev, rule)
 
 
 def _best_site(sites: dict[str, dict], method: str) -> tuple[str | None, dict | None, str]:
@@ -402,7 +497,9 @@ def comparison_row(entry: dict[str, Any]) -> dict[str, Any]:
                            "xz": {"ratio": xz.get("ratio"), "lo": xz.get("ratio_lo"), "hi": xz.get("ratio_hi"),
                                   "treatment": xz.get("treatment"), "verdict": v["xz"]["verdict"]},
                            "zy": {"verdict": v["zy"]["verdict"], "deltas": zy.get("deltas"), "nie": zy.get("nie"),
-                                  "text_doz": zy.get("delta") if entry["kind"] == "text_imagination" else None},
+                                  "text_doz": zy.get("delta") if entry["kind"] == "text_imagination" else None,
+                                  "interchange": (zy.get("interchange") if entry["kind"] == "latent" else
+                                                  {"text": zy.get("interchange")})},
                            "encodes": {"verdict": v["encodes"]["verdict"], "label": enc.get("label"),
                                        "site": enc.get("site"), "accuracy": enc.get("accuracy"), "lo": enc.get("lo"),
                                        "hi": enc.get("hi"), "chance": enc.get("chance"),
@@ -413,7 +510,8 @@ def comparison_row(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 COMPARISON_COLUMNS = ("model", "kind", "X -> Z sensitivity [CI]", "Z -> Y dAcc under intervention [CI]",
-                      "NIE [CI]", "text do(Z) dAcc [CI]", "probe acc [CI] vs chance", "bench acc [CI]", "verdicts")
+                      "NIE [CI]", "text do(Z) dAcc [CI]", "interchange: follows partner [CI]", "probe acc [CI] vs chance",
+                      "bench acc [CI]", "verdicts")
 
 
 def comparison_cells(row: dict[str, Any]) -> dict[str, str]:
@@ -434,6 +532,9 @@ def comparison_cells(row: dict[str, Any]) -> dict[str, str]:
             "Z -> Y dAcc under intervention [CI]": deltas,
             "NIE [CI]": "-" if not nie else fmt_ci(nie["estimate"], nie["lo"], nie["hi"], signed=True),
             "text do(Z) dAcc [CI]": "-" if not doz else fmt_ci(doz["delta"], doz["lo"], doz["hi"], signed=True),
+            "interchange: follows partner [CI]": "; ".join(
+                f"{k} {fmt_ci(x.get('estimate'), x.get('lo'), x.get('hi'))}"
+                for k, x in (zy.get("interchange") or {}).items() if x) or "-",
             "probe acc [CI] vs chance": probe, "bench acc [CI]": bench, "verdicts": verdicts}
 
 
@@ -454,4 +555,26 @@ def load_audit(folder: str | Path) -> dict[str, Any]:
         raise LatentcheckError(f"{p}: not valid JSON ({e})") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or not isinstance(doc.get("models"), list):
         raise LatentcheckError(f"{p}: not a latentcheck audit file (schema {SCHEMA})")
+    return doc
+
+
+def reread(folder: str | Path, rules: dict[str, Any]) -> dict[str, Any]:
+    """The audit of ``folder`` READ under other ``rules``: a copy of its audit.json whose verdicts (and comparison)
+    are recomputed from the stored stage summaries. Nothing in the folder is written or changed: a threshold changes
+    the reading of a stored result, never the result."""
+    root = Path(folder)
+    doc = copy.deepcopy(load_audit(root))
+    for entry in doc["models"]:
+        base = root / entry.get("folder", ".")
+        summaries: dict[str, dict | None] = {}
+        for stage, st in (entry.get("stages") or {}).items():
+            f = base / str(st.get("folder") or STAGE_FOLDERS.get(stage, stage)) / "summary.json"
+            summaries[stage] = json.loads(f.read_text(encoding="utf-8")) if st.get("status") == "done" and \
+                f.exists() else None
+        entry["verdicts"] = {k: v.to_dict() for k, v in
+                             judge(summaries, entry["kind"], rules, entry.get("data_chance")).items()}
+    if doc.get("comparison") is not None:
+        doc["comparison"] = [comparison_row(e) for e in doc["models"]]
+    doc["rules"] = rules
+    doc["reread"] = True
     return doc

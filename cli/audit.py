@@ -111,7 +111,7 @@ def audit_cmd(
     """Is this model's latent imagination causally real? Runs perturb-input, perturb-latent (+ mediation), probe,
     text do(Z) (text-imagination models) and a short bench; judges X -> Z, Z -> Y and what the latents encode;
     writes a report folder (report.html, audit.json, one subfolder per analysis). Without --model: the toy zoo
-    (toy-latent, toy-capimagine, toy-mediated, toy-bypass) side by side."""
+    (toy-latent, toy-capimagine, toy-mediated, toy-vector, toy-bypass) side by side."""
     from latentcheck.audit.audit import ZOO_THREADS, AuditSettings, run_audit, run_zoo_audit
     from latentcheck.audit.verdicts import load_audit, load_rules
 
@@ -139,12 +139,19 @@ def audit_cmd(
 def report_cmd(
     folder: Annotated[str, typer.Argument(help="An audit folder (audit.json) or the folder of any analysis run "
                                                 "(summary.json, plots/).")],
+    rules: Annotated[Optional[str], typer.Option(
+        "--rules", help="Read a stored audit under other verdict rules (TOML/JSON overrides of "
+                        "audit/verdicts.toml): prints the verdicts they give; writes nothing.")] = None,
     quiet: o.Quiet = False,
 ) -> None:
-    """Render report.html of an audit or of any analysis folder from its saved results (no model is loaded)."""
-    from latentcheck.audit.verdicts import load_audit
+    """Render report.html of an audit or of any analysis folder from its saved results (no model is loaded). With
+    --rules: print the verdicts a stored audit gives under those rules, changing nothing on disk."""
+    from latentcheck.audit.verdicts import load_audit, load_rules, reread
     from latentcheck.audit.report import render_report
 
+    if rules is not None:
+        render_audit(reread(folder, load_rules(rules)))
+        return
     root = Path(folder)
     if not (root / "audit.json").is_file() and not (root / "summary.json").is_file():
         from latentcheck.core.errors import LatentcheckError

@@ -29,32 +29,41 @@ def _tables(s: dict) -> None:
     b = s["baseline"]
     t = Table(title=f"perturb-latent: {s['model'].get('id')} (profile {s['model'].get('profile')}), n={b['n']}, "
                     f"chance {fmt_num(b['chance'], 2)}")
-    for c in ("intervention", "n", "accuracy", "delta acc [95% CI]", "McNemar p", "answer flips", "delta log p(gold)",
-              "KL(base||int)", "degen.", "trig.", "latents"):
+    for c in ("intervention", "n", "accuracy", "delta acc [95% score CI]", "McNemar p (Holm)", "MDE",
+              "answer flips", "delta log p(gold)", "KL(base||int)", "degen.", "trig.", "latents"):
         t.add_column(c, justify="left" if c == "intervention" else "right")
-    t.add_row("baseline", str(b["n"]), fmt_num(b["accuracy"]), "-", "-", "-", "-", "-",
+    t.add_row("baseline", str(b["n"]), fmt_num(b["accuracy"]), "-", "-", "-", "-", "-", "-",
               fmt_num(b["degenerate_rate"], 2), fmt_num(b["trigger_rate"], 2), fmt_num(b["mean_latent_count"], 1))
     for r in s["interventions"]:
         if not r["n"]:
-            t.add_row(r["label"], "0", "-", "-", "-", "-", "-", "-", "-", "-", "-")
+            t.add_row(r["label"], "0", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-")
             continue
         t.add_row(r["label"], str(r["n"]), fmt_num(r["accuracy"]),
-                  fmt_ci(r["delta"], r["delta_lo"], r["delta_hi"], digits=3, signed=True), fmt_p(r["mcnemar_p"]),
+                  fmt_ci(r["delta"], r["delta_lo"], r["delta_hi"], digits=3, signed=True),
+                  f"{fmt_p(r['mcnemar_p'])} ({fmt_p(r.get('p_holm'))})", fmt_num(r.get("mde"), 2),
                   fmt_num(r["answer_flip_rate"], 2), fmt_ci(r["d_logp_gold"], digits=3, signed=True),
                   fmt_num((r["kl"] or {}).get("estimate"), 4), fmt_num(r["degenerate_rate"], 2),
                   fmt_num(r["trigger_rate"], 2), fmt_num(r["mean_latent_count"], 1))
     out_console.print(t)
     for kind, entry in (s.get("mediation") or {}).items():
-        m = Table(title=f"mediation, {kind} swap (outcome vs the ORIGINAL gold; primary: {entry['primary_outcome']})")
-        for c in ("outcome", "n", "TE", "NIE", "NDE", "proportion mediated"):
-            m.add_column(c, justify="left" if c == "outcome" else "right")
-        for outcome in ("correct", "logp_gold"):
-            e = entry.get(outcome) or {}
-            if not e.get("n"):
-                m.add_row(outcome, "0", "-", "-", "-", "-")
-                continue
-            m.add_row(outcome, str(e["n"]), *(fmt_ci(e[k], digits=3, signed=True)
-                                              for k in ("te", "nie", "nde", "proportion_mediated")))
+        m = Table(title=f"mediation, {kind} swap (partner: {s.get('mediation_partner', 'any')}; outcome vs the "
+                        f"ORIGINAL gold; primary: {entry['primary_outcome']})")
+        for c in ("mediator", "outcome", "n", "TE", "NIE (pure)", "NDE (pure)", "interaction", "prop. med. pure",
+                  "prop. med. total", "follows partner"):
+            m.add_column(c, justify="left" if c in ("mediator", "outcome") else "right")
+        for mediator in entry.get("mediators", ["vectors"]):
+            src = entry if mediator == "vectors" else entry.get(mediator) or {}
+            ia = ((src.get("interchange") or {}).get("follows_counterfactual") or {})
+            for outcome in ("correct", "logp_gold"):
+                e = src.get(outcome) or {}
+                if not e.get("n"):
+                    m.add_row(mediator, outcome, "0", *["-"] * 7)
+                    continue
+                m.add_row(mediator, outcome, str(e["n"]),
+                          *(fmt_ci(e.get(k), digits=3, signed=True) if e.get(k) else "-"
+                            for k in ("te", "nie", "nde", "interaction", "proportion_mediated",
+                                      "proportion_mediated_total")),
+                          fmt_ci(ia, digits=2) if outcome == "correct" and ia else "")
         out_console.print(m)
 
 
@@ -81,6 +90,13 @@ def perturb_latent_cmd(
     mediation: Annotated[str, typer.Option(
         "--mediation", rich_help_panel=P, help="Input changes for the TE/NIE/NDE analysis: image, question, "
                                                "image,question or none.")] = "image",
+    mediators: Annotated[str, typer.Option(
+        "--mediators", rich_help_panel=P, help="Mediators of the TE/NIE/NDE analysis: vectors (the fed-back "
+                                               "vectors) and span (the latent span's states at every layer, "
+                                               "patched from the counterfactual run).")] = "vectors,span",
+    partner: Annotated[str, typer.Option(
+        "--partner", rich_help_panel=P, help="Mediation/swap partner rule: different_gold (a partner whose gold "
+                                             "answer differs, when the block has one) or any.")] = "different_gold",
     naive: Annotated[bool, typer.Option(
         "--naive", rich_help_panel=P, help="Run every condition as its own generation at batch size 1 (reference "
                                            "way; slow, same answers).")] = False,
@@ -89,7 +105,7 @@ def perturb_latent_cmd(
         help="Force the latent-start token as the first generated token.")] = False,
     image_visibility: Annotated[Optional[str], typer.Option(
         "--image-visibility", rich_help_panel=P, help="Override the profile's image visibility: all | latents_only | "
-                                                      "none.")] = None,
+                                                      "start_only | none.")] = None,
     max_new_tokens: o.MaxNewTokens = None,
     calibration: Annotated[Optional[int], typer.Option(
         "--calibration", rich_help_panel=P, help="Samples in the calibration pass for shared/index_mean statistics "
@@ -126,7 +142,8 @@ def perturb_latent_cmd(
                     system=system, threads=threads)
     result = run_perturb_latent(opts, intervention, sigma_sweep=sigma_sweep, per_index=per_index or [],
                                 length_sweep=length_sweep,
-                                mediation=mediation, naive=naive, force_latent=force_latent,
+                                mediation=mediation, mediators=mediators, partner=partner, naive=naive,
+                                force_latent=force_latent,
                                 image_visibility=image_visibility, max_new_tokens=max_new_tokens,
                                 calibration_size=calibration, n_boot=n_boot, plots=not no_plots)
     if result.is_main:

@@ -76,8 +76,10 @@ def probe_cmd(
     max_new_tokens: o.MaxNewTokens = None,
     threads: o.Threads = None,
     derived: Annotated[Optional[str], typer.Option("--derived", help="Derived questions (task JSONL, each with "
-                                                   "meta.source_id). Default: derived_<split>.jsonl next to a toy "
-                                                   "task file, or generated from toy metadata.",
+                                                   "meta.source_id); 'same' asks each source's own question "
+                                                   "again (the positive-control setting). Default: "
+                                                   "derived_<split>.jsonl next to a toy task file, or generated "
+                                                   "from toy metadata.",
                                                    rich_help_panel=PP)] = None,
     label: Annotated[Optional[list[str]], typer.Option("--label", help="Trained-probe label (repeatable): answer, "
                                                        "category or meta.<path>. Default (toy): target colour/shape/"

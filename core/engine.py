@@ -11,9 +11,12 @@ get the step's key mask as a prepared 4-D boolean mask (transformers would rebui
 See docs/performance.md for the measured cost against the bare model call.
 
 Visibility rules (``image_visibility``): ``all`` (normal); ``latents_only`` (only the latent span may attend to image
-tokens; all other text after the image cannot — the toy positive control); ``none`` (no position after the image block
-may attend to it: the behavioural probe's "image hidden from the answer"). ``latents_visible_after=False`` hides the
-latent span from every later position (the toy negative control).
+tokens; all other text after the image cannot — the toy positive control); ``start_only`` (only the latent-start
+position may attend to image tokens — with ``start_visible_after=False`` the image reaches the rest only through the
+vector that position produces: the toy vector-mediated control); ``none`` (no position after the image block may
+attend to it: the behavioural probe's "image hidden from the answer"). ``latents_visible_after=False`` hides the
+latent span from every later position (the toy negative control); ``start_visible_after=False`` hides each
+latent-start position from every later position.
 """
 
 from __future__ import annotations
@@ -136,15 +139,24 @@ def input_start(kinds, qmask):
 
 def latent_key_mask(kinds, start, visibility: list[str], blind: bool):
     """Which prompt columns latent-span queries may attend to: valid columns, minus the image under visibility
-    'none', minus the whole user input (from ``start``) for models whose latents do not see the input."""
+    'none' or 'start_only' (there the latent-start query adds the image: ``start_key_mask``), minus the whole
+    user input (from ``start``) for models whose latents do not see the input."""
     import torch
 
-    hide_img = torch.tensor([v == "none" for v in visibility], device=kinds.device)
+    hide_img = torch.tensor([v in ("none", "start_only") for v in visibility], device=kinds.device)
     m = (kinds != PAD) & ~((kinds == IMAGE) & hide_img[:, None])
     if blind:
         cols = torch.arange(kinds.shape[1], device=kinds.device)[None]
         m = m & (cols < start[:, None])
     return m
+
+
+def start_key_mask(kinds, latent_mask, visibility: list[str]):
+    """Prompt columns the latent-start query may attend to: the latent mask plus, under 'start_only', the image."""
+    import torch
+
+    so = torch.tensor([v == "start_only" for v in visibility], device=kinds.device)
+    return latent_mask | (so[:, None] & (kinds == IMAGE))
 
 
 def logits_processor(decoding: DecodingSpec):
@@ -293,12 +305,16 @@ class Engine:
         if latent_steps:
             start = torch.full((R,), self.tokens.start, device=dev)
             start_lp = torch.log_softmax(first.float(), -1)[:, self.tokens.start]
-            span_keys = latent_key_mask(kinds, st["input_start"][idx], [vis[b] for b in src],
-                                        not prof.latents_see_input)
+            row_vis = [vis[b] for b in src]
+            span_keys = latent_key_mask(kinds, st["input_start"][idx], row_vis, not prof.latents_see_input)
             emb = self.embed(start)
             fed = []
             for k in range(latent_steps + 1):
-                mask = torch.cat([span_keys, torch.ones((R, span_cols + 1), dtype=torch.bool, device=dev)], 1).long()
+                own = torch.ones((R, span_cols + 1), dtype=torch.bool, device=dev)
+                if k and not prof.start_visible_after:
+                    own[:, 0] = False  # the latent-start position is hidden from every later position
+                keys = start_key_mask(kinds, span_keys, row_vis) if k == 0 else span_keys  # start_only: start sees
+                mask = torch.cat([keys, own], 1).long()  # the image
                 hs = self._forward(emb[:, None], pos.view(1, R, 1).expand(3, R, 1), mask, cache)
                 pos = pos + 1
                 span_cols += 1
@@ -316,6 +332,8 @@ class Engine:
             ids[r, :len(x)] = torch.tensor(x, device=dev)
             valid[r, :len(x)] = True
         span_vis = torch.full((R, span_cols), prof.latents_visible_after, dtype=torch.bool, device=dev)
+        if span_cols and not prof.start_visible_after:
+            span_vis[:, 0] = False
         mask = torch.cat([prefix, span_vis, valid], 1).long()
         posn = (pos[:, None] + torch.arange(n, device=dev)[None]).view(1, R, n).expand(3, R, n)
         hs = self._forward(self.embed(ids), posn, mask, cache)
@@ -565,6 +583,10 @@ class Engine:
         is_img = kinds0 == IMAGE
         b.mT[:, :P] = valid & ~(is_img & hide_t[:, None])
         b.mL[:, :P] = latent_key_mask(kinds0, st["input_start"][idx], vis_row, not prof.latents_see_input)
+        b.start_only = torch.tensor([v == "start_only" for v in vis_row], device=dev)
+        b.any_start_only = bool(b.start_only.any())
+        b.mS0 = start_key_mask(kinds0, b.mL[:, :P], vis_row) if b.any_start_only else None
+        b.hide_start = not prof.start_visible_after
         b.latvis = prof.latents_visible_after
         b.see_input = prof.latents_see_input
         b.pos = st["next_pos"][idx].clone()
@@ -793,6 +815,7 @@ class Engine:
         b.finished = b.finished | new_fin
         b.n_steps = n_steps + 1
         # what the next forward feeds
+        b.enter = enter
         b.need, b.any_need, b.vec, b.nxt, b.span_now, b.new_fin, b.active = \
             need, any_need, vec, nxt, span_now, new_fin, active
         b.n_finished = int(b.finished.sum())
@@ -818,6 +841,10 @@ class Engine:
             b.mL[:, t_col] = ~finished & (b.span_now | b.see_input)
         keys_ok = torch.where(b.span_now[:, None], b.mL[:, :t_col + 1], b.mT[:, :t_col + 1]) \
             if b.is_latent and bool(b.span_now.any()) else b.mT[:, :t_col + 1]
+        if b.any_start_only and bool((b.enter & b.start_only).any()):  # the latent-start query sees the image
+            keys_ok = keys_ok.clone()
+            rows_s = b.enter & b.start_only
+            keys_ok[rows_s, :b.P] = b.mS0[rows_s]
         if not b.mask_4d:
             mask = keys_ok.long()
         elif bool(keys_ok.all()):
@@ -826,6 +853,9 @@ class Engine:
             mask = keys_ok[:, None, None, :]
         posv = b.pos.view(1, R, 1).expand(3, R, 1)
         hs = self._forward(emb[:, None], posv, mask, b.cache)
+        if b.hide_start and bool(b.enter.any()):  # later queries never see a latent-start position
+            b.mT[:, t_col] &= ~b.enter
+            b.mL[:, t_col] &= ~b.enter
         h_last = hs[:, -1]
         b.logits = logits = self.model.lm_head(h_last)
         b.fb = self._feedback(h_last) if b.is_latent else h_last
@@ -968,45 +998,121 @@ class Engine:
         """One no-cache forward over prompt + generated ids with the trace's fed vectors written at their
         positions and the visibility rules as an explicit 4-D mask. Returns logits [L_total, V]."""
         torch = self._torch
-        prof = self.profile
-        vis = image_visibility or prof.image_visibility
-        ids = torch.cat([prompt.input_ids, torch.tensor(trace.token_ids[:-1] if trace.token_ids else [],
-                                                        dtype=torch.long)]).to(self.device)
-        n_gen = len(ids) - prompt.length
         with torch.no_grad():
-            emb = self.embed(ids)[None]
-            visual: dict = {}
-            if prompt.pixel_values is not None or prompt.image_embeds is not None:
-                emb, visual = self._visual_inputs(ids[None], emb, [prompt])
-            fed = [i for i, f in enumerate(trace.fed_mask[:n_gen]) if f]
-            for j, i in enumerate(fed):
-                emb[0, prompt.length + i] = torch.as_tensor(trace.latents[j], dtype=emb.dtype)
-            pp = self._positions(prompt)
-            last = int(pp.max())
-            gpos = torch.arange(last + 1, last + 1 + n_gen, device=self.device).view(1, -1).expand(3, -1)
-            pos = torch.cat([pp, gpos], 1)[:, None]
-            Lt = len(ids)
-            kind = torch.full((Lt,), TEXT, device=self.device)
-            kind[:prompt.length][prompt.image_mask.to(self.device)] = IMAGE
-            span = torch.tensor([False] * prompt.length + list(trace.span_mask[:n_gen]), device=self.device)
-            kind[span] = SPAN
-            m = torch.tril(torch.ones(Lt, Lt, dtype=torch.bool, device=self.device))
-            qk, kk = kind[:, None], kind[None, :]
-            if vis == "latents_only":
-                m &= ~((kk == IMAGE) & (qk != IMAGE) & (qk != SPAN))
-            elif vis == "none":
-                m &= ~((kk == IMAGE) & (qk != IMAGE))
-            if vis != "all":  # the prompt's own text after the image never sees it in the prefill
-                in_prompt = torch.arange(Lt, device=self.device) < prompt.length
-                m &= ~((kk == IMAGE) & (qk != IMAGE) & in_prompt[:, None])
-            if not prof.latents_visible_after:
-                m &= ~((kk == SPAN) & (qk != SPAN))
-            if not prof.latents_see_input:
-                first = [i for i in range(prompt.length) if prompt.image_mask[i] or prompt.question_mask[i]]
-                if first:
-                    idx_k = torch.arange(Lt, device=self.device)[None, :]
-                    m &= ~((qk == SPAN) & (idx_k >= first[0]) & (kk != SPAN))
+            emb, pos, m, _span, visual = self._replay_inputs(prompt, list(trace.token_ids[:-1]), trace,
+                                                             image_visibility or self.profile.image_visibility)
             h = self._forward(emb, pos, m[None, None], None, **visual)
             return self.model.lm_head(h[0])
 
     replay_logits = replay  # the earlier name
+
+    def answer_point_ids(self, trace: Trace) -> list[int] | None:
+        """The generated ids up to and including the answer-point marker (the latent end token, or the profile's
+        inner end), plus the profile's answer prefix: the next-token distribution after them is the one
+        ``Trace.option_logprobs`` scores. None when the trace never reached the answer point."""
+        L = self.profile.latent
+        ap_id = self.tokens.end if L.answer_point == "end" else (self.tokens.inner_end if self.tokens.inner_end
+                                                                  is not None else self.tokens.end)
+        ids = list(trace.token_ids)
+        hits = [i for i, t in enumerate(ids) if t == ap_id and not trace.fed_mask[i]]
+        if not hits:
+            return None
+        prefix = self.lm.tokenizer.encode(self.profile.answer_prefix, add_special_tokens=False) \
+            if self.profile.answer_prefix else []
+        return ids[:hits[0] + 1] + list(prefix)
+
+    def replay_span(self, prompt: Prompt, trace: Trace, span_states=None, image_visibility: str | None = None):
+        """Activation patching of the latent span as a whole (the span mediator of perturb-latent's mediation).
+
+        One teacher-forced forward over prompt + the trace's ids up to the answer point (``answer_point_ids``), with
+        the trace's fed vectors and the visibility rules of ``replay``. Returns (log-softmax at the answer point [V],
+        the span's states [n_layers + 1, S, H]: its input embeddings and every decoder layer's output at the S span
+        positions). With ``span_states`` (the same shape, from another run), those states are written over the
+        span's input embeddings and every layer's output, so every later position reads the other run's span keys
+        and values at every layer. Returns None when the trace has no answer point."""
+        torch = self._torch
+        keep = self.answer_point_ids(trace)
+        if keep is None:
+            return None
+        with torch.no_grad():
+            emb, pos, m, span, visual = self._replay_inputs(prompt, keep, trace,
+                                                            image_visibility or self.profile.image_visibility)
+            idx = torch.nonzero(span).view(-1)
+            patch = None
+            if span_states is not None:
+                patch = torch.as_tensor(np.asarray(span_states), dtype=emb.dtype, device=self.device)
+                if patch.shape[1] != len(idx):
+                    raise ValueError(f"span patch has {patch.shape[1]} positions, this run's span has {len(idx)}")
+                emb[0, idx] = patch[0]
+            states = [emb[0, idx].clone()]
+
+            def hook_for(layer_i):
+                def hook(_m, _inp, out):
+                    h = out[0] if isinstance(out, tuple) else out
+                    if patch is not None:
+                        h = h.clone()
+                        h[0, idx] = patch[layer_i + 1]
+                    states.append(h[0, idx].clone())
+                    if patch is None:
+                        return None
+                    return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+                return hook
+
+            handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(self.text_model.layers)]
+            try:
+                h = self._forward(emb, pos, m[None, None], None, **visual)
+            finally:
+                for hd in handles:
+                    hd.remove()
+            lp = torch.log_softmax(self.model.lm_head(h[0, -1]).float(), -1)
+            return lp.cpu().numpy(), torch.stack(states).float().cpu().numpy()
+
+    def _replay_inputs(self, prompt: Prompt, gen_ids: list[int], trace: Trace, vis: str):
+        """Embeddings [1, L, H] (image features scattered, fed vectors written), 3-D positions, the [L, L] mask of
+        the visibility rules, the span flags [L] and the decoder's visual keyword arguments for prompt + ``gen_ids``
+        (a prefix of the trace's ids, optionally followed by answer-prefix ids outside the span)."""
+        torch = self._torch
+        prof = self.profile
+        ids = torch.cat([prompt.input_ids, torch.tensor(gen_ids, dtype=torch.long)]).to(self.device)
+        n_gen = len(ids) - prompt.length
+        span_g = (list(trace.span_mask[:n_gen]) + [False] * n_gen)[:n_gen]
+        fed_g = (list(trace.fed_mask[:n_gen]) + [False] * n_gen)[:n_gen]
+        emb = self.embed(ids)[None]
+        visual: dict = {}
+        if prompt.pixel_values is not None or prompt.image_embeds is not None:
+            emb, visual = self._visual_inputs(ids[None], emb, [prompt])
+        fed = [i for i, f in enumerate(fed_g) if f]
+        for j, i in enumerate(fed):
+            emb[0, prompt.length + i] = torch.as_tensor(trace.latents[j], dtype=emb.dtype)
+        pp = self._positions(prompt)
+        last = int(pp.max())
+        gpos = torch.arange(last + 1, last + 1 + n_gen, device=self.device).view(1, -1).expand(3, -1)
+        pos = torch.cat([pp, gpos], 1)[:, None]
+        Lt = len(ids)
+        kind = torch.full((Lt,), TEXT, device=self.device)
+        kind[:prompt.length][prompt.image_mask.to(self.device)] = IMAGE
+        span = torch.tensor([False] * prompt.length + span_g, device=self.device)
+        kind[span] = SPAN
+        m = torch.tril(torch.ones(Lt, Lt, dtype=torch.bool, device=self.device))
+        qk, kk = kind[:, None], kind[None, :]
+        starts = torch.tensor([False] * prompt.length + [bool(sp) and t == self.tokens.start
+                                                         for sp, t in zip(span_g, gen_ids)], device=self.device)
+        if vis == "latents_only":
+            m &= ~((kk == IMAGE) & (qk != IMAGE) & (qk != SPAN))
+        elif vis == "start_only":
+            m &= ~((kk == IMAGE) & (qk != IMAGE) & ~starts[:, None])
+        elif vis == "none":
+            m &= ~((kk == IMAGE) & (qk != IMAGE))
+        if vis != "all":  # the prompt's own text after the image never sees it in the prefill
+            in_prompt = torch.arange(Lt, device=self.device) < prompt.length
+            m &= ~((kk == IMAGE) & (qk != IMAGE) & in_prompt[:, None])
+        if not prof.latents_visible_after:
+            m &= ~((kk == SPAN) & (qk != SPAN))
+        if not prof.start_visible_after:
+            m &= ~(starts[None, :] & ~torch.eye(Lt, dtype=torch.bool, device=self.device))
+        if not prof.latents_see_input:
+            first = [i for i in range(prompt.length) if prompt.image_mask[i] or prompt.question_mask[i]]
+            if first:
+                idx_k = torch.arange(Lt, device=self.device)[None, :]
+                m &= ~((qk == SPAN) & (idx_k >= first[0]) & (kk != SPAN))
+        return emb, pos, m, span, visual

@@ -35,7 +35,7 @@ ENTRIES = ("after_start", "on_start")
 LENGTHS = ("fixed", "until_end")
 EXITS = ("force_end", "none")
 RECORD_IDS = ("placeholder", "sampled")
-VISIBILITIES = ("all", "latents_only", "none")
+VISIBILITIES = ("all", "latents_only", "start_only", "none")
 HEADERS = ("chat", "mirage")
 PROJECTIONS = ("none", "auto", "lvr_head")
 
@@ -110,6 +110,7 @@ class _Tokens:
 class _Attention:
     image_visibility: Literal[VISIBILITIES] = "all"
     latents_visible_after: bool = True
+    start_visible_after: bool = True
     latents_see_input: bool = True
 
 
@@ -149,6 +150,7 @@ class Profile:
     latent: LatentSpec = field(default_factory=LatentSpec)
     image_visibility: str = "all"
     latents_visible_after: bool = True
+    start_visible_after: bool = True  # False: no later position attends to the latent-start position
     latents_see_input: bool = True
     imagination: dict[str, str] = field(default_factory=dict)  # start / end markers (text_imagination)
     decoding: DecodingSpec = field(default_factory=DecodingSpec)
@@ -223,6 +225,7 @@ def profile_from_dict(d: dict[str, Any], path: str | None = None) -> Profile:
         processor={k: v for k, v in asdict(parts["processor"]).items() if v is not None}, path=path,
         image_visibility=parts["attention"].image_visibility,
         latents_visible_after=parts["attention"].latents_visible_after,
+        start_visible_after=parts["attention"].start_visible_after,
         latents_see_input=parts["attention"].latents_see_input,
         extractor=parts["answer"].extractor, answer_prefix=parts["answer"].answer_prefix,
     )

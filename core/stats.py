@@ -1,4 +1,8 @@
-"""Statistics shared by every analysis: confidence intervals, paired effects, McNemar, mediation.
+"""Statistics shared by every analysis: confidence intervals, paired effects, McNemar, mediation, equivalence.
+
+Paired 0/1 differences (accuracy under a condition vs the baseline on the same samples) get Tango's score interval
+(never zero-width), an equivalence test (TOST against a stated margin), the minimum detectable effect at 80% power and
+Holm-adjusted p-values across the comparisons of a run (scipy / statsmodels where they have the method).
 
 All resampling is a nonparametric percentile bootstrap over *samples* (instances); paired quantities
 resample the sample indices jointly, so per-sample pairing is kept. Every function is deterministic
@@ -218,17 +222,21 @@ def accuracy_effect(
     """Effect of a condition on accuracy over the same samples (paired 0/1 correctness).
 
     Returns n; acc_base / acc_cond with Wilson intervals (``*_lo``, ``*_hi``); delta = acc_cond - acc_base
-    with a paired-bootstrap interval; McNemar exact p (``mcnemar_p``, with ``n01`` = wrong->right and
-    ``n10`` = right->wrong); ``flips`` = n01 + n10 samples whose correctness changed and ``flip_rate``.
+    with Tango's score interval (``delta_lo``, ``delta_hi``; ``interval`` names the method; never zero-width) and
+    the paired percentile bootstrap as a second column (``delta_boot_lo``, ``delta_boot_hi``); McNemar exact p
+    (``mcnemar_p``, with ``n01`` = wrong->right and ``n10`` = right->wrong); ``flips`` = n01 + n10 samples whose
+    correctness changed and ``flip_rate``; ``mde`` = minimum detectable |delta| at 80% power (``paired_mde``).
+    Equivalence (TOST) needs a margin, which is a reading of the result: ``paired_tost(n01, n10, n, margin)``.
     """
     base, cond = _as_binary(base_correct, "base_correct"), _as_binary(cond_correct, "cond_correct")
     n = _same_length(base_correct=base, cond_correct=cond)
     k_base, k_cond = int(base.sum()), int(cond.sum())
     base_lo, base_hi = wilson_ci(k_base, n, alpha)
     cond_lo, cond_hi = wilson_ci(k_cond, n, alpha)
-    delta = paired_bootstrap_diff(base, cond, n_boot=n_boot, alpha=alpha, seed=seed)
+    boot = paired_bootstrap_diff(base, cond, n_boot=n_boot, alpha=alpha, seed=seed)
     mc = mcnemar_exact(base, cond)
     flips = mc["n01"] + mc["n10"]
+    delta = paired_score_interval(mc["n01"], mc["n10"], n, alpha)
     return {
         "n": n,
         "acc_base": k_base / n,
@@ -240,6 +248,10 @@ def accuracy_effect(
         "delta": delta["estimate"],
         "delta_lo": delta["lo"],
         "delta_hi": delta["hi"],
+        "interval": delta["method"],
+        "delta_boot_lo": boot["lo"],
+        "delta_boot_hi": boot["hi"],
+        "mde": paired_mde(n, flips / n, alpha),
         "mcnemar_p": mc["p_value"],
         "n01": mc["n01"],
         "n10": mc["n10"],
@@ -262,31 +274,175 @@ def mediation_effects(y00, y11, y01, y10, seed: int = 0, n_boot: int = 2000, alp
     - proportion_mediated = NIE / TE (nan when TE == 0 and NIE == 0, +-inf when only TE == 0);
     - interaction = TE - NDE - NIE = E[y11 - y10 - y01 + y00] (0 when effects add up).
 
-    Every interval is a percentile bootstrap over one shared set of resampled sample indices
-    (all four outcomes of a sample move together). Each effect is dict(estimate, lo, hi);
-    proportion_mediated also has ``n_undefined`` (resamples with TE = NIE = 0, see ``bootstrap_ratio``).
+    Also (VanderWeele 2013): ``total_nie`` = E[y11 - y10] = TE - NDE (indirect effect with the input changed),
+    ``total_nde`` = E[y11 - y01] = TE - NIE, and ``proportion_mediated_total`` = total NIE / TE
+    (``proportion_mediated`` is the pure one, NIE / TE).
+
+    Intervals: a percentile bootstrap over one shared set of resampled sample indices (all four outcomes of a sample
+    move together). For 0/1 outcomes, TE / NIE / NDE / total NIE / total NDE are paired differences and get Tango's
+    score interval instead (``paired_score_interval``; never zero-width), the bootstrap kept as ``boot_lo`` /
+    ``boot_hi``; the interaction then gets the conservative Bonferroni combination of the TE, NDE and NIE score
+    intervals at alpha/3 each (method ``bonferroni_score``). Each effect is dict(estimate, lo, hi, method);
+    the proportions also have ``n_undefined`` (resamples with TE = NIE = 0, see ``bootstrap_ratio``).
     """
     arrs = {name: _as_vector(v, name) for name, v in (("y00", y00), ("y11", y11), ("y01", y01), ("y10", y10))}
     n = _same_length(**arrs)
     _check_boot(n_boot, alpha)
     base = arrs["y00"]
-    columns = np.stack(
-        [arrs["y11"] - base, arrs["y01"] - base, arrs["y10"] - base, arrs["y11"] - arrs["y10"] - arrs["y01"] + base],
-        axis=1,
-    )
+    pairs = {"te": ("y00", "y11"), "nie": ("y00", "y01"), "nde": ("y00", "y10"), "total_nie": ("y10", "y11"),
+             "total_nde": ("y01", "y11")}
+    columns = np.stack([arrs[b] - arrs[a] for a, b in pairs.values()]
+                       + [arrs["y11"] - arrs["y10"] - arrs["y01"] + base], axis=1)
+    names = (*pairs, "interaction")
     point = columns.mean(axis=0)
     boot = _bootstrap_means(columns, n_boot, seed)
+    binary = all(np.all((a == 0) | (a == 1)) for a in arrs.values())
     result: dict = {"n": n}
-    for j, name in enumerate(("te", "nie", "nde", "interaction")):
+    for j, name in enumerate(names):
         lo, hi = _interval(boot[:, j], alpha)
-        result[name] = {"estimate": float(point[j]), "lo": lo, "hi": hi}
-    pm_estimate = float(_ratio(point[1], point[0]))
-    pm_boot = _ratio(boot[:, 1], boot[:, 0])
-    pm_lo, pm_hi = (math.nan, math.nan) if math.isnan(pm_estimate) else _interval(pm_boot, alpha)
-    result["proportion_mediated"] = {
-        "estimate": pm_estimate,
-        "lo": pm_lo,
-        "hi": pm_hi,
-        "n_undefined": int(np.isnan(pm_boot).sum()),
-    }
+        result[name] = {"estimate": float(point[j]), "lo": lo, "hi": hi, "method": "paired_bootstrap"}
+        if binary and name in pairs:
+            a, b = (arrs[y].astype(np.int64) for y in pairs[name])
+            n01, n10 = int(np.sum((a == 0) & (b == 1))), int(np.sum((a == 1) & (b == 0)))
+            sc = paired_score_interval(n01, n10, n, alpha)
+            result[name].update(lo=sc["lo"], hi=sc["hi"], method=sc["method"], boot_lo=lo, boot_hi=hi, n01=n01,
+                                n10=n10, mde=paired_mde(n, (n01 + n10) / n, alpha))
+    if binary:
+        third = {k: paired_score_interval(*paired_counts(arrs[pairs[k][0]], arrs[pairs[k][1]]), alpha / 3.0)
+                 for k in ("te", "nde", "nie")}
+        inter = result["interaction"]
+        inter.update(lo=max(-2.0, third["te"]["lo"] - third["nde"]["hi"] - third["nie"]["hi"]),
+                     hi=min(2.0, third["te"]["hi"] - third["nde"]["lo"] - third["nie"]["lo"]),
+                     method="bonferroni_score", boot_lo=inter["lo"], boot_hi=inter["hi"])
+    for key, j in (("proportion_mediated", 1), ("proportion_mediated_total", 3)):
+        pm_estimate = float(_ratio(point[j], point[0]))
+        pm_boot = _ratio(boot[:, j], boot[:, 0])
+        pm_lo, pm_hi = (math.nan, math.nan) if math.isnan(pm_estimate) else _interval(pm_boot, alpha)
+        result[key] = {"estimate": pm_estimate, "lo": pm_lo, "hi": pm_hi, "method": "paired_bootstrap",
+                       "n_undefined": int(np.isnan(pm_boot).sum())}
     return result
+
+
+# ----------------------------------------------------------------------------- paired proportions: score interval,
+# equivalence (TOST), minimum detectable effect, multiplicity
+
+
+def _z(alpha: float) -> float:
+    return float(sps.norm.ppf(1.0 - alpha))
+
+
+def tango_statistic(n01: int, n10: int, n: int, delta: float) -> float:
+    """Tango's (1998) score statistic for H0: p_cond - p_base = ``delta`` on paired 0/1 outcomes.
+
+    ``n01`` = pairs wrong -> right (base 0, cond 1), ``n10`` = right -> wrong, ``n`` = all pairs. With q the
+    restricted MLE of P(right -> wrong) under H0 (root of 2n q^2 + B q - n10 delta (1 - delta) = 0,
+    B = -(n01 + n10) + (2n - n01 + n10) delta), Z = (n01 - n10 - n delta) / sqrt(n (2q + delta (1 - delta))).
+    """
+    b, c = float(n01), float(n10)
+    a2 = 2.0 * n
+    bb = -(b + c) + (2.0 * n - b + c) * delta
+    cc = -c * delta * (1.0 - delta)
+    q = (-bb + math.sqrt(max(bb * bb - 4.0 * a2 * cc, 0.0))) / (2.0 * a2)
+    var = n * (2.0 * q + delta * (1.0 - delta))
+    num = b - c - n * delta
+    if var <= 0.0:
+        return 0.0 if num == 0 else math.copysign(math.inf, num)
+    return num / math.sqrt(var)
+
+
+def paired_score_interval(n01: int, n10: int, n: int, alpha: float = 0.05) -> dict:
+    """Tango's score interval for the paired difference p_cond - p_base = (n01 - n10) / n.
+
+    The set of delta whose two-sided score test (``tango_statistic``) does not reject at ``alpha``; found by root
+    finding (the statistic decreases in delta). It is never zero-width for n >= 1: with no discordant pair it is
+    +-z^2 / (n + z^2) (0/10 flips: +-0.278). Equals R's ``PropCIs::scoreci.mp(n10, n01, n)``.
+    Returns dict(estimate, lo, hi, method="tango_score").
+    """
+    if int(n) != n or n < 1 or not (0 <= n01 and 0 <= n10 and n01 + n10 <= n):
+        raise LatentcheckError(f"paired_score_interval: need 0 <= n01 + n10 <= n, n >= 1; got n01={n01!r}, "
+                               f"n10={n10!r}, n={n!r}")
+    if not 0.0 < alpha < 1.0:
+        raise LatentcheckError(f"argument 'alpha': must be in (0, 1), got {alpha!r}")
+    from scipy.optimize import brentq
+
+    z = _z(alpha / 2.0)
+    est = (n01 - n10) / n
+    eps = 1e-12
+
+    def f(d: float) -> float:
+        return tango_statistic(n01, n10, n, d)
+
+    lo = -1.0 if f(-1.0 + eps) <= z else brentq(lambda d: f(d) - z, -1.0 + eps, est, xtol=1e-12)
+    hi = 1.0 if f(1.0 - eps) >= -z else brentq(lambda d: f(d) + z, est, 1.0 - eps, xtol=1e-12)
+    return {"estimate": est, "lo": float(lo), "hi": float(hi), "method": "tango_score"}
+
+
+def paired_counts(base_correct, cond_correct) -> tuple[int, int, int]:
+    """(n01, n10, n) of paired 0/1 outcomes: n01 = base 0 -> cond 1, n10 = base 1 -> cond 0."""
+    a, b = _as_binary(base_correct, "base_correct"), _as_binary(cond_correct, "cond_correct")
+    n = _same_length(base_correct=a, cond_correct=b)
+    return int(np.sum((a == 0) & (b == 1))), int(np.sum((a == 1) & (b == 0))), n
+
+
+def equivalence_min_n(margin: float, alpha: float = 0.05) -> int:
+    """Fewest pairs at which equivalence within +-``margin`` can be shown at all: even with no discordant pair the
+    (1 - 2 alpha) score interval +-z^2/(n + z^2) must fit inside the margin, i.e. n > z^2 (1 - margin) / margin."""
+    if not 0.0 < margin < 1.0:
+        raise LatentcheckError(f"equivalence margin must be in (0, 1), got {margin!r}")
+    z2 = _z(alpha) ** 2
+    return int(math.floor(z2 * (1.0 - margin) / margin)) + 1
+
+
+def paired_tost(n01: int, n10: int, n: int, margin: float, alpha: float = 0.05) -> dict:
+    """Two one-sided score tests (TOST) of |p_cond - p_base| < ``margin`` on paired 0/1 outcomes.
+
+    p = max(P(Z >= z(-margin)), P(Z <= z(+margin))) with Tango's statistic; ``equivalent`` iff p < alpha, which is
+    the (1 - 2 alpha) score interval (``lo``, ``hi``, also returned) lying inside +-margin. ``min_n`` =
+    ``equivalence_min_n`` (below it no outcome can show equivalence); ``n_for_power`` = pairs needed for 80% power
+    to show equivalence when the true difference is 0 and the discordant rate is the observed one (at least min_n).
+    """
+    if not 0.0 < margin < 1.0:
+        raise LatentcheckError(f"equivalence margin must be in (0, 1), got {margin!r}")
+    z_lower = tango_statistic(n01, n10, n, -margin)  # H0: delta <= -margin, rejected for large Z
+    z_upper = tango_statistic(n01, n10, n, margin)  # H0: delta >= +margin, rejected for small Z
+    p = max(float(sps.norm.sf(z_lower)), float(sps.norm.cdf(z_upper)))
+    ci = paired_score_interval(n01, n10, n, 2.0 * alpha)
+    min_n = equivalence_min_n(margin, alpha)
+    psi = (n01 + n10) / n
+    need = int(math.ceil((_z(alpha) + _z(0.1)) ** 2 * psi / margin ** 2)) if psi > 0 else 0
+    return {"margin": margin, "alpha": alpha, "p_value": min(1.0, p), "equivalent": bool(p < alpha),
+            "lo": ci["lo"], "hi": ci["hi"], "min_n": min_n, "n_for_power": max(min_n, need), "n": n}
+
+
+def paired_mde(n: int, discordant_rate: float = 0.0, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Minimum detectable effect: the smallest true paired difference |delta| that a two-sided test at ``alpha``
+    detects with probability ``power`` with ``n`` pairs (Connor 1987: sqrt(n) delta = z_(1-alpha/2) sqrt(psi) +
+    z_power sqrt(psi - delta^2)), where the discordant rate psi is the observed one but at least delta (a change of
+    delta needs at least that many flips). With psi = 0 observed this is the best case: delta = k^2 / (n + k^2)-like,
+    e.g. 0.62 at n = 10 and 0.077 at n = 100 (alpha 0.05, power 0.8)."""
+    if int(n) != n or n < 1:
+        raise LatentcheckError(f"paired_mde: n must be a positive integer, got {n!r}")
+    from scipy.optimize import brentq
+
+    za, zb = _z(alpha / 2.0), _z(1.0 - power)
+
+    def gap(d: float) -> float:
+        psi = max(discordant_rate, d)
+        return math.sqrt(n) * d - (za * math.sqrt(psi) + zb * math.sqrt(max(psi - d * d, 0.0)))
+
+    if gap(1.0) < 0:
+        return 1.0
+    return float(brentq(gap, 1e-9, 1.0, xtol=1e-10))
+
+
+def holm(p_values) -> list[float]:
+    """Holm (1979) step-down adjusted p-values (statsmodels ``multipletests(method="holm")``), same order; nan
+    entries stay nan and are not counted among the hypotheses."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
+    return [float(x) for x in out]

@@ -63,6 +63,8 @@ METHODS: dict[str, str] = {
     "wilson": "Wilson score interval of a binomial proportion",
     "percentile_bootstrap": "nonparametric percentile bootstrap over samples",
     "paired_bootstrap": "percentile bootstrap over samples, paired quantities resampled jointly",
+    "tango_score": "Tango's score interval for a paired difference of proportions (never zero-width)",
+    "bonferroni_score": "conservative: the TE, NDE and NIE score intervals at alpha/3 combined (interaction)",
     "none": "no interval (lo / hi are None)",
 }
 
@@ -223,6 +225,10 @@ class Effect(Estimate):
     method: str = "paired_bootstrap"
     p_value: float | None = None
     test: str | None = None
+    p_holm: float | None = None  # Holm-adjusted p over the comparisons of a run (core.stats.holm)
+    mde: float | None = None  # minimum detectable |effect| at 80% power (core.stats.paired_mde)
+    boot_lo: float | None = None  # the percentile bootstrap as a second column when ``method`` is a score interval
+    boot_hi: float | None = None
 
     @classmethod
     def paired(cls, a: Sequence[float], b: Sequence[float], n_boot: int = 2000, alpha: float = 0.05,
@@ -265,8 +271,9 @@ class AccuracyEffect(Record):
                             successes=k_base),
             cond=Proportion(estimate=d["acc_cond"], lo=d["acc_cond_lo"], hi=d["acc_cond_hi"], n=n,
                             successes=k_cond),
-            delta=Effect(estimate=d["delta"], lo=d["delta_lo"], hi=d["delta_hi"], n=n, p_value=d["mcnemar_p"],
-                         test="mcnemar_exact"),
+            delta=Effect(estimate=d["delta"], lo=d["delta_lo"], hi=d["delta_hi"], n=n, method=d["interval"],
+                         p_value=d["mcnemar_p"], test="mcnemar_exact", mde=d["mde"], boot_lo=d["delta_boot_lo"],
+                         boot_hi=d["delta_boot_hi"]),
             n01=d["n01"], n10=d["n10"], flips=d["flips"], flip_rate=d["flip_rate"])
 
 
@@ -274,7 +281,9 @@ class AccuracyEffect(Record):
 class Mediation(Record):
     """Natural effects of the input on the outcome through the latents (``core.stats.mediation_effects``): total
     ``te``, natural indirect ``nie``, natural direct ``nde``, ``interaction`` = TE - NDE - NIE, and
-    ``proportion_mediated`` = NIE / TE, all over one shared set of bootstrap resamples of ``n`` samples."""
+    ``proportion_mediated`` = NIE / TE (pure), ``total_nie`` = TE - NDE, ``total_nde`` = TE - NIE and
+    ``proportion_mediated_total`` = total NIE / TE. Bootstrap over one shared set of resamples of ``n`` samples; for
+    0/1 outcomes the differences carry Tango score intervals (each Effect's ``method``)."""
 
     kind: ClassVar[str] = "mediation"
     n: int
@@ -283,6 +292,9 @@ class Mediation(Record):
     nde: Effect
     interaction: Effect
     proportion_mediated: Ratio
+    total_nie: Effect | None = None
+    total_nde: Effect | None = None
+    proportion_mediated_total: Ratio | None = None
     method: str = "paired_bootstrap"
 
     @classmethod
@@ -292,11 +304,12 @@ class Mediation(Record):
 
         d = mediation_effects(y00, y11, y01, y10, seed=seed, n_boot=n_boot, alpha=alpha)
         n = d["n"]
-        eff = {k: Effect(estimate=d[k]["estimate"], lo=d[k]["lo"], hi=d[k]["hi"], n=n)
-               for k in ("te", "nie", "nde", "interaction")}
-        pm = d["proportion_mediated"]
-        return cls(n=n, **eff, proportion_mediated=Ratio(estimate=pm["estimate"], lo=pm["lo"], hi=pm["hi"], n=n,
-                                                         n_undefined=pm["n_undefined"]))
+        eff = {k: Effect(estimate=d[k]["estimate"], lo=d[k]["lo"], hi=d[k]["hi"], n=n, method=d[k]["method"],
+                         boot_lo=d[k].get("boot_lo"), boot_hi=d[k].get("boot_hi"))
+               for k in ("te", "nie", "nde", "interaction", "total_nie", "total_nde")}
+        pm = {k: Ratio(estimate=d[k]["estimate"], lo=d[k]["lo"], hi=d[k]["hi"], n=n, n_undefined=d[k]["n_undefined"])
+              for k in ("proportion_mediated", "proportion_mediated_total")}
+        return cls(n=n, **eff, **pm)
 
 
 # name -> record type, for readers that rebuild records from a summary by kind

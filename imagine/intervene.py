@@ -215,6 +215,26 @@ class RuleCorrupter:
         return [self.corrupt_one(it) for it in items]
 
 
+def neutral_edit(imagination: str, key: str, seed: int = 0, vocabulary: Sequence[str] | None = None) -> str | None:
+    """The neutral-edit control of text do(Z): the imagination with one answer-irrelevant phrase swapped for another
+    of its kind (default: the toy world's quadrant phrases — toy questions ask colour or shape, never position), chosen
+    by a seeded hash of the key. None when the imagination holds no such phrase. An edit that does not change the
+    answer must not move accuracy; if it does, the model reacts to any edit and a do(Z) drop is not evidence that the
+    content is used."""
+    if vocabulary is None:
+        from latentcheck.toy.world import QUADRANTS
+
+        vocabulary = QUADRANTS
+    found = [w for w in vocabulary if _word_re(w).search(imagination)]
+    if not found:
+        return None
+    word = found[0]
+    choices = [w for w in vocabulary if w.lower() != word.lower()]
+    digest = hashlib.sha256(f"{seed}|{key}|neutral|{word}".encode()).digest()
+    new = choices[int.from_bytes(digest[:8], "big") % len(choices)]
+    return _word_re(word).sub(lambda m: _match_case(m.group(0), new), imagination)
+
+
 def load_corrupt_prompt(path: str | Path | None = None) -> str:
     """The rewriting prompt template (default ``imagine/prompts/corrupt.txt``), placeholders checked."""
     from latentcheck.imagine.build_data import read_template
@@ -385,8 +405,18 @@ def intervene_block(lm, engines: dict, corrupter: Corrupter, tasks: list[Task], 
         if c.text is None:
             out[t.id] = {**base, "intervened": False, "skip_reason": c.how}
             continue
-        prefixes = doz_prefixes((span.before, span.imagination, span.after), c.text, span.end_marker)
-        base.update(corrupted_imagination=c.text.strip(), corruption=c.how, implied=c.implied, intervened=True)
+        split = (span.before, span.imagination, span.after)
+        prefixes = doz_prefixes(split, c.text, span.end_marker)
+        neutral = neutral_edit(span.imagination.strip(), t.id)
+        if neutral is not None:  # the neutral-edit control
+            prefixes["neutral"] = doz_prefixes(split, neutral, span.end_marker)["corrupt"]
+        partner = next((p for p in _partners(todo, t)), None)
+        if partner is not None:  # text interchange: the partner's imagination in this sample's context
+            prefixes["interchange"] = doz_prefixes(split, partner[1].imagination, span.end_marker)["corrupt"]
+            base.update(partner=partner[0].id, partner_gold=gold_answer(partner[0]))
+        base.update(corrupted_imagination=c.text.strip(), corruption=c.how, implied=c.implied, intervened=True,
+                    neutral_imagination=None if neutral is None else neutral.strip(),
+                    runs=list(prefixes))
         opt_ids = option_token_ids(lm, len(t.options)) if t.options else None
         try:
             for name, prefix in prefixes.items():
@@ -403,7 +433,7 @@ def intervene_block(lm, engines: dict, corrupter: Corrupter, tasks: list[Task], 
     ci, si = 0, 0
     for t, base, opt_ids in plan:
         rec = dict(base)
-        for name in ("clean", "corrupt"):
+        for name in rec.pop("runs"):
             res = _continuation(lm, conts[ci], t)
             ci += 1
             probs = None
@@ -415,7 +445,22 @@ def intervene_block(lm, engines: dict, corrupter: Corrupter, tasks: list[Task], 
         rec["flipped"] = rec["clean"]["pred"] != rec["corrupt"]["pred"]
         rec["follows_corruption"] = (rec["corrupt"]["pred"] == rec["implied"]) if rec.get("implied") else None
         out[t.id] = rec
+    # text interchange: does the answer follow the partner's own answer (its clean run)?
+    for t, base, _ in plan:
+        rec = out[t.id]
+        pk = rec.get("partner")
+        if "interchange" in rec and pk in out and "clean" in out[pk]:
+            rec["follows_partner"] = rec["interchange"]["pred"] is not None and \
+                rec["interchange"]["pred"] == out[pk]["clean"]["pred"]
     return [out[t.id] for t in tasks]
+
+
+def _partners(todo, t: Task):
+    """Samples of the block (closed imagination span) that could lend ``t`` their imagination: another sample with a
+    different gold answer, the next one in block order first (deterministic)."""
+    i = next(j for j, (u, _, _) in enumerate(todo) if u.id == t.id)
+    order = todo[i + 1:] + todo[:i]
+    return [(u, split) for u, split, _ in order if gold_answer(u) != gold_answer(t)]
 
 
 # ----------------------------------------------------------------------------------------------- summary
@@ -472,6 +517,16 @@ def summarize_intervene(records: list[dict], hidden: dict[str, np.ndarray] | Non
                          "delta": paired_bootstrap_diff(a, b, seed=seed)}
     else:
         out["p_gold"] = None
+    neu = [r for r in scored if "neutral" in r]
+    out["neutral_effect"] = accuracy_effect([r["clean"]["correct"] for r in neu],
+                                            [r["neutral"]["correct"] for r in neu], seed=seed) if neu else None
+    ic = [bool(r["follows_partner"]) for r in done if r.get("follows_partner") is not None]
+    if ic:
+        lo, hi = wilson_ci(sum(ic), len(ic))
+        out["interchange"] = {"follows_partner": {"estimate": sum(ic) / len(ic), "lo": lo, "hi": hi, "n": len(ic),
+                                                  "method": "wilson"}}
+    else:
+        out["interchange"] = None
     fol = [bool(r["follows_corruption"]) for r in done if r.get("follows_corruption") is not None]
     if fol:
         lo, hi = wilson_ci(sum(fol), len(fol))

@@ -42,12 +42,13 @@ from latentcheck.core.analysis import AnalysisResult, finish, not_main
 from latentcheck.core.summaries import Estimate
 from latentcheck.core.runner import CommonOptions, data_path, error_record, load_for, load_records, \
     read_all_tasks, run_records, save_npz_atomic
-from latentcheck.core.stats import accuracy_effect, wilson_ci
+from latentcheck.core.stats import accuracy_effect, holm, wilson_ci
 from latentcheck.core.tasks import LETTERS, Task
 from latentcheck.core.progress import warn
 from latentcheck.core.trigger import trigger_block, warn_trigger
-from latentcheck.perturb.mediation import (MEDIATION_KINDS, PRIMARY_OUTCOME, counterfactual_task, parse_kinds,
-                                           partner_map, plot_mediation, summarise_mediation)
+from latentcheck.perturb.mediation import (MEDIATION_KINDS, MEDIATORS, PARTNER_RULES, PRIMARY_OUTCOME,
+                                           counterfactual_task, parse_kinds, parse_mediators, partner_map,
+                                           plot_mediation, summarise_mediation)
 
 COMMAND = "perturb-latent"
 
@@ -193,6 +194,8 @@ class PerturbLatentSettings:
 
     interventions: list[dict] = field(default_factory=list)
     mediation: list[str] = field(default_factory=lambda: ["image"])
+    mediators: list[str] = field(default_factory=lambda: list(MEDIATORS))
+    partner: str = "different_gold"
     naive: bool = False
     force_latent: bool = False
     image_visibility: str | None = None
@@ -263,8 +266,10 @@ class _Analysis:
         self.kinds = list(settings.mediation)
         self.tasks = {t.id: t for t in tasks}
         self.has_swap = any(p.spec.definition.needs_partner for p in self.sequence)
-        self.partner_of = partner_map([t.id for t in tasks], opts.seed, group_size) \
+        golds = [t.answer_index for t in tasks] if settings.partner == "different_gold" else None
+        self.partner_of = partner_map([t.id for t in tasks], opts.seed, group_size, golds=golds) \
             if (self.has_swap or self.kinds) else {}
+        self.span = "span" in settings.mediators
         self.extract = get_extractor(lm.profile.extractor)
         self.timing = {"calibration_s": 0.0, "vector_pass_s": 0.0, "sequence_pass_s": 0.0, "samples": 0}
         self._cache: dict[str, _Sample | RecordError] = {}
@@ -360,6 +365,33 @@ class _Analysis:
             out["d_logp_gold"] = None if (out["logp_gold"] is None or base["logp_gold"] is None) \
                 else out["logp_gold"] - base["logp_gold"]
             out["kl"] = option_kl(base_lp, lp)
+        return out
+
+    # -- the span mediator: activation patching of the whole latent span (Engine.replay_span)
+    def span_mediation(self, s: _Sample, btr: Trace, c: _Sample, ctr: Trace, gold_task: Task) -> dict:
+        """y00 / y11 / y01 / y10 with the latent span's states at every layer as the mediator: y01 = original input
+        with the span states of the counterfactual run, y10 = counterfactual input with the original span states.
+        Outcomes from the answer-point option distribution of teacher-forced replays (argmax = the answer)."""
+        vis = self.settings.image_visibility
+        if not btr.triggered or not ctr.triggered:
+            return {"skipped": "latent mode did not run in the original or the counterfactual run"}
+        try:
+            r00 = self.engine.replay_span(s.prompt, btr, image_visibility=vis)
+            r11 = self.engine.replay_span(c.prompt, ctr, image_visibility=vis)
+            if r00 is None or r11 is None:
+                return {"skipped": "the original or the counterfactual run never reached the answer point"}
+            if r00[1].shape != r11[1].shape:
+                return {"skipped": f"span lengths differ ({r00[1].shape[1]} vs {r11[1].shape[1]} positions)"}
+            r01 = self.engine.replay_span(s.prompt, btr, span_states=r11[1], image_visibility=vis)
+            r10 = self.engine.replay_span(c.prompt, ctr, span_states=r00[1], image_visibility=vis)
+        except ValueError as e:
+            return {"skipped": str(e)}
+        gold = gold_task.answer_index
+        out = {}
+        for y, r in (("y00", r00), ("y11", r11), ("y01", r01), ("y10", r10)):
+            lp = r[0][s.option_ids]
+            pick = int(np.argmax(lp))
+            out[y] = {"answer": LETTERS[pick], "correct": pick == gold, "logp_gold": float(lp[gold])}
         return out
 
     # -- the runner's block function
@@ -459,11 +491,14 @@ class _Analysis:
                     med[kind] = {"skipped": cf_err[(key, kind)]}
                     continue
                 c = cf[(key, kind)]
+                ctr = traces[("cf", key, kind)][0]
                 med[kind] = {
-                    "partner": partners[key].task.id,
-                    "y11": self.outcome(traces[("cf", key, kind)][0], c, task, base, btr.option_logprobs),
+                    "partner": partners[key].task.id, "partner_gold": partners[key].task.answer_letter,
+                    "y11": self.outcome(ctr, c, task, base, btr.option_logprobs),
                     "y01": self.outcome(own[f"nie:{kind}"], s, task, base, btr.option_logprobs),
                     "y10": self.outcome(traces2[("cf2", key, kind)][0], c, task, base, btr.option_logprobs)}
+                if self.span:
+                    med[kind]["span"] = self.span_mediation(s, btr, c, ctr, task)
             results[key] = {"key": key, "gold": task.answer_letter, "n_options": len(task.options),
                             "category": task.category, "partner": self.partner_of.get(key),
                             "baseline": base, "interventions": interventions, "mediation": med}
@@ -519,6 +554,9 @@ def summarise(records: list[dict], planned: Sequence[PlannedIntervention], seed:
             row["trigger_rate"] = _rate([o["triggered"] for _, o in got])
             row["mean_latent_count"] = float(np.mean([o["latent_count"] for _, o in got]))
         rows.append(row)
+    adjusted = holm([r.get("mcnemar_p", math.nan) if r.get("n") else math.nan for r in rows])
+    for r, ph in zip(rows, adjusted):
+        r["p_holm"] = None if math.isnan(ph) else ph
     curves: dict[str, Any] = {}
     groups = sorted({p.group for p in planned if p.group != "spec"})
     for g in groups:
@@ -527,7 +565,9 @@ def summarise(records: list[dict], planned: Sequence[PlannedIntervention], seed:
                      "accuracy": [r["accuracy"] for r in rs], "accuracy_lo": [r["accuracy_lo"] for r in rs],
                      "accuracy_hi": [r["accuracy_hi"] for r in rs],
                      "d_logp_gold": [(r["d_logp_gold"] or {}).get("estimate") for r in rs]}
-    return {"baseline": baseline, "interventions": rows, "curves": curves}
+    return {"baseline": baseline, "interventions": rows, "curves": curves,
+            "multiplicity": {"method": "holm", "family": "every intervention row of this run (exact McNemar p)",
+                             "m": int(sum(1 for x in adjusted if not math.isnan(x)))}}
 
 
 def trigger_summary(records: list[dict], planned: Sequence[PlannedIntervention], kind: str) -> dict | None:
@@ -589,7 +629,9 @@ def make_plots(summary: dict, folder: str | Path) -> dict[str, str]:
 def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSpec] | None = None, *,
                        sigma_sweep: str | Sequence[float] | None = None, per_index: Iterable[str] = (),
                        length_sweep: str | Sequence[float] | None = None,
-                       mediation: str | Sequence[str] | None = ("image",), naive: bool = False,
+                       mediation: str | Sequence[str] | None = ("image",),
+                       mediators: str | Sequence[str] | None = MEDIATORS, partner: str = "different_gold",
+                       naive: bool = False,
                        force_latent: bool = False, image_visibility: str | None = None,
                        max_new_tokens: int | None = None, calibration_size: int | None = None,
                        n_boot: int = 2000, plots: bool = True, lm=None) -> PerturbLatentResult:
@@ -603,6 +645,9 @@ def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSp
     if calibration_size is not None and calibration_size < 1:
         raise LatentcheckError("--calibration must be >= 1")
     kinds = parse_kinds(mediation)
+    meds = parse_mediators(mediators)
+    if partner not in PARTNER_RULES:
+        raise LatentcheckError(f"--partner must be one of {', '.join(PARTNER_RULES)}, got {partner!r}")
     sweep = parse_float_list(sigma_sweep)
     if lm is None:
         lm = load_for(opts)
@@ -616,7 +661,8 @@ def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSp
         raise LatentcheckError(f"--length-sweep takes whole numbers of vectors, got {length_sweep!r}")
     planned = plan_interventions(specs, sweep, list(per_index), prof.latent.k, length_sweep=lengths)
     block = max(1, opts.batch_size) * 4
-    settings = PerturbLatentSettings(interventions=[p.to_dict() for p in planned], mediation=kinds, naive=naive,
+    settings = PerturbLatentSettings(interventions=[p.to_dict() for p in planned], mediation=kinds,
+                                     mediators=meds, partner=partner, naive=naive,
                                      force_latent=force_latent, image_visibility=image_visibility,
                                      max_new_tokens=max_new_tokens, calibration_size=calibration_size or block,
                                      n_boot=n_boot, plots=plots)
@@ -654,7 +700,9 @@ def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSp
     summary.update(summarise(records, planned, seed=opts.seed, n_boot=n_boot))
     summary["latent_trigger"] = trigger_summary(records, planned, lm.profile.kind)
     warn_trigger(summary["latent_trigger"], COMMAND)
-    summary["mediation"] = summarise_mediation(records, kinds, seed=opts.seed, n_boot=n_boot) if kinds else {}
+    summary["mediation"] = summarise_mediation(records, kinds, seed=opts.seed, n_boot=n_boot,
+                                               mediators=meds) if kinds else {}
+    summary["mediation_partner"] = partner
     summary["mediation_primary_outcome"] = PRIMARY_OUTCOME
     summary["timing"] = {**{k: round(v, 3) if isinstance(v, float) else v for k, v in ana.timing.items()},
                          "total_s": round(time.perf_counter() - t_start, 3)}

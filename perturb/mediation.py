@@ -52,6 +52,15 @@ def parse_kinds(text: str | Sequence[str] | None) -> list[str]:
     return out
 
 
+def _groups(n: int, group_size: int | None) -> list[tuple[int, int]]:
+    """Consecutive [a, b) groups of ``group_size`` indices (a trailing group of one joins the previous group)."""
+    g = n if not group_size or group_size >= n else max(2, int(group_size))
+    starts = list(range(0, n, g))
+    if n - starts[-1] < 2:
+        starts.pop()
+    return [(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
+
+
 def derangement(n: int, seed: int, group_size: int | None = None) -> np.ndarray:
     """A seeded permutation ``p`` of range(n) with ``p[i] != i`` for every i (n >= 2).
 
@@ -61,13 +70,8 @@ def derangement(n: int, seed: int, group_size: int | None = None) -> np.ndarray:
     """
     if n < 2:
         raise LatentcheckError(f"a derangement needs at least 2 samples, got {n}")
-    g = n if not group_size or group_size >= n else max(2, int(group_size))
-    starts = list(range(0, n, g))
-    if n - starts[-1] < 2:
-        starts.pop()
-    bounds = [(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
     out = np.empty(n, dtype=np.int64)
-    for gi, (a, b) in enumerate(bounds):
+    for gi, (a, b) in enumerate(_groups(n, group_size)):
         rng = np.random.default_rng([int(seed), gi, 0x5EED])
         m = b - a
         while True:
@@ -78,12 +82,47 @@ def derangement(n: int, seed: int, group_size: int | None = None) -> np.ndarray:
     return out
 
 
-def partner_map(keys: Sequence[str], seed: int, group_size: int | None = None) -> dict[str, str | None]:
-    """Each key's partner under ``derangement`` (every key maps to None when there are fewer than 2 samples)."""
+PARTNER_RULES = ("different_gold", "any")
+# The mediators: ``vectors`` = the fed-back vectors (Condition.override); ``span`` = the latent span as a whole, i.e.
+# the span positions' states at every layer (activation patching, Engine.replay_span).
+MEDIATORS = ("vectors", "span")
+
+
+def parse_mediators(text: str | Sequence[str] | None) -> list[str]:
+    """``"vectors,span"`` -> validated list (the fed vectors are always included: the runs exist anyway)."""
+    items = [] if text is None else (text.split(",") if isinstance(text, str) else
+                                     [x for t in text for x in str(t).split(",")])
+    out = ["vectors"]
+    for it in (x.strip().lower() for x in items):
+        if not it:
+            continue
+        if it not in MEDIATORS:
+            raise LatentcheckError(f"unknown mediator {it!r}; valid: {', '.join(MEDIATORS)}")
+        if it not in out:
+            out.append(it)
+    return out
+
+
+def partner_map(keys: Sequence[str], seed: int, group_size: int | None = None,
+                golds: Sequence[Any] | None = None) -> dict[str, str | None]:
+    """Each key's partner (every key maps to None when there are fewer than 2 samples).
+
+    Without ``golds``: a seeded ``derangement``. With ``golds`` (the default rule ``different_gold``: a mediation or
+    swap partner whose gold answer differs, so that the counterfactual input asks for another answer): each
+    sample's partner is drawn uniformly (seeded by (seed, group)) among the samples of its group whose gold differs;
+    a sample whose group has none keeps its derangement partner."""
     keys = list(keys)
     if len(keys) < 2:
         return {k: None for k in keys}
     p = derangement(len(keys), seed, group_size)
+    if golds is not None:
+        golds = list(golds)
+        for gi, (a, b) in enumerate(_groups(len(keys), group_size)):
+            rng = np.random.default_rng([int(seed), gi, 0xD1FF])
+            for i in range(a, b):
+                cands = [j for j in range(a, b) if golds[j] != golds[i]]
+                if cands:
+                    p[i] = cands[int(rng.integers(len(cands)))]
     return {k: keys[int(j)] for k, j in zip(keys, p)}
 
 
@@ -106,18 +145,19 @@ def _value(outcome: dict | None, name: str) -> float | None:
     return float(v)
 
 
-def mediation_arrays(records: list[dict], kind: str, outcome: str) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Per-sample y00 / y11 / y01 / y10 arrays of ``outcome`` for one input change, over the samples that have all
-    four; returns (arrays, keys used)."""
+def mediation_arrays(records: list[dict], kind: str, outcome: str, mediator: str = "vectors"
+                     ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Per-sample y00 / y11 / y01 / y10 arrays of ``outcome`` for one input change and mediator, over the samples
+    that have all four; returns (arrays, keys used)."""
     cols: dict[str, list[float]] = {"y00": [], "y11": [], "y01": [], "y10": []}
     used = []
     for r in records:
         if r.get("type", "sample") != "sample":
             continue
-        m = (r.get("mediation") or {}).get(kind)
-        if not m or "skipped" in m:
+        runs = _mediator_runs(r, kind, mediator)
+        if runs is None:
             continue
-        vals = {"y00": _value(r.get("baseline"), outcome), **{y: _value(m.get(y), outcome) for y in RUNS}}
+        vals = {y: _value(o, outcome) for y, o in runs.items()}
         if any(v is None for v in vals.values()):
             continue
         for y, v in vals.items():
@@ -126,23 +166,75 @@ def mediation_arrays(records: list[dict], kind: str, outcome: str) -> tuple[dict
     return {y: np.asarray(v, dtype=np.float64) for y, v in cols.items()}, used
 
 
-def summarise_mediation(records: list[dict], kinds: Sequence[str], seed: int = 0, n_boot: int = 2000) -> dict:
-    """TE / NIE / NDE / proportion mediated with bootstrap CIs, per input change and outcome."""
+def _mediator_runs(r: dict, kind: str, mediator: str) -> dict[str, dict | None] | None:
+    """{y00, y11, y01, y10} outcomes of one record for one mediator (None when skipped)."""
+    m = (r.get("mediation") or {}).get(kind)
+    if not m or "skipped" in m:
+        return None
+    if mediator == "vectors":
+        return {"y00": r.get("baseline"), **{y: m.get(y) for y in RUNS}}
+    sp = m.get(mediator)
+    if not sp or "skipped" in sp:
+        return None
+    return {y: sp.get(y) for y in ("y00", *RUNS)}
+
+
+def interchange(records: list[dict], kind: str, mediator: str = "vectors") -> dict:
+    """Interchange accuracy: does the answer follow the counterfactual when only the mediator comes from it?
+
+    ``follows_counterfactual`` = P(answer(y01) == answer(y11)) (the answer the model gives on the partner's input),
+    also over the informative samples where the counterfactual run answers differently from the original
+    (``..._changed``); ``follows_partner_gold`` = P(answer(y01) == the partner's gold letter). Wilson intervals."""
+    from latentcheck.core.stats import wilson_ci
+
+    same, changed, partner = [], [], []
+    for r in records:
+        if r.get("type", "sample") != "sample":
+            continue
+        runs = _mediator_runs(r, kind, mediator)
+        if runs is None or any(v is None or "skipped" in v for v in runs.values()):
+            continue
+        a00, a11, a01 = (runs[y].get("answer") for y in ("y00", "y11", "y01"))
+        same.append(a01 is not None and a01 == a11)
+        if a11 != a00:
+            changed.append(a01 is not None and a01 == a11)
+        pg = ((r.get("mediation") or {}).get(kind) or {}).get("partner_gold")
+        if pg is not None:
+            partner.append(a01 == pg)
+
+    def prop(flags: list[bool]) -> dict:
+        k, n = int(sum(flags)), len(flags)
+        lo, hi = wilson_ci(k, n) if n else (math.nan, math.nan)
+        return {"estimate": k / n if n else math.nan, "lo": lo, "hi": hi, "n": n, "method": "wilson"}
+
+    return {"follows_counterfactual": prop(same), "follows_counterfactual_changed": prop(changed),
+            "follows_partner_gold": prop(partner)}
+
+
+def summarise_mediation(records: list[dict], kinds: Sequence[str], seed: int = 0, n_boot: int = 2000,
+                        mediators: Sequence[str] = ("vectors",)) -> dict:
+    """TE / NIE / NDE / interaction / pure and total proportions mediated with CIs, per input change, mediator and
+    outcome, plus interchange accuracy. The fed-vector mediator's effects sit at the top of each input change's entry
+    (``entry[outcome]``, ``entry["interchange"]``); every other mediator under its name (``entry["span"]``)."""
     out: dict[str, Any] = {}
     for kind in kinds:
-        entry: dict[str, Any] = {"primary_outcome": PRIMARY_OUTCOME}
+        entry: dict[str, Any] = {"primary_outcome": PRIMARY_OUTCOME, "mediators": list(mediators)}
         n_total = sum(1 for r in records if r.get("type", "sample") == "sample")
         skipped = [r["key"] for r in records if r.get("type", "sample") == "sample"
                    and "skipped" in ((r.get("mediation") or {}).get(kind) or {"skipped": True})]
         entry["n_skipped"] = len(skipped)
-        for outcome in OUTCOMES:
-            arrs, used = mediation_arrays(records, kind, outcome)
-            if not used:
-                entry[outcome] = {"n": 0}
-                continue
-            eff = mediation_effects(arrs["y00"], arrs["y11"], arrs["y01"], arrs["y10"], seed=seed, n_boot=n_boot)
-            eff["means"] = {y: float(a.mean()) for y, a in arrs.items()}
-            entry[outcome] = eff
+        for mediator in mediators:
+            target = entry if mediator == "vectors" else entry.setdefault(mediator, {})
+            for outcome in OUTCOMES:
+                arrs, used = mediation_arrays(records, kind, outcome, mediator)
+                if not used:
+                    target[outcome] = {"n": 0}
+                    continue
+                eff = mediation_effects(arrs["y00"], arrs["y11"], arrs["y01"], arrs["y10"], seed=seed,
+                                        n_boot=n_boot)
+                eff["means"] = {y: float(a.mean()) for y, a in arrs.items()}
+                target[outcome] = eff
+            target["interchange"] = interchange(records, kind, mediator)
         entry["n_samples"] = n_total
         out[kind] = entry
     return out

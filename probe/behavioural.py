@@ -45,6 +45,7 @@ COMMAND = "probe"
 ARMS = ("latents", "shared", "noise", "text_only", "image")
 PLOT_ORDER = ("random", "text_only", "shared", "noise", "latents", "image")
 SCORINGS = ("logprob", "generate")
+SAME = "same"  # --derived same: ask each source's own question again
 CAPTURE_DIR = "capture"
 TENSOR_DIR = "tensors"
 
@@ -147,7 +148,12 @@ def load_derived(data: str, derived: str | None, sources: list[Task], strict: bo
                  ) -> tuple[list[Task | BadRecord] | None, str]:
     """The derived questions and where they came from: ``derived`` (a task-schema JSONL), else
     ``derived_<split>.jsonl`` next to a toy ``tasks_<split>.jsonl``, else regenerated from toy-world metadata
-    (``toy/world.derived_questions``). (None, reason) when there are none."""
+    (``toy/world.derived_questions``). (None, reason) when there are none. ``derived="same"`` asks every source
+    task's own question again (``meta.source_id`` = the source): the probe's positive-control setting, where a model
+    whose answer reads the image only through the fed vectors must answer as well as with the image."""
+    if derived == SAME:
+        return [dataclasses.replace(t, id=f"{t.id}~same", meta={**t.meta, "source_id": t.id}) for t in sources], \
+            "the source questions themselves (--derived same)"
     if derived:
         return list(read_tasks(derived, strict=strict)), derived
     p = Path(data)

@@ -188,12 +188,27 @@ def _pick_target(rng: np.random.Generator, question_type: str, split: str) -> tu
     return shape, colour, cell
 
 
-def make_sample(index: int, split: str = "train", seed: int = 0, question_type: str | None = None,
-                n_objects: int | None = None) -> ToySample:
-    """Generate sample ``index`` of ``split`` (deterministic per seed/split/index/question type).
+# The binding variant (a separate world, ``BINDING_WORLD_NAME``; version 3 above is unchanged and the shipped zoo is
+# trained on it): every object is drawn in its own colour, the question names ONE of them by its shape (drawn
+# uniformly among the objects, not always the same "target"), and the options come in a seeded shuffled order. A model
+# must read the question to know which object is asked about, so a question swap changes the right answer and
+# question mediation tests something.
+BINDING_WORLD_NAME = "latentcheck-toy-binding"
+BINDING_WORLD_VERSION = "1"
+VARIANTS = ("v3", "binding")
 
-    ``question_type`` defaults to ``QUESTION_TYPES[index % 2]`` (colour and shape alternate).
+
+def make_sample(index: int, split: str = "train", seed: int = 0, question_type: str | None = None,
+                n_objects: int | None = None, variant: str = "v3") -> ToySample:
+    """Generate sample ``index`` of ``split`` (deterministic per seed/split/index/question type/variant).
+
+    ``question_type`` defaults to ``QUESTION_TYPES[index % 2]`` (colour and shape alternate). ``variant="binding"``:
+    the binding world (coloured distractors, the asked object drawn among all objects, shuffled options).
     """
+    if variant not in VARIANTS:
+        raise LatentcheckError(f"toy world: unknown variant {variant!r} (expected one of {', '.join(VARIANTS)})")
+    if variant == "binding":
+        return _binding_sample(index, split, seed, question_type or "colour", n_objects)
     _check_args(index, split, question_type or QUESTION_TYPES[0])
     if question_type is None:
         question_type = QUESTION_TYPES[int(index) % len(QUESTION_TYPES)]
@@ -251,14 +266,60 @@ def make_sample(index: int, split: str = "train", seed: int = 0, question_type: 
 
 
 def make_samples(n: int, split: str = "train", seed: int = 0,
-                 question_types: Iterable[str] = QUESTION_TYPES) -> list[ToySample]:
+                 question_types: Iterable[str] = QUESTION_TYPES, variant: str = "v3") -> list[ToySample]:
     """Samples 0..n-1 of ``split``; sample i asks ``question_types[i % len(question_types)]``."""
     types = tuple(question_types)
     if not types:
         raise LatentcheckError("toy world: question_types must not be empty")
     if n < 0:
         raise LatentcheckError(f"toy world: number of samples must be >= 0, got {n}")
-    return [make_sample(i, split, seed, types[i % len(types)]) for i in range(n)]
+    return [make_sample(i, split, seed, types[i % len(types)], variant=variant) for i in range(n)]
+
+
+def _binding_sample(index: int, split: str, seed: int, question_type: str, n_objects: int | None) -> ToySample:
+    """One sample of the binding world (see ``BINDING_WORLD_NAME``): colour or shape questions only."""
+    _check_args(index, split, question_type)
+    if question_type not in QUESTION_TYPES:
+        raise LatentcheckError(f"toy binding world: question type must be one of {', '.join(QUESTION_TYPES)}")
+    index = int(index)
+    rng = np.random.default_rng([int(seed), _SPLIT_CODE[split], index, ALL_QUESTION_TYPES.index(question_type),
+                                 0xB1D])
+    n_obj = N_OBJECTS if n_objects is None else int(n_objects)
+    if not 1 <= n_obj <= len(SHAPES):
+        raise LatentcheckError(f"toy world: n_objects must be between 1 and {len(SHAPES)}, got {n_obj}")
+    shapes = [SHAPES[i] for i in rng.choice(len(SHAPES), n_obj, replace=False)]
+    colours = [COLOURS[i] for i in rng.choice(len(COLOURS), n_obj, replace=False)]
+    cells = [int(c) for c in rng.choice(GRID * GRID, n_obj, replace=False)]
+    asked = int(rng.integers(n_obj))
+    noise = rng.normal(0.0, NOISE_STD, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
+    pixels = np.clip(np.rint(np.asarray(BACKGROUND_RGB, dtype=float) + noise), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    objects = []
+    for shape, colour, cell in zip(shapes, colours, cells):
+        row, col = divmod(cell, GRID)
+        size = int(rng.integers(OBJECT_SIZE_RANGE[0], OBJECT_SIZE_RANGE[1] + 1))
+        offset = (int(rng.integers(-MAX_OFFSET, MAX_OFFSET + 1)), int(rng.integers(-MAX_OFFSET, MAX_OFFSET + 1)))
+        mask = _shape_mask(shape, (row, col), size, offset)
+        image.paste(COLOUR_RGB[colour], (0, 0), mask)
+        left, top, right, bottom = mask.getbbox()
+        objects.append({"shape": shape, "colour": colour, "rgb": list(COLOUR_RGB[colour]), "cell": [row, col],
+                        "quadrant": quadrant_of_cell(row, col), "bbox": [left, top, right - left, bottom - top],
+                        "size": size, "offset": list(offset)})
+    target = objects[asked]
+    cx, cy, cw, ch = crop_box = _crop_box(target["bbox"])
+    crop = image.crop((cx, cy, cx + cw, cy + ch)).resize((CROP_OUTPUT_SIZE, CROP_OUTPUT_SIZE),
+                                                         Image.Resampling.BICUBIC)
+    options = [_OPTIONS[question_type][i] for i in rng.permutation(len(_OPTIONS[question_type]))]
+    answer_text = target[_ANSWER_FIELD[question_type]]
+    meta = {"world": BINDING_WORLD_NAME, "version": BINDING_WORLD_VERSION, "variant": "binding", "split": split,
+            "seed": int(seed), "index": index, "question_type": question_type, "target": target,
+            "asked_index": asked, "distractors": [o for i, o in enumerate(objects) if i != asked],
+            "heldout_combo": False, "caption": caption_for(target["shape"], target["colour"], target["quadrant"]),
+            "crop_box": crop_box, "answer_text": answer_text, "option_order": options}
+    return ToySample(id=f"toybind-{split}-{index:06d}", image=image, crop=crop,
+                     question=_QUESTION_TEMPLATES[question_type].format(shape=target["shape"],
+                                                                       colour=target["colour"]),
+                     options=options, answer=LETTERS[options.index(answer_text)], meta=meta)
 
 
 def derived_questions(sample: ToySample, image: str | None = None) -> list[dict[str, Any]]:

@@ -5,6 +5,9 @@
   toward the zoomed crop's visual features, Mirage stage-1 style) and answer; the answer may still read the image.
 - ``toy-mediated`` (positive control): same, but only the latent span may attend to the image (training and
   inference), so the image reaches the answer only through the latents.
+- ``toy-vector`` (vector-mediated control): only the latent-start position may attend to the image and no later
+  position attends to it, so the image reaches the answer ONLY through the fed vectors (the behavioural probe's
+  positive control).
 - ``toy-bypass`` (negative control): same, but no later position may attend to the latent span, so the latents are
   unused by construction.
 - ``toy-capimagine``: the base fine-tuned with ``caption-imagine train`` on text-imagination data built by
@@ -56,6 +59,10 @@ ZOO: dict[str, ZooSpec] = {s.name: s for s in [
     ZooSpec("toy-mediated", "latent", "toy-mediated", "toy-direct", 800, 1e-3,
             "base + latent SFT with the image visible only to the latent span (positive control); latents "
             "supervised toward the crop centre (the target's visual features)", 1.0, "centre"),
+    ZooSpec("toy-vector", "latent", "toy-vector", "toy-mediated", 800, 1e-3,
+            "toy-mediated + latent SFT with the image visible only to the latent-start position, which no later "
+            "position sees (vector-mediated control: the image reaches the answer only through the fed vectors); "
+            "latents supervised toward the crop centre", 1.0, "centre"),
     ZooSpec("toy-bypass", "latent", "toy-bypass", "toy-direct", 300, 1e-3,
             "base + latent SFT; the span cannot see the input and nothing after it can see the span "
             "(negative control)"),

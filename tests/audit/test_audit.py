@@ -32,13 +32,31 @@ def pi_summary(est, lo, hi, n=20, treatment="swap_image"):
                                         "sensitivity_ratio": {"estimate": None, "lo": None, "hi": None}}}}
 
 
-def pl_summary(deltas, nie, n=50, acc=0.9, acc_lo=0.8, chance=0.25, trigger=1.0):
-    rows = [{"label": lab, "n": n, "delta": d, "delta_lo": lo, "delta_hi": hi, "accuracy": acc + d,
-             "mcnemar_p": 0.01, "degenerate_rate": 0.0} for lab, (d, lo, hi) in deltas.items()]
-    med = {"image": {"primary_outcome": "correct",
-                     "correct": {"n": n, "te": {"estimate": -0.5, "lo": -0.6, "hi": -0.4},
-                                 "nie": dict(zip(("estimate", "lo", "hi"), nie)),
-                                 "nde": {"estimate": 0.0, "lo": -0.02, "hi": 0.02}}}} if nie else {}
+def _row(label, n01, n10, n, degenerate=0.0):
+    """One perturb-latent intervention row as the analysis writes it (score CI, McNemar p, discordant counts)."""
+    from latentcheck.core.stats import mcnemar_exact, paired_score_interval
+
+    ci = paired_score_interval(n01, n10, n)
+    p = mcnemar_exact([1] * n10 + [0] * n01 + [1] * (n - n01 - n10), [0] * n10 + [1] * n01 + [1] * (n - n01 - n10))
+    return {"label": label, "n": n, "delta": ci["estimate"], "delta_lo": ci["lo"], "delta_hi": ci["hi"],
+            "interval": "tango_score", "accuracy": 0.9 + ci["estimate"], "mcnemar_p": p["p_value"], "n01": n01,
+            "n10": n10, "degenerate_rate": degenerate}
+
+
+def pl_summary(deltas, nie, n=100, acc=0.9, acc_lo=0.8, chance=0.25, trigger=1.0, degenerate=None):
+    """deltas: {label: (n01, n10)} discordant counts; nie: (n01, n10) of y01 vs y00, or None."""
+    from latentcheck.core.stats import holm, paired_score_interval
+
+    rows = [_row(lab, a, b, n, (degenerate or {}).get(lab, 0.0)) for lab, (a, b) in deltas.items()]
+    for r, ph in zip(rows, holm([r["mcnemar_p"] for r in rows])):
+        r["p_holm"] = ph
+    med = {}
+    if nie:
+        ci = paired_score_interval(nie[0], nie[1], n)
+        med = {"image": {"primary_outcome": "correct",
+                         "correct": {"n": n, "te": {"estimate": -0.5, "lo": -0.6, "hi": -0.4},
+                                     "nie": {**ci, "n01": nie[0], "n10": nie[1]},
+                                     "nde": {"estimate": 0.0, "lo": -0.02, "hi": 0.02}}}}
     return {"baseline": {"n": n, "accuracy": acc, "accuracy_lo": acc_lo, "accuracy_hi": 0.95, "chance": chance,
                          "trigger_rate": trigger}, "interventions": rows, "mediation": med}
 
@@ -57,6 +75,11 @@ def test_rules_are_data_and_overrides_are_checked(tmp_path):
     r = merge_rules({"zy": {"equivalence_margin": 0.02}, "xz": {"dependent_above": 1}})
     assert r["zy"]["equivalence_margin"] == 0.02 and r["xz"]["dependent_above"] == 1.0
     assert DEFAULT_RULES["zy"]["equivalence_margin"] == 0.05  # the defaults are not mutated
+    import tomllib
+
+    from latentcheck.audit.verdicts import RULES_FILE
+
+    assert DEFAULT_RULES == tomllib.loads(RULES_FILE.read_text())  # every rule lives in the one data file
     with pytest.raises(LatentcheckError, match="unknown section 'yz'"):
         merge_rules({"yz": {}})
     with pytest.raises(LatentcheckError, match="unknown setting zy.margin"):
@@ -88,37 +111,72 @@ def test_xz_verdict_follows_the_ratio_ci():
     assert v.evidence["ratio"] == 0.4 and "0.40 [0.30, 0.50]" in v.summary
 
 
+MEAN, SWAP = "shared:source=mean", "swap"
+
+
 def test_zy_verdict_needs_a_drop_and_a_mediated_effect():
     R = DEFAULT_RULES
-    drop = {"zero": (-0.4, -0.5, -0.3), "noise_replace": (-0.3, -0.4, -0.2)}
-    flat = {"zero": (0.0, -0.02, 0.02), "noise_replace": (0.0, 0.0, 0.0)}
-    assert verdict_zy(pl_summary(drop, (-0.3, -0.4, -0.2)), R).verdict == "causal"
-    assert verdict_zy(pl_summary(flat, (0.0, 0.0, 0.0)), R).verdict == "not causal"
-    v = verdict_zy(pl_summary(drop, (-0.05, -0.15, 0.05)), R)
+    drop = {MEAN: (0, 40), SWAP: (2, 30)}
+    flat = {MEAN: (0, 0), SWAP: (1, 1)}
+    v = verdict_zy(pl_summary(drop, (0, 30)), R)
+    assert v.verdict == "causal" and "p_holm" in v.summary
+    v = verdict_zy(pl_summary(flat, (0, 0)), R)
+    assert v.verdict == "not causal" and "minimum detectable effect at 80% power" in v.summary
+    assert v.evidence["deltas"][MEAN]["tost"]["equivalent"] and v.evidence["nie"]["mde"] > 0
+    v = verdict_zy(pl_summary(drop, (5, 9)), R)
     assert v.status == "inconclusive" and "NIE CI includes 0" in v.summary
-    v = verdict_zy(pl_summary({"zero": (0.0, -0.2, 0.2)}, (0.0, -0.01, 0.01)), R)
+    # a significant but tiny drop is not "causal": the score CI must clear the minimum effect (0.05)
+    v = verdict_zy(pl_summary({MEAN: (0, 6), SWAP: (0, 0)}, (0, 20)), R)
+    assert v.status == "inconclusive" and "more than 0.05" in v.summary
+    # wide CIs: no equivalence
+    v = verdict_zy(pl_summary({MEAN: (10, 10), SWAP: (0, 0)}, (0, 0)), R)
     assert v.status == "inconclusive" and "too wide" in v.summary
+    # off-distribution ablations (zero, noise) are reported but never decide
+    v = verdict_zy(pl_summary({**flat, "zero": (0, 60), "noise_replace": (0, 55)}, (0, 0)), R)
+    assert v.verdict == "not causal" and "off-distribution: zero" in v.summary and "zero" in v.evidence["secondary"]
+    # a condition that degenerates too often is flagged and cannot make the verdict causal
+    v = verdict_zy(pl_summary(drop, (0, 30), degenerate={MEAN: 0.5, SWAP: 0.4}), R)
+    assert v.status == "inconclusive" and "[degenerate]" in v.summary
     # guards: a span that never runs, a model at chance, too few samples, no NIE for "not causal"
-    assert "triggered" in verdict_zy(pl_summary(flat, (0, 0, 0), trigger=0.1), R).summary
-    assert verdict_zy(pl_summary(flat, (0, 0, 0), acc=0.3, acc_lo=0.2), R).status == "untestable"
-    assert verdict_zy(pl_summary(flat, (0, 0, 0), n=5), R).status == "untestable"
+    assert "triggered" in verdict_zy(pl_summary(flat, (0, 0), trigger=0.1), R).summary
+    assert verdict_zy(pl_summary(flat, (0, 0), acc=0.3, acc_lo=0.2), R).status == "untestable"
+    assert verdict_zy(pl_summary(flat, (0, 0), n=5), R).status == "untestable"
     assert verdict_zy(pl_summary(flat, None), R).status == "inconclusive"
     off = merge_rules({"zy": {"require_above_chance": False}})
-    assert verdict_zy(pl_summary(flat, (0, 0, 0), acc=0.3, acc_lo=0.2), off).verdict == "not causal"
+    assert verdict_zy(pl_summary(flat, (0, 0), acc=0.3, acc_lo=0.2), off).verdict == "not causal"
+
+
+def test_null_needs_enough_samples():
+    """0 of 10 flips: the score interval is +-0.28, not zero-width, and the verdict is inconclusive with the sample
+    size equivalence would need; 0 of 100 flips: equivalence within +-5 points, with the MDE stated."""
+    R = DEFAULT_RULES
+    small = verdict_zy(pl_summary({MEAN: (0, 0), SWAP: (0, 0)}, (0, 0), n=10), R)
+    d = small.evidence["deltas"][MEAN]
+    assert d["lo"] == pytest.approx(-0.2775, abs=1e-4) and d["hi"] == pytest.approx(0.2775, abs=1e-4)
+    assert small.status == "inconclusive" and "n too small for +-5 points: need >= 52" in small.summary
+    big = verdict_zy(pl_summary({MEAN: (0, 0), SWAP: (0, 0)}, (0, 0), n=100), R)
+    assert big.verdict == "not causal" and "minimum detectable effect" in big.summary
+    # the margin is a reading: a stricter margin turns the same stored numbers inconclusive
+    strict = merge_rules({"zy": {"equivalence_margin": 0.02}})
+    assert verdict_zy(pl_summary({MEAN: (0, 0), SWAP: (0, 0)}, (0, 0), n=100), strict).status == "inconclusive"
 
 
 def test_text_doz_verdict():
-    def doz(delta, lo, hi, n=30, base=0.9, base_lo=0.75):
+    def doz(n01, n10, n=100, base=0.9, base_lo=0.75):
+        r = _row("doz", n01, n10, n)
         return {"n_samples": n, "n_intervened": n, "imagination_rate": 1.0, "skip_reasons": {},
-                "effect": {"delta": delta, "delta_lo": lo, "delta_hi": hi, "acc_base": base, "acc_base_lo": base_lo,
-                           "acc_cond": base + delta, "mcnemar_p": 0.001, "n": n},
+                "effect": {"delta": r["delta"], "delta_lo": r["delta_lo"], "delta_hi": r["delta_hi"],
+                           "acc_base": base, "acc_base_lo": base_lo, "acc_cond": base + r["delta"],
+                           "mcnemar_p": r["mcnemar_p"], "n": n, "n01": n01, "n10": n10},
                 "follows_corruption": {"rate": 0.8, "n": n}, "flip_rate": 0.8, "p_gold": None}
 
     R = DEFAULT_RULES
-    assert verdict_zy_text(doz(-0.6, -0.75, -0.45), R, 0.25).verdict == "causal"
-    assert verdict_zy_text(doz(0.0, -0.03, 0.03), R, 0.25).verdict == "not causal"
-    assert verdict_zy_text(doz(-0.1, -0.3, 0.1), R, 0.25).status == "inconclusive"
-    assert verdict_zy_text(doz(-0.6, -0.75, -0.45, base=0.3, base_lo=0.2), R, 0.25).status == "untestable"
+    assert verdict_zy_text(doz(0, 60), R, 0.25).verdict == "causal"
+    v = verdict_zy_text(doz(0, 0), R, 0.25)
+    assert v.verdict == "not causal" and "minimum detectable effect" in v.summary
+    assert verdict_zy_text(doz(5, 15), R, 0.25).status == "inconclusive"
+    assert "need >= 52" in verdict_zy_text(doz(0, 0, n=20), R, 0.25).summary
+    assert verdict_zy_text(doz(0, 60, base=0.3, base_lo=0.2), R, 0.25).status == "untestable"
     assert verdict_zy_text({"n_samples": 5, "n_intervened": 0, "effect": None}, R, 0.25).status == "untestable"
 
 
@@ -162,7 +220,7 @@ def test_overall_verdict_is_the_chain():
 def test_judge_and_comparison_row_for_each_kind():
     R = DEFAULT_RULES
     sums = {"perturb_input": pi_summary(0.4, 0.3, 0.5),
-            "perturb_latent": pl_summary({"zero": (-0.4, -0.5, -0.3)}, (-0.3, -0.4, -0.2)),
+            "perturb_latent": pl_summary({MEAN: (0, 40)}, (0, 30)),
             "probe": probe_summary({"latent_0": (0.8, 0.7, 0.88, 0.3)})}
     v = judge(sums, "latent", R)
     assert [v[k].verdict for k in ("xz", "zy", "encodes", "overall")] == \
@@ -171,8 +229,10 @@ def test_judge_and_comparison_row_for_each_kind():
              "bench": {"accuracy": 0.9, "lo": 0.8, "hi": 0.95, "n": 50, "chance": 0.25, "benchmark": "generic"}}
     cells = comparison_cells(comparison_row(entry))
     assert cells["X -> Z sensitivity [CI]"] == "0.40 [0.30, 0.50]"
-    assert cells["Z -> Y dAcc under intervention [CI]"] == "zero -0.40 [-0.50, -0.30]"
-    assert cells["NIE [CI]"] == "-0.30 [-0.40, -0.20]" and cells["text do(Z) dAcc [CI]"] == "-"
+    d, n = v["zy"].evidence["deltas"][MEAN], v["zy"].evidence["nie"]
+    assert cells["Z -> Y dAcc under intervention [CI]"] == f"{MEAN} {d['delta']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]"
+    assert d["delta"] == -0.4 and d["hi"] < -0.3
+    assert cells["NIE [CI]"] == f"-0.30 [{n['lo']:+.2f}, {n['hi']:+.2f}]" and cells["text do(Z) dAcc [CI]"] == "-"
     assert cells["bench acc [CI]"] == "0.90 [0.80, 0.95] (chance 0.25)"
     assert judge(sums, "plain", R)["zy"].status == "untestable"
 
@@ -185,7 +245,7 @@ def bypass_audit(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("audit-bypass")
     ck = tiny_checkpoint("toy", "toy-bypass")
     opts = CommonOptions(model=str(ck), out=str(out), limit=8, quiet=True)
-    rules = merge_rules({"zy": {"require_above_chance": False, "min_samples": 4}})
+    rules = merge_rules({"zy": {"require_above_chance": False, "min_samples": 4}, "xz": {"min_samples": 4}})
     return run_audit(opts, AuditSettings(force_latent=True, report=False, n_boot=200), rules)
 
 
@@ -194,11 +254,14 @@ def test_audit_of_the_negative_control_finds_no_causal_latents(bypass_audit):
     assert r.kind == "latent" and r.exit_code == 0
     assert r.verdicts["xz"].verdict == "input-independent"
     assert r.verdicts["xz"].evidence["ratio_hi"] == 0.0  # the span cannot see the input: exactly no change
-    assert r.verdicts["zy"].verdict == "not causal"
-    for d in r.verdicts["zy"].evidence["deltas"].values():
-        assert d["delta"] == d["lo"] == d["hi"] == 0.0
-    assert r.verdicts["zy"].evidence["nie"] == {"estimate": 0.0, "lo": 0.0, "hi": 0.0}
-    assert r.verdicts["overall"].verdict == "not causally real"
+    # every effect is exactly 0, but 8 samples cannot show equivalence within +-5 points: inconclusive, with CIs
+    # that are not zero-width and the sample size that would be needed
+    zy = r.verdicts["zy"]
+    assert zy.verdict == "inconclusive" and "need >= 52" in zy.summary, zy.summary
+    for d in zy.evidence["deltas"].values():
+        assert d["delta"] == 0.0 and d["lo"] < 0 < d["hi"]
+    assert zy.evidence["nie"]["estimate"] == 0.0 and zy.evidence["nie"]["lo"] < 0 < zy.evidence["nie"]["hi"]
+    assert r.verdicts["overall"].verdict == "not causally real"  # X -> Z alone is negative
 
 
 def test_audit_folder_layout_and_audit_json(bypass_audit):
@@ -213,13 +276,31 @@ def test_audit_folder_layout_and_audit_json(bypass_audit):
     doc = load_audit(root)
     assert doc["kind"] == "single" and len(doc["models"]) == 1
     m = doc["models"][0]
-    assert m["verdicts"]["zy"]["verdict"] == "not causal" and doc["rules"]["zy"]["min_samples"] == 4
+    assert m["verdicts"]["zy"]["verdict"] == "inconclusive" and doc["rules"]["zy"]["min_samples"] == 4
     assert m["stages"]["perturb_latent"]["limit"] == 8 and doc["comparison"][0]["overall"] == "not causally real"
     # the audit's verdicts are the rules applied to the saved summaries
     sums = {s: json.loads((root / STAGE_FOLDERS[s] / "summary.json").read_text())
             for s in ("perturb_input", "perturb_latent", "probe")}
     again = judge(sums, "latent", doc["rules"], m["data_chance"])
     assert {k: v.verdict for k, v in again.items()} == {k: v["verdict"] for k, v in m["verdicts"].items()}
+
+
+def test_rereading_with_other_rules_changes_the_reading_not_the_result(bypass_audit):
+    """A threshold changes how the stored results read (reread), never the stored files."""
+    from latentcheck.audit.verdicts import reread
+
+    root = Path(bypass_audit.out)
+    before = {p: p.read_bytes() for p in sorted(root.rglob("*.json"))}
+    same = reread(root, load_audit(root)["rules"])
+    assert {k: v["verdict"] for k, v in same["models"][0]["verdicts"].items()} == \
+        {k: v["verdict"] for k, v in load_audit(root)["models"][0]["verdicts"].items()}
+    # requiring the ratio's upper bound below 0 (impossible) turns X -> Z inconclusive under the new reading
+    other = reread(root, merge_rules({"xz": {"independent_below": 0.0, "min_samples": 4},
+                                      "zy": {"require_above_chance": False, "min_samples": 4}}))
+    assert other["models"][0]["verdicts"]["xz"]["verdict"] == "inconclusive" and other["reread"]
+    assert {p: p.read_bytes() for p in sorted(root.rglob("*.json"))} == before
+    sweep = load_audit(root)["models"][0]["verdicts"]["xz"]["evidence"]["threshold_sweep"]
+    assert [x["threshold"] for x in sweep] == DEFAULT_RULES["xz"]["threshold_sweep"]
 
 
 def test_text_imagination_audit_runs_its_own_stages(tiny_checkpoint, tmp_path):
@@ -315,7 +396,7 @@ def test_zoo_controls_come_out_as_designed(tmp_path):
     not (docs/audit.md has the full default audit)."""
     from latentcheck.audit.audit import run_zoo_audit
 
-    limits = {"perturb_input": 32, "perturb_latent": 48, "probe": 48, "text_doz": 16, "bench": 16}
+    limits = {"perturb_input": 32, "perturb_latent": 64, "probe": 48, "text_doz": 16, "bench": 16}
     res = run_zoo_audit(CommonOptions(out=str(tmp_path), quiet=True, batch_size=16),
                         AuditSettings(limits=limits, report=False, n_boot=500,
                                       stages=["perturb_input", "perturb_latent", "probe"]),
@@ -327,6 +408,24 @@ def test_zoo_controls_come_out_as_designed(tmp_path):
     assert v["toy-bypass"]["xz"].verdict == "input-independent", v["toy-bypass"]["xz"].summary
     assert v["toy-mediated"]["overall"].verdict == "causally real"
     assert v["toy-bypass"]["overall"].verdict == "not causally real"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _zoo_built("toy-latent"), reason="the trained toy zoo is not built")
+def test_toy_latent_null_is_inconclusive_at_10_and_a_verdict_at_100(tmp_path):
+    """toy-latent ignores its latents (0 flips): at n = 10 the audit says inconclusive (the score CI of 0/10 is
+    +-0.28), at n = 100 it shows equivalence within +-5 points: not causal."""
+    verdicts = {}
+    for n in (10, 100):
+        res = run_audit(CommonOptions(model="toy-latent", out=str(tmp_path / str(n)), quiet=True, batch_size=16),
+                        AuditSettings(limits={"perturb_latent": n}, stages=["perturb_latent"], report=False,
+                                      n_boot=200, plots=False, threads=1))
+        verdicts[n] = res.verdicts["zy"]
+    small = verdicts[10]
+    assert small.status == "inconclusive" and "need >= 52" in small.summary, small.summary
+    for d in small.evidence["deltas"].values():
+        assert d["hi"] - d["lo"] > 0.4  # not zero-width
+    assert verdicts[100].verdict == "not causal", verdicts[100].summary
 
 
 def test_zoo_audit_fails_fast_when_a_model_is_missing(tmp_path, monkeypatch):

@@ -61,7 +61,7 @@ def test_audit_without_a_model_compares_the_zoo(tmp_path, tiny_checkpoint, monke
     import shutil
 
     zoo = tmp_path / "zoo"
-    for name in ("toy-latent", "toy-capimagine", "toy-mediated", "toy-bypass"):
+    for name in ("toy-latent", "toy-capimagine", "toy-mediated", "toy-vector", "toy-bypass"):
         shutil.copytree(tiny_checkpoint("toy", name), zoo / name)
     monkeypatch.setenv("LATENTCHECK_ZOO", str(zoo))
     out = tmp_path / "audit"
@@ -71,14 +71,16 @@ def test_audit_without_a_model_compares_the_zoo(tmp_path, tiny_checkpoint, monke
     assert "comparison" in res.output
     doc = json.loads((out / "audit.json").read_text())
     assert doc["kind"] == "zoo" and [m["model"] for m in doc["models"]] == \
-        ["toy-latent", "toy-capimagine", "toy-mediated", "toy-bypass"]
-    assert [r["kind"] for r in doc["comparison"]] == ["latent", "text_imagination", "latent", "latent"]
-    bypass = doc["comparison"][3]
-    assert bypass["xz"]["verdict"] == "input-independent" and bypass["overall"] == "not causally real"
+        ["toy-latent", "toy-capimagine", "toy-mediated", "toy-vector", "toy-bypass"]
+    assert [r["kind"] for r in doc["comparison"]] == ["latent", "text_imagination", "latent", "latent", "latent"]
+    bypass = doc["comparison"][4]
+    # 4 samples: the ratio is exactly 0, but a null needs >= 10 samples under the default rules
+    assert bypass["xz"]["verdict"] == "inconclusive" and bypass["overall"] == "inconclusive"
+    assert "n too small" in doc["models"][4]["verdicts"]["xz"]["summary"]
     for m in doc["models"]:
         assert (out / m["folder"] / "audit.json").exists() and (out / m["folder"] / "report.html").exists()
     html = (out / "report.html").read_text()
-    assert 'data-figure="zoo/xz"' in html and html.count('id="model-') == 4
+    assert 'data-figure="zoo/xz"' in html and html.count('id="model-') == 5
 
 
 def test_user_errors_exit_2(tmp_path):

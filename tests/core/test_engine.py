@@ -62,6 +62,8 @@ CASES = [  # (family, profile, visibility override)
     ("toy", "toy-mediated", None),
     ("toy", "toy-bypass", None),
     ("toy", "toy-latent", "none"),
+    ("toy", "toy-vector", None),
+    ("toy", "toy-vector", "none"),
 ]
 
 
@@ -185,3 +187,52 @@ def test_sampling_is_seeded_and_batch_invariant(load_tiny):
     c = Engine(lm, decoding=dec, seed=8).run([Request(p) for p in prompts], batch_size=3)
     assert [x[0].token_ids for x in a] == [x[0].token_ids for x in b]
     assert [x[0].token_ids for x in a] != [x[0].token_ids for x in c]
+
+
+def test_vector_mediated_image_reaches_the_answer_only_through_fed_vectors(load_tiny):
+    """toy-vector (image visible to the latent-start position only, that position hidden from everything later):
+    with the same fed vectors, two images give the same answer distribution, also with the image hidden altogether
+    (the behavioural probe's setting); the model's own vectors differ between the images."""
+    lm = load_tiny("toy", "toy-vector")
+    eng = Engine(lm, capture_logits=True)
+    opts = option_token_ids(lm, 4)
+    own = [eng.run([Request(_prompt(lm, k, seed), option_ids=opts, force_latent=True, max_new_tokens=8)])[0][0]
+           for k, seed in (("a", 1), ("b", 2))]
+    assert not np.allclose(own[0].latents, own[1].latents, atol=1e-4)  # the start position saw the image
+    z = own[0].latents
+    for vis in (None, "none"):
+        outs = [eng.run([Request(_prompt(lm, "x", seed), [Condition("forced", override=z)], option_ids=opts,
+                                 force_latent=True, image_visibility=vis, max_new_tokens=8)])[0][0]
+                for seed in (1, 2)]
+        assert np.abs(outs[0].option_logprobs - outs[1].option_logprobs).max() <= 1e-5
+        assert np.abs(outs[0].option_logprobs - own[0].option_logprobs).max() <= 1e-5
+    # the fed vectors do reach the answer
+    zero = eng.run([Request(_prompt(lm, "a", 1), [Condition("zero", parse_spec("zero"))], option_ids=opts,
+                            force_latent=True, max_new_tokens=8)])[0][0]
+    assert np.abs(zero.option_logprobs - own[0].option_logprobs).max() > 1e-4
+
+
+@pytest.mark.parametrize("profile", ["toy-latent", "toy-mediated", "toy-vector", "toy-bypass"])
+def test_span_patching_oracle(load_tiny, profile):
+    """replay_span: without a patch it reproduces the engine's answer distribution; patching a run's own span
+    changes nothing; patching the span of a run on another image gives exactly that run's answer when the image
+    can reach the answer only through the span (toy-mediated, toy-vector) and nothing when the span is invisible
+    to the answer (toy-bypass)."""
+    lm = load_tiny("toy", profile)
+    eng = Engine(lm)
+    opts = option_token_ids(lm, 4)
+    pa, pb = _prompt(lm, "a", 1), _prompt(lm, "b", 2)
+    ta, tb = (eng.run([Request(p, option_ids=opts, force_latent=True, max_new_tokens=8)])[0][0] for p in (pa, pb))
+    lp_a, sa = eng.replay_span(pa, ta)
+    lp_b, sb = eng.replay_span(pb, tb)
+    assert sa.shape == (len(lm.model.model.language_model.layers) + 1, 1 + lm.profile.latent.k, sa.shape[-1])
+    assert np.abs(lp_a[opts] - ta.option_logprobs).max() <= 1e-4
+    own, _ = eng.replay_span(pa, ta, span_states=sa)
+    assert np.abs(own - lp_a).max() <= 1e-5
+    ab, _ = eng.replay_span(pa, ta, span_states=sb)  # image a, span from the run on image b
+    if profile in ("toy-mediated", "toy-vector"):
+        assert np.abs(ab[opts] - lp_b[opts]).max() <= 1e-4
+    elif profile == "toy-bypass":
+        assert np.abs(ab[opts] - lp_a[opts]).max() <= 1e-5
+    else:  # toy-latent: the answer also reads the image directly, so the patch moves it but not all the way
+        assert np.abs(ab[opts] - lp_a[opts]).max() > 1e-6

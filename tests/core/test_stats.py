@@ -16,6 +16,12 @@ from latentcheck.core.stats import (
     mcnemar_exact,
     mediation_effects,
     paired_bootstrap_diff,
+    paired_mde,
+    paired_score_interval,
+    paired_tost,
+    equivalence_min_n,
+    holm,
+    tango_statistic,
     wilson_ci,
 )
 
@@ -169,7 +175,12 @@ def test_accuracy_effect_hand_counted():
     assert res["mcnemar_p"] == pytest.approx(expected_p)
     assert (res["acc_base_lo"], res["acc_base_hi"]) == pytest.approx(wilson_ci(15, 20))
     json.dumps(res)  # plain types only
-    assert all(isinstance(v, (int, float)) for v in res.values())
+    assert res["interval"] == "tango_score"
+    assert (res["delta_lo"], res["delta_hi"]) == pytest.approx(
+        (paired_score_interval(2, 6, 20)["lo"], paired_score_interval(2, 6, 20)["hi"]))
+    assert res["delta_boot_lo"] <= res["delta"] <= res["delta_boot_hi"]
+    assert res["mde"] == pytest.approx(paired_mde(20, 8 / 20))
+    assert all(isinstance(v, (int, float)) for k, v in res.items() if k != "interval")
 
 
 # ----------------------------------------------------------------------------- mediation
@@ -189,6 +200,12 @@ def test_mediation_exact_planted_binary_outcomes():
     assert res["proportion_mediated"]["estimate"] == pytest.approx(1 / 6)
     # -0.6 - (-0.5) - (-0.1) = 0, but note per sample y11 - y10 - y01 + y00 is not 0 everywhere
     assert res["interaction"]["estimate"] == pytest.approx(0.0, abs=1e-12)
+    assert res["total_nie"]["estimate"] == pytest.approx(-0.1)  # y11 - y10
+    assert res["total_nde"]["estimate"] == pytest.approx(-0.5)  # y11 - y01
+    assert res["proportion_mediated_total"]["estimate"] == pytest.approx(1 / 6)
+    assert res["te"]["method"] == "tango_score"
+    assert (res["te"]["lo"], res["te"]["hi"]) == pytest.approx(
+        tuple(paired_score_interval(0, 60, 100)[k] for k in ("lo", "hi")))
     for key in ("te", "nie", "nde", "proportion_mediated"):
         assert res[key]["lo"] <= res[key]["estimate"] <= res[key]["hi"]
     json.dumps(res)
@@ -211,9 +228,102 @@ def test_mediation_noisy_planted_effects_recovered():
 def test_mediation_zero_total_effect_and_bad_input():
     y = np.array([1.0, 0.0, 1.0, 1.0])
     res = mediation_effects(y, y, y, y, n_boot=100)
-    assert res["te"] == {"estimate": 0.0, "lo": 0.0, "hi": 0.0}
+    # 0/1 outcomes: score intervals, never zero-width (no discordant pair of 4: +-z^2/(4 + z^2))
+    w = 1.959963984540054 ** 2 / (4 + 1.959963984540054 ** 2)
+    assert res["te"]["estimate"] == 0.0 and (res["te"]["lo"], res["te"]["hi"]) == pytest.approx((-w, w))
+    assert (res["te"]["boot_lo"], res["te"]["boot_hi"]) == (0.0, 0.0)  # the bootstrap column collapses
+    assert res["interaction"]["lo"] < 0 < res["interaction"]["hi"]
+    real = mediation_effects(y + 0.5, y + 0.5, y + 0.5, y + 0.5, n_boot=100)  # non-binary: bootstrap only
+    assert real["te"] == {"estimate": 0.0, "lo": 0.0, "hi": 0.0, "method": "paired_bootstrap"}
     assert math.isnan(res["proportion_mediated"]["estimate"])
     with pytest.raises(LatentcheckError, match="y10"):
         mediation_effects(y, y, y, y[:3])
     with pytest.raises(LatentcheckError, match="y01"):
         mediation_effects(y, y, [1.0, np.nan, 0.0, 1.0], y)
+
+
+# ----------------------------------------------------------------------------- score interval, TOST, MDE, Holm
+
+
+def test_score_interval_zero_discordant_hand_computed():
+    """No discordant pair: Tango's statistic is sqrt(n d / (1 - d)), so the bound is z^2 / (n + z^2) (0/10: 0.278)."""
+    z = 1.959963984540054
+    for n in (10, 100):
+        res = paired_score_interval(0, 0, n)
+        assert res["estimate"] == 0.0
+        assert (res["lo"], res["hi"]) == pytest.approx((-z * z / (n + z * z), z * z / (n + z * z)), abs=1e-9)
+    assert paired_score_interval(0, 0, 10)["hi"] == pytest.approx(0.2775, abs=1e-4)  # not zero-width
+
+
+def test_score_interval_matches_r_propcis():
+    """R: PropCIs::scoreci.mp(25, 28, 618, 0.90) = [-0.0148, 0.0247]; scoreci.mp(7, 1, 21, 0.95) = [-0.517, -0.026]
+    (estimand (arg2 - arg1)/n, i.e. our n01 = arg2, n10 = arg1)."""
+    a = paired_score_interval(28, 25, 618, alpha=0.10)
+    assert (round(a["lo"], 4), round(a["hi"], 4)) == (-0.0148, 0.0247)
+    b = paired_score_interval(1, 7, 21)
+    assert (round(b["lo"], 3), round(b["hi"], 3)) == (-0.517, -0.026)
+
+
+def test_score_interval_boundaries_are_score_test_boundaries():
+    """At each bound the score statistic, with the restricted MLE found by a generic optimiser, equals -+z."""
+    from scipy.optimize import minimize_scalar
+    from scipy.stats import norm
+
+    n01, n10, n = 3, 11, 40
+    res = paired_score_interval(n01, n10, n)
+
+    def z_stat(d):  # restricted MLE of q = P(1 -> 0) under P(0 -> 1) - q = d, by direct maximisation
+        rest = n - n01 - n10
+        nll = lambda q: -(n01 * np.log(q + d) + n10 * np.log(q) + rest * np.log(1 - 2 * q - d))
+        lo_q = max(1e-12, -d + 1e-12)
+        q = minimize_scalar(nll, bounds=(lo_q, (1 - d) / 2 - 1e-12), method="bounded",
+                            options={"xatol": 1e-12}).x
+        return (n01 - n10 - n * d) / np.sqrt(n * (2 * q + d * (1 - d)))
+
+    assert z_stat(res["lo"]) == pytest.approx(norm.ppf(0.975), abs=1e-4)
+    assert z_stat(res["hi"]) == pytest.approx(-norm.ppf(0.975), abs=1e-4)
+    assert tango_statistic(n01, n10, n, res["lo"]) == pytest.approx(norm.ppf(0.975), abs=1e-8)
+
+
+def test_tost_needs_enough_samples():
+    """0 flips: at n=10 equivalence within +-5 points is impossible (need >= 52), at n=100 it is shown."""
+    small, big = paired_tost(0, 0, 10, 0.05), paired_tost(0, 0, 100, 0.05)
+    assert not small["equivalent"] and small["min_n"] == 52 and small["hi"] > 0.05
+    assert big["equivalent"] and big["p_value"] < 0.05 and -0.05 < big["lo"] < big["hi"] < 0.05
+    assert equivalence_min_n(0.05) == 52  # 1.6449^2 * 0.95 / 0.05 = 51.4
+    assert not paired_tost(0, 0, 51, 0.05)["equivalent"] and paired_tost(0, 0, 52, 0.05)["equivalent"]
+
+
+def test_tost_false_equivalence_rate_just_beyond_margin():
+    """Seeded simulation at the default n (100): a true drop of 6 points (margin 5) is declared equivalent in at most
+    ~5% of runs, whether every discordant pair is a drop or some flips go the other way; a true null with no flips is
+    always declared equivalent at n = 100."""
+    rng = np.random.default_rng(0)
+    n, reps = 100, 2000
+    for p_drop, p_gain in ((0.06, 0.0), (0.07, 0.01)):  # delta = p_gain - p_drop = -0.06 both times
+        hits = 0
+        for _ in range(reps):
+            n10, n01, _rest = rng.multinomial(n, [p_drop, p_gain, 1 - p_drop - p_gain])
+            hits += paired_tost(int(n01), int(n10), n, 0.05)["equivalent"]
+        assert hits / reps <= 0.06, (p_drop, p_gain, hits / reps)
+    assert paired_tost(0, 0, n, 0.05)["equivalent"]
+
+
+def test_mde_hand_computed():
+    """Connor's formula with psi = max(observed, delta): sqrt(n) d = z_.975 sqrt(psi) + z_.8 sqrt(psi - d^2)."""
+    from scipy.stats import norm
+
+    za, zb = norm.ppf(0.975), norm.ppf(0.8)
+    for n, psi in ((10, 0.0), (100, 0.0), (100, 0.3)):
+        d = paired_mde(n, psi)
+        p = max(psi, d)
+        assert np.sqrt(n) * d == pytest.approx(za * np.sqrt(p) + zb * np.sqrt(p - d * d), abs=1e-7)
+    assert paired_mde(10) > 0.5 and 0.07 < paired_mde(100) < 0.08
+    assert paired_mde(100, 0.3) > paired_mde(100)  # more discordance, less power
+
+
+def test_holm_hand_computed():
+    """p = (0.01, 0.04, 0.03, 0.005): sorted 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, max(0.04, 0.06) = 0.06."""
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    out = holm([0.2, float("nan"), 0.01])  # nan is not a hypothesis: m = 2
+    assert out[0] == pytest.approx(0.2) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)

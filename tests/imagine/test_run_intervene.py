@@ -13,7 +13,7 @@ from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.loader import load_model
 from latentcheck.core.runner import CommonOptions
 from latentcheck.core.stats import accuracy_effect, wilson_ci
-from latentcheck.toy.world import COLOURS, SHAPES, write_world
+from latentcheck.toy.world import COLOURS, QUADRANTS, SHAPES, write_world
 from latentcheck.core.training import TrainConfig
 from latentcheck.imagine.build_data import MetadataCaptioner, build_data
 from latentcheck.imagine.intervene import (Corruption, CorruptItem, ModelCorrupter, RuleCorrupter, doz_prefixes,
@@ -76,6 +76,16 @@ def test_imagination_token_range(load_tiny, markers):
 
 
 # ----------------------------------------------------------------------------------------------- corrupters
+def test_neutral_edit_swaps_only_the_position_phrase():
+    from latentcheck.imagine.intervene import neutral_edit
+
+    text = "the circle is red, in the top left"
+    out = neutral_edit(text, "k1")
+    assert out != text and out.startswith("the circle is red, in the ") and out.split("in the ")[1] in QUADRANTS
+    assert out == neutral_edit(text, "k1")  # seeded by the key
+    assert neutral_edit("the circle is red", "k1") is None
+
+
 def test_rule_corrupter_changes_the_asked_attribute():
     rc = RuleCorrupter(seed=0)
     opts_c, opts_s = list(COLOURS), list(SHAPES)
@@ -162,6 +172,24 @@ def test_intervene_invariants_and_summary(trained, tmp_path):
         assert r["follows_corruption"] == (r["corrupt"]["pred"] == r["implied"])
     want = accuracy_effect([r["clean"]["correct"] for r in recs], [r["corrupt"]["correct"] for r in recs])
     assert s["effect"] == want
+    # the neutral-edit control: only the quadrant phrase changes; its effect is summarised next to do(Z)
+    neu = [r for r in recs if r.get("neutral_imagination")]
+    assert neu and all("neutral" in r for r in neu)
+    for r in neu:
+        assert r["neutral_imagination"] != r["imagination"]
+        for w in COLOURS + SHAPES:
+            assert (w in r["neutral_imagination"]) == (w in r["imagination"])
+    assert s["neutral_effect"] == accuracy_effect([r["clean"]["correct"] for r in neu],
+                                                  [r["neutral"]["correct"] for r in neu])
+    # text interchange: the partner (another gold answer) lends its imagination; follows = its clean answer
+    inter = [r for r in recs if "follows_partner" in r]
+    by_key = {r["key"]: r for r in recs}
+    for r in inter:
+        p = by_key[r["partner"]]
+        assert p["gold"] != r["gold"]
+        assert r["follows_partner"] == (r["interchange"]["pred"] == p["clean"]["pred"])
+    if inter:
+        assert s["interchange"]["follows_partner"]["n"] == len(inter)
     assert s["n_intervened"] == 6 and s["skip_reasons"] == {}
     sim = s["similarity"]
     assert sim["n"] == sum(r["imagination_tokens"] >= 4 for r in recs) and len(sim["inter_raw"]) == 4

@@ -16,8 +16,8 @@ from latentcheck.core.prompts import build_prompt, option_token_ids, task_text
 from latentcheck.core.runner import CommonOptions
 from latentcheck.core.tasks import Task
 from latentcheck.perturb.latents import run_perturb_latent
-from latentcheck.perturb.mediation import (counterfactual_task, derangement, mediation_arrays, parse_kinds,
-                                           partner_map, summarise_mediation)
+from latentcheck.perturb.mediation import (counterfactual_task, derangement, interchange, mediation_arrays,
+                                           parse_kinds, partner_map, summarise_mediation)
 
 OPTIONS = ["red", "green", "blue", "yellow"]
 
@@ -66,6 +66,19 @@ def test_derangement_is_uniform_over_the_derangements_of_three():
     expected = {p for p in permutations(range(3)) if all(a != b for a, b in zip(p, range(3)))}
     assert set(counts) == expected
     assert all(150 <= c <= 250 for c in counts.values())
+
+
+def test_partner_with_a_different_gold_answer():
+    keys = [f"k{i}" for i in range(12)]
+    golds = [0, 0, 0, 1, 1, 2, 0, 0, 0, 0, 3, 3]
+    m = partner_map(keys, 5, group_size=6, golds=golds)
+    assert m == partner_map(keys, 5, group_size=6, golds=golds)  # seeded
+    for i, k in enumerate(keys):
+        j = keys.index(m[k])
+        assert j // 6 == i // 6 and golds[j] != golds[i]  # same block, different gold
+    # a block where every gold is the same falls back to the derangement partner
+    same = partner_map(keys[:4], 1, golds=[2, 2, 2, 2])
+    assert same == partner_map(keys[:4], 1) and all(k != v for k, v in same.items())
 
 
 def test_grouped_derangement_stays_in_its_block():
@@ -194,3 +207,52 @@ def test_single_sample_skips_mediation_with_a_reason(load_tiny, tmp_path):
     assert "partner" in recs[0]["mediation"]["image"]["skipped"]
     assert res.summary["mediation"]["image"]["n_skipped"] == 1
     assert res.summary["mediation"]["image"]["correct"] == {"n": 0}
+
+
+# ------------------------------------------------------------------------------------------- the span mediator
+def test_span_mediator_carries_everything_in_the_mediated_control(load_tiny, tmp_path):
+    """toy-mediated (only the span sees the image): patching the whole span from the image-swapped run gives that
+    run's answer exactly (span NIE = TE per sample) and patching the original span into the swapped run gives the
+    original answer (span NDE = 0); the span replay's own outcome equals the engine's baseline."""
+    lm = load_tiny("toy", "toy-mediated")
+    res, recs = run(lm, tmp_path, ["What colour is the circle?"] * 4)
+    for r in recs:
+        sp = r["mediation"]["image"]["span"]
+        assert sp["y00"]["logp_gold"] == pytest.approx(r["baseline"]["logp_gold"], abs=1e-4)
+        assert sp["y11"]["logp_gold"] == pytest.approx(r["mediation"]["image"]["y11"]["logp_gold"], abs=1e-4)
+        assert sp["y01"]["logp_gold"] == pytest.approx(sp["y11"]["logp_gold"], abs=1e-4)
+        assert sp["y10"]["logp_gold"] == pytest.approx(sp["y00"]["logp_gold"], abs=1e-4)
+        assert sp["y01"]["answer"] == sp["y11"]["answer"]
+    g = res.summary["mediation"]["image"]["span"]["logp_gold"]
+    assert g["nie"]["estimate"] == pytest.approx(g["te"]["estimate"], abs=1e-4)
+    assert abs(g["nde"]["estimate"]) <= 1e-4 and abs(g["te"]["estimate"]) > 1e-4
+    ia = res.summary["mediation"]["image"]["span"]["interchange"]["follows_counterfactual"]
+    assert ia["estimate"] == 1.0 and ia["n"] == 4
+
+
+def test_span_mediator_is_inert_in_the_bypass_control(load_tiny, tmp_path):
+    lm = load_tiny("toy", "toy-bypass")
+    res, recs = run(lm, tmp_path, ["What colour is the circle?"] * 3)
+    for r in recs:
+        sp = r["mediation"]["image"]["span"]
+        assert sp["y01"]["logp_gold"] == pytest.approx(sp["y00"]["logp_gold"], abs=1e-5)
+        assert sp["y10"]["logp_gold"] == pytest.approx(sp["y11"]["logp_gold"], abs=1e-5)
+    assert res.summary["mediation"]["image"]["span"]["logp_gold"]["nie"]["estimate"] == pytest.approx(0, abs=1e-5)
+
+
+def test_interchange_accuracy_from_hand_made_records():
+    def o(a):
+        return {"answer": a, "correct": a == "A", "logp_gold": 0.0}
+
+    def rec(key, a00, a11, a01, pg):
+        return {"type": "sample", "key": key, "baseline": o(a00),
+                "mediation": {"image": {"partner": "p", "partner_gold": pg, "y11": o(a11), "y01": o(a01),
+                                        "y10": o(a00)}}}
+
+    recs = [rec("a", "A", "B", "B", "B"), rec("b", "A", "C", "A", "C"), rec("c", "A", "A", "A", "D"),
+            rec("d", "B", "D", "D", "C")]
+    ia = interchange(recs, "image")
+    assert ia["follows_counterfactual"]["estimate"] == 0.75 and ia["follows_counterfactual"]["n"] == 4
+    assert ia["follows_counterfactual_changed"]["estimate"] == pytest.approx(2 / 3)  # a, b, d changed
+    assert ia["follows_partner_gold"]["estimate"] == 0.25  # only a follows the partner's gold
+    assert ia["follows_counterfactual"]["lo"] < 0.75 < ia["follows_counterfactual"]["hi"]

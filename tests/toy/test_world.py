@@ -294,3 +294,33 @@ def test_n_objects_override_for_the_training_curriculum():
     assert one.meta["distractors"] == [] and one.answer == W.make_sample(3, "train").answer
     with pytest.raises(LatentcheckError, match="n_objects"):
         W.make_sample(0, "train", n_objects=9)
+
+
+def test_binding_world_questions_bind_to_one_of_several_coloured_objects():
+    """The binding variant: every object in its own colour, the question names one of them (not always the same
+    one), options in a seeded shuffled order; version 3 (the zoo's world) is unchanged by it."""
+    from latentcheck.core.tasks import LETTERS
+    from latentcheck.toy.world import BINDING_WORLD_NAME, COLOUR_RGB, make_sample, make_samples
+
+    samples = make_samples(60, "test", 0, ("colour",), variant="binding")
+    orders, asked, gold_changes = set(), set(), 0
+    for s in samples:
+        objs = [s.meta["target"], *s.meta["distractors"]]
+        assert s.meta["world"] == BINDING_WORLD_NAME and len({o["colour"] for o in objs}) == len(objs) == 3
+        assert all(o["colour"] in COLOUR_RGB for o in objs)  # no grey distractors
+        assert s.question == f"What colour is the {s.meta['target']['shape']}?"
+        assert s.options[LETTERS.index(s.answer)] == s.meta["target"]["colour"]
+        px = np.asarray(s.image).reshape(-1, 3)
+        for o in objs:  # each object is drawn in its exact colour
+            assert (px == np.asarray(COLOUR_RGB[o["colour"]])).all(1).any()
+        orders.add(tuple(s.options))
+        asked.add(s.meta["asked_index"])
+    assert len(orders) > 5 and asked == {0, 1, 2}
+    # a question swap (another object's shape on the same image) changes the right answer
+    for s in samples:
+        other = s.meta["distractors"][0]
+        gold_changes += other["colour"] != s.meta["target"]["colour"]
+    assert gold_changes == len(samples)
+    assert make_sample(3, "test", 0, "colour", variant="binding").options == samples[3].options  # deterministic
+    v3 = make_sample(3, "test", 0, "colour")
+    assert v3.meta["version"] == "3" and v3.options == ["red", "green", "blue", "yellow"]
