@@ -117,7 +117,7 @@ _ROW_TENSORS = ("mT", "mL", "pos", "logits", "fb", "ov", "ov_len", "ov_mask", "h
                 "mode", "lat_count", "blocks", "finished", "reason", "history", "gen_ids", "fed_t", "span_t", "n_gen",
                 "ap_logits", "ap_done", "ap_col", "ap_pos", "ap_pending", "zeros_l", "ones_l", "start_fill",
                 "end_fill", "pad_fill", "lat_rec", "no_rows", "has_spec", "retirable", "need", "vec", "nxt",
-                "span_now", "new_fin", "active", "row_max")  # per-row state of a _Batch (rows leave by indexing these)
+                "span_now", "new_fin", "active", "row_max", "enter", "start_only", "mS0")  # per-row state of a _Batch (rows leave by indexing these)
 
 
 class _Batch(SimpleNamespace):
@@ -584,6 +584,7 @@ class Engine:
         b.mT[:, :P] = valid & ~(is_img & hide_t[:, None])
         b.mL[:, :P] = latent_key_mask(kinds0, st["input_start"][idx], vis_row, not prof.latents_see_input)
         b.start_only = torch.tensor([v == "start_only" for v in vis_row], device=dev)
+        b.enter = torch.zeros(R, dtype=torch.bool, device=dev)
         b.any_start_only = bool(b.start_only.any())
         b.mS0 = start_key_mask(kinds0, b.mL[:, :P], vis_row) if b.any_start_only else None
         b.hide_start = not prof.start_visible_after

@@ -140,8 +140,16 @@ def summarise_erasure(records: list[dict], check: dict[str, Any], seed: int = 0,
         out["reading"] = "does not encode"
     elif out["erased"]["delta_hi"] < -margin:
         out["reading"] = "encodes and uses"
-    elif out["erased"]["delta_lo"] >= -margin:
-        out["reading"] = "encodes, unused"
-    else:
-        out["reading"] = "inconclusive: the erased arm's interval overlaps the margin"
+    else:  # "unused" is a null: an equivalence test (TOST) against the margin, with the n it needs
+        from latentcheck.core.stats import paired_tost
+
+        e = out["erased"]
+        out["equivalence"] = tost = paired_tost(e["n01"], e["n10"], e["n"], margin)
+        if tost["equivalent"]:
+            out["reading"] = "encodes, unused"
+        elif e["n"] < tost["min_n"]:
+            out["reading"] = (f"inconclusive (n too small for +-{margin * 100:.0f} points: need >= "
+                              f"{tost['min_n']})")
+        else:
+            out["reading"] = "inconclusive: the erased arm's interval overlaps the margin"
     return out

@@ -36,8 +36,10 @@ def test_reading_rules_on_hand_built_records():
              "after": {"chance": 0.25, "linear": {"accuracy": 0.26, "lo": 0.2, "hi": 0.33}}}
     used = [{"own": {"correct": 1, "pred": "A"}, "erased": {"correct": 0, "pred": "B"},
              "steered": {"correct": 0, "pred": "C"}, "steer_letter": "C"} for _ in range(30)]
+    # "unused" is an equivalence claim: 0 changes in 30 cannot show it within +-5 points (needs >= 52), in 100 it can
     unused = [{"own": {"correct": 1, "pred": "A"}, "erased": {"correct": 1, "pred": "A"},
-               "steered": {"correct": 1, "pred": "A"}, "steer_letter": "C"} for _ in range(30)]
+               "steered": {"correct": 1, "pred": "A"}, "steer_letter": "C"} for _ in range(100)]
+    assert "need >= 52" in summarise_erasure(unused[:30], check, n_boot=200)["reading"]
     s_used, s_unused = summarise_erasure(used, check, n_boot=200), summarise_erasure(unused, check, n_boot=200)
     assert s_used["reading"] == "encodes and uses" and s_used["follows"]["rate"] == 1.0
     assert s_unused["reading"] == "encodes, unused" and s_unused["follows"]["rate"] == 0.0
@@ -49,7 +51,7 @@ def test_reading_rules_on_hand_built_records():
 def test_zoo_controls(tmp_path, model, reading):
     from latentcheck.probe.behavioural import ProbeOptions, run_probe
 
-    res = run_probe(CommonOptions(model=model, out=str(tmp_path / model), limit=48),
+    res = run_probe(CommonOptions(model=model, out=str(tmp_path / model), limit=64),
                     ProbeOptions(erase="meta.answer_text", behavioural=False, trained=False, n_boot=300,
                                  probe=ProbeConfig(methods=("linear",), control=False)))
     er = res.summary["erasure"]
