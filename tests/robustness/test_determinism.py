@@ -62,7 +62,7 @@ def test_same_seed_byte_identical_other_seed_changes_only_random_parts(command, 
             assert a["baseline"] == b["baseline"]  # greedy decoding: no randomness
             assert a["interventions"]["zero"] == b["interventions"]["zero"]
             assert a["interventions"][NOISE]["option_logprobs"] != b["interventions"][NOISE]["option_logprobs"]
-        # the mediation partner is a seeded derangement of the samples
+        # the mediation partner is seeded (a different-gold partner drawn per sample, seeded by (seed, block))
         assert [r["partner"] for r in same] != [r["partner"] for r in other]
     else:
         for a, b in zip(same, other):
