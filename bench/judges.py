@@ -11,8 +11,9 @@ when it is asked (``when``):
   to an option letter by the ``letter`` extractor.
 
 ``when``: ``always`` (HR-Bench, BLINK: every reply goes to the judge, as officially), ``rule_failed`` (only replies the
-rule extractor could not read: Monet), ``vlmevalkit`` (VLMEvalKit ``extract_answer_from_item``: ``can_infer`` on
-replies shorter than 10 characters, the judge for the rest).
+variant's rule extractor could not read: Monet), ``vlmevalkit`` (VLMEvalKit ``extract_answer_from_item`` on its main
+branch: the judge reads the replies that ``can_infer`` cannot; some 2025 branches also sent every reply of 10+
+characters, not followed here).
 
 :class:`Judge` runs a protocol through any backend (``local`` / ``openai``, usually behind the persistent reply cache)
 and returns one verdict per item, recorded per sample: ``{"used", "protocol", "prompt", "reply", "value", "error",
@@ -210,7 +211,7 @@ PROTOCOLS: dict[str, JudgeProtocol] = {p.name: p for p in (
                   "zeyofu/BLINK_Benchmark eval/multiple_choice.py (GPT-3.5-turbo matcher, T 0)"),
     JudgeProtocol("vlmevalkit", "choice", vlmevalkit_prompt, parse_can_infer, GenParams(max_new_tokens=16),
                   "vlmevalkit", "open-compass/VLMEvalKit vlmeval/dataset/utils/multiple_choice.py "
-                  "(extract_answer_from_item: can_infer on replies < 10 characters, else build_prompt + can_infer)"),
+                  "(extract_answer_from_item: can_infer, else build_prompt + can_infer on the judge's reply)"),
     JudgeProtocol("monet", "extract", monet_prompt, parse_monet_extraction,
                   GenParams(max_new_tokens=1024, temperature=0.7), "rule_failed",
                   "NOVAglow646/Monet new/AAA_vllm_toolkit/extract_and_check.py (boxed / 'Answer:' rules first, "
@@ -225,14 +226,13 @@ def get_protocol(name: str) -> JudgeProtocol:
         raise LatentcheckError(f"unknown judge protocol {name!r}; known: {', '.join(PROTOCOLS)}") from None
 
 
-def needs_judge(protocol: JudgeProtocol, reply: str, rule_pred: str | None) -> bool:
+def needs_judge(protocol: JudgeProtocol, task: Task, reply: str, rule_pred: str | None) -> bool:
     """Whether ``protocol`` asks the judge about this reply (``when``)."""
     if protocol.when == "always":
         return True
     if protocol.when == "rule_failed":
         return rule_pred is None
-    # vlmevalkit: can_infer decides for short replies only
-    return len(reply.strip()) >= 10 or rule_pred is None
+    return parse_can_infer(reply, task) is None  # vlmevalkit: can_infer first, whatever the variant's extractor
 
 
 class Judge:
@@ -244,7 +244,8 @@ class Judge:
         self.params = params or self.protocol.params
 
     def run(self, items: Sequence[tuple[Task, str, str | None]]) -> list[dict[str, Any]]:
-        asks = [i for i, (t, reply, rule) in enumerate(items) if t.options and needs_judge(self.protocol, reply, rule)]
+        asks = [i for i, (t, reply, rule) in enumerate(items)
+                if t.options and needs_judge(self.protocol, t, reply, rule)]
         out: list[dict[str, Any]] = [{"used": False} for _ in items]
         prompts = [self.protocol.build(items[i][0], items[i][1]) for i in asks]
         for i, p, c in zip(asks, prompts, self.backend.generate(prompts, self.params)):

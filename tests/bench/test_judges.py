@@ -54,12 +54,13 @@ def test_vlmevalkit_prompt_parse_and_when():
     assert parse_can_infer("B", TASK) == "B" and parse_can_infer("Z", TASK) is None
     assert parse_can_infer("blue", TASK) == "B"
     prot = get_protocol("vlmevalkit")
-    assert needs_judge(prot, "B", "B") is False          # short and inferable: can_infer decides
-    assert needs_judge(prot, "B.", None) is True         # short but not inferable
-    assert needs_judge(prot, "The answer is B", "B") is True   # >= 10 characters: VLMEvalKit asks the judge
-    assert needs_judge(get_protocol("hrbench"), "B", "B") is True
-    assert needs_judge(get_protocol("monet"), "\\boxed{B}", "B") is False
-    assert needs_judge(get_protocol("monet"), "long text", None) is True
+    assert needs_judge(prot, TASK, "B", None) is False         # can_infer reads it, whatever the variant's rule said
+    assert needs_judge(prot, TASK, "The answer is B", None) is False
+    assert needs_judge(prot, TASK, "B or maybe C, not sure at all", "B") is True  # two letters: the judge decides
+    assert needs_judge(prot, TASK, "I cannot tell from this picture", None) is True
+    assert needs_judge(get_protocol("hrbench"), TASK, "B", "B") is True
+    assert needs_judge(get_protocol("monet"), TASK, "\\boxed{B}", "B") is False
+    assert needs_judge(get_protocol("monet"), TASK, "long text", None) is True
 
 
 def test_monet_extraction_prompt_and_parse():
