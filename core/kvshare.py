@@ -59,8 +59,9 @@ class SharedPrefixCache:
         kvh, d = self.prefix_k[0].shape[1], self.prefix_k[0].shape[3]
         dt = self.prefix_k[0].dtype
         cap = max(1, capacity)
-        self.suffix_k = [torch.zeros((R, kvh, cap, d), dtype=dt, device=dev) for _ in layers]
-        self.suffix_v = [torch.zeros((R, kvh, cap, d), dtype=dt, device=dev) for _ in layers]
+        # (each layer's buffers live where its prefix lives: layers may sit on different devices)
+        self.suffix_k = [torch.zeros((R, kvh, cap, d), dtype=dt, device=k.device) for k in self.prefix_k]
+        self.suffix_v = [torch.zeros((R, kvh, cap, d), dtype=dt, device=k.device) for k in self.prefix_k]
         self.length = [0] * len(layers)  # suffix columns written, per layer
 
     def _slots(self) -> None:
@@ -112,13 +113,14 @@ class SharedPrefixCache:
         keep = keep.to(self.rows.device)
         for li in range(len(self.suffix_k)):
             n = self.length[li]
-            self.suffix_k[li] = self.suffix_k[li][keep, :, :max(n, 1)]
-            self.suffix_v[li] = self.suffix_v[li][keep, :, :max(n, 1)]
+            k_here = keep.to(self.suffix_k[li].device)
+            self.suffix_k[li] = self.suffix_k[li][k_here, :, :max(n, 1)]
+            self.suffix_v[li] = self.suffix_v[li][k_here, :, :max(n, 1)]
         rows = self.rows[keep]
         used = torch.unique(rows)
         if used.numel() < self.n_samples:  # compact the prefixes of samples that still have rows
-            self.prefix_k = [k[used] for k in self.prefix_k]
-            self.prefix_v = [v[used] for v in self.prefix_v]
+            self.prefix_k = [k[used.to(k.device)] for k in self.prefix_k]
+            self.prefix_v = [v[used.to(v.device)] for v in self.prefix_v]
             rows = torch.searchsorted(used, rows)
         self.rows = rows
         self._slots()
@@ -188,20 +190,22 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout: 
     B, kvh, P, _ = pk.shape
     g = h // kvh
     scale = scaling if scaling is not None else d ** -0.5
+    attention_mask = attention_mask.to(query.device)
     m_pre, m_suf = attention_mask[..., :P], attention_mask[..., P:]  # [R, 1, n, P], [R, 1, n, S]
     # ---- prefix: the rows of a sample are extra queries of that sample ([B, h, N*n, d]), one pass over its keys
     N = c.n_slots
+    rows, slot = c.rows.to(query.device), c.slot.to(query.device)
     qg = query.new_zeros((B, N, h, n, d))
-    qg[c.rows, c.slot] = query
+    qg[rows, slot] = query
     qg = qg.permute(0, 2, 1, 3, 4).reshape(B, kvh, g * N * n, d)
     mg = torch.zeros((B, N, n, P), dtype=torch.bool, device=query.device)
-    mg[c.rows, c.slot] = m_pre[:, 0]
+    mg[rows, slot] = m_pre[:, 0]
     s = torch.matmul(qg, pk.transpose(-1, -2)).float() * scale  # [B, kvh, g*N*n, P]
     s = s.view(B, kvh, g, N * n, P).masked_fill(~mg.view(B, 1, 1, N * n, P), float("-inf")).view(B, kvh, -1, P)
     lse_p = torch.logsumexp(s, -1)
     o_p = torch.matmul(torch.exp(s - torch.nan_to_num(lse_p, neginf=0.0)[..., None]).to(pv.dtype), pv).float()
-    o_p = o_p.view(B, kvh, g, N, n, d).permute(0, 3, 1, 2, 4, 5)[c.rows, c.slot].reshape(R, h, n, d)
-    lse_p = lse_p.view(B, kvh, g, N, n).permute(0, 3, 1, 2, 4)[c.rows, c.slot].reshape(R, h, n)
+    o_p = o_p.view(B, kvh, g, N, n, d).permute(0, 3, 1, 2, 4, 5)[rows, slot].reshape(R, h, n, d)
+    lse_p = lse_p.view(B, kvh, g, N, n).permute(0, 3, 1, 2, 4)[rows, slot].reshape(R, h, n)
     # ---- suffix: per row
     S = key.shape[2]
     s = torch.matmul(query.reshape(R, kvh, g * n, d), key.transpose(-1, -2)).float() * scale  # [R, kvh, g*n, S]
