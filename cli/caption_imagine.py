@@ -188,7 +188,8 @@ def train_cmd(
     from dataclasses import replace
 
     from latentcheck.core.progress import progress_bar
-    from latentcheck.imagine.train import LoraSettings, run_train
+    from latentcheck.imagine.train import LoraSettings
+    from latentcheck.imagine.trainer import run_train
     from latentcheck.imagine.trainer import preset as make_preset
 
     settings = make_preset(preset)

@@ -37,9 +37,12 @@ import random
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from latentcheck.core.errors import LatentcheckError, RecordError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from latentcheck.imagine.train import LoraSettings
 
 ACCELERATE_CONFIGS_DIR = Path(__file__).resolve().parent / "accelerate_configs"
 ACCELERATE_CONFIGS = ("zero2", "zero3", "fsdp")
@@ -567,3 +570,42 @@ def _card_summary(log: dict) -> dict:
     keys = ("method", "n_examples", "n_val", "precision", "steps_done", "epochs", "best_metric", "best_score",
             "best_step", "train_loss", "trainable_params", "total_params", "settings", "lora")
     return {k: log.get(k) for k in keys}
+
+
+def run_train(data: str, out: str, model: str = "toy-direct", profile: str | None = None, method: str = "full",
+              val: str | None = None, settings=None, lora: LoraSettings | None = None, resume: bool = False,
+              stop_after: int | None = None, limit: int | None = None, val_limit: int | None = None,
+              device: str = "auto", max_pixels: int | None = None, trust_remote_code: bool = False,
+              merge: bool = True, on_step: Callable[[int, dict], None] | None = None) -> dict:
+    """``caption-imagine train``: load the base (fp32 master weights for full/LoRA, 4-bit for QLoRA), read the
+    build-data records, fine-tune with the HF Trainer (``imagine/trainer.hf_train``). Returns the training log (also
+    ``out/train_log.json``)."""
+    from latentcheck.core.loader import load_model
+    from latentcheck.core.runner import distributed
+    from latentcheck.imagine.train import METHODS, default_train_profile, read_sft_records
+
+    if method not in METHODS:
+        raise LatentcheckError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    settings = settings or TrainSettings()
+    rank, world = distributed()
+    if world > 1 and device == "auto":
+        import torch
+
+        if torch.cuda.is_available():  # one GPU per process (DDP / ZeRO / FSDP), not device_map="auto" sharding
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    records = read_sft_records(data, limit=limit)
+    val_records = read_sft_records(val, limit=val_limit) if val else None
+    lm = load_model(model, profile=profile or default_train_profile(model),
+                    quant="4bit" if method == "qlora" else "none", device=device,
+                    trust_remote_code=trust_remote_code, max_pixels=max_pixels,
+                    dtype=None if method == "qlora" else "float32")
+    card = {"data": str(data), "val": str(val) if val else None}
+    log = hf_train(lm, records, settings, out, method=method, lora=lora, val_records=val_records, resume=resume,
+                   stop_after=stop_after, max_pixels=max_pixels, merge=merge, on_step=on_step, card=card)
+    log["base_model"] = lm.describe()
+    log.update(card)
+    if rank == 0:
+        from latentcheck.core.records import write_json_atomic
+
+        write_json_atomic(Path(out) / "train_log.json", log)
+    return log
