@@ -155,7 +155,9 @@ class AuditResult:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.errors else 0
+        from latentcheck.core.errors import outcome_exit_code
+
+        return outcome_exit_code(self.errors)
 
 
 @dataclass
@@ -278,7 +280,10 @@ def _run_stage(lm, stage: str, kind: str, settings: AuditSettings, opts: CommonO
     if reason:
         return StageOutcome(stage, "skipped", reason=reason, limit=limit), None
     folder = root / analysis.folder
-    if folder.exists() and not opts.resume:
+    if folder.exists() and not opts.resume and any(folder.iterdir()):
+        if not opts.overwrite:
+            raise LatentcheckError(f"{folder} already holds results of an earlier audit; pass --resume to continue "
+                                   "it, or --overwrite to replace it")
         shutil.rmtree(folder)  # a fresh audit never mixes with an older run's files
     stage_opts = dataclasses.replace(opts, out=str(folder), limit=limit)
     t = time.perf_counter()

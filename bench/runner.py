@@ -412,10 +412,11 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def latency(results: list[dict]) -> dict[str, Any]:
-    """Mean time share per sample (``row_s``, ``row_decode_s``), tokens generated and latent steps."""
+    """Tokens generated, latent steps and judge use per sample, and under ``timing`` (the only wall-clock values,
+    removed by records.strip_timing) the mean time share per sample (``row_s``, ``row_decode_s``)."""
     return {"n": len(results),
-            "row_s": _mean([(r.get("timing") or {}).get("row_s") for r in results]),
-            "row_decode_s": _mean([(r.get("timing") or {}).get("row_decode_s") for r in results]),
+            "timing": {"row_s": _mean([(r.get("timing") or {}).get("row_s") for r in results]),
+                       "row_decode_s": _mean([(r.get("timing") or {}).get("row_decode_s") for r in results])},
             "tokens": _mean([r.get("tokens") for r in results]),
             "latent_steps": _mean([r.get("latent_steps") for r in results]),
             "latent_blocks": _mean([r.get("latent_blocks") for r in results]),

@@ -79,8 +79,9 @@ def _register_subcommands() -> None:
 
 
 def main() -> None:
-    """Console entry point: one-line errors and a non-zero exit code instead of tracebacks (0 ok, 1 error records,
-    2 user/config error, 130 interrupted); ``--num-processes N`` relaunches through cli/launch.py."""
+    """Console entry point: one-line errors and a non-zero exit code instead of tracebacks (0 ok, 3 completed with
+    error records, 2 could not run, 130 interrupted, 1 internal error; core/errors.py); ``--num-processes N``
+    relaunches through cli/launch.py."""
     from latentcheck.cli.launch import child_exit_code, launch, split_num_processes
 
     try:

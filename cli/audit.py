@@ -84,6 +84,8 @@ def audit_cmd(
     batch_size: o.BatchSize = 8, seed: o.Seed = 0, quant: o.Quant = "auto",
     device: o.Device = "auto", quiet: o.Quiet = False, resume: o.Resume = False, strict: o.Strict = False,
     max_pixels: o.MaxPixels = None, trust_remote_code: o.TrustRemoteCode = False,
+    max_prompt_tokens: o.MaxPromptTokens = None, retry_errors: o.RetryErrors = False,
+    overwrite: o.Overwrite = False,
     greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
     max_new_tokens: o.MaxNewTokens = None,
@@ -116,7 +118,8 @@ def audit_cmd(
     from latentcheck.audit.verdicts import load_audit, load_rules
 
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
-                    max_pixels, trust_remote_code,
+                    max_pixels, trust_remote_code, max_prompt_tokens=max_prompt_tokens,
+                    retry_errors=retry_errors, overwrite=overwrite,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system)
     settings = AuditSettings(force_latent=force_latent, n_boot=n_boot, plots=not no_plots, report=not no_report,

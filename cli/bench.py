@@ -11,6 +11,7 @@ from rich.table import Table
 from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
 from latentcheck.cli.tables import run_line
+from latentcheck.core.errors import EXIT_ERROR_RECORDS
 from latentcheck.core.summaries import fmt_ci, fmt_num, fmt_p, fmt_pct
 
 P = "bench options"
@@ -36,13 +37,13 @@ def _render(r: dict) -> None:
         delta = "-" if not eff else fmt_ci(eff["delta"], eff["delta_lo"], eff["delta_hi"], digits=1, signed=True,
                                            pct=True)
         t.add_row(name, "all", str(c["accuracy"]["n"]), fmt_ci(c["accuracy"], digits=1, pct=True), delta,
-                  "-" if not eff else fmt_p(eff["mcnemar_p"]), fmt_num(lat["overall"]["row_s"]),
+                  "-" if not eff else fmt_p(eff["mcnemar_p"]), fmt_num(lat["overall"]["timing"]["row_s"]),
                   fmt_num(lat["overall"]["tokens"], 1), fmt_num(lat["overall"]["latent_steps"], 1),
                   str(lat["overall"]["judge_used"]))
         if len(c["per_category"]) > 1:
             for cat, a in c["per_category"].items():
                 lc = lat["per_category"][cat]
-                t.add_row("", cat, str(a["n"]), fmt_ci(a, digits=1, pct=True), "", "", fmt_num(lc["row_s"]),
+                t.add_row("", cat, str(a["n"]), fmt_ci(a, digits=1, pct=True), "", "", fmt_num(lc["timing"]["row_s"]),
                           fmt_num(lc["tokens"], 1),
                           fmt_num(lc["latent_steps"], 1), str(lc["judge_used"]))
     out_console.print(t)
@@ -145,6 +146,8 @@ def bench_cmd(
     limit: o.Limit = None, batch_size: o.BatchSize = 8, seed: o.Seed = 0, quant: o.Quant = "auto",
     device: o.Device = "auto", quiet: o.Quiet = False, resume: o.Resume = False, strict: o.Strict = False,
     max_pixels: o.MaxPixels = None, trust_remote_code: o.TrustRemoteCode = False,
+    max_prompt_tokens: o.MaxPromptTokens = None, retry_errors: o.RetryErrors = False,
+    overwrite: o.Overwrite = False,
     greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
     threads: o.Threads = None,
@@ -160,7 +163,8 @@ def bench_cmd(
 
     decoding = o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens)
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
-                    max_pixels, trust_remote_code, decoding=decoding, system=system, threads=threads)
+                    max_pixels, trust_remote_code, decoding=decoding, system=system, threads=threads,
+                    max_prompt_tokens=max_prompt_tokens, retry_errors=retry_errors, overwrite=overwrite)
     cache = None if (judge_cache or "").lower() == "none" else (judge_cache or True)
     result = run_bench(opts, benchmark, variant, scoring, intervention, judge=judge_model,
                        decoding=decoding, verify=not no_verify,
@@ -198,7 +202,7 @@ def export_tasks_cmd(
         for e in r["errors"]:
             console.print(f"skipped {e['record']}: {e['field']}: {e['message']}", highlight=False)
     if r["errors"]:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_ERROR_RECORDS)
 
 
 @bench_app.command("compare")

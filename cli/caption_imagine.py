@@ -11,7 +11,7 @@ from rich.table import Table
 from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
 from latentcheck.core.summaries import fmt_ci, fmt_p, fmt_pct
-from latentcheck.core.errors import LatentcheckError
+from latentcheck.core.errors import EXIT_ERROR_RECORDS, LatentcheckError
 
 sub = typer.Typer(name="caption-imagine", no_args_is_help=False,
                   help="CapImagine: text imagination instead of latents (paper s5). Steps: build-data -> train -> "
@@ -123,7 +123,7 @@ def build_data_cmd(
                       + (f"; chat JSON -> {counts['chat_json']}" if counts.get("chat_json") else ""),
                       highlight=False)
     if counts["errors"]:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_ERROR_RECORDS)
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -241,7 +241,7 @@ def train_cmd(
         for k, v in (log.get("exported") or {}).items():
             console.print(f"{k}: {v}", highlight=False)
     if log["errors"]:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_ERROR_RECORDS)
 
 
 @sub.command("accelerate-config")
@@ -263,6 +263,8 @@ def run_cmd(
     seed: o.Seed = 0, quant: o.Quant = "auto", device: o.Device = "auto", quiet: o.Quiet = False,
     resume: o.Resume = False, strict: o.Strict = False, max_pixels: o.MaxPixels = None,
     trust_remote_code: o.TrustRemoteCode = False,
+    max_prompt_tokens: o.MaxPromptTokens = None, retry_errors: o.RetryErrors = False,
+    overwrite: o.Overwrite = False,
     greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
     max_new_tokens: o.MaxNewTokens = None,
@@ -272,7 +274,8 @@ def run_cmd(
     from latentcheck.imagine.run import run_caption_imagine
 
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
-                    max_pixels, trust_remote_code,
+                    max_pixels, trust_remote_code, max_prompt_tokens=max_prompt_tokens,
+                    retry_errors=retry_errors, overwrite=overwrite,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system, threads=threads)
     s = run_caption_imagine(opts)
@@ -291,7 +294,7 @@ def run_cmd(
                       f"{s['mean_imagination_tokens'] or 0:.1f} tokens; {s['n_samples']} samples, {s['n_errors']} "
                       f"errors -> {s['results']}", highlight=False)
     if s["n_errors"]:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_ERROR_RECORDS)
 
 
 # ----------------------------------------------------------------------------------------------- intervene
@@ -334,6 +337,8 @@ def intervene_cmd(
     seed: o.Seed = 0, quant: o.Quant = "auto", device: o.Device = "auto", quiet: o.Quiet = False,
     resume: o.Resume = False, strict: o.Strict = False, max_pixels: o.MaxPixels = None,
     trust_remote_code: o.TrustRemoteCode = False,
+    max_prompt_tokens: o.MaxPromptTokens = None, retry_errors: o.RetryErrors = False,
+    overwrite: o.Overwrite = False,
     greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
     max_new_tokens: o.MaxNewTokens = None,
@@ -344,7 +349,8 @@ def intervene_cmd(
     from latentcheck.imagine.intervene import run_intervene
 
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
-                    max_pixels, trust_remote_code,
+                    max_pixels, trust_remote_code, max_prompt_tokens=max_prompt_tokens,
+                    retry_errors=retry_errors, overwrite=overwrite,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system, threads=threads)
     store = None if (cache or "").lower() == "none" else (cache or True)
@@ -382,4 +388,4 @@ def intervene_cmd(
                           highlight=False)
         console.print(f"-> {s['results']}; summary {s['summary_path']}", highlight=False)
     if s["n_errors"]:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_ERROR_RECORDS)

@@ -4,8 +4,8 @@ GPU per process otherwise).
 
 Every process runs the same command; ``core.runner.run_records`` hands each one a strided share of the blocks, each
 writes its shard, and rank 0 merges the shards and writes the summary (see docs/robustness.md). The exit code is the
-one a single process would give (0 ok, 1 error records, 2 user/config error, 130 interrupted): each child reports its
-code through a file in ``$LATENTCHECK_LAUNCH_RC_DIR``, and a child whose run completed with error records exits 0 so
+one a single process would give (0 ok, 3 error records, 2 could not run, 130 interrupted; core/errors.py): each child
+reports its code through a file in ``$LATENTCHECK_LAUNCH_RC_DIR``, and a child whose run completed with error records exits 0 so
 that torch.distributed does not mistake it for a crash.
 """
 
@@ -18,9 +18,10 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
-from latentcheck.core.errors import LatentcheckError
+from latentcheck.core.errors import (EXIT_CANNOT_RUN, EXIT_ERROR_RECORDS, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK,
+                                     LatentcheckError)
 
 RC_DIR_ENV = "LATENTCHECK_LAUNCH_RC_DIR"
 OPTION = "--num-processes"
@@ -93,8 +94,8 @@ def run_launch(n: int, args: Sequence[str], cpu: bool | None = None, port: int |
                  for p in Path(rc_dir).glob("rank*.rc")}
     if not codes:  # no child got as far as reporting: the launcher itself failed
         code = proc.returncode or 1
-    elif proc.returncode == 0 or max(codes.values()) > 1:
-        code = max(codes.values())
+    elif proc.returncode == 0 or worst_exit_code(codes.values()) not in (EXIT_OK, EXIT_ERROR_RECORDS):
+        code = worst_exit_code(codes.values())
     else:
         code = proc.returncode
     return LaunchResult(code, dict(sorted(codes.items())), proc.returncode)
@@ -106,8 +107,18 @@ def launch(n: int, args: Sequence[str], cpu: bool | None = None, port: int | Non
     return run_launch(n, args, cpu, port, env).exit_code
 
 
+_SEVERITY = {EXIT_OK: 0, EXIT_ERROR_RECORDS: 1, EXIT_INTERNAL: 2, EXIT_CANNOT_RUN: 3, EXIT_INTERRUPTED: 4}
+
+
+def worst_exit_code(codes: Iterable[int]) -> int:
+    """The code that describes several processes' outcomes together (interrupted > could not run > internal error >
+    error records > ok)."""
+    return max(codes, key=lambda c: _SEVERITY.get(c, 2), default=EXIT_OK)
+
+
 def child_exit_code(code: int) -> int:
-    """In a child of :func:`launch`: report ``code`` and return the code to exit with (1 -> 0, see module doc).
+    """In a child of :func:`launch`: report ``code`` and return the code to exit with (error records -> 0, see module
+    doc).
     Outside a launch: ``code`` unchanged."""
     rc_dir = os.environ.get(RC_DIR_ENV)
     if not rc_dir:
@@ -117,4 +128,4 @@ def child_exit_code(code: int) -> int:
         Path(rc_dir, f"rank{rank}.rc").write_text(str(code))
     except OSError:
         return code
-    return 0 if code == 1 else code
+    return EXIT_OK if code == EXIT_ERROR_RECORDS else code

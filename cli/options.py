@@ -50,6 +50,13 @@ NBoot = Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples for ev
 N_BOOT = 2000  # the one default of --n-boot
 Threads = Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (default: torch's own choice; "
                                                 "audit of the tiny zoo: 1).", rich_help_panel=P)]
+MaxPromptTokens = Annotated[Optional[int], typer.Option("--max-prompt-tokens", min=1, help="Longest prompt in "
+                                                       "tokens; longer ones become error records (default: the "
+                                                       "model's positions).", rich_help_panel=P)]
+RetryErrors = Annotated[bool, typer.Option("--retry-errors", help="With --resume: run the error records (and records "
+                                           "whose input line changed) again, in place.", rich_help_panel=P)]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start over in an --out folder that holds another "
+                                         "run's results (they are replaced).", rich_help_panel=P)]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the checkpoint's own Python code "
                                                "(off by default).", rich_help_panel=P)]
 
@@ -74,7 +81,8 @@ def decoding(greedy: bool = False, temperature: float | None = None, top_p: floa
 
 def common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict, max_pixels,
            trust_remote_code, threads: int | None = None, *, decoding: dict | None = None,
-           system: str | None = None) -> CommonOptions:
+           system: str | None = None, max_prompt_tokens: int | None = None, retry_errors: bool = False,
+           overwrite: bool = False) -> CommonOptions:
     """Bundle the shared options. ``--out -`` writes the per-sample JSONL (provenance first) to stdout when the
     command ends — tables move to stderr, summary and plots are not kept — so output pipes into jq."""
     if threads is not None:
@@ -92,7 +100,8 @@ def common(model, profile, data, out, limit, batch_size, seed, quant, device, qu
     return CommonOptions(model=model, profile=profile, data=data, out=out, limit=limit, batch_size=batch_size,
                          seed=seed, quant=quant, device=device, quiet=quiet, resume=resume, strict=strict,
                          max_pixels=max_pixels, trust_remote_code=trust_remote_code, decoding=dict(decoding or {}),
-                         system=system)
+                         system=system, max_prompt_tokens=max_prompt_tokens, retry_errors=retry_errors,
+                         overwrite=overwrite)
 
 
 def _out_is_default() -> bool:

@@ -14,6 +14,7 @@ from latentcheck.cli import options as o
 from latentcheck.cli.options import (N_BOOT, BatchSize, Data, Device, Limit, MaxNewTokens, MaxPixels, Model, NBoot,
                                      Out, Profile, Quant, Quiet, Resume, Seed, Strict, Threads, TrustRemoteCode,
                                      common)
+from latentcheck.core.errors import EXIT_ERROR_RECORDS
 from latentcheck.core.summaries import fmt_ci, fmt_num
 
 A = "perturb-input options"
@@ -91,6 +92,8 @@ def perturb_input_cmd(
     limit: Limit = None, batch_size: BatchSize = 8, seed: Seed = 0, quant: Quant = "auto", device: Device = "auto",
     quiet: Quiet = False, resume: Resume = False, strict: Strict = False, max_pixels: MaxPixels = None,
     trust_remote_code: TrustRemoteCode = False,
+    max_prompt_tokens: o.MaxPromptTokens = None, retry_errors: o.RetryErrors = False,
+    overwrite: o.Overwrite = False,
     greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
     threads: o.Threads = None,
@@ -104,7 +107,8 @@ def perturb_input_cmd(
         return
     parsed = parse_treatments(treatment) if treatment else None
     opts = common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
-                  max_pixels, trust_remote_code,
+                  max_pixels, trust_remote_code, max_prompt_tokens=max_prompt_tokens,
+                    retry_errors=retry_errors, overwrite=overwrite,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system, threads=threads)
     res = run_perturb_input(opts, parsed, max_matrix=max_matrix, save_tensors=save_tensors, force_start=force_start,
@@ -118,4 +122,4 @@ def perturb_input_cmd(
                                plots=f"{len(res.plots)} PNG in {Path(res.summary_path).parent / 'plots'}"
                                if res.plots else None), highlight=False, soft_wrap=True, markup=False)
     if res.counts.get("errors"):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_ERROR_RECORDS)

@@ -119,6 +119,8 @@ def perturb_latent_cmd(
     seed: o.Seed = 0, quant: o.Quant = "auto", device: o.Device = "auto", quiet: o.Quiet = False,
     resume: o.Resume = False, strict: o.Strict = False, max_pixels: o.MaxPixels = None,
     trust_remote_code: o.TrustRemoteCode = False,
+    max_prompt_tokens: o.MaxPromptTokens = None, retry_errors: o.RetryErrors = False,
+    overwrite: o.Overwrite = False,
     greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
     threads: o.Threads = None,
@@ -137,7 +139,8 @@ def perturb_latent_cmd(
         out_console.print("default set: " + " ".join(DEFAULT_SPECS))
         return
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
-                    max_pixels, trust_remote_code,
+                    max_pixels, trust_remote_code, max_prompt_tokens=max_prompt_tokens,
+                    retry_errors=retry_errors, overwrite=overwrite,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system, threads=threads)
     result = run_perturb_latent(opts, intervention, sigma_sweep=sigma_sweep, per_index=per_index or [],

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from latentcheck.cli import options as o
 from latentcheck.cli.app import app, out_console
+from latentcheck.core.errors import EXIT_ERROR_RECORDS
 from latentcheck.core.summaries import fmt_ci, fmt_num, fmt_pct
 
 PP = "Probe options"
@@ -71,6 +72,8 @@ def probe_cmd(
     limit: o.Limit = None, batch_size: o.BatchSize = 8, seed: o.Seed = 0, quant: o.Quant = "auto",
     device: o.Device = "auto", quiet: o.Quiet = False, resume: o.Resume = False, strict: o.Strict = False,
     max_pixels: o.MaxPixels = None, trust_remote_code: o.TrustRemoteCode = False,
+    max_prompt_tokens: o.MaxPromptTokens = None, retry_errors: o.RetryErrors = False,
+    overwrite: o.Overwrite = False,
     greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
     max_new_tokens: o.MaxNewTokens = None,
@@ -112,7 +115,8 @@ def probe_cmd(
     from latentcheck.probe.trained import ProbeConfig
 
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
-                    max_pixels, trust_remote_code,
+                    max_pixels, trust_remote_code, max_prompt_tokens=max_prompt_tokens,
+                    retry_errors=retry_errors, overwrite=overwrite,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system, threads=threads)
     popts = ProbeOptions(derived=derived, labels=label or None, from_cache=from_cache, scoring=scoring,
@@ -134,4 +138,4 @@ def probe_cmd(
             out_console.print(_similarity_table(s["similarity"]))
         out_console.print(f"summary: {res.summary_path}" + (f"  ({res.errors} error records)" if res.errors else ""))
     if res.errors:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_ERROR_RECORDS)

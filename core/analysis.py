@@ -8,7 +8,7 @@ Every analysis (perturb-input, perturb-latent, probe, bench, caption-imagine run
 
 - :class:`AnalysisResult` is the ONE result type: ``command``, ``summary`` (what summary.json holds), ``counts``
   (``ok`` / ``errors`` / ``errors_by_field`` of the samples file; analyses with several files nest theirs),
-  ``errors`` and ``exit_code`` (0, or 1 when some records became error records), ``figures`` (name -> PNG path),
+  ``errors`` and ``exit_code`` (0, or 3 when some records became error records; core/errors.py), ``figures`` (name -> PNG path),
   and the paths (``out_dir``, ``results_path`` = samples.jsonl, ``summary_path``). ``result["key"]`` reads the
   summary (so code written for the dict-returning analyses keeps working). The CLI renders any result's tail with
   :func:`latentcheck.cli.render.result_footer`; the audit reads nothing else.
@@ -61,8 +61,10 @@ class AnalysisResult:
 
     @property
     def exit_code(self) -> int:
-        """0, or 1 when some records became error records (the run still completed)."""
-        return 1 if self.errors else 0
+        """0, or EXIT_ERROR_RECORDS (3) when some records became error records (the run still completed)."""
+        from latentcheck.core.errors import outcome_exit_code
+
+        return outcome_exit_code(self.errors)
 
     @property
     def plots(self) -> list[str]:

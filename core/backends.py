@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from latentcheck.core.answers import read_trace
-from latentcheck.core.errors import LatentcheckError
+from latentcheck.core.errors import LatentcheckError, RecordError
 
 BACKENDS = ("local", "openai")
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
@@ -103,10 +103,11 @@ class Completion:
     dropped_params: list = field(default_factory=list)  # params the endpoint refused (sent again without them)
 
     def record(self) -> dict[str, Any]:
-        """JSON-able per-call record (the caller adds the prompt and the backend identity where it wants them)."""
+        """JSON-able per-call record (the caller adds the prompt and the backend identity where it wants them); the
+        wall-clock latency lives under ``timing``, like every timing-like field (records.strip_timing)."""
         return {"reply": self.text, "error": self.error, "cached": self.cached, "attempts": self.attempts,
-                "latency_s": round(self.latency_s, 4), "cache_key": self.key, "usage": self.usage,
-                "dropped_params": self.dropped_params}
+                "cache_key": self.key, "usage": self.usage, "dropped_params": self.dropped_params,
+                "timing": {"latency_s": round(self.latency_s, 4)}}
 
 
 class TextBackend(Protocol):
@@ -260,7 +261,7 @@ class LocalBackend:
                 built.append(build_prompt(self.lm, p.key or f"call-{self.stats['calls'] + i}", p.text,
                                           imgs or None, system=p.system))
                 idx.append(i)
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, RecordError) as e:  # e.g. a prompt longer than the model's positions
                 out[i] = Completion(text=None, error=f"cannot build the prompt: {e}", prompt_key=p.key)
                 self.stats["errors"] += 1
         t0 = time.perf_counter()

@@ -216,7 +216,7 @@ def _shared(v, steps, ctx, spec, seed):
         tau = torch.randn(v.shape[-1], generator=g, dtype=torch.float64)
         tau = tau / tau.norm() * ctx.stats.mean_norm
     else:
-        tau = torch.as_tensor(np.load(src)).reshape(-1)
+        tau = torch.as_tensor(read_npy(src, "shared")).reshape(-1)
         if tau.shape[0] != v.shape[-1]:
             raise LatentcheckError(f"shared tensor file {src} has {tau.shape[0]} values, the model's hidden size "
                                    f"is {v.shape[-1]}")
@@ -279,7 +279,19 @@ def _replay(base, partner, rng, spec):
     path = spec.params.get("path") or ""
     if not path or not Path(path).exists():
         raise LatentcheckError(f"replay: parameter 'path' must name an existing .npy file, got {path!r}")
-    return np.load(path).astype(np.float32)
+    return read_npy(path, "replay").astype(np.float32)
+
+
+def read_npy(path: str | Path, what: str) -> np.ndarray:
+    """A numeric .npy array given by the user (``allow_pickle=False``: pickled objects are refused, never run)."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise LatentcheckError(f"{what}: cannot read {path} as a numeric .npy array ({e.__class__.__name__}: "
+                               f"{str(e)[:160]}); pickled data is never loaded") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiub":
+        raise LatentcheckError(f"{what}: {path} holds no numeric array")
+    return arr
 
 
 def validate_spec(spec: InterventionSpec) -> InterventionSpec:

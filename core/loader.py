@@ -73,6 +73,8 @@ class LoadedModel:
     weight_hash: str
     head: Any = None  # optional projection head applied to fed-back vectors (LVR lvr_head)
     info: dict = field(default_factory=dict)
+    max_prompt_tokens: int | None = None  # longer prompts are error records (core/prompts.build_prompt)
+    prompt_limit_source: str = ""  # where the limit comes from, for the error message
 
     def describe(self) -> dict[str, Any]:
         """Provenance fields for result files."""
@@ -83,7 +85,8 @@ class LoadedModel:
                 "profile_kind": self.profile.kind, "protocol": self.profile.description,
                 "decoding": asdict(self.profile.decoding),
                 "system_prompt": self.profile.prompt.system, "device": self.device,
-                "dtype": self.dtype, "quant": self.quant, "projection_head": self.head is not None, **self.info}
+                "dtype": self.dtype, "quant": self.quant, "projection_head": self.head is not None,
+                "max_prompt_tokens": self.max_prompt_tokens, **self.info}
 
 
 ModelResolver = Callable[[str], "Path | None"]
@@ -124,20 +127,62 @@ def resolve_model_path(model: str) -> Path:
                          "pass the folder)")
 
 
+FINGERPRINT_CACHE_MIN_BYTES = 64 << 20  # smaller files are simply hashed again
+CACHE_DIR_ENV = "LATENTCHECK_CACHE_DIR"
+
+
+def _cache_dir() -> Path:
+    """Where latentcheck caches derived data (``$LATENTCHECK_CACHE_DIR``, else ``$XDG_CACHE_HOME/latentcheck``)."""
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "latentcheck"
+
+
+def file_sha256(path: Path, chunk: int = 16 << 20) -> str:
+    """sha256 of a whole file, streamed in chunks (constant memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                return h.hexdigest()
+            h.update(block)
+
+
+def _cached_file_sha256(f: Path) -> str:
+    """:func:`file_sha256`, cached by (absolute path, size, mtime in ns) for large files: a second load of the same
+    15 GB checkpoint does not read it again, and a file that changes (size or mtime) is hashed again."""
+    st = f.stat()
+    if st.st_size < FINGERPRINT_CACHE_MIN_BYTES:
+        return file_sha256(f)
+    cache = _cache_dir() / "weight-sha256.json"
+    key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(key), str):
+        return known[key]
+    digest = file_sha256(f)
+    try:
+        from latentcheck.core.records import write_json_atomic
+
+        current = {k: v for k, v in known.items() if not k.startswith(f"{f.resolve()}|")} \
+            if isinstance(known, dict) else {}
+        write_json_atomic(cache, {**current, key: digest})
+    except OSError:  # a read-only home: no cache, same result
+        pass
+    return digest
+
+
 def weight_fingerprint(path: Path) -> str:
-    """sha256 over the weight files (files above 64 MB: name, size, first and last 4 MB) — fast on 15 GB."""
+    """sha256 over the full content of every weight file (name, size and the file's own sha256), streamed; large
+    files' digests are cached by path + size + mtime. Two checkpoints that differ anywhere differ here."""
     h = hashlib.sha256()
     files = sorted(list(path.glob("*.safetensors")) + list(path.glob("*.bin")))
     for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
-        with open(f, "rb") as fh:
-            if size <= 64 << 20:
-                h.update(fh.read())
-            else:
-                h.update(fh.read(4 << 20))
-                fh.seek(size - (4 << 20))
-                h.update(fh.read())
+        h.update(f"{f.name}:{f.stat().st_size}:{_cached_file_sha256(f)}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -251,11 +296,13 @@ def _load_projection_head(path: Path, model, profile: Profile):
 
 def load_model(model: str, profile: str | Profile | None = None, quant: str = "auto", device: str = "auto",
                trust_remote_code: bool = False, max_pixels: int | None = None,
-               fast_paths: bool | None = None, dtype: str | None = None) -> LoadedModel:
+               fast_paths: bool | None = None, dtype: str | None = None,
+               max_prompt_tokens: int | None = None) -> LoadedModel:
     """Load a checkpoint, its processor and its profile (see module docstring).
 
     ``fast_paths`` (None = on CPU only): compute the vision patch embedding's stride == kernel Conv3d as one matrix
     product (core/fastpaths.py; ~7x faster on CPU, image features change at float-rounding level, <= 1e-5).
+    ``max_prompt_tokens`` (None = the model's ``max_position_embeddings``): longer prompts become error records.
     """
     import torch
 
@@ -311,13 +358,22 @@ def load_model(model: str, profile: str | Profile | None = None, quant: str = "a
         warnings.append(f"profile {prof.name} is {prof.kind}, but this checkpoint's tokenizer has latent tokens "
                         f"{toks} (built-in profiles {', '.join(sorted(latent_like))}): latent mode can never trigger "
                         "under this profile; pass --profile if the checkpoint reasons in latents")
+    positions = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config,
+                        "max_position_embeddings", None)
+    if max_prompt_tokens is not None and max_prompt_tokens < 1:
+        raise ModelLoadError(f"--max-prompt-tokens must be >= 1, got {max_prompt_tokens}")
+    if max_prompt_tokens is not None and (positions is None or max_prompt_tokens < positions):
+        limit, source = max_prompt_tokens, "--max-prompt-tokens"
+    else:
+        limit, source = positions, f"the model's {positions} positions"
     return LoadedModel(model=m, processor=processor, tokenizer=tok, profile=prof, tokens=tokens, model_id=model,
                        path=str(path), device=dev, dtype=str(dtype).replace("torch.", ""), quant=quant,
                        weight_hash=weight_fingerprint(path), head=head,
                        info={"architecture": type(m).__name__, "text_only": text_only,
                              "max_pixels": None if text_only else processor.image_processor.size.get("longest_edge"),
                              "min_pixels": None if text_only else processor.image_processor.size.get("shortest_edge"),
-                             "fast_paths": fast, "warnings": warnings})
+                             "fast_paths": fast, "warnings": warnings},
+                       max_prompt_tokens=limit, prompt_limit_source=source)
 
 
 def wrap_model(model: Any, processor: Any = None, profile: str | Profile | None = None,

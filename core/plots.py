@@ -35,16 +35,22 @@ def wrap_title(title: str, width: int = TITLE_WIDTH) -> str:
 
 
 def save(fig, path: str | Path, tight_layout: bool = True) -> str:
-    """Write ``path`` (PNG, :data:`DPI`) and the same figure as SVG beside it; return the PNG path."""
+    """Write ``path`` (PNG, :data:`DPI`) and the same figure as SVG beside it, each atomically
+    (records.replace_atomic_with); return the PNG path."""
+    from latentcheck.core.records import replace_atomic_with
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if tight_layout:
         fig.tight_layout()
     for target, dpi in ((path, DPI), (path.with_suffix(".svg"), None)):
-        tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=target.suffix.lstrip(".") or "png",
-                    metadata={"Date": None} if target.suffix == ".svg" else None)
-        tmp.replace(target)
+        try:  # atomic, with the umask's mode; a failure leaves the old file whole and no temp file
+            replace_atomic_with(target, lambda fh: fig.savefig(
+                fh, dpi=dpi, bbox_inches="tight", format=target.suffix.lstrip(".") or "png",
+                metadata={"Date": None} if target.suffix == ".svg" else None))
+        except BaseException:
+            _plt().close(fig)
+            raise
     _plt().close(fig)
     return str(path)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from latentcheck.core.errors import RecordError
 from latentcheck.core.tasks import LETTERS, Task
 
 
@@ -70,6 +71,10 @@ def build_prompt(lm, key: str, user_text: str, image=None, assistant_prefix: str
                  system: str | None = None, image_placeholder: str | None = None) -> Prompt:
     """Tokenize one prompt exactly as the model expects it (chat template, expanded image pads).
 
+    A per-record failure is a RecordError naming ``key``: an image the processor refuses (field ``image``), text the
+    tokenizer refuses, or a prompt longer than ``lm.max_prompt_tokens`` (the model's positions, or
+    ``--max-prompt-tokens``; field ``question``).
+
     ``image`` is a PIL image, a list of them (multi-image benchmarks), or None. ``assistant_prefix`` is text the
     assistant turn starts with (e.g. a corrupted imagination). ``system`` overrides the profile's system prompt.
     ``image_placeholder`` (e.g. VSP's ``<image>``): when the user text contains it, the image(s) go there if the
@@ -84,8 +89,6 @@ def build_prompt(lm, key: str, user_text: str, image=None, assistant_prefix: str
     images = [] if image is None else (list(image) if isinstance(image, (list, tuple)) else [image])
     text_only = getattr(proc, "image_processor", None) is None
     if images and text_only:
-        from latentcheck.core.errors import RecordError
-
         raise RecordError(key, "image", "the model is a text-only causal LM and cannot take images")
     split = None
     if image_placeholder and image_placeholder in user_text:
@@ -129,7 +132,12 @@ def build_prompt(lm, key: str, user_text: str, image=None, assistant_prefix: str
     if images:
         from latentcheck.core.fastpaths import image_inputs
 
-        pixel_values, grid = image_inputs(proc.image_processor, images)
+        try:
+            pixel_values, grid = image_inputs(proc.image_processor, images)
+        except (ValueError, TypeError, OSError, IndexError, ZeroDivisionError, RuntimeError) as e:
+            # e.g. Qwen2.5-VL's "absolute aspect ratio must be smaller than 200", an image smaller than one patch
+            raise RecordError(key, "image", f"the image processor refused the image ({e.__class__.__name__}: "
+                              f"{str(e)[:200]})") from None
         pad = "<|image_pad|>"
         start = 0
         for g in grid:
@@ -140,8 +148,16 @@ def build_prompt(lm, key: str, user_text: str, image=None, assistant_prefix: str
             shift = len(pad) * (n_img - 1)
             q_start += shift if q_start > i else 0
             q_end += shift if q_end > i else 0
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    try:
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    except (ValueError, TypeError, UnicodeError, RuntimeError, OverflowError) as e:
+        raise RecordError(key, "question", f"the tokenizer refused the text ({e.__class__.__name__}: "
+                          f"{str(e)[:200]})") from None
     ids = list(enc["input_ids"])
+    limit = getattr(lm, "max_prompt_tokens", None)
+    if limit is not None and len(ids) > limit:
+        raise RecordError(key, "question", f"the prompt is {len(ids)} tokens, above the limit of {limit} "
+                          f"({getattr(lm, 'prompt_limit_source', 'max prompt tokens')})")
     offsets = list(enc["offset_mapping"])
     input_ids = torch.tensor(ids, dtype=torch.long)
     image_mask = input_ids == lm.tokens.image if lm.tokens.image is not None else torch.zeros_like(input_ids, dtype=torch.bool)

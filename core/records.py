@@ -150,23 +150,46 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     return _replace_atomic(Path(path), text.encode("utf-8"))
 
 
+def _replace_atomic(path: Path, data: bytes) -> Path:
+    return replace_atomic_with(path, lambda fh: fh.write(data))
+
+
+TEMP_PREFIX = "."  # every temp file latentcheck writes is hidden and contains TEMP_MARK
+TEMP_MARK = ".tmp"
+
+
 def file_mode() -> int:
-    """The mode a newly created file gets under the process umask (0o666 & ~umask; 0o644 under the usual 022).
-    ``tempfile.mkstemp`` creates 0600 files whatever the umask; atomic writers chmod their temp file to this."""
-    mask = os.umask(0)
-    os.umask(mask)
+    """The mode a plain ``open(path, "w")`` would give a new file: 0o666 minus the process's umask (temp files from
+    ``mkstemp`` are 0o600, which would make summaries private)."""
+    mask = None
+    try:
+        with open("/proc/self/status") as fh:  # read without changing it (os.umask would race other threads)
+            for line in fh:
+                if line.startswith("Umask:"):
+                    mask = int(line.split()[1], 8)
+                    break
+    except OSError:
+        pass
+    if mask is None:
+        mask = os.umask(0o022)
+        os.umask(mask)
     return 0o666 & ~mask
 
 
-def _replace_atomic(path: Path, data: bytes) -> Path:
+def replace_atomic_with(path: Path, write: Any) -> Path:
+    """Create ``path`` atomically: ``write(fh)`` fills a hidden temp file in the same folder, which is fsynced, given
+    the umask's file mode and ``os.replace``d over ``path``. Readers see the old file or the new one, never a partial
+    one; a kill leaves at most the temp file (removed by :func:`remove_stale_temporaries`)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_MARK)
     try:
         os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -176,6 +199,20 @@ def _replace_atomic(path: Path, data: bytes) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the hidden temp files (``.*.tmp*``) that killed runs left in ``folder`` and below; call it only while
+    holding the folder's results lock, before this run writes anything. Returns what was removed."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.rglob(f"{TEMP_PREFIX}*{TEMP_MARK}*"):
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -205,12 +242,25 @@ def package_versions(packages: Iterable[str] = VERSION_PACKAGES) -> dict[str, st
     return versions
 
 
+def thread_settings() -> dict[str, Any]:
+    """What decides how CPU kernels split their reductions (results can differ in the last digits with another
+    thread count): torch's intra-op thread count (when torch is loaded) and the thread environment variables."""
+    out: dict[str, Any] = {}
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads"):
+        out["torch_intra_op"] = int(torch.get_num_threads())
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        out[var] = os.environ.get(var)
+    return out
+
+
 def provenance(command: str, config: dict, model: dict | None = None,
                shard: tuple[int, int] | None = None, argv: Sequence[str] | None = None) -> dict:
     """Build the provenance record (first line of every results file).
 
     ``config`` holds the options as given (made JSON-safe); ``model`` (id, weight hash, profile, dtype, quant) comes
-    from the caller; ``shard=(rank, world_size)`` marks a data-parallel shard (world size 1 = a plain run, no
+    from the caller; ``versions`` and ``threads`` (:func:`thread_settings`) record what the numbers depend on;
+    ``shard=(rank, world_size)`` marks a data-parallel shard (world size 1 = a plain run, no
     field). Everything is deterministic except the ``"timing"`` entry (start time).
     """
     if not isinstance(config, dict):
@@ -222,6 +272,7 @@ def provenance(command: str, config: dict, model: dict | None = None,
         "config": to_jsonable(config, "config"),
         "model": to_jsonable(model, "model") if model is not None else None,
         "versions": package_versions(),
+        "threads": thread_settings(),
         "argv": list(sys.argv if argv is None else argv),
     }
     if shard is not None and int(shard[1]) != 1:
@@ -490,18 +541,49 @@ class JsonlFile:
         self.close()
 
 
+def input_digest(payload: Any) -> str:
+    """A short sha256 of what a record was computed from (``payload``: a task's fields, or a bad record's position
+    and error), stored in every record as ``input_sha256`` so that resuming notices an input line that changed."""
+    import hashlib
+
+    return hashlib.sha256(dumps_record(payload).encode("ascii")).hexdigest()[:16]
+
+
+def refuse_existing_results(path: Path) -> None:
+    """Raise (exit code 2) when ``path`` holds another run's records: a fresh run never replaces results without
+    ``--overwrite`` (``--resume`` continues them)."""
+    try:
+        if not path.exists() or path.stat().st_size == 0:
+            return
+        stream = ResultStream(path)
+        what = f"a '{stream.provenance.get('command')}' run"
+        n = sum(1 for _ in _scan(path)) - 1
+    except (LatentcheckError, OSError, ValueError):
+        what, n = "a file latentcheck cannot read as results", None
+    raise LatentcheckError(f"{path} already holds {what}" + (f" ({n} records)" if n is not None else "")
+                           + "; pass --resume to continue it, or --overwrite to replace it")
+
+
 class ResultWriter:
     """Append-only JSONL writer with provenance, per-record flush, resume and duplicate protection.
 
     ``ResultWriter(path, provenance, resume=False, key="key")``; ``path="-"`` writes to stdout (no resume).
-    A fresh run (``resume=False``) truncates an existing file. Use as a context manager. The file itself is a
-    :class:`JsonlFile` (locking, flush, fsync batching, torn-line repair).
+    A fresh run (``resume=False``) refuses a file that already holds records unless ``overwrite``; it truncates only
+    after it holds the file's lock, so a run locked out destroys nothing. ``fresh`` tells whether the file was
+    (re)started. Use as a context manager. The file itself is a :class:`JsonlFile` (locking, flush, fsync batching,
+    torn-line repair).
+
+    ``inputs`` ({key: input digest}, see :func:`input_digest`): on resume, a stored record whose key is no longer an
+    input, or whose ``input_sha256`` differs from the input's digest now, means the input changed since it was
+    processed: with ``retry_errors`` such records are dropped (and rerun, like error records), otherwise resuming is
+    refused with a message naming them.
     """
 
     def __init__(self, path: str | os.PathLike, provenance: dict, resume: bool = False, key: str = "key",
                  retry_errors: bool = False, fsync_every: int = DEFAULT_FSYNC_EVERY,
                  fsync_interval: float = DEFAULT_FSYNC_INTERVAL,
-                 ignore_keys: Iterable[str] = RESUME_IGNORED_KEYS):
+                 ignore_keys: Iterable[str] = RESUME_IGNORED_KEYS, overwrite: bool = False,
+                 inputs: dict[Any, str] | None = None):
         if not isinstance(provenance, dict) or provenance.get("type") != "provenance":
             raise TypeError("provenance must be a dict built by records.provenance()")
         self.key = key
@@ -510,6 +592,9 @@ class ResultWriter:
         self.counter = SummaryCounter()
         self.resumed = 0  # records already in the file when resuming
         self.repaired = False  # a torn last line was truncated
+        self.dropped: list[Any] = []  # keys removed on resume for a retry (error records, changed inputs)
+        self.fresh = True  # the file was started (provenance written) by this writer
+        self._inputs = inputs
         if str(path) == "-" and resume:
             raise LatentcheckError("cannot resume when writing to stdout (--out -); write to a file instead")
         self._file = JsonlFile(path, fsync_every=fsync_every, fsync_interval=fsync_interval)
@@ -521,6 +606,8 @@ class ResultWriter:
             if resume and self.path.stat().st_size > 0:
                 self._resume(retry_errors, set(ignore_keys))
             else:
+                if not overwrite:
+                    refuse_existing_results(self.path)
                 self._start_fresh()
         except BaseException:
             self._file.close()
@@ -539,25 +626,41 @@ class ResultWriter:
             return
         stored = _check_provenance(lines[0][3], self.path)
         self._check_compatible(stored, ignore)
+        self.fresh = False
         if lines[-1][3] is _BROKEN:
             self.repaired = True
             lines.pop()
         keep: list[bytes] = [lines[0][2]]
+        stale: list[str] = []
         for lineno, _, raw, obj in lines[1:]:
             where = f"{self.path.name}:{lineno}"
             if not isinstance(obj, dict) or obj.get("type") not in ("sample", "error"):
                 raise RecordError(where, "type", "expected a JSON object with type 'sample' or 'error'")
             if self.key not in obj:
                 raise RecordError(where, self.key, "missing key field; was the file written with another key?")
-            if retry_errors and obj["type"] == "error":
+            k = obj[self.key]
+            changed = None
+            if self._inputs is not None:
+                if k not in self._inputs:
+                    changed = f"{k!r} (no longer in the input)"
+                elif obj.get("input_sha256") is not None and obj["input_sha256"] != self._inputs[k]:
+                    changed = f"{k!r} (its input line changed)"
+            if retry_errors and (obj["type"] == "error" or changed):
+                self.dropped.append(k)
                 continue
+            if changed:
+                stale.append(changed)
             if obj[self.key] in self.done:
                 raise RecordError(where, self.key, f"duplicate key {obj[self.key]!r} in the results file")
             self.done.add(obj[self.key])
             self.counter.add(obj)
             keep.append(raw)
+        if stale:
+            raise LatentcheckError(f"cannot resume {self.path}: the input changed since these records were written: "
+                                   f"{', '.join(stale[:3])}" + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+                                   + " (add --retry-errors to run them again, or start over with --overwrite)")
         self.resumed = len(keep) - 1
-        if len(keep) != len(lines):  # retry_errors: rewrite atomically without the error lines
+        if len(keep) != len(lines):  # retry_errors: rewrite atomically without the dropped lines
             self._file.rewrite(b"".join(keep))
         else:  # drop a torn tail (and any trailing blank lines) so appends start on a fresh line
             last_offset, last_raw = lines[-1][1], lines[-1][2]

@@ -32,8 +32,9 @@ import numpy as np
 
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.progress import progress_bar, warn
-from latentcheck.core.records import (ResultStream, ResultWriter, config_differences, file_mode, iter_results,
-                                      merge_shards, provenance, shard_path, write_json_atomic, write_shard_from)
+from latentcheck.core.records import (ResultStream, ResultWriter, config_differences, input_digest, iter_results,
+                                      merge_shards, provenance, refuse_existing_results, remove_stale_temporaries,
+                                      replace_atomic_with, shard_path, write_json_atomic, write_shard_from)
 from latentcheck.core.tasks import BadRecord, Task, read_tasks
 
 
@@ -57,9 +58,20 @@ class CommonOptions:
     trust_remote_code: bool = False
     decoding: dict = field(default_factory=dict)  # overrides of the profile's DecodingSpec fields
     system: str | None = None  # system prompt instead of the profile's
+    max_prompt_tokens: int | None = None
+    retry_errors: bool = False  # with resume: error records are run again, in place
+    overwrite: bool = False  # a fresh run may replace another run's results in --out
 
     def config(self) -> dict[str, Any]:
-        return asdict(self)
+        """The options recorded in the provenance (and compared on --resume). ``retry_errors`` and ``overwrite``
+        change what happens to the folder, not the results, so they are left out; ``max_prompt_tokens`` is
+        recorded only when set, so runs from before it existed still resume."""
+        d = asdict(self)
+        for k in ("retry_errors", "overwrite"):
+            d.pop(k)
+        if d["max_prompt_tokens"] is None:
+            d.pop("max_prompt_tokens")
+        return d
 
 
 RUN_STAMP_ENV = "LATENTCHECK_RUN_STAMP"  # set by the launcher so every data-parallel process names the same folder
@@ -118,7 +130,8 @@ def load_for(opts: CommonOptions, default: str = "toy-latent"):
            quiet)
     start = time.monotonic()
     lm = load_model(name, profile=opts.profile, quant=opts.quant, device=data_parallel_device(opts.device),
-                    trust_remote_code=opts.trust_remote_code, max_pixels=opts.max_pixels)
+                    trust_remote_code=opts.trust_remote_code, max_pixels=opts.max_pixels,
+                    max_prompt_tokens=opts.max_prompt_tokens)
     lm = apply_options(lm, opts)
     status(f"loaded {name} in {time.monotonic() - start:.1f}s (profile {lm.profile.name}, {lm.device}, "
            f"{str(lm.dtype).replace('torch.', '')})", quiet)
@@ -268,7 +281,8 @@ class RunResult:
 def run_records(command: str, opts: CommonOptions, config: dict[str, Any], model_info: dict | None,
                 items: list[Task | BadRecord], process_block: Callable[[Any], Iterable[dict]],
                 block_size: int | None = None, description: str | None = None,
-                prepare_block: Callable[[list[Task]], Any] | None = None, prefetch: bool = True) -> RunResult:
+                prepare_block: Callable[[list[Task]], Any] | None = None, prefetch: bool = True,
+                on_fresh_start: Callable[[], None] | None = None) -> RunResult:
     """Stream per-sample records for ``items`` through ``process_block`` into ``<out>/samples.jsonl``.
 
     ``process_block(tasks)`` returns one dict per task with a ``key`` field (or an ``error`` dict with ``key``,
@@ -281,6 +295,12 @@ def run_records(command: str, opts: CommonOptions, config: dict[str, Any], model
     With ``prepare_block``, ``process_block`` receives ``prepare_block(tasks)`` instead of the tasks; with
     ``prefetch`` the next block's preparation runs in a background thread while the current block is processed
     (module docstring), else just before it.
+
+    The results file's lock is taken before anything in ``--out`` is changed: a fresh run refuses a folder that holds
+    another run's records unless ``--overwrite``, and ``on_fresh_start`` (e.g. clearing the tensors of an earlier
+    run) is called only once this process holds the lock and starts the file afresh. Every record stores
+    ``input_sha256`` (records.input_digest); ``--resume --retry-errors`` runs error records (and records whose input
+    changed) again and puts them back in input order.
     """
     out_dir = Path(opts.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -293,8 +313,19 @@ def run_records(command: str, opts: CommonOptions, config: dict[str, Any], model
     block = block_size or max(1, opts.batch_size) * 4
     blocks = block_ranges(len(items), block, rank, world)
     mine = [k for s, e in blocks for k in keys[s:e]]
+    digests = {item_key(it): input_digest(it.to_dict() if isinstance(it, Task) else
+                                          {"where": it.where, **it.error.to_dict()}) for it in items}
+    if not opts.resume and not opts.overwrite and final != path:
+        refuse_existing_results(final)  # data parallel: the merged file of an earlier run
     adopted = opts.resume and _adopt_previous_layout(final, path, prov, set(mine))
-    with ResultWriter(path, prov, resume=opts.resume) as w:
+    with ResultWriter(path, prov, resume=opts.resume, retry_errors=opts.retry_errors, overwrite=opts.overwrite,
+                      inputs=digests) as w:
+        if rank == 0:  # before any process of this run writes (the barrier below)
+            remove_stale_temporaries(out_dir)
+        if w.fresh and on_fresh_start is not None:
+            on_fresh_start()
+        _wait_for_everyone(world)  # nobody writes before every process has cleared what it clears
+        retried = bool(w.dropped)
         with progress_bar(len(mine), description or command, quiet=opts.quiet or rank != 0,
                           completed=sum(k in w.done for k in mine)) as bar:
             work = []
@@ -310,7 +341,8 @@ def run_records(command: str, opts: CommonOptions, config: dict[str, Any], model
                     if isinstance(it, BadRecord):
                         if opts.strict:
                             raise it.error
-                        w.write_error(k, it.error.record, it.error.field, it.error.message)
+                        w.write_error(k, it.error.record, it.error.field, it.error.message,
+                                      input_sha256=digests[k])
                         continue
                     if k not in results:
                         raise LatentcheckError(f"internal: {command} returned no record for {k!r}")
@@ -321,9 +353,10 @@ def run_records(command: str, opts: CommonOptions, config: dict[str, Any], model
                             raise RecordError(err["record"], err["field"], err["message"])
                         # extra fields (e.g. what a benchmark scorer reads to count the sample as wrong) are kept
                         w.write_error(k, err["record"], err["field"], err["message"],
-                                      **{x: v for x, v in rec.items() if x not in ("key", "error")})
+                                      **{x: v for x, v in rec.items() if x not in ("key", "error")},
+                                      input_sha256=digests[k])
                     else:
-                        w.write(rec)
+                        w.write({**rec, "input_sha256": digests[k]})
                 bar.advance(len(todo))
         counts = w.counter.as_dict()
     _wait_for_everyone(world)
@@ -334,7 +367,7 @@ def run_records(command: str, opts: CommonOptions, config: dict[str, Any], model
         counts = merge_shards(shards, final, keys).as_dict()
         for sp in shards:
             Path(sp).unlink()
-    elif adopted:  # adopted records came first, in another layout's order: restore item order
+    elif adopted or retried:  # adopted or retried records are out of item order: restore it
         counts = merge_shards([final], final, keys).as_dict()
     _remove_stale_shards(final)
     from latentcheck.core.export import write_flat, write_provenance
@@ -433,24 +466,16 @@ class TensorStore:
         name = hashlib.sha256("|".join(keys).encode()).hexdigest()[:16]
         payload = {f"{k}__{i}": np.asarray(v, dtype=np.float32) for k, vs in arrays.items() for i, v in enumerate(vs)}
         payload["__keys__"] = np.array(keys)
-        tmp = self.folder / f".{name}.tmp.npz"
-        np.savez(tmp, **payload)
-        os.replace(tmp, self.folder / f"{name}.npz")
+        replace_atomic_with(self.folder / f"{name}.npz", lambda fh: np.savez(fh, **payload))
 
     def load(self, keys: list[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
         """{sample key: {array name: array}}; optionally restricted to ``keys``."""
         out: dict[str, dict[str, np.ndarray]] = {}
         want = set(keys) if keys is not None else None
-        for f in self._files():
-            with np.load(f) as z:
-                ks = list(z["__keys__"])
-                for name in z.files:
-                    if name == "__keys__":
-                        continue
-                    arr_name, i = name.rsplit("__", 1)
-                    k = str(ks[int(i)])
-                    if want is None or k in want:
-                        out.setdefault(k, {})[arr_name] = z[name]
+        for block in self.iter_blocks():
+            for k, arrays in block.items():
+                if want is None or k in want:
+                    out.setdefault(k, {}).update(arrays)
         return out
 
     def _files(self) -> list[Path]:
@@ -459,33 +484,32 @@ class TensorStore:
 
     def iter_blocks(self) -> Iterator[dict[str, dict[str, np.ndarray]]]:
         for f in self._files():
-            with np.load(f) as z:
-                ks = list(z["__keys__"])
-                block: dict[str, dict[str, np.ndarray]] = {}
-                for name in z.files:
-                    if name != "__keys__":
-                        arr_name, i = name.rsplit("__", 1)
-                        block.setdefault(str(ks[int(i)]), {})[arr_name] = z[name]
-                yield block
+            yield read_tensor_block(f)
+
+
+def read_tensor_block(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """One TensorStore block file as {sample key: {array name: array}}. Read with ``allow_pickle=False``: a file
+    holding pickled objects (which could run code) or anything else unreadable is a LatentcheckError naming it."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ks = [str(k) for k in z["__keys__"]]
+            block: dict[str, dict[str, np.ndarray]] = {}
+            for name in z.files:
+                if name != "__keys__":
+                    arr_name, i = name.rsplit("__", 1)
+                    block.setdefault(ks[int(i)], {})[arr_name] = z[name]
+            return block
+    except (ValueError, OSError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as e:
+        raise LatentcheckError(f"tensor file {path} is not a latentcheck tensor block ({e.__class__.__name__}: "
+                               f"{str(e)[:160]}); pickled data is never loaded") from None
 
 
 def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """``np.savez`` through a unique temp file and ``os.replace``: readers (and data-parallel processes writing the
-    same file) never see a partial archive."""
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npz")
-    try:
-        os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``np.savez`` through a unique temp file and ``os.replace`` (records.replace_atomic_with): readers (and
+    data-parallel processes writing the same file) never see a partial archive."""
+    return replace_atomic_with(Path(path), lambda fh: np.savez(fh, **arrays))
 
 
 def require(cond: bool, message: str) -> None:

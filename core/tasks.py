@@ -13,8 +13,10 @@ import base64
 import binascii
 import io
 import json
+import math
 import os
 import re
+import stat
 import string
 import sys
 from dataclasses import dataclass, field
@@ -29,6 +31,11 @@ LETTERS = string.ascii_uppercase
 # environment variable MAX_PIXELS_ENV (a number of pixels); it never lowers a limit a caller passes explicitly.
 DEFAULT_MAX_PIXELS = 4096 * 4096
 MAX_PIXELS_ENV = "LATENTCHECK_MAX_IMAGE_PIXELS"
+# Image files (and base64 payloads) above this many bytes are refused before they are read; raise it with
+# MAX_BYTES_ENV. Generous: a 12000 x 12000 PNG of a photo is about 200 MB.
+DEFAULT_MAX_IMAGE_BYTES = 256 << 20
+MAX_BYTES_ENV = "LATENTCHECK_MAX_IMAGE_BYTES"
+MAX_ID_CHARS = 1024
 
 
 def image_decode_limit(limit: int | None = DEFAULT_MAX_PIXELS) -> int | None:
@@ -94,15 +101,57 @@ def option_index(answer: str, options: list[str]) -> int | None:
     return None
 
 
-def json_object(line: str, where: str) -> dict[str, Any]:
-    """One JSONL line as a JSON object; errors name the record and the field (``<line>`` / ``<record>``)."""
+def json_object(line: str | bytes, where: str) -> dict[str, Any]:
+    """One JSONL line as a JSON object; errors name the record and the field (``<line>`` / ``<record>``).
+
+    Bytes are decoded as UTF-8 here, so a bad byte is an error of this line only. Nesting deeper than
+    ``MAX_JSON_DEPTH`` and integers longer than Python's digit limit are errors of the line, not crashes."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RecordError(where, "<line>", f"not valid UTF-8 (byte 0x{line[e.start]:02x} at byte column "
+                              f"{e.start + 1})") from None
     try:
         raw = json.loads(line)
     except json.JSONDecodeError as e:
         raise RecordError(where, "<line>", f"malformed JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise RecordError(where, "<line>", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as e:  # e.g. an integer above sys.get_int_max_str_digits() digits
+        raise RecordError(where, "<line>", f"unreadable JSON value ({str(e).split(';')[0]})") from None
     if not isinstance(raw, dict):
         raise RecordError(where, "<record>", f"expected a JSON object, got {type(raw).__name__}")
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise RecordError(where, "<line>", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return raw
+
+
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (iterative: never recurses)."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            depth = max(depth, d)
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            depth = max(depth, d)
+            stack.extend((x, d + 1) for x in v)
+    return depth
+
+
+def _text(value: str, where: str, field: str) -> str:
+    """``value`` if it is valid Unicode text (no lone surrogates, which no tokenizer or file can hold)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RecordError(where, field, f"not valid Unicode text (lone surrogate U+{ord(value[e.start]):04X} at "
+                          f"character {e.start + 1})") from None
+    return value
 
 
 def validate_record(raw: Any, where: str, base_dir: str | None = None) -> Task:
@@ -112,20 +161,26 @@ def validate_record(raw: Any, where: str, base_dir: str | None = None) -> Task:
     rid = raw.get("id", raw.get("question_id"))
     if rid is None or (isinstance(rid, str) and not rid.strip()):
         raise RecordError(where, "id", "missing (every record needs a non-empty 'id')")
-    if not isinstance(rid, (str, int)):
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
         raise RecordError(where, "id", f"must be a string or integer, got {type(rid).__name__}")
+    rid = _text(str(rid), where, "id")
+    if len(rid) > MAX_ID_CHARS:
+        raise RecordError(where, "id", f"{len(rid)} characters long, above the limit of {MAX_ID_CHARS}")
     name = f"{where} (id={rid})"
     q = raw.get("question")
     if not isinstance(q, str) or not q.strip():
         raise RecordError(name, "question", "missing or not a non-empty string")
+    _text(q, name, "question")
     image = raw.get("image")
     if image is not None and not isinstance(image, str):
         raise RecordError(name, "image", f"must be a path or base64 string, got {type(image).__name__}")
+    if image is not None:
+        _text(image, name, "image")
     options = raw.get("options")
     if options is not None:
         if not isinstance(options, list) or not all(isinstance(o, (str, int, float)) for o in options):
             raise RecordError(name, "options", "must be a list of strings")
-        options = [str(o) for o in options]
+        options = [_text(str(o), name, f"options[{i}]") for i, o in enumerate(options)]
         if len(options) < 2:
             raise RecordError(name, "options", f"needs at least 2 options, got {len(options)}")
         if len(options) > len(LETTERS):
@@ -136,17 +191,20 @@ def validate_record(raw: Any, where: str, base_dir: str | None = None) -> Task:
     if answer is not None:
         if not isinstance(answer, (str, int, float)):
             raise RecordError(name, "answer", f"must be a string, got {type(answer).__name__}")
-        answer = str(answer)
+        answer = _text(str(answer), name, "answer")
         if options is not None and option_index(answer, options) is None:
             raise RecordError(name, "answer", f"{answer!r} is neither an option letter "
                               f"(A-{LETTERS[len(options) - 1]}) nor one of the options")
     category = raw.get("category")
     if category is not None and not isinstance(category, str):
         raise RecordError(name, "category", "must be a string")
+    if category is not None:
+        _text(category, name, "category")
     bbox = raw.get("bbox")
     if bbox is not None:
         if (not isinstance(bbox, list) or len(bbox) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                           for v in bbox)):
             raise RecordError(name, "bbox", "must be [x, y, w, h] (4 numbers, pixels)")
         if bbox[2] <= 0 or bbox[3] <= 0:
             raise RecordError(name, "bbox", "width and height must be positive")
@@ -154,7 +212,7 @@ def validate_record(raw: Any, where: str, base_dir: str | None = None) -> Task:
     meta = raw.get("meta") or {}
     if not isinstance(meta, dict):
         raise RecordError(name, "meta", "must be an object")
-    return Task(id=str(rid), question=q, image=image, options=options, answer=answer,
+    return Task(id=rid, question=q, image=image, options=options, answer=answer,
                 category=category, bbox=bbox, meta=meta, base_dir=base_dir)
 
 
@@ -340,49 +398,115 @@ def read_tasks(path: str | os.PathLike, limit: int | None = None, strict: bool =
     base_dir = None if p == "-" else str(Path(p).resolve().parent)
     name = Path(p).name if p != "-" else "<stdin>"
 
-    def rows(fh) -> Iterator[tuple[str, str]]:
+    def rows(fh) -> Iterator[tuple[str, bytes]]:
         for lineno, line in enumerate(fh, 1):
             if line.strip():
                 yield f"{name}:{lineno}", line
 
-    def convert(line: str, where: str) -> Task:
+    def convert(line: bytes, where: str) -> Task:
         return validate_record(json_object(line, where), where, base_dir)
 
-    fh = sys.stdin if p == "-" else open(p, encoding="utf-8")
+    if p != "-" and Path(p).is_dir():
+        raise LatentcheckError(f"data file is a folder, not a task file: {p}")
+    fh = sys.stdin.buffer if p == "-" else open(p, "rb")  # bytes: each line is decoded on its own (json_object)
     try:
         yield from stream_tasks(rows(fh), convert, p, limit=limit, strict=strict)
     finally:
-        if fh is not sys.stdin:
+        if fh is not sys.stdin.buffer:
             fh.close()
+
+
+def image_byte_limit() -> int:
+    """Largest image file / base64 payload accepted, in bytes (``$LATENTCHECK_MAX_IMAGE_BYTES`` raises it)."""
+    raw = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_IMAGE_BYTES
+    try:
+        env = int(float(raw))
+    except ValueError:
+        raise LatentcheckError(f"{MAX_BYTES_ENV}={raw!r} is not a number of bytes") from None
+    return max(DEFAULT_MAX_IMAGE_BYTES, env)
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO / named pipe"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _file_kind(mode: int) -> str:
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def read_image_file(path: Path, record: str, field: str = "image") -> bytes:
+    """The bytes of an image file: anything but a regular file (folder, FIFO, device, socket) is refused BEFORE it is
+    opened (a FIFO would block, /dev/zero never ends), and a file above :func:`image_byte_limit` before it is read.
+    The check is repeated on the open descriptor, so a file swapped in between is refused too."""
+    limit = image_byte_limit()
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise RecordError(record, field, f"not a regular file ({_file_kind(st.st_mode)}): {path}")
+
+    def too_big(size: int) -> RecordError:
+        return RecordError(record, field, f"image file is {size} bytes, above the limit of {limit} bytes (set "
+                           f"{MAX_BYTES_ENV} to raise it)")
+
+    if st.st_size > limit:
+        raise too_big(st.st_size)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise RecordError(record, field, f"not a regular file ({_file_kind(st.st_mode)}): {path}")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise too_big(len(data))
+    return data
+
+
+def _b64(payload: str, record: str, what: str, invalid: str) -> bytes:
+    limit = image_byte_limit()
+    if len(payload) * 3 // 4 > limit:
+        raise RecordError(record, "image", f"{what} decodes to about {len(payload) * 3 // 4} bytes, above the limit "
+                          f"of {limit} bytes (set {MAX_BYTES_ENV} to raise it)")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise RecordError(record, "image", invalid) from None
 
 
 def decode_image(image: str | None, record: str, base_dir: str | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS):
-    """Return a PIL RGB image from a path / base64 / data-URI string; errors name the record and field."""
-    from PIL import Image, UnidentifiedImageError
+    """Return a PIL RGB image from a path / base64 / data-URI string; errors name the record and field.
+
+    Every failure of one record is a RecordError, never a crash: a missing, non-regular or oversized file, invalid
+    base64, bytes Pillow cannot decode, too many pixels (decompression bombs)."""
+    from PIL import Image
 
     if image is None:
         return None
-    data: bytes | None = None
     if image.startswith("data:"):
-        try:
-            data = base64.b64decode(image.split(",", 1)[1], validate=True)
-        except (binascii.Error, IndexError):
-            raise RecordError(record, "image", "invalid data URI / base64 payload") from None
+        if "," not in image:
+            raise RecordError(record, "image", "invalid data URI (no ',' before the payload)")
+        data = _b64(image.split(",", 1)[1], record, "the data URI payload", "invalid data URI / base64 payload")
     else:
         path = Path(image)
         if not path.is_absolute() and base_dir is not None:
             path = Path(base_dir) / path
         looks_like_path = len(image) < 1024 and ("/" in image or "." in image[-6:])
-        if path.exists():
-            data = path.read_bytes()
+        try:
+            exists = os.path.lexists(path)
+        except (OSError, ValueError):  # e.g. a raw base64 string: "File name too long", or a NUL character
+            exists = False
+        if exists:
+            try:
+                data = read_image_file(path, record)
+            except FileNotFoundError:
+                raise RecordError(record, "image", f"image file not found (dangling link?): {path}") from None
+            except OSError as e:
+                raise RecordError(record, "image", f"cannot read image file {path} ({e.strerror or e})") from None
         elif looks_like_path:
             raise RecordError(record, "image", f"image file not found: {path}")
         else:
-            try:
-                data = base64.b64decode(image, validate=True)
-            except binascii.Error:
-                raise RecordError(record, "image", "neither an existing file nor valid base64") from None
+            data = _b64(image, record, "the base64 image", "neither an existing file nor valid base64")
     limit = image_decode_limit(max_pixels)
     try:
         img = Image.open(io.BytesIO(data))
@@ -393,11 +517,17 @@ def decode_image(image: str | None, record: str, base_dir: str | None = None,
                               "raise the limit)")
         img.load()
         return img.convert("RGB")
+    except RecordError:
+        raise
     except Image.DecompressionBombError as e:  # PIL's own guard (2 x Image.MAX_IMAGE_PIXELS) fired first
         raise RecordError(record, "image", f"image refused by Pillow's decompression-bomb guard ({e})") from None
-    except UnidentifiedImageError:
-        raise RecordError(record, "image", "corrupt or unreadable image (not a format Pillow recognises)") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except MemoryError:
+        raise RecordError(record, "image", "image too large to decode in memory") from None
+    except Exception as e:  # noqa: BLE001 - untrusted bytes: any decoder failure is this record's error
+        from PIL import UnidentifiedImageError
+
+        if isinstance(e, UnidentifiedImageError):
+            raise RecordError(record, "image", "corrupt or unreadable image (not a format Pillow recognises)") from None
         detail = re.sub(r"\s*<[^>]*\bat 0x[0-9a-fA-F]+>", "", str(e)).strip()  # no memory addresses: deterministic
         raise RecordError(record, "image", f"corrupt or unreadable image ({e.__class__.__name__}"
                           + (f": {detail[:200]}" if detail else "") + ")") from None

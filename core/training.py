@@ -8,8 +8,11 @@ order as the engine: prefill the prompt, feed the start token, feed K own hidden
 Long runs (``train(..., checkpoint_dir=...)``): a checkpoint folder ``step-NNNNNNN/`` is written every
 ``cfg.save_every`` steps and at the end, atomically (written as a hidden temp folder, then renamed; ``latest`` names
 the newest). It holds ``trainable.safetensors`` (every parameter that trains, by ``state_dict`` name: the language
-model for a full fine-tune, only the adapter for LoRA), ``optimizer.pt``, ``scheduler.pt``, ``rng.pt`` (numpy batch
-sampler, torch, python, CUDA) and ``trainer_state.json`` (step, loss/eval log, best score, config). The best
+model for a full fine-tune, only the adapter for LoRA), ``optimizer``, ``scheduler`` and ``rng`` (numpy batch
+sampler, torch, python, CUDA), each as a ``.json`` skeleton plus a ``.safetensors`` file of its tensors (nothing is
+pickled, so a planted checkpoint file cannot run code; :func:`save_state` / :func:`load_state`), and
+``trainer_state.json`` (step, loss/eval log, best score, config). Checkpoints of format 1 (``*.pt``) are still read,
+with ``torch.load(weights_only=True)`` only. The best
 evaluated weights live in ``best/`` (same format). ``resume=True`` restores all of it, so an interrupted run that is
 resumed ends with exactly the weights of an uninterrupted one (deterministic CPU kernels; tested).
 
@@ -37,7 +40,7 @@ from latentcheck.core.engine import Engine
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.prompts import Prompt
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 1: optimizer/scheduler/rng as torch .pt files (read with weights_only=True)
 
 
 @dataclass
@@ -170,9 +173,75 @@ def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
 
     rng.bit_generator.state = state["numpy"]
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _pack(obj: Any, tensors: dict[str, Any]) -> Any:
+    """A JSON skeleton of a nested state (dicts, lists, tuples, numbers, strings, tensors): tensors go to ``tensors``
+    under a generated name; tuples and dicts with non-string keys are tagged so that :func:`_unpack` restores them."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        name = f"t{len(tensors)}"
+        tensors[name] = obj.detach().to("cpu").contiguous()
+        return {"__tensor__": name}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _pack(v, tensors) for k, v in obj.items()}
+        return {"__items__": [[_pack(k, tensors), _pack(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_pack(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_pack(v, tensors) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} in a training checkpoint")
+
+
+def _unpack(obj: Any, tensors: dict[str, Any]) -> Any:
+    if isinstance(obj, list):
+        return [_unpack(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__tuple__"}:
+            return tuple(_unpack(v, tensors) for v in obj["__tuple__"])
+        if set(obj) == {"__items__"}:
+            return {_unpack(k, tensors): _unpack(v, tensors) for k, v in obj["__items__"]}
+        return {k: _unpack(v, tensors) for k, v in obj.items()}
+    return obj
+
+
+def save_state(obj: Any, stem: Path) -> None:
+    """Write a nested state (an optimizer's or scheduler's ``state_dict``, RNG states) as ``stem.json`` plus
+    ``stem.safetensors``: no pickle, so reading it back can never run code."""
+    from safetensors.torch import save_file
+
+    from latentcheck.core.records import write_json_atomic
+
+    tensors: dict[str, Any] = {}
+    skeleton = _pack(obj, tensors)
+    save_file(tensors, str(stem.with_suffix(".safetensors")))
+    write_json_atomic(stem.with_suffix(".json"), skeleton, indent=None)
+
+
+def load_state(stem: Path) -> Any:
+    """Read what :func:`save_state` wrote; a checkpoint of format 1 (``stem.pt``) is read with
+    ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers."""
+    import torch
+    from safetensors.torch import load_file
+
+    if stem.with_suffix(".json").exists():
+        return _unpack(json.loads(stem.with_suffix(".json").read_text()), load_file(str(stem.with_suffix(".safetensors"))))
+    try:
+        return torch.load(stem.with_suffix(".pt"), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - an unpickling refusal names the file, never runs it
+        raise LatentcheckError(f"cannot read checkpoint file {stem.with_suffix('.pt')}: {e.__class__.__name__} "
+                               f"({str(e).splitlines()[0][:200] if str(e) else ''}); only tensors and plain values "
+                               "are read back") from None
 
 
 def _write_tensors(named: list[tuple[str, Any]], path: Path) -> None:
@@ -206,7 +275,6 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 def save_checkpoint(ckdir: str | os.PathLike, step: int, named, opt, sched, rng, state: dict,
                     keep: int = 2) -> Path:
     """Write ``ckdir/step-NNNNNNN`` atomically (temp folder + rename), point ``latest`` at it, prune old ones."""
-    import torch
 
     from latentcheck.core.records import write_json_atomic
 
@@ -217,9 +285,9 @@ def save_checkpoint(ckdir: str | os.PathLike, step: int, named, opt, sched, rng,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     _write_tensors(named, tmp / "trainable.safetensors")
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    torch.save(sched.state_dict(), tmp / "scheduler.pt")
-    torch.save(_rng_state(rng), tmp / "rng.pt")
+    save_state(opt.state_dict(), tmp / "optimizer")
+    save_state(sched.state_dict(), tmp / "scheduler")
+    save_state(_rng_state(rng), tmp / "rng")
     write_json_atomic(tmp / "trainer_state.json", {**state, "step": step, "format": CHECKPOINT_FORMAT,
                                                    "param_names": [n for n, _ in named]})
     _replace_dir(tmp, ckdir / name)
@@ -302,9 +370,9 @@ def train(lm, examples: list[Example], cfg: TrainConfig, on_step: Callable[[int,
         if ck is not None:
             state = json.loads((ck / "trainer_state.json").read_text())
             load_trainable(named, ck / "trainable.safetensors")
-            opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location="cpu"))
-            sched.load_state_dict(torch.load(ck / "scheduler.pt", map_location="cpu"))
-            _set_rng_state(rng, torch.load(ck / "rng.pt", map_location="cpu", weights_only=False))
+            opt.load_state_dict(load_state(ck / "optimizer"))
+            sched.load_state_dict(load_state(ck / "scheduler"))
+            _set_rng_state(rng, load_state(ck / "rng"))
             start = int(state["step"])
             log["losses"], log["evals"] = list(state["log"]["losses"]), list(state["log"]["evals"])
             best_score, best_step = state["best"]["score"], state["best"]["step"]

@@ -74,7 +74,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
 
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.records import JsonlFile
-from latentcheck.core.tasks import DEFAULT_MAX_PIXELS, BadRecord, decode_image
+from latentcheck.core.tasks import DEFAULT_MAX_PIXELS, BadRecord, decode_image, json_object
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -595,7 +595,12 @@ def _iter_json_array(path: Path, chunk_chars: int = 1 << 20) -> Iterator[tuple[i
             nonlocal buf, pos, eof
             if eof:
                 return False
-            chunk = fh.read(size)
+            try:
+                chunk = fh.read(size)
+            except UnicodeDecodeError as e:  # a JSON list is one value: a bad byte is a file-level error
+                raise LatentcheckError(f"{path}: not valid UTF-8 ({e.reason}, byte 0x{e.object[e.start]:02x}); fix "
+                                       "the file, or use JSON Lines, where a bad line is only that record's "
+                                       "error") from None
             if not chunk:
                 eof = True
                 return False
@@ -649,21 +654,21 @@ def _iter_json_array(path: Path, chunk_chars: int = 1 << 20) -> Iterator[tuple[i
 
 def _iter_json_values(path: Path) -> Iterator[tuple[str, Any | RecordError]]:
     """(where, value) for a JSON list (``name[i]``) or JSONL (``name:line``) file; bad JSONL lines -> RecordError."""
-    with open(path, encoding="utf-8") as fh:
+    with open(path, "rb") as fh:
         head = fh.read(4096).lstrip()
-    if head.startswith("["):
+    if head.startswith(b"["):
         for i, value in _iter_json_array(path):
             yield f"{path.name}[{i}]", value
         return
-    with open(path, encoding="utf-8") as fh:
+    with open(path, "rb") as fh:  # bytes: each line is decoded on its own (core.tasks.json_object)
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             where = f"{path.name}:{lineno}"
             try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, RecordError(where, "<line>", f"malformed JSON ({e.msg} at column {e.colno})")
+                yield where, json_object(line, where)
+            except RecordError as e:
+                yield where, e
 
 
 def kind_of_subset(name: str) -> str | None:

@@ -418,15 +418,18 @@ def intervene_block(lm, engines: dict, corrupter: Corrupter, tasks: list[Task], 
                     neutral_imagination=None if neutral is None else neutral.strip(),
                     runs=list(prefixes))
         opt_ids = option_token_ids(lm, len(t.options)) if t.options else None
+        mine_cont, mine_score = [], []  # all of a task's continuations, or none (a longer prefix may be too long)
         try:
             for name, prefix in prefixes.items():
-                cont_reqs.append(Request(task_prompt(lm, t, max_pixels, assistant_prefix=prefix)))
+                mine_cont.append(Request(task_prompt(lm, t, max_pixels, assistant_prefix=prefix)))
                 if opt_ids:
-                    score_reqs.append(Request(task_prompt(lm, t, max_pixels, assistant_prefix=prefix + answer_prefix),
+                    mine_score.append(Request(task_prompt(lm, t, max_pixels, assistant_prefix=prefix + answer_prefix),
                                               max_new_tokens=1))
-        except RecordError as e:  # pragma: no cover - the image decoded a moment ago
+        except RecordError as e:
             out[t.id] = error_record(t.id, e)
             continue
+        cont_reqs.extend(mine_cont)
+        score_reqs.extend(mine_score)
         plan.append((t, base, opt_ids))
     conts = [tr[0] for tr in engines["cont"].run(cont_reqs, batch_size=batch_size)] if cont_reqs else []
     scores = [tr[0] for tr in engines["score"].run(score_reqs, batch_size=batch_size)] if score_reqs else []

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from latentcheck.core.errors import LatentcheckError, RecordError
-from latentcheck.core.tasks import LETTERS, DEFAULT_MAX_PIXELS, Task, decode_image, option_index
+from latentcheck.core.tasks import LETTERS, DEFAULT_MAX_PIXELS, Task, decode_image, json_object, option_index
 from latentcheck.core.training import Example, TrainConfig, train
 
 METHODS = ("full", "lora", "qlora")
@@ -139,7 +139,7 @@ def read_sft_records(path: str | os.PathLike, limit: int | None = None, strict: 
     base = str(p.resolve().parent)
     out: list[SFTRecord] = []
     seen: dict[str, str] = {}
-    with open(p, encoding="utf-8") as fh:
+    with open(p, "rb") as fh:  # bytes: each line is decoded on its own (a bad byte is that line's error)
         for lineno, line in enumerate(fh, 1):
             if limit is not None and len(out) >= limit:
                 break
@@ -147,11 +147,7 @@ def read_sft_records(path: str | os.PathLike, limit: int | None = None, strict: 
                 continue
             where = f"{p.name}:{lineno}"
             try:
-                try:
-                    raw = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise RecordError(where, "<line>", f"not valid JSON ({e.msg})") from None
-                rec = _validate(raw, where, base)
+                rec = _validate(json_object(line, where), where, base)
                 if rec.id in seen:
                     raise RecordError(rec.name, "id", f"duplicate id (first at {seen[rec.id]})")
                 seen[rec.id] = where

@@ -41,7 +41,7 @@ from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.analysis import AnalysisResult, finish, not_main
 from latentcheck.core.summaries import Estimate, Proportion, Ratio
 from latentcheck.core.runner import (CommonOptions, TensorStore, data_path, distributed, item_key, load_for,
-                                     read_all_tasks, run_records)
+                                     read_all_tasks, run_records, save_npz_atomic)
 from latentcheck.core.tasks import LETTERS, Task
 from latentcheck.core.trigger import warn_trigger
 from latentcheck.perturb.treatments import (REFERENCES, InputVariant, NotApplicable, Treatment, TreatmentContext,
@@ -227,8 +227,10 @@ def clear_tensor_store(out: str | Path) -> None:
     _, world = distributed()
     if world == 1:
         shutil.rmtree(base)
+        base.mkdir(parents=True)  # the run's TensorStore writes here
         return
     shutil.rmtree(tensor_dir(out), ignore_errors=True)
+    tensor_dir(out).mkdir(parents=True)
     for f in base.glob("*.npz"):
         f.unlink(missing_ok=True)
     for d in base.glob("shard-*-of-*"):
@@ -315,24 +317,26 @@ class _Runner:
         skipped: dict[int, dict[str, str]] = {}
         cache: dict[str, Any] = {}
         for ti, task in enumerate(tasks):
+            mine: list[tuple[Any, tuple[int, int, InputVariant]]] = []  # all of a task's inputs, or none of them
             try:
                 v0 = self._variant(task)
+                mine.append((self._request(task.id, v0), (ti, -1, v0)))
+                partner, pk = self._partner(task.id, cache)
+                ctx = TreatmentContext(key=task.id, seed=self.opts.seed, partner=partner, partner_key=pk)
+                skipped[ti] = {}
+                for j, tr in enumerate(self.treatments):
+                    try:
+                        v = apply_treatment(tr, v0, ctx)
+                    except NotApplicable as e:
+                        skipped[ti][tr.label] = str(e)
+                        continue
+                    mine.append((self._request(task.id, v), (ti, j, v)))
             except RecordError as e:
                 records[ti] = {"key": task.id, "error": e.to_dict()}
+                skipped.pop(ti, None)
                 continue
-            requests.append(self._request(task.id, v0))
-            slots.append((ti, -1, v0))
-            partner, pk = self._partner(task.id, cache)
-            ctx = TreatmentContext(key=task.id, seed=self.opts.seed, partner=partner, partner_key=pk)
-            skipped[ti] = {}
-            for j, tr in enumerate(self.treatments):
-                try:
-                    v = apply_treatment(tr, v0, ctx)
-                except NotApplicable as e:
-                    skipped[ti][tr.label] = str(e)
-                    continue
-                requests.append(self._request(task.id, v))
-                slots.append((ti, j, v))
+            requests.extend(r for r, _ in mine)
+            slots.extend(sl for _, sl in mine)
         traces = self.engine.run(requests, batch_size=max(1, self.opts.batch_size)) if requests else []
         caps: dict[int, dict[int, tuple[Capture, InputVariant]]] = {}
         for (ti, j, v), tr in zip(slots, traces):
@@ -411,8 +415,6 @@ def run_perturb_input(opts: CommonOptions, treatments: list[str] | list[Treatmen
     keys = [t.id for t in tasks]
     index_of = {item_key(it): i for i, it in enumerate(items)}
     out = Path(opts.out)
-    if not opts.resume:
-        clear_tensor_store(out)
     config = {**opts.config(), "treatments": [t.label for t in parsed], "max_matrix": max_matrix,
               "save_tensors": save_tensors, "force_start": force_start, "image_visibility": image_visibility,
               "max_latents": max_latents, "max_new_tokens": max_new_tokens,
@@ -421,7 +423,7 @@ def run_perturb_input(opts: CommonOptions, treatments: list[str] | list[Treatmen
                      max_matrix, save_tensors, force_start, image_visibility, max_latents, max_new_tokens,
                      latent_override)
     rr = run_records(COMMAND, opts, config, lm.describe(), items, runner.process_block,
-                     description="perturb-input")
+                     description="perturb-input", on_fresh_start=lambda: clear_tensor_store(out))
     if not rr.is_main:
         return not_main(COMMAND, out, rr.results_path, rr.counts)
     order = [item_key(it) for it in items]
@@ -435,7 +437,7 @@ def run_perturb_input(opts: CommonOptions, treatments: list[str] | list[Treatmen
     plot_paths = make_plots(summary, out / "plots") if plots else []
     mats = strip_matrices(summary["geometry"])
     if mats:
-        np.savez_compressed(out / "inter_instance.npz", keys=np.array(summary["geometry"]["keys"]), **mats)
+        save_npz_atomic(out / "inter_instance.npz", keys=np.array(summary["geometry"]["keys"]), **mats)
     summary["plots"] = [str(Path(p).relative_to(out)) for p in plot_paths]
     return finish(COMMAND, out, summary, rr.counts, rr.results_path, plot_paths)
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.analysis import AnalysisResult, finish, not_main
-from latentcheck.core.runner import (CommonOptions, TensorStore, barrier, data_path, error_record, load_for,
+from latentcheck.core.runner import (CommonOptions, TensorStore, data_path, error_record, load_for,
                                      load_records, read_all_tasks, run_records)
 from latentcheck.core.stats import accuracy_effect, paired_bootstrap_diff, wilson_ci
 from latentcheck.core.tasks import LETTERS, BadRecord, Task, read_tasks, validate_record
@@ -114,12 +114,11 @@ def capture_block(engine, lm, tasks: list[Task], store: TensorStore, force_laten
     reqs, ok = [], []
     for t in tasks:
         try:
-            image = t.load_image()
+            prompt = build_prompt(lm, t.id, task_text(t, lm.profile), t.load_image())
         except RecordError as e:
             out[t.id] = error_record(t.id, e)
             continue
-        reqs.append(Request(build_prompt(lm, t.id, task_text(t, lm.profile), image), option_ids=_option_ids(lm, t),
-                            force_latent=force_latent))
+        reqs.append(Request(prompt, option_ids=_option_ids(lm, t), force_latent=force_latent))
         ok.append(t)
     traces = [tr[0] for tr in engine.run(reqs, batch_size=batch_size)] if reqs else []
     if ok:
@@ -258,19 +257,20 @@ def behavioural_block(engine, lm, derived: list[Task], ctx: BehaviouralContext) 
             image = d.load_image() if d.image is not None else src.load_image()
             if image is None:
                 raise RecordError(d.id, "image", "neither the derived question nor its source has an image")
+            text = task_text(d, lm.profile)
+            with_image = build_prompt(lm, d.id, text, image)
+            text_only = build_prompt(lm, d.id, text, None)
         except RecordError as e:
             out[d.id] = error_record(d.id, e)
             continue
         z = np.asarray(z, dtype=np.float32).reshape(-1, H)
-        text = task_text(d, lm.profile)
         opts = _option_ids(lm, d)
-        with_image = build_prompt(lm, d.id, text, image)
         shared = np.repeat(np.asarray(ctx.mean_latent, dtype=np.float32)[None], len(z), 0)
         reqs.append(Request(with_image, [Condition("latents", override=z), Condition("shared", override=shared),
                                          Condition("noise", override=noise_like(z, src.id, ctx.seed))],
                             option_ids=opts, image_visibility="none", force_latent=True))
         reqs.append(Request(with_image, [Condition("image")], option_ids=opts, force_latent=ctx.force_latent))
-        reqs.append(Request(build_prompt(lm, d.id, text, None), [Condition("text_only", override=np.zeros((0, H)))],
+        reqs.append(Request(text_only, [Condition("text_only", override=np.zeros((0, H)))],
                             option_ids=opts, force_latent=True))
         plan.append((d, src, len(z)))
     traces = engine.run(reqs, batch_size=ctx.batch_size) if reqs else []
@@ -382,16 +382,17 @@ def run_probe(opts: CommonOptions, popts: ProbeOptions | None = None, lm=None) -
     engine = Engine(lm, seed=opts.seed)
     # ---- stage 1: capture
     tdir = _tensor_dir(out)
-    if not opts.resume and tdir.exists():
-        for f in tdir.glob("*.npz"):  # a fresh run replaces the results file, so it replaces the tensors too
-            f.unlink(missing_ok=True)  # every data-parallel process deletes; the barrier stops early writers
-    barrier()
+
+    def clear_tensors() -> None:  # a fresh run replaces the results file, so it replaces the tensors too; called
+        for f in tdir.glob("*.npz"):  # by run_records once this process holds the results file's lock; every
+            f.unlink(missing_ok=True)  # data-parallel process deletes, and a barrier stops early writers
+
     store = TensorStore(tdir)
     cap_opts = dataclasses.replace(opts, out=str(out / CAPTURE_DIR))
     cap_cfg = {**cap_opts.config(), "force_latent": popts.force_latent}
     cap = run_records("probe.capture", cap_opts, cap_cfg, lm.describe(), items,
                       lambda block: capture_block(engine, lm, block, store, popts.force_latent, opts.batch_size),
-                      description="probe: capture")
+                      description="probe: capture", on_fresh_start=clear_tensors)
     cap_records = load_records(cap.results_path) if cap.is_main else []
     ok_keys = [t.id for t in sources]
     tensors = store.load(ok_keys)

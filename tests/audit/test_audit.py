@@ -328,7 +328,7 @@ def test_a_failing_stage_is_recorded_and_the_audit_completes(tiny_checkpoint, tm
     opts = CommonOptions(model=str(ck), out=str(tmp_path / "f"), limit=4, quiet=True)
     r = run_audit(opts, AuditSettings(force_latent=True, report=False, n_boot=50, stages=["probe", "bench"]))
     assert r.stages["probe"].status == "failed" and r.stages["probe"].reason == "no labels to probe"
-    assert r.exit_code == 1 and r.verdicts["encodes"].status == "untestable"
+    assert r.exit_code == 3 and r.verdicts["encodes"].status == "untestable"
     assert load_audit(tmp_path / "f")["models"][0]["stages"]["probe"]["status"] == "failed"
     with pytest.raises(LatentcheckError, match="no labels"):
         run_audit(CommonOptions(model=str(ck), out=str(tmp_path / "g"), limit=4, quiet=True, strict=True),

@@ -197,7 +197,7 @@ def test_vstar_error_row_counts_in_the_official_denominator(load_tiny, tmp_path,
     assert res["scores"]["accuracy"] == pytest.approx(2 / 5)
     assert res["scores"]["per_category"]["direct_attributes"]["accuracy"] == pytest.approx(1 / 3)
     assert res["scores"]["per_category"]["relative_position"]["accuracy"] == pytest.approx(1 / 2)
-    assert res["errors"]["counted_wrong"] == ["2"] and res["exit_code"] == 1
+    assert res["errors"]["counted_wrong"] == ["2"] and res["exit_code"] == 3
     _, recs = read_results(res["results_path"])
     err = [r for r in recs if r["type"] == "error"]
     assert len(err) == 1 and err[0]["field"] == "image" and err[0]["category"] == "direct_attributes"
@@ -329,7 +329,7 @@ def test_export_tasks_round_trip(tmp_path, image_b64):
     out = tmp_path / "exported" / "blink.jsonl"
     r = CliRunner().invoke(app, ["bench", "export-tasks", "--benchmark", "blink", "--data", str(tsv), "--out",
                                  str(out)])
-    assert r.exit_code == 1 and "skipped BLINK.tsv#2" in r.output and "answer" in r.output  # bad gold: listed
+    assert r.exit_code == 3 and "skipped BLINK.tsv#2" in r.output and "answer" in r.output  # bad gold: listed
     (t,) = [x for x in read_tasks(out) if not isinstance(x, BadRecord)]
     assert (t.id, t.options, t.answer_letter, t.category) == ("7", ["the second image", "the third image"], "B",
                                                              "Jigsaw")

@@ -177,7 +177,7 @@ def test_results_json_per_category_scores_latency_and_settings(load_tiny, tmp_pa
         assert base["per_category"][cat]["correct"] == sum(s["correct"] for s in rows)
         assert on_disk["scores"]["per_category"][cat]["n"] == 3
         lat = base["latency"]["per_category"][cat]
-        assert lat["n"] == 3 and lat["row_s"] > 0 and lat["tokens"] == pytest.approx(np.mean([s["tokens"]
+        assert lat["n"] == 3 and lat["timing"]["row_s"] > 0 and lat["tokens"] == pytest.approx(np.mean([s["tokens"]
                                                                                            for s in rows]))
         assert lat["latent_steps"] == 0  # a plain profile never feeds latents
     for s in samples:
@@ -365,7 +365,7 @@ def test_bad_records_become_errors(load_tiny, tmp_path, toy_tasks):
                                                         "options": ["a", "b"], "answer": "A"}) + "\n"
                     + json.dumps({"id": "noq", "options": ["a", "b"]}) + "\n")
     res = run_bench(_opts(tmp_path, data), lm=load_tiny("toy", "toy-direct"), decoding={"max_new_tokens": 2})
-    assert res["counts"]["ok"] == 6 and res["counts"]["errors"] == 2 and res["exit_code"] == 1
+    assert res["counts"]["ok"] == 6 and res["counts"]["errors"] == 2 and res["exit_code"] == 3
     errors = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
               if '"type": "error"' in x]
     assert {e["field"] for e in errors} == {"image", "question"}

@@ -70,7 +70,8 @@ def test_interventions_and_resume(tiny_checkpoint, tasks, tmp_path):
     base, ident = res["conditions"]["baseline"], res["conditions"]["identity"]
     assert ident["accuracy"] == base["accuracy"] and ident["effect"]["n01"] == ident["effect"]["n10"] == 0
     assert set(base["per_category"]) == {"colour", "shape"}
-    assert set(base["latency"]["per_category"]["shape"]) >= {"row_s", "row_decode_s", "tokens", "latent_steps"}
+    assert set(base["latency"]["per_category"]["shape"]) >= {"timing", "tokens", "latent_steps"}
+    assert set(base["latency"]["per_category"]["shape"]["timing"]) == {"row_s", "row_decode_s"}
     # interrupted run: keep provenance + 2 samples, then --resume
     lines = (out / "samples.jsonl").read_text().splitlines(keepends=True)
     (out / "samples.jsonl").write_text("".join(lines[:3]))

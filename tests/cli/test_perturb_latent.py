@@ -96,7 +96,7 @@ def test_cli_bad_records_become_errors_and_exit_1(tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
     r = invoke(["--model", str(folder), "--data", str(data), "--out", str(out), "--force-latent", "-i", "zero",
                 "--mediation", "none", "--no-plots", "--n-boot", "50", "--quiet"])
-    assert r.exit_code == 1, r.output + repr(r.exception)
+    assert r.exit_code == 3, r.output + repr(r.exception)
     errors = {x["key"]: x for x in records(out) if x["type"] == "error"}
     assert errors["missing-image"]["field"] == "image" and "not found" in errors["missing-image"]["message"]
     assert errors["open"]["field"] == "options"

@@ -55,7 +55,7 @@ def test_probe_cli_writes_records_summary_plots_resumes_and_reprobes_from_cache(
     args = ["--model", str(ck), "--data", str(data), "--derived", str(derived), "--out", str(out), "--limit", "6",
             "--label", "category", "--splits", "2", "--batch-size", "4", "--quiet"]
     r = invoke(args + ["--label", "meta.colour"])
-    assert r.exit_code == 1, r.output  # the orphan derived record is an error record; the run completes
+    assert r.exit_code == 3, r.output  # the orphan derived record is an error record; the run completes
     recs = lines(out / "samples.jsonl")
     assert sorted(x["key"] for x in recs) == sorted([f"t{i}-shape" for i in range(6)] + ["orphan"])
     err = next(x for x in recs if x["type"] == "error")
@@ -83,7 +83,7 @@ def test_probe_cli_writes_records_summary_plots_resumes_and_reprobes_from_cache(
     for f in (out / "samples.jsonl", out / "capture" / "samples.jsonl"):
         f.write_text("".join(f.read_text().splitlines(keepends=True)[:3]))
     r = invoke(args + ["--resume"])  # labels are not part of the per-record config: fewer labels may resume
-    assert r.exit_code == 1, r.output
+    assert r.exit_code == 3, r.output
     keys = [x["key"] for x in lines(out / "samples.jsonl")]
     assert len(keys) == len(set(keys)) == 7
     cap = [x["key"] for x in lines(out / "capture" / "samples.jsonl")]

@@ -14,8 +14,8 @@ def test_result_counts_errors_flat_and_nested():
     flat = AnalysisResult("x", counts={"total": 5, "ok": 3, "errors": 2})
     nested = AnalysisResult("probe", counts={"capture": {"ok": 4, "errors": 1}, "behavioural": {"ok": 2, "errors": 2}})
     clean = AnalysisResult("x", counts={"total": 5, "ok": 5, "errors": 0})
-    assert (flat.errors, flat.exit_code) == (2, 1)
-    assert (nested.errors, nested.exit_code) == (3, 1)
+    assert (flat.errors, flat.exit_code) == (2, 3)
+    assert (nested.errors, nested.exit_code) == (3, 3)
     assert (clean.errors, clean.exit_code) == (0, 0)
 
 
@@ -33,7 +33,7 @@ def test_finish_writes_the_summary_and_reads_like_it(tmp_path):
     with pytest.raises(KeyError):
         res["nothing"]
     worker = not_main("demo", tmp_path, "shard.jsonl", {"ok": 2, "errors": 1})
-    assert not worker.is_main and worker.summary_path is None and worker.exit_code == 1
+    assert not worker.is_main and worker.summary_path is None and worker.exit_code == 3
 
 
 def test_analysis_declares_where_it_applies():

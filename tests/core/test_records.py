@@ -49,7 +49,8 @@ def lines_of(path: Path) -> list[str]:
 
 def test_provenance_fields_and_only_timing_varies():
     a = prov()
-    assert [k for k in a if k != "timing"] == ["type", "schema", "command", "config", "model", "versions", "argv"]
+    assert [k for k in a if k != "timing"] == ["type", "schema", "command", "config", "model", "versions", "threads",
+                                          "argv"]
     assert a["type"] == "provenance" and a["schema"] == SCHEMA_VERSION
     assert a["config"] == CONFIG and a["model"]["weight_hash"] == "abc"
     assert a["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
@@ -126,11 +127,19 @@ def test_duplicate_key_raises(tmp_path):
     assert len(lines_of(path)) == 2
 
 
-def test_fresh_run_overwrites_existing_file(tmp_path):
+def test_fresh_run_refuses_existing_results_unless_overwrite(tmp_path):
+    """A fresh run used to truncate a finished results file without asking."""
     path = tmp_path / "r.jsonl"
     write_run(path, range(5))
-    write_run(path, range(2))
+    before = path.read_bytes()
+    with pytest.raises(LatentcheckError, match=r"already holds a 'perturb-latent' run \(5 records\); pass --resume to "
+                                               r"continue it, or --overwrite to replace it"):
+        write_run(path, range(2))
+    assert path.read_bytes() == before  # nothing truncated
+    write_run(path, range(2), overwrite=True)
     assert [r["i"] for r in read_results(path)[1]] == [0, 1]
+    path.write_text("")  # an empty file holds no run
+    write_run(path, range(1))
 
 
 def test_second_writer_on_same_file_is_refused(tmp_path):

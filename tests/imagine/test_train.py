@@ -270,3 +270,28 @@ def test_latest_checkpoint_skips_incomplete_folders(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step-0000002"
     shutil.rmtree(tmp_path / "step-0000002")
     assert latest_checkpoint(tmp_path) is None
+
+
+def test_resume_never_unpickles_a_planted_checkpoint_file(fresh, data, tmp_path):
+    """Before: `caption-imagine train --resume` read checkpoints/step-*/rng.pt with torch.load(weights_only=False) and
+    a planted file ran its payload. Checkpoints now hold JSON + safetensors; a format-1 .pt file is read with
+    weights_only=True, which refuses the payload with a clear error."""
+    import os
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PAYLOAD-RAN'}",))
+
+    cfg = TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup=1, save_every=2, seed=0)
+    lm = fresh()
+    train_sft(lm, sft_examples_from_file(lm, data[0]), cfg, out_dir=tmp_path / "run", stop_after=2)
+    ck = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert {"rng.json", "rng.safetensors", "optimizer.json", "scheduler.json"} <= {f.name for f in ck.iterdir()}
+    assert not list(ck.glob("*.pt"))
+    for f in ck.glob("rng.*"):
+        f.unlink()
+    torch.save({"numpy": Payload()}, ck / "rng.pt")
+    lm = fresh()
+    with pytest.raises(LatentcheckError, match=r"cannot read checkpoint file .*rng.pt: UnpicklingError"):
+        train_sft(lm, sft_examples_from_file(lm, data[0]), cfg, out_dir=tmp_path / "run", resume=True)
+    assert not (tmp_path / "PAYLOAD-RAN").exists()

@@ -68,3 +68,79 @@ def canonical_provenance(path: Path) -> dict:
 
 def canonical_summary(path: Path) -> dict:
     return strip_timing(json.loads(Path(path).read_text()))
+
+
+# --------------------------------------------------------------------------------------------- hostile records
+# One record per kind that used to crash a whole run (issue 19), in file order after ``HOSTILE_HEAD`` valid tasks.
+# Each entry: (kind, the raw line as bytes, the expected (record, field, message) of its error record, or None when
+# the record is valid and must give a sample). ``{folder}`` stands for the task file's folder, ``{line}`` for the
+# record's line number.
+HOSTILE_HEAD = 2
+
+
+def hostile_cases(folder: Path) -> list[tuple[str, bytes, tuple[str, str, str] | None]]:
+    """Create the files the hostile records point at (a folder, a FIFO, a 300 MB sparse file, a 2820 x 14 image) and
+    return the cases."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    (folder / "adir").mkdir(exist_ok=True)
+    fifo = folder / "fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    with open(folder / "big.png", "wb") as fh:  # sparse: no disk used
+        fh.truncate(300 << 20)
+    Image.new("RGB", (2820, 14), (200, 30, 30)).save(folder / "wide.png")
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (56, 56, 3), dtype=np.uint8)).save(buf, format="PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    O = OPTIONS
+
+    def row(i: str, **kw) -> bytes:
+        r = {"id": i, "image": "im0.png", "question": "What colour is the circle?", "options": O, "answer": "A"}
+        r.update(kw)
+        return json.dumps(r).encode()
+
+    deep = b'{"id": "h6", "question": "Q?", "meta": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    return [
+        ("lone surrogate in the question", row("h1", question="colour\ud800?"),
+         ("tasks.jsonl:{line} (id=h1)", "question", "not valid Unicode text (lone surrogate U+D800 at character 7)")),
+        ("aspect ratio above 200", row("h2", image="wide.png"),
+         ("h2", "image", "the image processor refused the image (ValueError: absolute aspect ratio must be smaller "
+                         "than 200, got 201.42857142857142)")),
+        ("a folder as image", row("h3", image="adir"), ("h3", "image", "not a regular file (a folder): {folder}/adir")),
+        ("raw base64 image (supported)", row("h4", image=b64), None),
+        ("a non-UTF-8 byte", b'{"id": "h5", "question": "caf\xe9?", "options": ["a", "b"], "answer": "A"}',
+         ("tasks.jsonl:{line}", "<line>", "not valid UTF-8 (byte 0xe9 at byte column 30)")),
+        ("JSON nested 100,000 deep", deep, ("tasks.jsonl:{line}", "<line>", "JSON nested deeper than 64 levels")),
+        ("5000-digit integer id", b'{"id": ' + b"7" * 5000 + b', "question": "Q?"}',
+         ("tasks.jsonl:{line}", "<line>", "unreadable JSON value (Exceeds the limit (4300 digits) for integer string "
+                                          "conversion: value has 5000 digits)")),
+        ("/dev/zero as image", row("h8", image="/dev/zero"),
+         ("h8", "image", "not a regular file (a character device): /dev/zero")),
+        ("a FIFO as image", row("h9", image="fifo"),
+         ("h9", "image", "not a regular file (a FIFO / named pipe): {folder}/fifo")),
+        ("question longer than the model's positions", row("h10", question="word " * 4000),
+         ("h10", "question", "the prompt is 12050 tokens, above the limit of 4096 (the model's 4096 positions)")),
+        ("300 MB file as image", row("h11", image="big.png"),
+         ("h11", "image", "image file is 314572800 bytes, above the limit of 268435456 bytes (set "
+                          "LATENTCHECK_MAX_IMAGE_BYTES to raise it)")),
+    ]
+
+
+def write_hostile(folder: Path) -> tuple[Path, list[tuple[str, tuple[str, str, str] | None]]]:
+    """A task file: HOSTILE_HEAD valid tasks, every hostile record, one valid task; returns (path, [(kind, expected
+    error with {line} and {folder} filled in, or None)])."""
+    path = write_tasks(folder, HOSTILE_HEAD + 1)
+    valid = path.read_bytes().splitlines()
+    cases = hostile_cases(folder)
+    lines = valid[:HOSTILE_HEAD] + [raw for _, raw, _ in cases] + [valid[HOSTILE_HEAD]]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    expected = []
+    for n, (kind, _, exp) in enumerate(cases, HOSTILE_HEAD + 1):
+        if exp is not None:
+            exp = tuple(x.replace("{line}", str(n)).replace("{folder}", str(folder)) for x in exp)
+        expected.append((kind, exp))
+    return path, expected

@@ -1,5 +1,5 @@
 """Bad input, kind by kind: a clear message naming the record and the field, an error record and the run goes on (or
-stops with --strict), exit code 0 ok / 1 error records / 2 user or config error, error counts by field in the summary.
+stops with --strict), exit code 0 ok / 3 error records / 2 could not run, error counts by field in the summary.
 
 Commands run through ``latentcheck.cli.app.main`` (the console entry point: real exit codes and the one-line error
 on stderr) in this process; one test runs the real ``python -m latentcheck`` in a subprocess. docs/robustness.md shows
@@ -98,10 +98,10 @@ def latent_args(ck, data, out, *extra):
 
 def test_every_bad_record_becomes_an_error_record_naming_record_and_field_and_the_run_continues(
         ck, bad_data, tmp_path):
-    """The real `python -m latentcheck` (subprocess): exit code 1, one error record per bad line in file order."""
+    """The real `python -m latentcheck` (subprocess): exit code 3, one error record per bad line in file order."""
     out = tmp_path / "run"
     done = run_cli(*latent_args(ck, bad_data, out))
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 3, done.stderr
     _, recs = read_results(out / "samples.jsonl")
     assert [r["key"] for r in recs if r["type"] == "sample"] == ["t0", "t1", "t2"]
     errors = [{k: r[k] for k in ("record", "field", "message")} for r in recs if r["type"] == "error"]
@@ -178,7 +178,7 @@ def test_checkpoint_without_the_profiles_latent_tokens_exits_2(tiny_checkpoint, 
 
 
 @pytest.mark.parametrize("command", ["perturb-input", "probe", "bench"])
-def test_other_commands_record_the_same_errors_and_exit_1(command, ck, bad_data, tmp_path, monkeypatch, capsys):
+def test_other_commands_record_the_same_errors_and_exit_3(command, ck, bad_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / command
     common = ["--model", ck, "--profile", "toy-latent", "--data", bad_data, "--out", out, "--quiet",
               "--batch-size", "2"]
@@ -186,7 +186,7 @@ def test_other_commands_record_the_same_errors_and_exit_1(command, ck, bad_data,
              "probe": ["--no-behavioural", "--no-trained"],
              "bench": ["--n-boot", "50", "--max-new-tokens", "4"]}[command]
     code, err = run_main(monkeypatch, capsys, command, *common, *extra)
-    assert code == 1, err
+    assert code == 3, err
     results = out / ("capture" if command == "probe" else "") / "samples.jsonl"
     _, recs = read_results(results)
     got = {(r["record"], r["field"]): r["message"] for r in recs if r["type"] == "error"}

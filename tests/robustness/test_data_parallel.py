@@ -39,10 +39,10 @@ def test_two_cpu_processes_equal_one_process(ck, tmp_path, monkeypatch):
             "-i", "zero", "-i", "noise:sigma=1", "--mediation", "image", "--batch-size", "2", "--n-boot", "200",
             "--no-plots", "--quiet"]
     one, two = tmp_path / "one", tmp_path / "two"
-    assert run_main(monkeypatch, *args, "--out", one) == 1  # error records -> exit code 1
+    assert run_main(monkeypatch, *args, "--out", one) == 3  # error records -> exit code 3
     launched = run_launch(2, [*map(str, args), "--out", str(two)], cpu=True, env=SUBPROCESS_ENV)
-    assert launched.rank_codes == {0: 1, 1: 1}, launched  # both ranks ran (rank 1 reports its shard's errors)
-    assert launched.exit_code == 1
+    assert launched.rank_codes == {0: 3, 1: 3}, launched  # both ranks ran (rank 1 reports its shard's errors)
+    assert launched.exit_code == 3
     assert canonical_records(two / "samples.jsonl") == canonical_records(one / "samples.jsonl")
     assert canonical_provenance(two / "samples.jsonl") == canonical_provenance(one / "samples.jsonl")
     assert canonical_summary(two / "summary.json") == canonical_summary(one / "summary.json")
@@ -202,10 +202,10 @@ def test_num_processes_option_parsing_and_child_exit_codes(monkeypatch, tmp_path
     assert cmd[cmd.index("--num_processes") + 1] == "2" and cmd[cmd.index("--main_process_port") + 1] == "29999"
     assert cmd[-4:] == ["-m", "latentcheck", "probe", "-q"]
     monkeypatch.delenv(RC_DIR_ENV, raising=False)
-    assert child_exit_code(1) == 1  # not launched: unchanged
+    assert child_exit_code(3) == 3  # not launched: unchanged
     monkeypatch.setenv(RC_DIR_ENV, str(tmp_path))
     monkeypatch.setenv("RANK", "1")
     # a completed run with error records exits 0 towards torch.distributed (which reads non-zero as a crash) and
     # reports 1 to the launcher; user errors keep their code so the launcher stops the other ranks
-    assert child_exit_code(1) == 0 and (tmp_path / "rank1.rc").read_text() == "1"
+    assert child_exit_code(3) == 0 and (tmp_path / "rank1.rc").read_text() == "3"
     assert child_exit_code(2) == 2 and (tmp_path / "rank1.rc").read_text() == "2"

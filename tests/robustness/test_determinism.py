@@ -48,7 +48,7 @@ def test_same_seed_byte_identical_other_seed_changes_only_random_parts(command, 
 
     def run(seed: int) -> list[str]:
         code = run_main(monkeypatch, *COMMANDS[command], "--model", ck, "--profile", "toy-latent", "--data", data,
-                        "--out", out, "--batch-size", "2", "--seed", seed, "--quiet")
+                        "--out", out, "--batch-size", "2", "--seed", seed, "--quiet", "--overwrite")
         assert code == 0
         return full_file(out / "samples.jsonl")
 
