@@ -244,13 +244,12 @@ def package_versions(packages: Iterable[str] = VERSION_PACKAGES) -> dict[str, st
 
 def thread_settings() -> dict[str, Any]:
     """What decides how CPU kernels split their reductions (results can differ in the last digits with another
-    thread count): torch's intra-op thread count (when torch is loaded) and the thread environment variables."""
+    thread count): torch's intra-op thread count, when torch is loaded (it already reflects OMP_NUM_THREADS /
+    MKL_NUM_THREADS; the variables themselves are not recorded, so equal settings reached differently compare equal)."""
     out: dict[str, Any] = {}
     torch = sys.modules.get("torch")
     if torch is not None and hasattr(torch, "get_num_threads"):
         out["torch_intra_op"] = int(torch.get_num_threads())
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        out[var] = os.environ.get(var)
     return out
 
 

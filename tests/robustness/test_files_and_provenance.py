@@ -57,13 +57,11 @@ def test_large_file_digests_are_cached_by_path_size_and_mtime(tmp_path, monkeypa
     assert len(json.loads((tmp_path / "cache" / "weight-sha256.json").read_text())) == 1  # the stale entry is gone
 
 
-def test_provenance_records_threads_and_versions(monkeypatch):
+def test_provenance_records_threads_and_versions():
     import torch
 
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
     prov = provenance("perturb-latent", {})
-    assert prov["threads"]["torch_intra_op"] == torch.get_num_threads()
-    assert prov["threads"]["OMP_NUM_THREADS"] == "3"
+    assert prov["threads"] == {"torch_intra_op": torch.get_num_threads()}
     assert {"python", "torch", "transformers", "numpy"} <= set(prov["versions"])
 
 
