@@ -186,7 +186,7 @@ def run_engine(lm, prompts, n_conditions: int, max_new: int, shared: bool | None
 
     from latentcheck.core.engine import Condition, Engine, Request
 
-    eng = Engine(lm, shared_prefix=None, retire_rows=True) if shared is None else Engine(lm, shared_prefix=shared, retire_rows=shared)
+    eng = Engine(lm) if shared is None else Engine(lm, shared_prefix=shared, retire_rows=shared)
     reqs = [Request(p, [Condition(f"c{i}") for i in range(n_conditions)], max_new_tokens=max_new) for p in prompts]
     base = _peak_reset(device)
     _sync(device)

@@ -75,7 +75,7 @@ def e_requests(lm, prompts, n_conditions: int, max_new: int = 16) -> list:
 def e_engine(lm, variant: str):
     from latentcheck.core.engine import Engine
 
-    return Engine(lm, shared_prefix=False, retire_rows=False) if variant == "fork" else Engine(lm, shared_prefix=None, retire_rows=True)
+    return Engine(lm, shared_prefix=False, retire_rows=False) if variant == "fork" else Engine(lm)
 
 
 def e_child(workdir: Path, variant: str, n_conditions: int, n_samples: int) -> dict:
@@ -216,7 +216,7 @@ def bench_f(workdir: Path, repeats: int, batch_size: int = 8, n: int = 32, inter
     reqs, images = f_workload(lm, n)
     by_prompt = sorted(range(n), key=lambda i: reqs[i].prompt.length)  # today's batching: by prompt length
     today_reqs = [reqs[i] for i in by_prompt]
-    engine, today = Engine(lm, shared_prefix=None, retire_rows=True), Engine(lm, shared_prefix=False, retire_rows=False)
+    engine, today = Engine(lm), Engine(lm, shared_prefix=False, retire_rows=False)
     order = sorted(range(n), key=lambda i: (reqs[i].max_new_tokens, reqs[i].prompt.length))
     variants = {
         "engine": lambda: [t[0].token_ids for t in engine.generate(reqs, batch_size=batch_size)],

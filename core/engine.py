@@ -201,8 +201,8 @@ class Engine:
     """Batched latent/plain decoding over a ``LoadedModel`` (see module docstring)."""
 
     def __init__(self, lm, decoding: DecodingSpec | None = None, seed: int = 0, capture_hidden: bool = False,
-                 stats: LatentStats | None = None, capture_logits: bool = False, shared_prefix: bool | None = False,
-                 retire_rows: bool = False):
+                 stats: LatentStats | None = None, capture_logits: bool = False, shared_prefix: bool | None = None,
+                 retire_rows: bool = True):
         import torch
 
         self.lm = lm
@@ -237,16 +237,12 @@ class Engine:
         self.processors = logits_processor(self.decoding)
         self.penalised = any(type(p).__name__ == "RepetitionPenaltyLogitsProcessor" for p in self.processors)
         # forks keep ONE copy of the prompt's KV per sample (core/kvshare.py): None = whenever a sample has several
-        # rows (conditions, continuations), True = always, False (default for now) = copy the prompt's KV per row:
-        # with the shared prefix a row's last float bits can depend on the other rows' conditions (a baseline row
-        # differs by ~1e-7 between two seeds of the noise rows), which tests/robustness/test_determinism forbids
+        # rows (conditions, continuations), True = always, False = copy the prompt's KV per row (the plain fork)
         self.can_share = supports_shared_prefix(self.text_model)
         if shared_prefix and not self.can_share:
             raise ValueError("shared_prefix=True needs a text model whose layers are all full attention")
         self.shared_prefix = shared_prefix
-        # finished rows leave the decode batch (opt-in: the float rounding of the other rows then depends on when rows
-        # finish, so a row's bits can change with another row's random condition; False: rows idle to the end)
-        self.retire_rows = retire_rows
+        self.retire_rows = retire_rows  # finished rows leave the decode batch (False: they idle to the end)
         self._torch = torch
 
     # ------------------------------------------------------------------ public API

@@ -80,7 +80,7 @@ def test_rows_finishing_at_different_steps_match_single_runs(load_tiny):
                  Condition("ov", override=np.ones((2, 128), np.float32), override_mask=np.array([False, True]))]
         reqs = [Request(p, conds, option_ids=opts, force_latent=True, max_new_tokens=16,
                         stop_sequences=[stop, [10 ** 6]] if i == 0 else []) for i, p in enumerate(prompts)]
-        eng = Engine(lm, capture_hidden=True, capture_logits=True, retire_rows=True)
+        eng = Engine(lm, capture_hidden=True, capture_logits=True)
         batched = eng.run(reqs, batch_size=3)
         reasons = {tr.finish_reason for row in batched for tr in row}
         assert {"stop", "eos"} <= reasons  # the scenario really has early finishers
