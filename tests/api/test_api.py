@@ -96,7 +96,7 @@ def test_tasks_from_a_datasets_dataset_and_bad_rows_become_error_records(samples
     assert [t.id for t in tasks] == [r["id"] for r in rows] and all(Path(t.image).is_file() for t in tasks)
     bad = task_dicts(samples[:2]) + [{"id": "broken", "question": "", "options": ["a", "b"], "answer": "A"}]
     res = latentcheck.perturb_latent(hf_model, bad, ["zero"], mediation="none", n_boot=100)
-    assert res.counts["ok"] == 2 and res.errors == 1 and res.exit_code == 1
+    assert res.counts["ok"] == 2 and res.errors == 1 and res.exit_code == 3
     err = res.to_pandas().query("section == 'error'").iloc[0]
     assert err.field == "question" and err.record == "tasks.jsonl:3 (id=broken)"
 
