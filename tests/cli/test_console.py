@@ -199,7 +199,7 @@ def test_every_analysis_reads_a_benchmark_format_and_the_console_names_the_first
     assert ok.stderr.strip().startswith("samples: 2 ok, 0 errors")
     bad = run_cli("perturb-latent", "--data", str(root / "test_questions.jsonl"), "-i", "zero", "--n-boot", "100",
                   "--no-plots", "--mediation", "none", "--out", str(tmp_path / "bad"), "-q")
-    assert bad.returncode == 1, bad.stderr[-3000:]
+    assert bad.returncode == 3, bad.stderr[-3000:]
     lines = bad.stderr.strip().splitlines()
     assert lines[0].startswith("samples: 0 ok, 2 errors")
     assert lines[1] == ("first error: test_questions.jsonl:1 (id=0), field 'question': missing or not a non-empty "
