@@ -41,6 +41,21 @@ COMMANDS = {
 }
 
 
+def _discrete(outcome: dict) -> dict:
+    return {k: v for k, v in outcome.items() if not isinstance(v, float) and not (
+        isinstance(v, list) and any(isinstance(x, float) for x in v))}
+
+
+def _close(a: dict, b: dict, tol: float = 1e-5) -> bool:
+    import numpy as np
+
+    for k, v in a.items():
+        if isinstance(v, float) or (isinstance(v, list) and any(isinstance(x, float) for x in v)):
+            if not np.allclose(np.asarray(v, float), np.asarray(b[k], float), atol=tol, rtol=0):
+                return False
+    return True
+
+
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_same_seed_byte_identical_other_seed_changes_only_random_parts(command, ck, tmp_path, monkeypatch):
     data = write_tasks(tmp_path / "data", 6, sizes=True)
@@ -59,8 +74,13 @@ def test_same_seed_byte_identical_other_seed_changes_only_random_parts(command, 
     assert [r["key"] for r in other] == [r["key"] for r in same]
     if command == "perturb-latent":
         for a, b in zip(same, other):
-            assert a["baseline"] == b["baseline"]  # greedy decoding: no randomness
-            assert a["interventions"]["zero"] == b["interventions"]["zero"]
+            # greedy decoding: no randomness. Another seed draws other mediation partners, whose counterfactual rows
+            # share the baselines' batches, so float reductions may differ in the last bits (~5e-7): the discrete
+            # outcome must be equal, the log-probs equal to 1e-5.
+            assert _discrete(a["baseline"]) == _discrete(b["baseline"])
+            assert _close(a["baseline"], b["baseline"])
+            zero_a, zero_b = a["interventions"]["zero"], b["interventions"]["zero"]
+            assert _discrete(zero_a) == _discrete(zero_b) and _close(zero_a, zero_b)
             assert a["interventions"][NOISE]["option_logprobs"] != b["interventions"][NOISE]["option_logprobs"]
         # the mediation partner is seeded (a different-gold partner drawn per sample, seeded by (seed, block))
         assert [r["partner"] for r in same] != [r["partner"] for r in other]
