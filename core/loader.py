@@ -352,7 +352,9 @@ def load_model(model: str, profile: str | Profile | None = None, quant: str = "a
     tokens = resolve_tokens(prof, tok, m)
     head = _load_projection_head(path, m, prof)
     warnings = []
-    latent_like = latent_profiles_matching(prof, tok)
+    # a checkpoint that declares its own (non-latent) profile in its config is what its author says it is
+    declared = getattr(config, "latentcheck_profile", None) == prof.name
+    latent_like = {} if declared else latent_profiles_matching(prof, tok)
     if latent_like:
         toks = sorted({t for ts in latent_like.values() for t in ts})
         warnings.append(f"profile {prof.name} is {prof.kind}, but this checkpoint's tokenizer has latent tokens "

@@ -64,3 +64,14 @@ def test_plain_profiles_have_no_trigger_block(kind):
     from latentcheck.core.trigger import trigger_block
 
     assert trigger_block({"baseline": ([False], [0])}, "baseline", kind) is None
+
+
+def test_a_checkpoint_running_its_own_declared_profile_does_not_warn(capsys):
+    """The zoo's text-imagination model shares the toy tokenizer (it has latent tokens) but declares its profile:
+    no false alarm in the default audit."""
+    from latentcheck.core.runner import load_for
+
+    lm = load_for(CommonOptions(model="toy-capimagine", quiet=True))
+    assert lm.profile.kind == "text_imagination" and not lm.info.get("warnings")
+    assert "WARNING" not in capsys.readouterr().err
+
