@@ -13,6 +13,7 @@ from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
 
 R = "Study options"
+J = "Judge options (override every bench step's; as `latentcheck bench`)"
 KEY_WIDTH = 28  # the cell label is wrapped between words so a table fits 80 columns (numbers are never split)
 
 
@@ -74,6 +75,24 @@ def reproduce_cmd(
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the analyses' PNGs.", rich_help_panel=R)] = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Do not write report.html.",
                                             rich_help_panel=R)] = False,
+    judge_model: Annotated[Optional[str], typer.Option(
+        "--judge-model", rich_help_panel=J, help="LLM judge for the bench steps: a local model, or with --judge-url "
+        "the served model's name (the paper judges with an LLM, Monet's protocol).")] = None,
+    judge_url: Annotated[Optional[str], typer.Option(
+        "--judge-url", rich_help_panel=J, help="OpenAI-compatible endpoint of the judge, e.g. "
+        "http://127.0.0.1:8000/v1.")] = None,
+    judge_key_env: Annotated[Optional[str], typer.Option(
+        "--judge-key-env", rich_help_panel=J, help="Environment variable holding the judge's API key (default "
+        "OPENAI_API_KEY).")] = None,
+    judge_protocol: Annotated[Optional[str], typer.Option(
+        "--judge-protocol", rich_help_panel=J, help="hrbench | blink | vlmevalkit | monet (default: each "
+        "variant's).")] = None,
+    judge_cache: Annotated[Optional[str], typer.Option(
+        "--judge-cache", rich_help_panel=J, help="Reply cache file ('none' turns it off).")] = None,
+    judge_concurrency: Annotated[Optional[int], typer.Option(
+        "--judge-concurrency", min=1, rich_help_panel=J, help="Judge requests in flight (openai backend).")] = None,
+    judge_profile: Annotated[Optional[str], typer.Option(
+        "--judge-profile", rich_help_panel=J, help="Profile of a local judge model.")] = None,
     list_steps: Annotated[bool, typer.Option("--list", help="Print the study's roles and steps and exit.",
                                              rich_help_panel=R)] = False,
 ) -> None:
@@ -100,8 +119,11 @@ def reproduce_cmd(
     opts = o.common(None, None, None, out, limit, batch_size, seed, quant, device, quiet, resume, strict, None,
                     False)
     say = None if quiet else (lambda msg: console.print(msg, highlight=False))
+    judge = {"judge_model": judge_model, "judge_url": judge_url, "judge_key_env": judge_key_env,
+             "judge_protocol": judge_protocol, "judge_cache": judge_cache, "judge_concurrency": judge_concurrency,
+             "judge_profile": judge_profile}
     res = run_study(s, opts, models=model, data=data, profiles=profile, only=step, n_boot=n_boot,
-                    plots=not no_plots, report=not no_report, progress=say)
+                    plots=not no_plots, report=not no_report, progress=say, judge=judge)
     render_tables(res)
     if not quiet:
         counts = {k: sum(st.status == k for st in res.steps.values()) for k in ("done", "skipped", "failed")}

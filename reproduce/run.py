@@ -9,9 +9,18 @@ analysis            function                                               step 
 ``perturb-latent``  ``perturb.latents.run_perturb_latent``                 ``interventions``, ``mediation``,
                                                                            ``sigma_sweep``, ``force_latent``
 ``probe``           ``probe.behavioural.run_probe``                        ``labels``
-``bench``           ``bench.runner.run_bench``                             ``benchmark``, ``variant``, ``scoring``
+``bench``           ``bench.runner.run_bench``                             ``benchmark``, ``variant``, ``scoring``,
+                                                                           ``verify`` (false: no MD5 check),
+                                                                           the judge options ``judge_model``,
+                                                                           ``judge_url``, ``judge_key_env``,
+                                                                           ``judge_protocol``, ``judge_cache``,
+                                                                           ``judge_concurrency``, ``judge_profile``
 ``intervene``       ``imagine.intervene.run_intervene``                    ``corrupter``
 ==================  =====================================================  ===========================================
+
+The options and their types are ``study.STEP_OPTIONS`` (checked when the study file is read). ``reproduce``'s
+``--judge-*`` options (``run_study(judge=...)``) override every ``bench`` step's judge options, so the shipped study
+can be judged like the paper (an LLM judge, Monet's protocol) without editing it.
 
 A data role with a ``benchmark`` is first exported to latentcheck task JSONL with ``bench.export.export_tasks``
 (except for ``bench`` steps, which read the benchmark's own file). A model or data role that is not bound (and has no
@@ -104,50 +113,61 @@ class _Skip(Exception):
     pass
 
 
-def _options(step: Step, allowed: tuple[str, ...]) -> dict[str, Any]:
-    bad = sorted(set(step.options) - set(allowed))
-    if bad:
+def _options(step: Step, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The step's options (validated against ``STEP_OPTIONS`` when the study was read), with ``overrides`` (the
+    command line's, e.g. ``--judge-url``) on top for the keys this analysis takes."""
+    from latentcheck.reproduce.study import STEP_OPTIONS
+
+    bad = sorted(set(step.options) - set(STEP_OPTIONS[step.analysis]))
+    if bad:  # a Study built in Python rather than read from a file
         raise LatentcheckError(f"step {step.id}: unknown option(s) {', '.join(bad)} for {step.analysis} "
-                               f"(known: {', '.join(allowed)})")
-    return dict(step.options)
+                               f"(known: {', '.join(STEP_OPTIONS[step.analysis])})")
+    extra = {k: v for k, v in (overrides or {}).items() if k in STEP_OPTIONS[step.analysis] and v is not None}
+    return {**step.options, **extra}
 
 
-def _perturb_input(lm, opts, step, benchmark, n_boot, plots):
+def _perturb_input(lm, opts, step, benchmark, n_boot, plots, overrides):
     from latentcheck.perturb.inputs import run_perturb_input
 
-    o = _options(step, ("treatments", "max_matrix", "force_start"))
+    o = _options(step, overrides)
     return run_perturb_input(opts, o.get("treatments"), max_matrix=int(o.get("max_matrix", 100)),
                              force_start=bool(o.get("force_start", False)), n_boot=n_boot, plots=plots, lm=lm)
 
 
-def _perturb_latent(lm, opts, step, benchmark, n_boot, plots):
+def _perturb_latent(lm, opts, step, benchmark, n_boot, plots, overrides):
     from latentcheck.perturb.latents import run_perturb_latent
 
-    o = _options(step, ("interventions", "mediation", "sigma_sweep", "force_latent"))
+    o = _options(step, overrides)
     return run_perturb_latent(opts, o.get("interventions"), mediation=o.get("mediation", ("image",)),
                               sigma_sweep=o.get("sigma_sweep"), force_latent=bool(o.get("force_latent", False)),
                               n_boot=n_boot, plots=plots, lm=lm)
 
 
-def _probe(lm, opts, step, benchmark, n_boot, plots):
+def _probe(lm, opts, step, benchmark, n_boot, plots, overrides):
     from latentcheck.probe.behavioural import ProbeOptions, run_probe
 
-    o = _options(step, ("labels",))
+    o = _options(step, overrides)
     return run_probe(opts, ProbeOptions(labels=o.get("labels"), n_boot=n_boot), lm=lm)
 
 
-def _bench(lm, opts, step, benchmark, n_boot, plots):
+def _bench(lm, opts, step, benchmark, n_boot, plots, overrides):
     from latentcheck.bench.runner import run_bench
+    from latentcheck.core.backends import DEFAULT_KEY_ENV
 
-    o = _options(step, ("benchmark", "variant", "scoring"))
+    o = _options(step, overrides)
+    cache = o.get("judge_cache")  # as `bench --judge-cache`: a file, 'none' = off, default the shared cache
     return run_bench(opts, o.get("benchmark", benchmark), variant=o.get("variant"), scoring=o.get("scoring"),
-                     n_boot=n_boot, lm=lm)
+                     judge=o.get("judge_model"), judge_url=o.get("judge_url"),
+                     judge_key_env=o.get("judge_key_env", DEFAULT_KEY_ENV), judge_protocol=o.get("judge_protocol"),
+                     judge_cache=None if (cache or "").lower() == "none" else (cache or True),
+                     judge_concurrency=int(o.get("judge_concurrency", 4)), judge_profile=o.get("judge_profile"),
+                     verify=bool(o.get("verify", True)), n_boot=n_boot, lm=lm)
 
 
-def _intervene(lm, opts, step, benchmark, n_boot, plots):
+def _intervene(lm, opts, step, benchmark, n_boot, plots, overrides):
     from latentcheck.imagine.intervene import run_intervene
 
-    o = _options(step, ("corrupter",))
+    o = _options(step, overrides)
     return run_intervene(opts, corrupter=o.get("corrupter", "auto"), plots=plots, lm=lm)
 
 
@@ -175,11 +195,13 @@ def _summary_path(result: Any, folder: Path) -> str:
 def run_study(study: Study, opts: CommonOptions, models: list[str] | dict[str, str] | None = None,
               data: list[str] | dict[str, str] | None = None, profiles: list[str] | dict[str, str] | None = None,
               only: list[str] | None = None, n_boot: int = 1000, plots: bool = True, report: bool = True,
-              progress: Callable[[str], None] | None = None) -> ReproduceResult:
+              progress: Callable[[str], None] | None = None,
+              judge: dict[str, Any] | None = None) -> ReproduceResult:
     """Run ``study``'s steps into ``opts.out`` (``--resume`` keeps finished steps), write ``reproduce.json`` and
     ``tables.md`` (and ``report.html``), and return the result. ``models`` / ``data`` / ``profiles`` bind roles
     (``["monet=/ckpt/Monet-7B"]`` or a dict); ``only`` restricts the run to those step ids (the tables still read
-    every step already in the folder)."""
+    every step already in the folder). ``judge``: bench judge options (``study.JUDGE_OPTIONS`` keys, e.g.
+    ``{"judge_model": "gpt-4o", "judge_url": URL}``) that override every ``bench`` step's own."""
     from latentcheck.core.runner import distributed, load_for
 
     if distributed()[1] > 1:
@@ -189,6 +211,7 @@ def run_study(study: Study, opts: CommonOptions, models: list[str] | dict[str, s
     t0 = time.perf_counter()
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
+    judge = _judge_overrides(judge)
     mbind = _bindings(models, "model", study.models)
     dbind = _bindings(data, "data", study.data)
     pbind = _bindings(profiles, "profile", study.models)
@@ -237,7 +260,7 @@ def run_study(study: Study, opts: CommonOptions, models: list[str] | dict[str, s
             continue
         for s in todo:
             say(f"step {s.id}: {s.analysis} on {s.data} with {role}")
-            states[s.id] = _run_step(study, s, lm, opts, dbind, out, n_boot, plots)
+            states[s.id] = _run_step(study, s, lm, opts, dbind, out, n_boot, plots, judge)
         del lm
     for s in study.steps:  # steps not run now: whatever the folder holds
         if s.id not in states:
@@ -267,8 +290,24 @@ def _record(out: Path, state: StepState) -> StepState:
     return state
 
 
+def _judge_overrides(judge: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``--judge-*`` overrides without unset entries, checked like a study step's options."""
+    from latentcheck.reproduce.study import JUDGE_OPTIONS
+
+    out = {k: v for k, v in (judge or {}).items() if v is not None}
+    for k, v in out.items():
+        flag = "--" + k.replace("_", "-")
+        if k not in JUDGE_OPTIONS:
+            raise LatentcheckError(f"unknown judge option {k!r} (known: {', '.join(JUDGE_OPTIONS)})")
+        if isinstance(v, bool) or not isinstance(v, JUDGE_OPTIONS[k]):
+            raise LatentcheckError(f"{flag}: expected {JUDGE_OPTIONS[k][0].__name__}, got {v!r}")
+        if k == "judge_concurrency" and v < 1:
+            raise LatentcheckError(f"{flag} must be >= 1, got {v}")
+    return out
+
+
 def _run_step(study: Study, step: Step, lm, opts: CommonOptions, dbind: dict[str, str], out: Path, n_boot: int,
-              plots: bool) -> StepState:
+              plots: bool, judge: dict[str, Any] | None = None) -> StepState:
     folder = step_dir(out, step.id)
     t = time.perf_counter()
     try:
@@ -280,7 +319,7 @@ def _run_step(study: Study, step: Step, lm, opts: CommonOptions, dbind: dict[str
     sopts = dataclasses.replace(opts, out=str(folder / "run"), data=path,
                                 limit=opts.limit or step.limit or None, resume=opts.resume)
     try:
-        result = RUNNERS[step.analysis](lm, sopts, step, benchmark, n_boot, plots)
+        result = RUNNERS[step.analysis](lm, sopts, step, benchmark, n_boot, plots, judge)
         summary = _summary_path(result, folder / "run")
     except LatentcheckError as e:
         if opts.strict:

@@ -57,6 +57,20 @@ else:  # pragma: no cover
 
 STUDY_DIR = Path(__file__).parent / "studies"
 ANALYSES = ("perturb-input", "perturb-latent", "probe", "bench", "intervene")
+
+# The ``options`` a step may give, per analysis: key -> the TOML type(s) its value must have. ``bench``'s judge options
+# are ``latentcheck bench``'s (--judge-model, --judge-url, ...; docs/bench.md) under the same names with ``_``.
+JUDGE_OPTIONS: dict[str, tuple[type, ...]] = {
+    "judge_model": (str,), "judge_url": (str,), "judge_key_env": (str,), "judge_protocol": (str,),
+    "judge_cache": (str,), "judge_concurrency": (int,), "judge_profile": (str,)}
+STEP_OPTIONS: dict[str, dict[str, tuple[type, ...]]] = {
+    "perturb-input": {"treatments": (list,), "max_matrix": (int,), "force_start": (bool,)},
+    "perturb-latent": {"interventions": (list,), "mediation": (list,), "sigma_sweep": (list,),
+                       "force_latent": (bool,)},
+    "probe": {"labels": (list,)},
+    "bench": {"benchmark": (str,), "variant": (str,), "scoring": (str,), "verify": (bool,), **JUDGE_OPTIONS},
+    "intervene": {"corrupter": (str,)},
+}
 PROVENANCE = ("table", "figure", "text")
 UNITS = ("percent", "value")
 
@@ -185,6 +199,21 @@ class _Reader:
             self.fail(extra[0], "unknown key")
 
 
+def check_options(r: "_Reader", analysis: str, prefix: str = "") -> None:
+    """Every key of ``r``'s table is an option ``analysis`` takes (:data:`STEP_OPTIONS`), with a value of its type;
+    a problem names the file, the section and ``prefix + key``."""
+    allowed = STEP_OPTIONS[analysis]
+    for key, value in r.data.items():
+        if key not in allowed:
+            r.fail(prefix + key, f"unknown option for {analysis} (known: {', '.join(allowed)})")
+        types = allowed[key]
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            r.fail(prefix + key, f"expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__} "
+                                 f"{value!r}")
+        if key == "judge_concurrency" and value < 1:
+            r.fail(prefix + key, f"must be >= 1, got {value}")
+
+
 def load_study(name_or_path: str) -> Study:
     """Read and validate a study file (a packaged name or a path)."""
     path = study_path(name_or_path)
@@ -225,6 +254,7 @@ def load_study(name_or_path: str) -> Study:
             r.fail("data", f"unknown data role {s.data!r} (declared: {', '.join(data) or 'none'})")
         if s.limit < 0:
             r.fail("limit", f"must be >= 0, got {s.limit}")
+        check_options(_Reader(path, f"steps[{i}] ({s.id})", s.options), s.analysis, "options.")
         if any(s.id == o.id for o in steps):
             r.fail("id", f"duplicate step id {s.id!r}")
         steps.append(s)

@@ -112,6 +112,12 @@ def test_a_step_that_never_ran_says_so(tmp_path):
     (('paper = 80.0, provenance = "table"', 'paper = 80.0'), "provenance: a paper value needs its provenance"),
     (('paper = 80.0', 'paper = "80"'), "paper: expected int/float, got str"),
     (('columns = ["A", "B"]', 'columns = ["A"]'), "cells: 2 cells for 1 columns"),
+    (('analysis = "bench"', 'analysis = "bench"\noptions = { judge_urll = "http://x" }'),
+     "[steps[1] (bn)] options.judge_urll: unknown option for bench (known: benchmark, variant, scoring, verify, judge_model"),
+    (('analysis = "bench"', 'analysis = "bench"\noptions = { judge_concurrency = "4" }'),
+     "[steps[1] (bn)] options.judge_concurrency: expected int, got str '4'"),
+    (('analysis = "perturb-latent"', 'analysis = "perturb-latent"\noptions = { judge_model = "gpt-4o" }'),
+     "[steps[0] (pl)] options.judge_model: unknown option for perturb-latent"),
 ])
 def test_study_errors_name_file_section_and_key(tmp_path, edit, message):
     p = tmp_path / "s.toml"
