@@ -77,7 +77,7 @@ def build_data_cmd(
     max_new_tokens: o.MaxNewTokens = None,
     model: o.Model = None, profile: o.Profile = None, limit: o.Limit = None, batch_size: o.BatchSize = 8,
     quant: o.Quant = "auto", device: o.Device = "auto", quiet: o.Quiet = False, resume: o.Resume = False,
-    max_pixels: o.MaxPixels = None, trust_remote_code: o.TrustRemoteCode = False,
+    retry_errors: o.RetryErrors = False, max_pixels: o.MaxPixels = None, trust_remote_code: o.TrustRemoteCode = False,
 ) -> None:
     """Convert interleaved "thinking with images" data into text-imagination SFT records (paper s5.2)."""
     from pathlib import Path
@@ -106,7 +106,7 @@ def build_data_cmd(
                                     refine=spec(refine_model, refine_url), judge=spec(judge_model, judge_url),
                                     prompts_dir=prompts, resume=resume, limit=limit, kind=kind,
                                     dataset_root=dataset_root, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                    chat_json=chat_json)
+                                    chat_json=chat_json, retry_errors=retry_errors)
     if not quiet:
         t = Table(title=f"caption-imagine build-data: {input}")
         for c in ("read", "kept", "dropped", "errors", "skipped (resume)"):

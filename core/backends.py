@@ -101,6 +101,7 @@ class Completion:
     usage: dict = field(default_factory=dict)
     prompt_key: str | None = None
     dropped_params: list = field(default_factory=list)  # params the endpoint refused (sent again without them)
+    error_part: str | None = None  # the prompt part the error is about: "text", "image" (None: not the input's fault)
 
     def record(self) -> dict[str, Any]:
         """JSON-able per-call record (the caller adds the prompt and the backend identity where it wants them); the
@@ -258,11 +259,18 @@ class LocalBackend:
         for i, p in enumerate(prompts):
             try:
                 imgs = [_pil(x) for x in p.images]
+            except Exception as e:  # noqa: BLE001 - any decoder failure on untrusted bytes is this call's error
+                out[i] = Completion(text=None, error=f"cannot read the image: {type(e).__name__}: {e}",
+                                    prompt_key=p.key, error_part="image")
+                self.stats["errors"] += 1
+                continue
+            try:
                 built.append(build_prompt(self.lm, p.key or f"call-{self.stats['calls'] + i}", p.text,
                                           imgs or None, system=p.system))
                 idx.append(i)
-            except (OSError, ValueError, RecordError) as e:  # e.g. a prompt longer than the model's positions
-                out[i] = Completion(text=None, error=f"cannot build the prompt: {e}", prompt_key=p.key)
+            except RecordError as e:  # a prompt longer than the model's positions, text / image the model refuses
+                out[i] = Completion(text=None, error=f"cannot build the prompt: {e.message}", prompt_key=p.key,
+                                    error_part="image" if e.field == "image" else "text")
                 self.stats["errors"] += 1
         t0 = time.perf_counter()
         traces = [t[0] for t in self._engine(params).generate(built, batch_size=self.batch_size)] if built else []

@@ -174,6 +174,10 @@ class InterleavedSample:
     extra_images: list[str] = field(default_factory=list)
     drop_reason: str | None = None  # set by the reader for samples the source loader would drop
     drop_detail: str | None = None
+    # input fields of the question text, the question image and the reasoning chain (for error records)
+    question_field: str = "question"
+    image_field: str = "image"
+    chain_field: str = "response"
 
     @property
     def name(self) -> str:
@@ -447,6 +451,30 @@ def _call(generator: TextGenerator, requests: list[GenRequest]) -> list[Any]:
     return list(replies)
 
 
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _failure_error(sample: InterleavedSample, what: str, reply: Any, texts: dict[str, str],
+                   image_fields: Sequence[str], fallback: str) -> RecordError:
+    """The error record of a request the generator could not answer. The field is the input's: for a prompt the
+    model refuses (too long for its positions, text its tokenizer refuses) the longest text field that went into it;
+    for an image the processor refuses, the image field(s) of the request; otherwise (a server error) ``fallback``."""
+    part = getattr(reply, "part", None)
+    if part == "text" and texts:
+        unencodable = [f for f, t in texts.items() if not _encodes(t)]  # e.g. a lone surrogate
+        field_name = unencodable[0] if unencodable else max(texts, key=lambda f: len(texts[f]))
+    elif part == "image" and image_fields:
+        field_name = ", ".join(image_fields)
+    else:
+        field_name = fallback
+    return RecordError(sample.name, field_name, f"{what}: {reply}")
+
+
 def _answer_hint(sample: InterleavedSample) -> str:
     boxed = extract_boxed("".join(sample.texts))
     if boxed is not None:
@@ -478,7 +506,7 @@ class ModelCaptioner(_ModelTextPass):
         if sample.kind == "edit":
             if sample.image is None:
                 raise RecordError(sample.name, "image", "an edit step needs the question image to compare against")
-            images.insert(0, _load(sample.image, sample.name, "image", self.max_pixels))
+            images.insert(0, _load(sample.image, sample.name, sample.image_field, self.max_pixels))
         prompt = self.prompts.render(template, question=sample.question, chain=sample.chain_before(i),
                                      answer=_answer_hint(sample))
         return GenRequest(images=images, prompt=prompt)
@@ -502,9 +530,11 @@ class ModelCaptioner(_ModelTextPass):
                     if isinstance(reply, str):
                         texts[key] = sanitize_description(reply, self.markers)
                     else:
-                        step = samples[key[0]].steps[key[1]]
-                        errors.setdefault(key[0], RecordError(samples[key[0]].name, step.field,
-                                                              f"captioner: {reply}"))
+                        s, step = samples[key[0]], samples[key[0]].steps[key[1]]
+                        images = [s.image_field, step.field] if s.kind == "edit" else [step.field]
+                        prompt_texts = {s.question_field: s.question, s.chain_field: s.chain_before(key[1])}
+                        errors.setdefault(key[0], _failure_error(s, "captioner", reply, prompt_texts, images,
+                                                                 step.field))
         out: list[list[Description] | RecordError] = []
         for si, s in enumerate(samples):
             if si in errors:
@@ -567,7 +597,7 @@ def _run_text_pass(owner: Any, template: str, samples: list[InterleavedSample], 
         for k in range(b, min(b + owner.batch_size, len(samples))):
             s = samples[k]
             try:
-                images = [] if s.image is None else [_load(s.image, s.name, "image", owner.max_pixels)]
+                images = [] if s.image is None else [_load(s.image, s.name, s.image_field, owner.max_pixels)]
             except RecordError as e:
                 out[k] = e
                 continue
@@ -578,8 +608,10 @@ def _run_text_pass(owner: Any, template: str, samples: list[InterleavedSample], 
             requests.append(GenRequest(images=images, prompt=prompt))
         if requests:
             for k, reply in zip(idx, _call(owner.generator, requests)):
-                out[k] = parse(reply) if isinstance(reply, str) else RecordError(samples[k].name, "<" + template
-                                                                                  + ">", f"{template}: {reply}")
+                s = samples[k]
+                out[k] = parse(reply) if isinstance(reply, str) else _failure_error(
+                    s, template, reply, {s.question_field: s.question, s.chain_field: chains[k]},
+                    [s.image_field] if s.image is not None else [], f"<{template}>")
     return out
 
 
@@ -778,7 +810,7 @@ def _parse_monet(raw: Any, where: str, index_key: str, path: Path, resolve: _Pat
             user_at = t
     if user_at is None:
         raise RecordError(name, "data", "no user turn (the question)")
-    q_texts, q_image, extra = [], None, []
+    q_texts, q_image, q_image_field, extra = [], None, "image", []
     for j, item in enumerate(_content_items(turns[user_at], name, f"data[{user_at}]")):
         if item["type"] == "text":
             q_texts.append(item["text"])
@@ -786,7 +818,7 @@ def _parse_monet(raw: Any, where: str, index_key: str, path: Path, resolve: _Pat
             value, fname = _image_field(item, f"data[{user_at}].content[{j}]")
             img = resolve(value, name, fname)
             if q_image is None:
-                q_image = img
+                q_image, q_image_field = img, fname
             else:
                 extra.append(img)
     question = _smart_join(q_texts).strip()
@@ -795,9 +827,11 @@ def _parse_monet(raw: Any, where: str, index_key: str, path: Path, resolve: _Pat
 
     texts, steps = [""], []
     drop: tuple[str, str] | None = None
+    chain_field = None
     for t in range(user_at + 1, len(turns)):
         if turns[t]["role"] != "assistant":
             continue
+        chain_field = chain_field or f"data[{t}].content"
         items = _content_items(turns[t], name, f"data[{t}]")
         for j, item in enumerate(items):
             ifield = f"data[{t}].content[{j}]"
@@ -818,7 +852,9 @@ def _parse_monet(raw: Any, where: str, index_key: str, path: Path, resolve: _Pat
         raise RecordError(name, "metadata", f"cannot tell the step kind (zoom/edit) from the subset name "
                           f"{subset!r}; pass kind='zoom' or 'edit' (--kind) or set metadata.kind")
     sample = InterleavedSample(id=sid, where=where, question=question, image=q_image, texts=texts, steps=steps,
-                               kind=sample_kind, source=f"monet-sft/{subset}", metadata=metadata, extra_images=extra)
+                               kind=sample_kind, source=f"monet-sft/{subset}", metadata=metadata, extra_images=extra,
+                               question_field=f"data[{user_at}].content", image_field=q_image_field,
+                               chain_field=chain_field or "data")
     if drop is not None:
         sample.drop_reason, sample.drop_detail = drop
     return sample
@@ -876,7 +912,9 @@ def _parse_mirage(raw: Any, where: str, path: Path, resolve: _PathResolver, kind
     sample_kind = kind or _check_meta_kind(metadata, name) or "edit"
     return InterleavedSample(id=sid, where=where, question=question, image=images[0], texts=texts, steps=steps,
                              kind=sample_kind, source=f"mirage/{path.stem}", metadata=metadata,
-                             extra_images=images[1:])
+                             extra_images=images[1:], question_field="text_input",
+                             image_field="image_input[0]" if isinstance(raw["image_input"], list) else "image_input",
+                             chain_field="text_output")
 
 
 def resolve_format(path: str | os.PathLike, fmt: str) -> str:
@@ -982,6 +1020,13 @@ def _scan_done(lines: list, done: dict[str, set[str]], done_where: set[str]) -> 
             done.setdefault(str(rid), set()).add(where)
         elif where:
             done_where.add(where)
+
+
+def _input_position(rec: Any) -> int:
+    """A record's position in the input (``name[i]`` of a JSON list, ``name:line`` of JSONL), from its ``where``."""
+    where = rec.get("where") or (rec.get("meta") or {}).get("where") if isinstance(rec, dict) else None
+    m = re.search(r"(\d+)\]?$", where or "")
+    return int(m.group(1)) if m else -1
 
 
 def _rel_image(path: str | None, out_dir: Path) -> str | None:
@@ -1103,13 +1148,16 @@ def _output_record(w: _Work, markers: tuple[str, str], out_dir: Path, input_path
 def build_data(input_path: str | os.PathLike, fmt: str, out_path: str | os.PathLike, captioner: Captioner,
                refiner: Refiner | None = None, judge: Judge | None = None, resume: bool = False,
                limit: int | None = None, markers: Sequence[str] = DEFAULT_MARKERS, kind: str | None = None,
-               dataset_root: str | os.PathLike | None = None, chunk_size: int = 32) -> dict[str, Any]:
+               dataset_root: str | os.PathLike | None = None, chunk_size: int = 32,
+               retry_errors: bool = False) -> dict[str, Any]:
     """Convert an interleaved file into text-imagination records (module docstring); returns the run's counts.
 
     Streams ``chunk_size`` samples at a time (caption -> assemble -> refine -> judge, each pass batched) and
     writes every output / dropped record with a flush. ``resume`` skips samples whose id (at the same input
     position) is already in the output or dropped file, after cutting a half-written last line. ``limit`` caps
-    the number of records processed in this run (resume-skipped ones not counted).
+    the number of records processed in this run (resume-skipped ones not counted). ``retry_errors`` (with
+    ``resume``): the error records (reason ``"bad record"``) are removed from the dropped file and their samples run
+    again; both files are then put back in input order.
     Returns ``{"read", "kept", "dropped", "errors", "dropped_reasons": {reason: n}, "skipped", "repaired_bytes",
     "out", "dropped_out"}`` for this run (``read = kept + dropped + errors``; ``skipped`` = resume-skipped).
     """
@@ -1139,9 +1187,16 @@ def build_data(input_path: str | os.PathLike, fmt: str, out_path: str | os.PathL
 
     with contextlib.ExitStack() as stack:
         files = []
+        retried = 0
         for path in (out_path, drop_path):  # the one JSONL writer/resume (core.records.JsonlFile)
             f, lines, cut = JsonlFile.open(path, resume=resume, ascii=False)
             stack.enter_context(f)
+            if retry_errors and path == drop_path:
+                keep = [ln for ln in lines if not (isinstance(ln[3], dict) and ln[3].get("reason") == "bad record")]
+                retried = len(lines) - len(keep)
+                if retried:
+                    f.rewrite(b"".join(ln[2] for ln in keep))
+                    lines = keep
             _scan_done(lines, done, done_where)
             repaired += cut
             files.append(f)
@@ -1201,7 +1256,10 @@ def build_data(input_path: str | os.PathLike, fmt: str, out_path: str | os.PathL
                 chunk = []
         if chunk:
             flush(chunk)
+        if retried:  # the re-run records were appended: restore input order in both files
+            for f in files:
+                f.rewrite(b"".join(ln[2] for ln in sorted(f.scan(), key=lambda ln: _input_position(ln[3]))))
 
     return {"read": counts["read"], "kept": counts["kept"], "dropped": counts["dropped"], "errors": counts["errors"],
-            "dropped_reasons": dict(reasons), "skipped": skipped, "repaired_bytes": repaired,
+            "dropped_reasons": dict(reasons), "skipped": skipped, "repaired_bytes": repaired, "retried": retried,
             "out": str(out_path), "dropped_out": str(drop_path)}

@@ -24,9 +24,11 @@ DEFAULT_REMOTE_MAX_NEW_TOKENS = 512
 
 @dataclass
 class GenerationFailure:
-    """A request the backend could not answer (its ``Completion.error``)."""
+    """A request the backend could not answer (its ``Completion.error``); ``part`` says which part of the request
+    was at fault (``"text"``, ``"image"``) or None when the input is not to blame (a server error)."""
 
     error: str
+    part: str | None = None
 
     def __str__(self) -> str:
         return f"generation failed: {self.error}"
@@ -81,8 +83,8 @@ class BackendGenerator:
                                       key=f"gen-{self.calls}"))
             self.calls += 1
         outs = self.backend.generate(prompts, self.params)
-        return [o.text if o.error is None and o.text is not None else GenerationFailure(o.error or "no reply")
-                for o in outs]
+        return [o.text if o.error is None and o.text is not None
+                else GenerationFailure(o.error or "no reply", getattr(o, "error_part", None)) for o in outs]
 
 
 def make_generator(spec: BackendSpec, max_new_tokens: int | None = None, loaded: dict | None = None,
@@ -116,7 +118,8 @@ def build_data_with_models(input_path: str | os.PathLike, out_path: str | os.Pat
                            limit: int | None = None, kind: str | None = None,
                            dataset_root: str | os.PathLike | None = None,
                            markers: Sequence[str] | None = None, batch_size: int = 8,
-                           max_new_tokens: int | None = None, chat_json: str | os.PathLike | None = None) -> dict:
+                           max_new_tokens: int | None = None, chat_json: str | os.PathLike | None = None,
+                           retry_errors: bool = False) -> dict:
     """Run ``build_data`` with a model captioner (the paper's setting) or the captions stored with the data
     (``captioner="metadata"``), and optional model refiner / judge, each on its backend (``BackendSpec``). Returns
     build_data's counts plus, per role, the backend identity and call statistics (``calls``, ``cache_hits``,
@@ -143,7 +146,7 @@ def build_data_with_models(input_path: str | os.PathLike, out_path: str | os.Pat
     ref = ModelRefiner(gens["refiner"], prompts, batch_size, markers) if "refiner" in gens else None
     jud = ModelJudge(gens["judge"], prompts, batch_size, markers) if "judge" in gens else None
     counts = build_data(input_path, fmt, out_path, cap, refiner=ref, judge=jud, resume=resume, limit=limit,
-                        markers=markers, kind=kind, dataset_root=dataset_root)
+                        markers=markers, kind=kind, dataset_root=dataset_root, retry_errors=retry_errors)
     counts["models"] = {"captioner": "metadata" if captioner == "metadata" else gens["captioner"].identity,
                         "refiner": gens["refiner"].identity if "refiner" in gens else None,
                         "judge": gens["judge"].identity if "judge" in gens else None}
