@@ -470,8 +470,9 @@ def _plan(interventions: Iterable[str | InterventionSpec] | None) -> list[Interv
         specs.extend([it] if isinstance(it, InterventionSpec) else parse_specs([it]))
     seen, out = set(), []
     for s in specs:
-        if s.kind != "vector":
-            raise LatentcheckError(f"bench runs vector interventions only; {s.label!r} is a sequence intervention "
+        if s.kind not in ("vector", "attention"):
+            raise LatentcheckError(f"bench runs vector and attention interventions only; {s.label!r} is a sequence "
+                                   "intervention "
                                    "(it needs the baseline's latents first): use `latentcheck perturb-latent`")
         if s.label == "baseline":
             raise LatentcheckError("intervention label 'baseline' is reserved")

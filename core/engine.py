@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from latentcheck.core.errors import ProfileError
-from latentcheck.core.kvshare import SharedPrefixCache, shared_forward, supports_shared_prefix
+from latentcheck.core.kvshare import KeyKnockout, SharedPrefixCache, knockout_forward, shared_forward, \
+    supports_shared_prefix
 from latentcheck.core.interventions import InterventionSpec, LatentStats, VectorContext, apply_vector
 from latentcheck.core.profiles import DecodingSpec
 from latentcheck.core.prompts import Prompt
@@ -117,7 +118,7 @@ _ROW_TENSORS = ("mT", "mL", "pos", "logits", "fb", "ov", "ov_len", "ov_mask", "h
                 "mode", "lat_count", "blocks", "finished", "reason", "history", "gen_ids", "fed_t", "span_t", "n_gen",
                 "ap_logits", "ap_done", "ap_col", "ap_pos", "ap_pending", "zeros_l", "ones_l", "start_fill",
                 "end_fill", "pad_fill", "lat_rec", "no_rows", "has_spec", "retirable", "need", "vec", "nxt",
-                "span_now", "new_fin", "active", "row_max", "enter", "start_only", "mS0")  # per-row state of a _Batch (rows leave by indexing these)
+                "span_now", "new_fin", "active", "row_max", "enter", "start_only", "mS0", "img_cols")  # per-row state of a _Batch (rows leave by indexing these)
 
 
 class _Batch(SimpleNamespace):
@@ -364,13 +365,16 @@ class Engine:
         types = getattr(cfg, "layer_types", None) or ["full_attention"]
         return getattr(cfg, "_attn_implementation", None) == "sdpa" and all(t == "full_attention" for t in types)
 
-    def _forward(self, embeds, positions, mask, cache, **visual):
+    def _forward(self, embeds, positions, mask, cache, knockout: KeyKnockout | None = None, **visual):
         """The decoder on input embeddings with explicit positions (3 x B x L mRoPE; a text-only model takes the
-        first row, identical to its 1-D positions). ``visual``: Qwen3-VL's DeepStack inputs (prefill only)."""
+        first row, identical to its 1-D positions). ``visual``: Qwen3-VL's DeepStack inputs (prefill only).
+        ``knockout``: keys hidden from some queries in some layers only (attention knockout, ``core.kvshare``)."""
         if self.text_only:
             positions = positions[0]
         if isinstance(cache, SharedPrefixCache):
-            return shared_forward(self.text_model, embeds, positions, mask, cache)
+            return shared_forward(self.text_model, embeds, positions, mask, cache, knockout)
+        if knockout is not None:
+            return knockout_forward(self.text_model, embeds, positions, mask, cache, knockout, **visual)
         out = self.text_model(inputs_embeds=embeds, position_ids=positions, attention_mask=mask,
                               cache=cache, use_cache=cache is not None, **visual)
         return out.last_hidden_state
@@ -628,6 +632,20 @@ class Engine:
         for j, (sid, rows) in enumerate(cond_ids.items()):
             row_cond[rows] = j
             b.spec_list.append(spec_of[sid])
+        # attention knockout: (layers, rows, query kind, key kind) per distinct knockout intervention
+        n_layers = len(self.text_model.layers)
+        b.ko_groups = []
+        ko_specs: dict[int, list[int]] = {}
+        for r, c in enumerate(conds):
+            if c.intervention is not None and c.intervention.kind == "attention":
+                ko_specs.setdefault(id(c.intervention), []).append(r)
+        for sid, rows in ko_specs.items():
+            spec = spec_of[sid]
+            layers = spec.definition.fn(spec, n_layers)
+            m = torch.zeros(R, dtype=torch.bool, device=dev)
+            m[rows] = True
+            b.ko_groups.append((layers, m, spec.params["query"], spec.params["key"]))
+        b.img_cols = is_img if b.ko_groups else None
         b.force = torch.tensor([is_latent and (reqs[i].force_latent or L.trigger == "forced_prefix") for i in src],
                                device=dev)
         b.force_any = bool(b.force.any())
@@ -853,7 +871,7 @@ class Engine:
         else:  # = transformers' SDPA mask for a one-token query: causal is all-true, so keys_ok
             mask = keys_ok[:, None, None, :]
         posv = b.pos.view(1, R, 1).expand(3, R, 1)
-        hs = self._forward(emb[:, None], posv, mask, b.cache)
+        hs = self._forward(emb[:, None], posv, mask, b.cache, self._knockout(b, t_col + 1, b.span_now))
         if b.hide_start and bool(b.enter.any()):  # later queries never see a latent-start position
             b.mT[:, t_col] &= ~b.enter
             b.mL[:, t_col] &= ~b.enter
@@ -872,6 +890,29 @@ class Engine:
             b.ap_all_done = bool(b.ap_done.all())
         b.pos = b.pos + 1
         b.t_col = t_col + 1
+
+    def _knockout(self, b: _Batch, K: int, span_query) -> KeyKnockout | None:
+        """The attention knockout of one forward over key columns [0, K) (None when no row knocks anything out):
+        per decoder layer the keys hidden from the rows' queries. ``span_query`` [R]: whether the row's query is a
+        latent-span position (query=span) or not (query=answer: every position outside a span). Key kinds: ``span``
+        = the generated positions recorded as span positions so far, ``image`` = the prompt's image tokens."""
+        if not b.ko_groups:
+            return None
+        torch = self._torch
+        R, P = b.R, b.P
+        n_gen = K - P
+        span_cols = torch.zeros((R, K), dtype=torch.bool, device=self.device)
+        done = min(n_gen, b.span_t.shape[1])
+        span_cols[:, P:P + done] = b.span_t[:, :done]
+        img_cols = torch.zeros((R, K), dtype=torch.bool, device=self.device)
+        img_cols[:, :P] = b.img_cols
+        per_layer: dict[int, Any] = {}
+        for layers, rows, query, key in b.ko_groups:
+            q = rows & (span_query if query == "span" else ~span_query)
+            d = q[:, None] & (span_cols if key == "span" else img_cols)
+            for li in layers:
+                per_layer[li] = d if li not in per_layer else per_layer[li] | d
+        return KeyKnockout({li: d[:, None, None, :] for li, d in per_layer.items()})
 
     def _option_scores(self, b: _Batch, rows: list[int]) -> list:
         """Option log-probabilities at the answer point of live rows ``rows`` (after the profile's answer prefix,
@@ -913,6 +954,7 @@ class Engine:
         if b.gens is not None:
             b.gens = [b.gens[i] for i in kl]
         b.stop_groups = [(seq, m[keep]) for seq, m in b.stop_groups]
+        b.ko_groups = [(layers, m[keep], q, k) for layers, m, q, k in b.ko_groups]
         b.lat_steps = [(m[keep], v[keep], r[keep]) for m, v, r in b.lat_steps]
         b.hid_steps = [(m[keep], h[keep]) for m, h in b.hid_steps]
         b.lg_steps = [lg[keep] for lg in b.lg_steps]
@@ -937,7 +979,8 @@ class Engine:
         base = b.mT[:, :t_col] & (cols[None] < b.ap_col[:, None].clamp(min=0))
         mask = torch.cat([base, torch.ones((R, n), dtype=torch.bool, device=dev)], 1).long()
         posv = (b.ap_pos[:, None] + torch.arange(n, device=dev)[None]).view(1, R, n).expand(3, R, n)
-        hs = self._forward(self.embed(ids), posv, mask, b.cache)
+        ko = self._knockout(b, t_col + n, torch.zeros(R, dtype=torch.bool, device=dev))
+        hs = self._forward(self.embed(ids), posv, mask, b.cache, ko)
         b.cache.crop(-n)
         new = torch.log_softmax(self.model.lm_head(hs[:, -1]).float(), -1)
         return torch.where(b.ap_done[:, None], new, lp)

@@ -7,7 +7,10 @@ Two families:
 - *vector* interventions transform the vector about to be fed back, step by step, inside the engine (identity, zero,
   near_zero, noise, noise_replace, scale, shared, index_mean);
 - *sequence* interventions need the un-intervened run's latents first (swap with another instance, shuffle, reverse,
-  drop the span, or a replay of given vectors): they become per-sample *overrides* of the latent sequence.
+  drop the span, or a replay of given vectors): they become per-sample *overrides* of the latent sequence;
+- *attention* interventions change who may attend to whom in some decoder layers (``knockout``: the answer cannot
+  read the latent span, or the span cannot read the image, in a layer range); the engine turns them into per-layer
+  attention masks (``core.kvshare.KeyKnockout``) while decoding.
 """
 
 from __future__ import annotations
@@ -70,10 +73,12 @@ class InterventionDef:
     ``needs_stats``: dataset statistics of the baseline latents (``LatentStats``, a calibration pass), True/False or a
     function of the spec's parameters; ``needs_partner``: another sample's latents (skipped without one);
     ``whole_span``: acts on the whole latent span (``@steps`` is ignored, per-index plans refuse it); ``check``: extra
-    validation of the parameters (raises LatentcheckError). Parameter types are the types of the defaults."""
+    validation of the parameters (raises LatentcheckError); ``needs_embedding``: a sequence intervention that reads
+    the model's input-embedding table (``fn`` gets an ``Embeddings`` as a fifth argument). Parameter types are the
+    types of the defaults."""
 
     name: str
-    kind: str  # "vector" | "sequence"
+    kind: str  # "vector" | "sequence" | "attention"
     params: dict[str, Any]  # defaults
     doc: str
     fn: Callable | None = None
@@ -81,6 +86,7 @@ class InterventionDef:
     needs_partner: bool = False
     whole_span: bool = False
     check: Callable[[dict[str, Any]], None] | None = None
+    needs_embedding: bool = False
 
     def uses_stats(self, params: dict[str, Any]) -> bool:
         return bool(self.needs_stats(params) if callable(self.needs_stats) else self.needs_stats)
@@ -91,18 +97,22 @@ REGISTRY: Registry[InterventionDef] = Registry("intervention")
 
 def register(name: str, kind: str, doc: str, *, needs_stats: bool | Callable[[dict[str, Any]], bool] = False,
              needs_partner: bool = False, whole_span: bool = False,
-             check: Callable[[dict[str, Any]], None] | None = None, **defaults):
+             check: Callable[[dict[str, Any]], None] | None = None, needs_embedding: bool = False, **defaults):
     """Decorator: register an intervention (vector: ``fn(v [n, H], steps [n], ctx, spec, seed) -> [n, H]``;
-    sequence: ``fn(base [K, H], partner [K, H] | None, rng, spec) -> override [K', H]``). Duplicate names are an
-    error."""
-    if kind not in ("vector", "sequence"):
-        raise LatentcheckError(f"intervention {name!r}: kind must be 'vector' or 'sequence', got {kind!r}")
+    sequence: ``fn(base [K, H], partner [K, H] | None, rng, spec) -> override [K', H]``, plus an ``Embeddings``
+    argument when ``needs_embedding``; attention: ``fn(spec, n_layers) -> frozenset`` of the decoder layers it acts
+    in, the engine reads the spec's ``query`` / ``key`` parameters). Duplicate names are an error."""
+    if kind not in KINDS:
+        raise LatentcheckError(f"intervention {name!r}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
     def deco(fn):
         REGISTRY.add(name, InterventionDef(name, kind, defaults, doc, fn, needs_stats, needs_partner, whole_span,
-                                           check))
+                                           check, needs_embedding))
         return fn
     return deco
+
+
+KINDS = ("vector", "sequence", "attention")
 
 
 @dataclass
@@ -274,6 +284,95 @@ def _length(base, partner, rng, spec):
     return np.concatenate([base, np.repeat(base[-1:], k - len(base), 0)])
 
 
+def _check_knockout(params: dict[str, Any]) -> None:
+    q, k = params["query"], params["key"]
+    if q not in KNOCKOUT_QUERIES:
+        raise LatentcheckError(f"knockout: query must be one of {', '.join(KNOCKOUT_QUERIES)}, got {q!r}")
+    if k not in KNOCKOUT_KEYS:
+        raise LatentcheckError(f"knockout: key must be one of {', '.join(KNOCKOUT_KEYS)}, got {k!r}")
+    if q == "span" and k == "span":
+        raise LatentcheckError("knockout: query=span,key=span would hide the span from itself; not supported")
+    parse_layers(params["layers"], None)
+
+
+KNOCKOUT_QUERIES = ("answer", "span")  # answer = every position outside a latent span (the text after it)
+KNOCKOUT_KEYS = ("span", "image")
+
+
+def parse_layers(text: Any, n_layers: int | None) -> frozenset[int]:
+    """A layer range: ``all``, ``none`` (no layer), ``L`` or ``A-B`` (inclusive, 0-based decoder layers). With
+    ``n_layers`` the range is checked against the model."""
+    t = str(text).strip().lower()
+    if t == "all":
+        if n_layers is None:
+            return frozenset()
+        return frozenset(range(n_layers))
+    if t in ("none", ""):
+        return frozenset()
+    a, sep, b = t.partition("-")
+    try:
+        lo = int(a)
+        hi = int(b) if sep else lo
+    except ValueError:
+        raise LatentcheckError(f"bad layer range {text!r} (expected all, none, L or A-B, e.g. 0-3)") from None
+    if lo < 0 or hi < lo:
+        raise LatentcheckError(f"bad layer range {text!r}: need 0 <= A <= B")
+    if n_layers is not None and hi >= n_layers:
+        raise LatentcheckError(f"layer range {text!r} reaches past the model's {n_layers} decoder layers "
+                               f"(0-{n_layers - 1})")
+    return frozenset(range(lo, hi + 1))
+
+
+@register("knockout", "attention", "attention knockout in a layer range: query=answer (every position outside the "
+          "latent span) or span cannot attend to key=span or image, in decoder layers `layers` (all, none, L or "
+          "A-B)", whole_span=True, check=_check_knockout, query="answer", key="span", layers="all")
+def _knockout(spec, n_layers):
+    return parse_layers(spec.params["layers"], n_layers)
+
+
+@dataclass
+class Embeddings:
+    """What a ``needs_embedding`` intervention may read: the model's input-embedding table [V, H] (a torch tensor,
+    never copied whole) and its tokenizer."""
+
+    weight: Any
+    tokenizer: Any = None
+
+    def mean(self) -> np.ndarray:
+        """The mean input embedding over the vocabulary [H]."""
+        return self.weight.detach().float().mean(0).cpu().numpy()
+
+    def of(self, token: str) -> np.ndarray:
+        """The input embedding [H] of ``token`` (a text that must be exactly one token, or ``#ID`` for a token id)."""
+        if token.startswith("#") and token[1:].isdigit():
+            tid = int(token[1:])
+        else:
+            ids = self.tokenizer.encode(token, add_special_tokens=False) if self.tokenizer is not None else []
+            if len(ids) != 1:
+                raise LatentcheckError(f"placeholder: token {token!r} is {len(ids)} tokens for this tokenizer; give "
+                                       "one token or #ID")
+            tid = ids[0]
+        if not 0 <= tid < self.weight.shape[0]:
+            raise LatentcheckError(f"placeholder: token id {tid} is outside the vocabulary (0-{self.weight.shape[0] - 1})")
+        return self.weight[tid].detach().float().cpu().numpy()
+
+
+def _check_placeholder(params: dict[str, Any]) -> None:
+    if params["source"] not in ("mean", "token"):
+        raise LatentcheckError(f"placeholder: source must be 'mean' or 'token', got {params['source']!r}")
+    if params["source"] == "token" and not str(params["token"]):
+        raise LatentcheckError("placeholder: source=token needs token=TEXT (one token) or token=#ID")
+
+
+@register("placeholder", "sequence", "keep the span's K positions but feed one constant embedding at each: "
+          "source=mean (the mean input embedding) or source=token with token=TEXT|#ID (that token's embedding); "
+          "position-preserving removal, unlike drop", whole_span=True, needs_embedding=True,
+          check=_check_placeholder, source="mean", token="")
+def _placeholder(base, partner, rng, spec, emb: Embeddings):
+    v = emb.mean() if spec.params["source"] == "mean" else emb.of(str(spec.params["token"]))
+    return np.repeat(v[None].astype(np.float32), len(base), 0)
+
+
 @register("replay", "sequence", "feed given latent vectors (a .npy file [K, H] or set by the caller)", path="")
 def _replay(base, partner, rng, spec):
     path = spec.params.get("path") or ""
@@ -384,11 +483,17 @@ def apply_vector(spec: InterventionSpec, v, steps, ctx: VectorContext):
 
 
 def sequence_override(spec: InterventionSpec, base: np.ndarray, partner: np.ndarray | None, key: str,
-                      seed: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Override vectors for a sequence intervention, plus a mask of which indices are overridden (None = all)."""
+                      seed: int, embeddings: Embeddings | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Override vectors for a sequence intervention, plus a mask of which indices are overridden (None = all).
+    ``embeddings``: the model's input embeddings, for interventions that declare ``needs_embedding``."""
     rng = np.random.default_rng([spec.seed_int(seed), int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)])
     d = REGISTRY[spec.name]
-    new = d.fn(base, partner, rng, spec)
+    if d.needs_embedding:
+        if embeddings is None:
+            raise LatentcheckError(f"{spec.label}: needs the model's input embeddings (pass embeddings=)")
+        new = d.fn(base, partner, rng, spec, embeddings)
+    else:
+        new = d.fn(base, partner, rng, spec)
     if spec.steps is None or d.whole_span:
         return new, None
     k = max(len(base), len(new))

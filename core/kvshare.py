@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 ATTENTION_NAME = "latentcheck_shared_prefix"
+KNOCKOUT_NAME = "latentcheck_knockout"  # the plain path's attention with per-layer key knockout (``knockout_forward``)
 _registered = False
 
 
@@ -30,7 +31,25 @@ def register_attention() -> None:
     from transformers import AttentionInterface
 
     AttentionInterface.register(ATTENTION_NAME, shared_prefix_attention)
+    AttentionInterface.register(KNOCKOUT_NAME, knockout_attention)
     _registered = True
+
+
+class KeyKnockout:
+    """Attention knockout: per decoder layer, which keys some queries may not read (on top of the step's mask).
+
+    ``drop[layer]`` = a boolean tensor broadcastable to the attention mask [R, 1, n, K] (True = hidden); layers
+    without an entry attend as usual. The engine builds one per forward from the rows' knockout interventions;
+    both attention paths (``shared_prefix_attention`` and the plain path's ``knockout_attention``) AND it into the
+    mask of that layer only, so knockout is a mask, never a copy of the cache."""
+
+    def __init__(self, drop: dict[int, Any]):
+        self.drop = drop
+
+    def apply(self, layer_idx: int, mask):
+        """The boolean mask ``mask`` of layer ``layer_idx`` with this layer's knocked-out keys hidden."""
+        d = self.drop.get(layer_idx)
+        return mask if d is None else mask & ~d.to(mask.device)
 
 
 def supports_shared_prefix(text_model) -> bool:
@@ -143,39 +162,92 @@ class SharedPrefixCache:
         return {"prefix": pre, "suffix": suf}
 
 
-def shared_forward(text_model, embeds, positions, mask, cache: SharedPrefixCache):
+def shared_forward(text_model, embeds, positions, mask, cache: SharedPrefixCache, knockout: KeyKnockout | None = None):
     """One forward of ``text_model`` whose attention reads ``cache``'s shared prefixes. ``mask``: None (every key
     visible), a 2-D [R, K] key mask (the new positions causal among themselves, as transformers reads a 2-D mask) or a
-    4-D boolean [R, 1, n, K] mask; K = P + suffix positions including the new ones."""
-    import torch
-
+    4-D boolean [R, 1, n, K] mask; K = P + suffix positions including the new ones. ``knockout``: keys hidden in
+    some layers only (``KeyKnockout``)."""
     register_attention()
-    R, n = embeds.shape[0], embeds.shape[1]
-    K = cache.get_seq_length() + n
-    dev = embeds.device
-    if mask is None or mask.dim() == 2:
-        keys = torch.ones((R, K), dtype=torch.bool, device=dev) if mask is None else mask.bool()
-        causal = torch.ones((n, n), dtype=torch.bool, device=dev).tril()
-        m = keys[:, None, :].expand(R, n, K).clone()
-        m[:, :, K - n:] &= causal[None]
-        mask = m[:, None]
-    else:
-        mask = mask.bool()
+    mask = bool_mask(mask, embeds, cache.get_seq_length())
     cfg = text_model.config
     types = set(getattr(cfg, "layer_types", None) or ["full_attention"])
     before = cfg._attn_implementation_internal
     cfg._attn_implementation_internal = ATTENTION_NAME
     try:
         out = text_model(inputs_embeds=embeds, position_ids=positions, attention_mask=dict.fromkeys(types, mask),
-                         cache=cache, use_cache=True, lc_shared_prefix=cache)
+                         cache=cache, use_cache=True, lc_shared_prefix=cache, lc_knockout=knockout)
     finally:
         cfg._attn_implementation_internal = before
     return out.last_hidden_state
 
 
+def bool_mask(mask, embeds, past: int):
+    """The 4-D boolean mask [R, 1, n, K] (K = ``past`` + n) of a forward of ``embeds`` [R, n, H]: None = every key
+    visible, a 2-D [R, K] key mask gets the new positions causal among themselves (as transformers reads a 2-D mask),
+    a 4-D mask is taken as is."""
+    import torch
+
+    R, n = embeds.shape[0], embeds.shape[1]
+    K = past + n
+    dev = embeds.device
+    if mask is not None and mask.dim() == 4:
+        return mask.bool()
+    keys = torch.ones((R, K), dtype=torch.bool, device=dev) if mask is None else mask.bool()
+    causal = torch.ones((n, n), dtype=torch.bool, device=dev).tril()
+    m = keys[:, None, :].expand(R, n, K).clone()
+    m[:, :, K - n:] &= causal[None]
+    return m[:, None]
+
+
+def knockout_forward(text_model, embeds, positions, mask, cache, knockout: KeyKnockout, **visual):
+    """One forward of ``text_model`` on the plain path (a transformers cache or none) with attention knockout: the
+    step's mask made 4-D boolean (``bool_mask``) and passed prepared, and the attention function
+    ``knockout_attention`` (registered in transformers' ``AttentionInterface``) selected for this forward; it hides
+    ``knockout``'s keys in their layers and otherwise runs the model's own attention (sdpa or eager) on the same
+    mask. Needs full attention in every layer."""
+    register_attention()
+    cfg = text_model.config
+    types = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+    if types != {"full_attention"}:
+        raise ValueError("attention knockout needs a text model whose layers are all full attention")
+    past = cache.get_seq_length() if cache is not None else 0
+    m = bool_mask(mask, embeds, past)
+    before = cfg._attn_implementation_internal
+    base = cfg._attn_implementation
+    if base not in ("sdpa", "eager"):
+        raise ValueError(f"attention knockout runs on sdpa or eager attention, this model uses {base!r}")
+    cfg._attn_implementation_internal = KNOCKOUT_NAME
+    try:
+        out = text_model(inputs_embeds=embeds, position_ids=positions, attention_mask=dict.fromkeys(types, m),
+                         cache=cache, use_cache=cache is not None, lc_knockout=knockout, lc_base=base, **visual)
+    finally:
+        cfg._attn_implementation_internal = before
+    return out.last_hidden_state
+
+
+def knockout_attention(module, query, key, value, attention_mask, lc_knockout: KeyKnockout | None = None,
+                       lc_base: str = "sdpa", **kwargs: Any):
+    """The plain path's attention under knockout: ``attention_mask`` (4-D boolean) with the layer's knocked-out keys
+    hidden, then the model's own attention function (``lc_base``: transformers' sdpa, or the model module's eager
+    with the mask made additive)."""
+    import sys
+
+    import torch
+
+    mask = attention_mask if lc_knockout is None else lc_knockout.apply(module.layer_idx, attention_mask)
+    if lc_base == "sdpa":
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    additive = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+        ~mask, torch.finfo(query.dtype).min)
+    return eager(module, query, key, value, additive, **kwargs)
+
+
 def shared_prefix_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                             scaling: float | None = None, lc_shared_prefix: SharedPrefixCache | None = None,
-                            **kwargs: Any):
+                            lc_knockout: KeyKnockout | None = None, **kwargs: Any):
     """Attention of R rows' queries over [their sample's prefix ; their own suffix] (see the module docstring).
     ``query`` [R, h, n, d]; ``key``/``value`` = the rows' suffixes [R, kvh, S, d]; ``attention_mask`` [R, 1, n, P+S]
     boolean. Returns ([R, n, h, d], None) like transformers' attention functions."""
@@ -191,6 +263,8 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout: 
     g = h // kvh
     scale = scaling if scaling is not None else d ** -0.5
     attention_mask = attention_mask.to(query.device)
+    if lc_knockout is not None:
+        attention_mask = lc_knockout.apply(li, attention_mask)
     m_pre, m_suf = attention_mask[..., :P], attention_mask[..., P:]  # [R, 1, n, P], [R, 1, n, S]
     # ---- prefix: the rows of a sample are extra queries of that sample ([B, h, N*n, d]), one pass over its keys
     N = c.n_slots

@@ -35,8 +35,8 @@ from scipy.special import logsumexp
 
 from latentcheck.core.engine import Condition, Engine, Request, Trace
 from latentcheck.core.errors import LatentcheckError, RecordError
-from latentcheck.core.interventions import (REGISTRY, InterventionSpec, LatentStats, parse_spec, parse_specs,
-                                            sequence_override)
+from latentcheck.core.interventions import (REGISTRY, Embeddings, InterventionSpec, LatentStats, parse_spec,
+                                            parse_specs, sequence_override)
 from latentcheck.core.profiles import VISIBILITIES
 from latentcheck.core.analysis import AnalysisResult, finish, not_main
 from latentcheck.core.summaries import Estimate
@@ -235,15 +235,17 @@ def execute(engine: Engine, requests: list[Request], batch_size: int, naive: boo
 
 def sequence_conditions(planned: Sequence[PlannedIntervention], key: str, base_latents: np.ndarray,
                         partner_latents: np.ndarray | None, seed: int,
-                        hidden_size: int | None = None) -> tuple[list[Condition], dict[str, str]]:
-    """Override conditions for the sequence interventions of one sample (+ reasons for the ones skipped)."""
+                        hidden_size: int | None = None, embeddings: Embeddings | None = None
+                        ) -> tuple[list[Condition], dict[str, str]]:
+    """Override conditions for the sequence interventions of one sample (+ reasons for the ones skipped);
+    ``embeddings``: the model's input embeddings (for interventions that declare ``needs_embedding``)."""
     conds, skipped = [], {}
     for p in planned:
         spec = p.spec
         if spec.definition.needs_partner and partner_latents is None:
             skipped[p.label] = "no partner sample (need >= 2 valid samples) or the partner failed"
             continue
-        ov, mask = sequence_override(spec, base_latents, partner_latents, key, seed)
+        ov, mask = sequence_override(spec, base_latents, partner_latents, key, seed, embeddings)
         if ov.size and (ov.ndim != 2 or (hidden_size is not None and ov.shape[1] != hidden_size)):
             raise LatentcheckError(f"{p.label}: the override vectors have shape {ov.shape}; expected [K, {hidden_size}]")
         conds.append(Condition(p.label, override=np.ascontiguousarray(ov, dtype=np.float32), override_mask=mask))
@@ -261,7 +263,7 @@ class _Analysis:
         self.opts = opts
         self.settings = settings
         self.engine = Engine(lm, seed=opts.seed)
-        self.vector = [p for p in planned if p.kind == "vector"]
+        self.vector = [p for p in planned if p.kind in ("vector", "attention")]  # (rows of the decode batch)
         self.sequence = [p for p in planned if p.kind == "sequence"]
         self.kinds = list(settings.mediation)
         self.tasks = {t.id: t for t in tasks}
@@ -271,6 +273,7 @@ class _Analysis:
             if (self.has_swap or self.kinds) else {}
         self.span = "span" in settings.mediators
         self.extract = get_extractor(lm.profile.extractor)
+        self.embeddings = Embeddings(self.engine.embed.weight, lm.tokenizer)
         self.timing = {"calibration_s": 0.0, "vector_pass_s": 0.0, "sequence_pass_s": 0.0, "samples": 0}
         self._cache: dict[str, _Sample | RecordError] = {}
         self._cache_size = max(64, 2 * group_size)
@@ -457,7 +460,8 @@ class _Analysis:
         for key, s in samples.items():
             pk = partners[key].task.id if key in partners else None
             conds, skipped[key] = sequence_conditions(self.sequence, key, base_latents[key],
-                                                      base_latents.get(pk) if pk else None, self.opts.seed, H)
+                                                      base_latents.get(pk) if pk else None, self.opts.seed, H,
+                                                      self.embeddings)
             for kind in self.kinds:
                 if (key, kind) in cf:
                     conds.append(Condition(f"nie:{kind}", override=traces[("cf", key, kind)][0].latents))

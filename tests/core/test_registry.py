@@ -53,7 +53,9 @@ def test_intervention_capabilities_replace_name_checks():
     assert parse_spec("index_mean").needs_stats and parse_spec("shared:source=mean").needs_stats
     assert not parse_spec("zero").needs_stats and not parse_spec("swap").needs_stats
     assert [n for n, d in REGISTRY.items() if d.needs_partner] == ["swap"]
-    assert [n for n, d in REGISTRY.items() if d.whole_span] == ["drop", "length"]
+    assert [n for n, d in REGISTRY.items() if d.whole_span] == ["drop", "length", "knockout", "placeholder"]
+    assert [n for n, d in REGISTRY.items() if d.needs_embedding] == ["placeholder"]
+    assert [n for n, d in REGISTRY.items() if d.kind == "attention"] == ["knockout"]
     base = np.arange(12, dtype=np.float32).reshape(3, 4)
     new, mask = sequence_override(parse_spec("drop@1"), base, None, "k", 0)
     assert new.shape == (0, 4) and mask is None  # a whole-span intervention ignores @steps
