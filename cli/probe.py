@@ -108,6 +108,10 @@ def probe_cmd(
         "--erase", metavar="LABEL", rich_help_panel=PP,
         help="Encodes vs uses: erase LABEL (e.g. answer, meta.answer_text) from the latents with LEACE and steer them "
              "to another value, feed them back and report whether the answer follows (needs the 'mech' extra).")] = None,
+    attention: Annotated[bool, typer.Option(
+        "--attention/--no-attention", rich_help_panel=PP,
+        help="Attention mass of every latent step on the image and the target bbox per layer (one replay per "
+             "source).")] = True,
 ) -> None:
     """Probe what the latents encode: derived questions answered from the latents alone vs baselines, trained
     linear/MLP probes with a control task, and latent geometry."""
@@ -121,7 +125,7 @@ def probe_cmd(
                     system=system, threads=threads)
     popts = ProbeOptions(derived=derived, labels=label or None, from_cache=from_cache, scoring=scoring,
                          force_latent=force_latent, behavioural=behavioural, trained=trained, erase=erase,
-                         probe=ProbeConfig(n_splits=splits, mlp_hidden=(mlp_hidden,), seed=seed))
+                         attention=attention, probe=ProbeConfig(n_splits=splits, mlp_hidden=(mlp_hidden,), seed=seed))
     res = run_probe(opts, popts)
     if not res.is_main:
         return

@@ -114,6 +114,16 @@ class Scores:
         return (-(self.logprobs * v).sum(1) / v.sum(1)).detach().float().cpu().numpy().astype(np.float64)
 
 
+@dataclass
+class AttentionRows:
+    """Head-mean attention weights of chosen query positions at every decoder layer (``Engine.replay_attention``)."""
+
+    labels: list[str]  # per query row: last_prompt_token, start, latent_0 ..., answer_point
+    positions: list[int]  # per query row: its position in the replayed sequence
+    weights: np.ndarray  # [n_layers, n_rows, L]: attention over the L keys (prompt + generated ids), rows sum to 1
+    image_positions: np.ndarray  # positions of the prompt's image tokens, in the processor's (row-major) order
+
+
 _ROW_TENSORS = ("mT", "mL", "pos", "logits", "fb", "ov", "ov_len", "ov_mask", "has_ov", "limit", "fixed", "force",
                 "mode", "lat_count", "blocks", "finished", "reason", "history", "gen_ids", "fed_t", "span_t", "n_gen",
                 "ap_logits", "ap_done", "ap_col", "ap_pos", "ap_pending", "zeros_l", "ones_l", "start_fill",
@@ -1110,6 +1120,45 @@ class Engine:
                     hd.remove()
             lp = torch.log_softmax(self.model.lm_head(h[0, -1]).float(), -1)
             return lp.cpu().numpy(), torch.stack(states).float().cpu().numpy()
+
+    def replay_attention(self, prompt: Prompt, trace: Trace, image_visibility: str | None = None
+                         ) -> AttentionRows | None:
+        """Where the latent span and its references attend, per decoder layer (issue #24 part 3).
+
+        The teacher-forced replay of ``replay_span`` (prompt + the trace's ids up to the answer point, the trace's fed
+        vectors, the visibility rules as a 4-D mask), run once with ``core.attention.attention_rows`` reading the
+        head-mean attention weights of these query positions at every layer: the last prompt token
+        (``last_prompt_token``), every span position in order (``start`` for a latent-start marker — ``start_1`` ... for
+        later blocks —, ``latent_j`` for the position where the j-th vector is fed) and the answer point
+        (``answer_point``: the position whose next-token distribution ``option_logprobs`` scores). The outputs are
+        the model's own (its attention implementation computes them). None when the trace has no answer point."""
+        from latentcheck.core.attention import attention_rows
+
+        torch = self._torch
+        keep = self.answer_point_ids(trace)
+        if keep is None:
+            return None
+        P = prompt.length
+        labels, rows, n_start, n_lat = ["last_prompt_token"], [P - 1], 0, 0
+        for i in range(len(keep)):
+            if i < len(trace.span_mask) and trace.span_mask[i]:
+                if trace.fed_mask[i]:
+                    labels.append(f"latent_{n_lat}")
+                    n_lat += 1
+                else:
+                    labels.append("start" if n_start == 0 else f"start_{n_start}")
+                    n_start += 1
+                rows.append(P + i)
+        labels.append("answer_point")
+        rows.append(P + len(keep) - 1)
+        with torch.no_grad():
+            emb, pos, m, _span, visual = self._replay_inputs(prompt, keep, trace,
+                                                             image_visibility or self.profile.image_visibility)
+            with attention_rows(self.text_model, rows) as captured:
+                self._forward(emb, pos, m[None, None], None, **visual)
+        weights = torch.stack([w[0] for w in captured]).numpy()  # [n_layers, n_rows, L]
+        return AttentionRows(labels=labels, positions=rows, weights=weights,
+                             image_positions=np.nonzero(prompt.image_mask.cpu().numpy())[0])
 
     def _replay_inputs(self, prompt: Prompt, gen_ids: list[int], trace: Trace, vis: str):
         """Embeddings [1, L, H] (image features scattered, fed vectors written), 3-D positions, the [L, L] mask of

@@ -38,6 +38,7 @@ from latentcheck.core.runner import (CommonOptions, TensorStore, data_path, erro
                                      load_records, read_all_tasks, run_records)
 from latentcheck.core.stats import accuracy_effect, paired_bootstrap_diff, wilson_ci
 from latentcheck.core.tasks import LETTERS, BadRecord, Task, read_tasks, validate_record
+from latentcheck.probe.attention import attention_record, plot_attention, region_tokens, summarise_attention
 from latentcheck.probe.lens import lens_record, summarise_lens
 from latentcheck.probe.trained import REFERENCE_SITES, ProbeConfig, analyse_states
 
@@ -64,6 +65,7 @@ class ProbeOptions:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     n_boot: int = 2000
     erase: str | None = None  # a label to erase from / steer in the latents (probe/erasure.py); None = skip
+    attention: bool = True  # attention mass of every latent step on the image / target region per layer
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
@@ -103,15 +105,16 @@ def _hidden_size(lm) -> int:
 
 # ------------------------------------------------------------------------------------------------ stage 1: capture
 def capture_block(engine, lm, tasks: list[Task], store: TensorStore, force_latent: bool = True,
-                  batch_size: int = 8) -> list[dict[str, Any]]:
-    """Run source tasks normally; save latents + reference states to ``store``; one record per task."""
+                  batch_size: int = 8, attention: bool = True) -> list[dict[str, Any]]:
+    """Run source tasks normally; save latents + reference states to ``store``; one record per task (with the logit
+    lens, and with ``attention`` the attention mass of every latent step per layer: probe/attention.py)."""
     from latentcheck.core.engine import Request
     from latentcheck.core.extract import get_extractor
     from latentcheck.core.prompts import build_prompt, task_text
 
     extract = get_extractor(lm.profile.extractor)
     out: dict[str, dict] = {}
-    reqs, ok = [], []
+    reqs, ok, prompts = [], [], []
     for t in tasks:
         try:
             prompt = build_prompt(lm, t.id, task_text(t, lm.profile), t.load_image())
@@ -120,6 +123,7 @@ def capture_block(engine, lm, tasks: list[Task], store: TensorStore, force_laten
             continue
         reqs.append(Request(prompt, option_ids=_option_ids(lm, t), force_latent=force_latent))
         ok.append(t)
+        prompts.append(prompt)
     traces = [tr[0] for tr in engine.run(reqs, batch_size=batch_size)] if reqs else []
     if ok:
         empty = np.zeros(0, dtype=np.float32)
@@ -127,7 +131,7 @@ def capture_block(engine, lm, tasks: list[Task], store: TensorStore, force_laten
         for site in REFERENCE_SITES:
             arrays[site] = [tr.refs.get(site, empty) for tr in traces]
         store.save([t.id for t in ok], arrays)  # before the records: every written record has its tensors
-    for t, tr in zip(ok, traces):
+    for t, tr, prompt in zip(ok, traces, prompts):
         rec = {"key": t.id, "category": t.category, "answer": t.answer_letter, "has_image": t.image is not None,
                "latent_count": tr.latent_count, "triggered": tr.triggered}
         if t.options:
@@ -138,6 +142,10 @@ def capture_block(engine, lm, tasks: list[Task], store: TensorStore, force_laten
                     lm, tr.raw_latents, tr.refs.get("last_prompt_token"), _option_ids(lm, t),
                     LETTERS.index(t.answer_letter),
                     LETTERS.index(pred) if isinstance(pred, str) and pred in LETTERS[:len(t.options)] else None)
+        if attention and tr.latent_count and prompt.image_grid_thw is not None:
+            rows = engine.replay_attention(prompt, tr)
+            if rows is not None:
+                rec["attention"] = attention_record(rows, region_tokens(lm, prompt, t))
         out[t.id] = rec
     return [out[t.id] for t in tasks]
 
@@ -389,9 +397,10 @@ def run_probe(opts: CommonOptions, popts: ProbeOptions | None = None, lm=None) -
 
     store = TensorStore(tdir)
     cap_opts = dataclasses.replace(opts, out=str(out / CAPTURE_DIR))
-    cap_cfg = {**cap_opts.config(), "force_latent": popts.force_latent}
+    cap_cfg = {**cap_opts.config(), "force_latent": popts.force_latent, "attention": popts.attention}
     cap = run_records("probe.capture", cap_opts, cap_cfg, lm.describe(), items,
-                      lambda block: capture_block(engine, lm, block, store, popts.force_latent, opts.batch_size),
+                      lambda block: capture_block(engine, lm, block, store, popts.force_latent, opts.batch_size,
+                                                  popts.attention),
                       description="probe: capture", on_fresh_start=clear_tensors)
     cap_records = load_records(cap.results_path) if cap.is_main else []
     ok_keys = [t.id for t in sources]
@@ -443,6 +452,9 @@ def _finish(opts: CommonOptions, popts: ProbeOptions, summary: dict[str, Any], c
     plot_dir = Path(opts.out) / "plots"
     plots: list[str] = []
     summary["capture"] = summarise_capture(cap_records)
+    if any("attention" in r for r in cap_records):
+        summary["capture"]["attention"] = summarise_attention(cap_records, popts.n_boot, opts.seed)
+        plots += plot_attention(summary["capture"]["attention"], plot_dir)
     from latentcheck.core.trigger import trigger_block, warn_trigger
 
     ok = [r for r in cap_records if r.get("type", "sample") == "sample"]
