@@ -447,7 +447,9 @@ def render_analysis_report(folder: str | Path) -> Path:
     caption-imagine ...): contents, the run's counts and settings, every figure under ``plots/`` (and the folder),
     and the summary; no model is loaded."""
     root = Path(folder)
-    summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    from latentcheck.core.summaries import read_summary
+
+    summary = read_summary(root / "summary.json")
     prov_file = root / "provenance.json"
     prov = json.loads(prov_file.read_text(encoding="utf-8")) if prov_file.is_file() else {}
     command = summary.get("command") or prov.get("command") or root.name

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latentcheck.core.summaries import fmt_ci  # the one CI formatter (re-exported for the report and CLI)
+from latentcheck.core.summaries import AccuracyEffect, fmt_ci, read_summary  # the one CI formatter (re-exported for the report and CLI)
 from latentcheck.core.errors import LatentcheckError
 
 SCHEMA = "latentcheck.audit/1"
@@ -326,6 +326,11 @@ def _p(p: Any) -> str:
     return "-" if not _finite(p) else f"{p:.2g}"
 
 
+def _accuracy_effect(d: dict | None) -> AccuracyEffect | None:
+    """A summary's paired-accuracy entry as the record (None when absent)."""
+    return AccuracyEffect.from_dict(d) if d else None
+
+
 def verdict_zy_text(doz_summary: dict | None, rules: dict, chance: float | None) -> Verdict:
     """Z -> Y for text-imagination models from a caption-imagine intervene summary (module docstring)."""
     r = rules["zy"]
@@ -336,44 +341,44 @@ def verdict_zy_text(doz_summary: dict | None, rules: dict, chance: float | None)
             f"{r['min_samples']} samples had a closed imagination span or the clean run is not above chance")
     if not doz_summary:
         return Verdict("zy", "untestable", UNTESTABLE, "caption-imagine intervene did not run", rule=rule)
-    eff = doz_summary.get("effect")
+    eff = _accuracy_effect(doz_summary.get("effect"))
     fol = doz_summary.get("follows_corruption")
     pg = doz_summary.get("p_gold")
     ev = {"n_samples": doz_summary.get("n_samples"), "n_intervened": doz_summary.get("n_intervened"),
           "imagination_rate": doz_summary.get("imagination_rate"), "chance": chance,
           "skip_reasons": doz_summary.get("skip_reasons"),
-          "delta": None if not eff else {"delta": eff["delta"], "lo": eff["delta_lo"], "hi": eff["delta_hi"],
-                                         "acc_clean": eff["acc_base"], "acc_clean_lo": eff["acc_base_lo"],
-                                         "acc_doz": eff["acc_cond"], "mcnemar_p": eff["mcnemar_p"], "n": eff["n"]},
+          "delta": None if not eff else {"delta": eff.delta.estimate, "lo": eff.delta.lo, "hi": eff.delta.hi,
+                                         "acc_clean": eff.base.estimate, "acc_clean_lo": eff.base.lo,
+                                         "acc_doz": eff.cond.estimate, "mcnemar_p": eff.delta.p_value, "n": eff.n},
           "follows_corruption": fol, "flip_rate": doz_summary.get("flip_rate"),
           "p_gold_delta": None if not pg else pg["delta"]}
     if not eff:
         return Verdict("zy", "untestable", UNTESTABLE,
                        f"no intervened sample ({doz_summary.get('n_intervened') or 0} of "
                        f"{doz_summary.get('n_samples') or 0} had a closed imagination span)", ev, rule)
-    line = (f"text do(Z) dAcc {fmt_ci(eff['delta'], eff['delta_lo'], eff['delta_hi'], signed=True)} "
-            f"(clean {eff['acc_base']:.2f} -> do(Z) {eff['acc_cond']:.2f}, n={eff['n']})")
+    line = (f"text do(Z) dAcc {fmt_ci(eff.delta, signed=True)} "
+            f"(clean {eff.base.estimate:.2f} -> do(Z) {eff.cond.estimate:.2f}, n={eff.n})")
     if fol:
-        line += f"; follows the corruption {fol['rate']:.0%}"
+        line += f"; follows the corruption {fol['estimate']:.0%}"
     why = None
-    if eff["n"] < r["min_samples"]:
-        why = f"only {eff['n']} intervened samples (need >= {r['min_samples']})"
+    if eff.n < r["min_samples"]:
+        why = f"only {eff.n} intervened samples (need >= {r['min_samples']})"
     else:
-        why = _chance_guard(eff["acc_base"], eff["acc_base_lo"], chance, r)
+        why = _chance_guard(eff.base.estimate, eff.base.lo, chance, r)
     if why:
         return Verdict("zy", "untestable", UNTESTABLE, f"{line}: {why}", ev, rule)
     pe = _paired_evidence(eff, r)
-    ev["delta"].update(pe, n01=eff.get("n01"), n10=eff.get("n10"))
-    neu = doz_summary.get("neutral_effect")
-    ev["neutral"] = None if not neu else {"delta": neu["delta"], "lo": neu["delta_lo"], "hi": neu["delta_hi"],
-                                          "n": neu["n"], "mcnemar_p": neu["mcnemar_p"]}
+    ev["delta"].update(pe, n01=eff.n01, n10=eff.n10)
+    neu = _accuracy_effect(doz_summary.get("neutral_effect"))
+    ev["neutral"] = None if not neu else {"delta": neu.delta.estimate, "lo": neu.delta.lo, "hi": neu.delta.hi,
+                                          "n": neu.n, "mcnemar_p": neu.delta.p_value}
     ev["interchange"] = (doz_summary.get("interchange") or {}).get("follows_partner")
     if neu:
-        line += f"; neutral edit dAcc {fmt_ci(neu['delta'], neu['delta_lo'], neu['delta_hi'], signed=True)}"
+        line += f"; neutral edit dAcc {fmt_ci(neu.delta, signed=True)}"
     if ev["interchange"]:
         line += f"; text interchange follows the partner {fmt_ci(ev['interchange'])}"
-    if _finite(eff["delta_hi"]) and eff["delta_hi"] < -r["min_effect"] and eff["mcnemar_p"] < r["alpha"]:
-        if neu and _finite(neu["delta_hi"]) and neu["delta_hi"] < -r["min_effect"]:
+    if _finite(eff.delta.hi) and eff.delta.hi < -r["min_effect"] and eff.delta.p_value < r["alpha"]:
+        if neu and _finite(neu.delta.hi) and neu.delta.hi < -r["min_effect"]:
             return Verdict("zy", "inconclusive", INCONCLUSIVE, f"{line}: the neutral edit moves accuracy too (the "
                                                                "model reacts to any edit)", ev, rule)
         return Verdict("zy", "causal", POSITIVE, line, ev, rule)
@@ -569,8 +574,7 @@ def reread(folder: str | Path, rules: dict[str, Any]) -> dict[str, Any]:
         summaries: dict[str, dict | None] = {}
         for stage, st in (entry.get("stages") or {}).items():
             f = base / str(st.get("folder") or STAGE_FOLDERS.get(stage, stage)) / "summary.json"
-            summaries[stage] = json.loads(f.read_text(encoding="utf-8")) if st.get("status") == "done" and \
-                f.exists() else None
+            summaries[stage] = read_summary(f) if st.get("status") == "done" and f.exists() else None
         entry["verdicts"] = {k: v.to_dict() for k, v in
                              judge(summaries, entry["kind"], rules, entry.get("data_chance")).items()}
     if doc.get("comparison") is not None:

@@ -366,14 +366,14 @@ def intervene_cmd(
             t.add_column(c, justify="left" if c == "outcome" else "right")
         for name, e in (("generated answer", s["effect"]), ("option argmax", s["option_effect"])):
             if e:
-                t.add_row(name, fmt_pct(e["acc_base"]), fmt_pct(e["acc_cond"]),
-                          fmt_ci(e["delta"], e["delta_lo"], e["delta_hi"], digits=1, signed=True, pct=True),
-                          fmt_p(e["mcnemar_p"]), str(e["flips"]))
+                t.add_row(name, fmt_pct(e["base"]["estimate"]), fmt_pct(e["cond"]["estimate"]),
+                          fmt_ci(e["delta"], digits=1, signed=True, pct=True), fmt_p(e["delta"]["p_value"]),
+                          str(e["flips"]))
         out_console.print(t)
         if s.get("follows_corruption"):
             f = s["follows_corruption"]
             console.print(f"answer follows the corrupted imagination: "
-                          f"{fmt_ci(f['rate'], f['lo'], f['hi'], digits=1, pct=True)} (n={f['n']}, %)", highlight=False)
+                          f"{fmt_ci(f, digits=1, pct=True)} (n={f['n']}, %)", highlight=False)
         sim = s["similarity"]
         if sim.get("inter_raw"):
             console.print(f"imagination hidden states (first {sim['span_tokens']} tokens, n={sim['n']}): inter-instance "

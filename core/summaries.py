@@ -27,12 +27,12 @@ Records (all frozen dataclasses, keyword-only, built by the classmethods that ca
 Serialisation is the same everywhere: ``record.to_dict()`` (nested records become dicts, field order = declaration
 order) and ``Record.from_dict(d)`` (unknown keys are an error; missing optional fields take their default), and
 ``core.records.write_json_atomic`` / ``to_jsonable`` accept the records themselves. Every summary written through
-``core.analysis.finish`` carries ``"schema": SUMMARY_SCHEMA`` (``latentcheck.summary/2``; files without the key are
-version 1). Version 2: perturb-input's and perturb-latent's intervals are these records (``Estimate``, ``Ratio``,
-``Proportion``: every one has ``method``; perturb-input's rates say ``estimate`` / ``successes`` where v1 said
-``rate``). Still in the v1 shapes (next version): the accuracy dicts of probe / bench / caption-imagine
-(``accuracy, lo, hi, n, correct``) -> ``Proportion``, and the flat paired-accuracy rows of perturb-latent /
-caption-imagine intervene / bench (``delta, delta_lo, delta_hi, mcnemar_p, n01, n10``) -> ``AccuracyEffect``.
+``core.analysis.finish`` carries ``"schema": SUMMARY_SCHEMA`` (``latentcheck.summary/3``; files without the key are
+version 1). Version 2 made perturb-input's and perturb-latent's intervals these records; version 3 the accuracy dicts
+(``accuracy, lo, hi, n, correct`` -> ``Proportion``), the flat paired-accuracy rows (``delta, delta_lo, delta_hi,
+mcnemar_p, n01, n10`` -> ``AccuracyEffect``) and the mediation entries (-> ``Mediation``); docs/architecture.md has
+the field-by-field table. A stored summary is read back only through :func:`read_summary`, which refuses another
+schema version in one line (rerunning the analysis with ``--resume`` rewrites it from the kept samples).
 
 Extending (e.g. multiplicity-adjusted p-values, equivalence tests, minimum detectable effects): add a field with a
 default to the record (``p_holm: float | None = None``), fill it where the record is built (``dataclasses.replace``
@@ -55,8 +55,41 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 from latentcheck.core.errors import LatentcheckError
 
-SUMMARY_SCHEMA = "latentcheck.summary/2"
+SUMMARY_SCHEMA = "latentcheck.summary/3"
 SUMMARY_SCHEMA_FAMILY = "latentcheck.summary/"
+
+
+def summary_schema_problem(doc: Any, where: str | Any) -> str | None:
+    """None when ``doc`` is a summary of the current schema, else the one-line reason (naming ``where`` and the
+    schema found) why this version does not read it."""
+    if not isinstance(doc, Mapping):
+        return f"{where}: not a latentcheck summary (a JSON object expected)"
+    found = doc.get("schema")
+    if found == SUMMARY_SCHEMA:
+        return None
+    return (f"{where}: summary schema {found or 'latentcheck.summary/1 (no schema key)'} is not "
+            f"{SUMMARY_SCHEMA}, the one this version reads; rerun the analysis into that folder (--resume reuses "
+            f"its samples and rewrites the summary)")
+
+
+def read_summary(path: str | Any) -> dict[str, Any]:
+    """The summary.json (or bench results.json) at ``path`` -- the ONE place a stored summary is read back: a file
+    of another schema version is refused with one line naming the file and its schema (no conversion: the samples
+    are kept, and rerunning the analysis with ``--resume`` rewrites the summary in the current schema)."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise LatentcheckError(f"{p}: cannot read the summary ({e.strerror or e})") from None
+    except ValueError as e:
+        raise LatentcheckError(f"{p}: not valid JSON ({e})") from None
+    problem = summary_schema_problem(doc, p)
+    if problem:
+        raise LatentcheckError(problem)
+    return doc
 
 # The interval methods used in this package (a record may name another; these are the ones core.stats computes).
 METHODS: dict[str, str] = {
@@ -372,6 +405,6 @@ def fmt_ci(est: Any, lo: Any = None, hi: Any = None, *, digits: int = 2, signed:
 
 
 __all__ = [
-    "SUMMARY_SCHEMA", "METHODS", "Record", "Estimate", "Proportion", "Ratio", "Effect", "AccuracyEffect", "Mediation",
+    "SUMMARY_SCHEMA", "summary_schema_problem", "read_summary", "METHODS", "Record", "Estimate", "Proportion", "Ratio", "Effect", "AccuracyEffect", "Mediation",
     "RECORD_TYPES", "from_dict", "fmt_num", "fmt_pct", "fmt_p", "fmt_ci", "MISSING",
 ]

@@ -497,7 +497,10 @@ def similarity_summary(hidden: dict[str, np.ndarray], span_tokens: int) -> dict[
 def summarize_intervene(records: list[dict], hidden: dict[str, np.ndarray] | None = None, span_tokens: int = 8,
                         seed: int = 0) -> dict[str, Any]:
     """Summary of intervene records (module docstring, step 4 and 5)."""
-    from latentcheck.core.stats import accuracy_effect, paired_bootstrap_diff, wilson_ci
+    from latentcheck.core.summaries import AccuracyEffect, Effect, Proportion
+
+    def paired(base: list, cond: list) -> dict[str, Any] | None:
+        return AccuracyEffect.paired(base, cond, seed=seed).to_dict() if base else None
 
     samples = [r for r in records if r.get("type", "sample") == "sample"]
     done = [r for r in samples if r.get("intervened")]
@@ -509,33 +512,22 @@ def summarize_intervene(records: list[dict], hidden: dict[str, np.ndarray] | Non
         "span_rules": dict(Counter(r["span_rule"] for r in done if r.get("span_rule"))),
         "imagination_rate": (sum("imagination" in r for r in samples) / len(samples)) if samples else None,
     }
-    out["effect"] = accuracy_effect([r["clean"]["correct"] for r in scored],
-                                    [r["corrupt"]["correct"] for r in scored], seed=seed) if scored else None
+    out["effect"] = paired([r["clean"]["correct"] for r in scored], [r["corrupt"]["correct"] for r in scored])
     opt = [r for r in scored if r["clean"].get("option_correct") is not None]
-    out["option_effect"] = accuracy_effect([r["clean"]["option_correct"] for r in opt],
-                                           [r["corrupt"]["option_correct"] for r in opt], seed=seed) if opt else None
+    out["option_effect"] = paired([r["clean"]["option_correct"] for r in opt],
+                                  [r["corrupt"]["option_correct"] for r in opt])
     if opt:
         a, b = [r["clean"]["p_gold"] for r in opt], [r["corrupt"]["p_gold"] for r in opt]
         out["p_gold"] = {"clean": float(np.mean(a)), "corrupt": float(np.mean(b)),
-                         "delta": paired_bootstrap_diff(a, b, seed=seed)}
+                         "delta": Effect.paired(a, b, seed=seed).to_dict()}
     else:
         out["p_gold"] = None
     neu = [r for r in scored if "neutral" in r]
-    out["neutral_effect"] = accuracy_effect([r["clean"]["correct"] for r in neu],
-                                            [r["neutral"]["correct"] for r in neu], seed=seed) if neu else None
+    out["neutral_effect"] = paired([r["clean"]["correct"] for r in neu], [r["neutral"]["correct"] for r in neu])
     ic = [bool(r["follows_partner"]) for r in done if r.get("follows_partner") is not None]
-    if ic:
-        lo, hi = wilson_ci(sum(ic), len(ic))
-        out["interchange"] = {"follows_partner": {"estimate": sum(ic) / len(ic), "lo": lo, "hi": hi, "n": len(ic),
-                                                  "method": "wilson"}}
-    else:
-        out["interchange"] = None
+    out["interchange"] = {"follows_partner": Proportion.of(ic).to_dict()} if ic else None
     fol = [bool(r["follows_corruption"]) for r in done if r.get("follows_corruption") is not None]
-    if fol:
-        lo, hi = wilson_ci(sum(fol), len(fol))
-        out["follows_corruption"] = {"n": len(fol), "rate": sum(fol) / len(fol), "lo": lo, "hi": hi}
-    else:
-        out["follows_corruption"] = None
+    out["follows_corruption"] = Proportion.of(fol).to_dict() if fol else None
     out["flip_rate"] = (sum(bool(r["flipped"]) for r in done) / len(done)) if done else None
     out["similarity"] = similarity_summary(hidden or {}, span_tokens)
     return out
@@ -549,11 +541,11 @@ def make_plots(summary: dict, folder: str | Path) -> dict[str, str]:
     paths: dict[str, str] = {}
     eff = summary.get("effect")
     if eff:
-        paths["accuracy"] = plots.bar_ci(["clean imagination", "do(Z) corrupted"], [eff["acc_base"], eff["acc_cond"]],
-                                         [eff["acc_base_lo"], eff["acc_cond_lo"]],
-                                         [eff["acc_base_hi"], eff["acc_cond_hi"]], folder / "accuracy.png",
-                                         title=f"Text do(Z): delta {100 * eff['delta']:+.1f} pts (n={eff['n']})",
-                                         ylabel="accuracy")
+        base, cond = eff["base"], eff["cond"]
+        paths["accuracy"] = plots.bar_ci(["clean imagination", "do(Z) corrupted"], [base["estimate"], cond["estimate"]],
+                                         [base["lo"], cond["lo"]], [base["hi"], cond["hi"]], folder / "accuracy.png",
+                                         title=f"Text do(Z): delta {100 * eff['delta']['estimate']:+.1f} pts "
+                                               f"(n={eff['n']})", ylabel="accuracy")
     sim = summary.get("similarity") or {}
     if sim.get("inter_raw"):
         k = len(sim["inter_raw"])

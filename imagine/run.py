@@ -160,12 +160,11 @@ def run_block(lm, engine, tasks: list[Task], max_pixels: int | None = None, batc
 
 
 def accuracy_block(values: list[bool]) -> dict[str, Any]:
-    """n, correct, accuracy and its Wilson 95% interval."""
-    from latentcheck.core.stats import wilson_ci
+    """The accuracy of ``values`` as a ``core.summaries.Proportion`` dict (estimate, Wilson 95% interval, n,
+    successes)."""
+    from latentcheck.core.summaries import Proportion
 
-    n, k = len(values), int(sum(bool(v) for v in values))
-    lo, hi = wilson_ci(k, n)
-    return {"n": n, "correct": k, "accuracy": k / n if n else None, "lo": lo, "hi": hi}
+    return Proportion.of(values).to_dict()
 
 
 def summarize_run(records: list[dict]) -> dict[str, Any]:

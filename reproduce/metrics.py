@@ -196,12 +196,8 @@ def _iv(s: dict, key: str, arg: str | None) -> Estimate:
     if arg is not None:
         raise MetricUnavailable("per-category text do(Z) numbers are not in the intervene summary")
     eff = _get(s, "effect")
-    base = {"accuracy": "acc_base", "intervened_accuracy": "acc_cond", "delta": "delta"}[key]
-    v = eff.get(base)
-    if isinstance(v, dict):
-        return as_estimate(v, key, eff.get("n"))
-    return Estimate(estimate=_num(v), lo=_num(eff.get(f"{base}_lo")), hi=_num(eff.get(f"{base}_hi")),
-                    n=eff.get("n"), method="reported")
+    return as_estimate(_get(eff, {"accuracy": "base", "intervened_accuracy": "cond", "delta": "delta"}[key]), key,
+                       eff.get("n"))
 
 
 METRICS: dict[str, dict[str, tuple[Callable[[dict, str | None], Estimate], bool]]] = {

@@ -40,6 +40,7 @@ from typing import Any, Callable
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.records import write_json_atomic
 from latentcheck.core.runner import CommonOptions
+from latentcheck.core.summaries import read_summary
 from latentcheck.reproduce.study import Step, Study
 from latentcheck.reproduce.tables import STEP_FILE, StepState, TableResult, build_tables, markdown, read_step_state, \
     step_dir
@@ -182,6 +183,16 @@ def _finished_summary(folder: Path) -> str | None:
     return None
 
 
+def _current(summary: str | None) -> bool:
+    """True when the stored summary is readable in this version's summary schema (``--resume`` reruns a step whose
+    summary has another schema: its samples are resumed, so only the summary is recomputed)."""
+    try:
+        read_summary(summary)
+    except (LatentcheckError, TypeError):
+        return False
+    return True
+
+
 def _summary_path(result: Any, folder: Path) -> str:
     path = getattr(result, "summary_path", None) or (result.get("summary_path") if isinstance(result, dict) else None)
     if path and Path(path).is_file():
@@ -231,9 +242,9 @@ def run_study(study: Study, opts: CommonOptions, models: list[str] | dict[str, s
         todo = []
         for s in steps:
             prev = read_step_state(out, s.id)
-            if opts.resume and prev is not None and prev.status == "done":
+            if opts.resume and prev is not None and prev.status == "done" and _current(prev.summary):
                 states[s.id] = prev
-            elif opts.resume and prev is None and _finished_summary(step_dir(out, s.id) / "run"):
+            elif opts.resume and prev is None and _current(_finished_summary(step_dir(out, s.id) / "run")):
                 # the step's analysis was run by hand into its folder (e.g. data-parallel): adopt its summary
                 states[s.id] = _record(out, StepState(s.id, "done", None,
                                                       _finished_summary(step_dir(out, s.id) / "run"),

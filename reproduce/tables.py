@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latentcheck.core.summaries import Estimate
+from latentcheck.core.errors import LatentcheckError
+from latentcheck.core.summaries import Estimate, read_summary
 from latentcheck.reproduce.metrics import MetricUnavailable, read_metric
 from latentcheck.reproduce.study import Cell, Study, Table
 
@@ -112,8 +113,8 @@ def cell_result(study: Study, cell: Cell, table: Table, out: str | Path, summari
                           cell.note)
     if cell.step not in summaries:
         try:
-            summaries[cell.step] = json.loads(Path(state.summary).read_text(encoding="utf-8"))
-        except (OSError, ValueError, TypeError) as e:
+            summaries[cell.step] = read_summary(state.summary)
+        except (LatentcheckError, TypeError) as e:
             summaries[cell.step] = e
     summary = summaries[cell.step]
     if isinstance(summary, Exception):

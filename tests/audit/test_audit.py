@@ -17,6 +17,7 @@ from latentcheck.audit.verdicts import (DEFAULT_RULES, STAGE_FOLDERS, Verdict, c
                                         verdict_xz, verdict_zy, verdict_zy_text)
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.runner import CommonOptions
+from latentcheck.core.summaries import AccuracyEffect, Proportion
 
 torch.set_num_threads(1)
 
@@ -162,13 +163,16 @@ def test_null_needs_enough_samples():
 
 
 def test_text_doz_verdict():
-    def doz(n01, n10, n=100, base=0.9, base_lo=0.75):
-        r = _row("doz", n01, n10, n)
+    def doz(n01, n10, n=100, base=0.9):
+        """The intervene summary of n samples, round(base * n) right before do(Z); n10 of them turn wrong and n01
+        of the wrong ones turn right (the effect is the typed record computed from those outcomes)."""
+        k = round(base * n)
+        clean = [1] * k + [0] * (n - k)
+        doz_ = [0] * n10 + [1] * (k - n10) + [1] * n01 + [0] * (n - k - n01)
         return {"n_samples": n, "n_intervened": n, "imagination_rate": 1.0, "skip_reasons": {},
-                "effect": {"delta": r["delta"], "delta_lo": r["delta_lo"], "delta_hi": r["delta_hi"],
-                           "acc_base": base, "acc_base_lo": base_lo, "acc_cond": base + r["delta"],
-                           "mcnemar_p": r["mcnemar_p"], "n": n, "n01": n01, "n10": n10},
-                "follows_corruption": {"rate": 0.8, "n": n}, "flip_rate": 0.8, "p_gold": None}
+                "effect": AccuracyEffect.paired(clean, doz_, n_boot=200).to_dict(),
+                "follows_corruption": Proportion.wilson(round(0.8 * n), n).to_dict(), "flip_rate": 0.8,
+                "p_gold": None}
 
     R = DEFAULT_RULES
     assert verdict_zy_text(doz(0, 60), R, 0.25).verdict == "causal"
@@ -176,7 +180,7 @@ def test_text_doz_verdict():
     assert v.verdict == "not causal" and "minimum detectable effect" in v.summary
     assert verdict_zy_text(doz(5, 15), R, 0.25).status == "inconclusive"
     assert "need >= 52" in verdict_zy_text(doz(0, 0, n=20), R, 0.25).summary
-    assert verdict_zy_text(doz(0, 60, base=0.3, base_lo=0.2), R, 0.25).status == "untestable"
+    assert verdict_zy_text(doz(0, 20, base=0.3), R, 0.25).status == "untestable"  # Wilson lo 0.22 <= chance
     assert verdict_zy_text({"n_samples": 5, "n_intervened": 0, "effect": None}, R, 0.25).status == "untestable"
 
 
@@ -360,7 +364,7 @@ def test_the_audit_loops_over_registered_analyses(tiny_checkpoint, tmp_path):
     assert list(r.stages) == ["bench", "count_options"] and st.status == "done"
     assert st.summary == "count-options/summary.json" and st.counts["ok"] == 3
     assert json.loads((tmp_path / "a" / st.summary).read_text()) == {"command": "count-options", "n": 3,
-                                                                     "options": 12, "schema": "latentcheck.summary/2"}
+                                                                     "options": 12, "schema": "latentcheck.summary/3"}
     assert seen["out"] == str(tmp_path / "a" / "count-options") and seen["lm"] is not None
     assert r.verdicts["xz"].status == "untestable"  # no perturb-input stage ran
 

@@ -94,3 +94,14 @@ def test_user_errors_exit_2(tmp_path):
     res = runner.invoke(app, ["report", str(tmp_path / "nothing")])
     assert isinstance(res.exception, LatentcheckError) and res.exception.exit_code == 2
     assert "no audit.json" in str(res.exception)
+
+
+def test_report_refuses_a_summary_of_an_older_schema_in_one_line(tmp_path):
+    """`report` on an analysis folder whose summary.json has another summary schema: a user error (exit 2) naming
+    the file and the schema found, nothing rendered."""
+    (tmp_path / "summary.json").write_text(json.dumps({"command": "probe", "schema": "latentcheck.summary/2"}))
+    res = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert isinstance(res.exception, LatentcheckError) and res.exception.exit_code == 2
+    msg = str(res.exception)
+    assert "\n" not in msg and str(tmp_path / "summary.json") in msg and "latentcheck.summary/2" in msg
+    assert not (tmp_path / "report.html").exists()

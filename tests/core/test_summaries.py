@@ -63,7 +63,7 @@ def test_round_trip_through_summary_json(tmp_path):
            "ratio": Ratio(estimate=math.inf, lo=1.0, hi=math.inf, n=3, n_undefined=1)}
     path = write_json_atomic(tmp_path / "summary.json", rec)
     back = json.loads(path.read_text())
-    assert back["schema"] == "latentcheck.summary/2"
+    assert back["schema"] == "latentcheck.summary/3"
     assert back["acc"] == rec["acc"].to_dict()
     assert AccuracyEffect.from_dict(back["acc"]) == rec["acc"]
     assert back["ratio"]["estimate"] is None and back["ratio"]["hi"] is None  # inf -> null, as every record file
@@ -107,3 +107,25 @@ def test_formatters():
     assert fmt_ci(p, pct=True, digits=1, n=True) == "30.0 [10.8, 60.3] (n=10)"
     assert fmt_ci(p.to_dict(), digits=3) == "0.300 [0.108, 0.603]"
     assert fmt_ci(Effect(estimate=-0.1, lo=-0.3, hi=math.inf, n=4), signed=True) == "-0.10 [-0.30, inf]"
+
+
+def test_a_stored_summary_of_another_schema_is_refused_in_one_line(tmp_path):
+    """read_summary is the one place a stored summary is read back: the current schema reads; /2 (or no schema key =
+    /1) is refused with one line naming the file and the schema it has; not JSON is an error naming the file."""
+    from latentcheck.core.errors import LatentcheckError
+    from latentcheck.core.summaries import read_summary
+
+    ok = write_json_atomic(tmp_path / "ok.json", {"schema": SUMMARY_SCHEMA, "acc": Proportion.wilson(3, 4)})
+    assert read_summary(ok)["acc"]["successes"] == 3
+    old = write_json_atomic(tmp_path / "old" / "summary.json",
+                            {"schema": "latentcheck.summary/2", "accuracy": {"accuracy": 0.5, "lo": 0.1, "hi": 0.9}})
+    with pytest.raises(LatentcheckError) as e:
+        read_summary(old)
+    msg = str(e.value)
+    assert "\n" not in msg and str(old) in msg and "latentcheck.summary/2" in msg and SUMMARY_SCHEMA in msg
+    v1 = write_json_atomic(tmp_path / "v1.json", {"accuracy": {"accuracy": 0.5}})
+    with pytest.raises(LatentcheckError, match="latentcheck.summary/1"):
+        read_summary(v1)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(LatentcheckError, match="bad.json: not valid JSON"):
+        read_summary(tmp_path / "bad.json")

@@ -215,4 +215,4 @@ def test_intervene_on_the_zoo_model_trained_without_markers(tmp_path):
     assert all(x["span_chars"][0] == 0 and x["z_text"][: x["span_chars"][1]].strip() == x["imagination"]
                for x in rows if x.get("intervened"))
     e = s["effect"]
-    assert e["acc_base"] >= 0.9 and e["delta_hi"] < 0 and e["delta"] <= -0.3, e
+    assert e["base"]["estimate"] >= 0.9 and e["delta"]["hi"] < 0 and e["delta"]["estimate"] <= -0.3, e

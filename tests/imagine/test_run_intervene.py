@@ -13,6 +13,7 @@ from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.loader import load_model
 from latentcheck.core.runner import CommonOptions
 from latentcheck.core.stats import accuracy_effect, wilson_ci
+from latentcheck.core.summaries import AccuracyEffect
 from latentcheck.toy.world import COLOURS, QUADRANTS, SHAPES, write_world
 from latentcheck.core.training import TrainConfig
 from latentcheck.imagine.build_data import MetadataCaptioner, build_data
@@ -146,8 +147,9 @@ def test_run_records_and_summary(trained, tmp_path):
         assert r["correct"] == (r["pred"] == r["gold"])
         assert abs(sum(r["option_probs"].values()) - 1) < 1e-9
     k = sum(r["correct"] for r in recs)
-    assert s["accuracy"]["correct"] == k and (s["accuracy"]["lo"], s["accuracy"]["hi"]) == wilson_ci(k, 6)
-    assert json.loads((tmp_path / "summary.json").read_text())["accuracy"]["accuracy"] == k / 6
+    assert s["accuracy"]["successes"] == k and (s["accuracy"]["lo"], s["accuracy"]["hi"]) == wilson_ci(k, 6)
+    assert s["accuracy"]["method"] == "wilson" and s["accuracy"]["n"] == 6
+    assert json.loads((tmp_path / "summary.json").read_text())["accuracy"]["estimate"] == k / 6
 
 
 def test_intervene_invariants_and_summary(trained, tmp_path):
@@ -171,7 +173,13 @@ def test_intervene_invariants_and_summary(trained, tmp_path):
         assert (x in COLOURS and y in COLOURS) or (x in SHAPES and y in SHAPES)
         assert r["follows_corruption"] == (r["corrupt"]["pred"] == r["implied"])
     want = accuracy_effect([r["clean"]["correct"] for r in recs], [r["corrupt"]["correct"] for r in recs])
-    assert s["effect"] == want
+    e = s["effect"]  # the typed record (core.summaries.AccuracyEffect) of the same statistics
+    assert (e["base"]["estimate"], e["base"]["lo"], e["base"]["hi"]) == (want["acc_base"], want["acc_base_lo"],
+                                                                         want["acc_base_hi"])
+    assert (e["cond"]["estimate"], e["delta"]["estimate"], e["delta"]["lo"], e["delta"]["hi"]) == (
+        want["acc_cond"], want["delta"], want["delta_lo"], want["delta_hi"])
+    assert (e["delta"]["p_value"], e["delta"]["method"], e["n01"], e["n10"]) == (
+        want["mcnemar_p"], want["interval"], want["n01"], want["n10"])
     # the neutral-edit control: only the quadrant phrase changes; its effect is summarised next to do(Z)
     neu = [r for r in recs if r.get("neutral_imagination")]
     assert neu and all("neutral" in r for r in neu)
@@ -179,8 +187,8 @@ def test_intervene_invariants_and_summary(trained, tmp_path):
         assert r["neutral_imagination"] != r["imagination"]
         for w in COLOURS + SHAPES:
             assert (w in r["neutral_imagination"]) == (w in r["imagination"])
-    assert s["neutral_effect"] == accuracy_effect([r["clean"]["correct"] for r in neu],
-                                                  [r["neutral"]["correct"] for r in neu])
+    assert s["neutral_effect"] == AccuracyEffect.paired([r["clean"]["correct"] for r in neu],
+                                                        [r["neutral"]["correct"] for r in neu]).to_dict()
     # text interchange: the partner (another gold answer) lends its imagination; follows = its clean answer
     inter = [r for r in recs if "follows_partner" in r]
     by_key = {r["key"]: r for r in recs}
@@ -210,7 +218,8 @@ def test_identity_corruption_has_exactly_zero_effect(trained, tmp_path, monkeypa
     s = run_intervene(_opts(tasks, tmp_path, limit=4), lm=lm, plots=False)
     recs = _samples(tmp_path / "samples.jsonl")
     assert all(r["clean"] == r["corrupt"] and not r["flipped"] for r in recs)
-    assert s["effect"]["delta"] == 0 and s["effect"]["flips"] == 0 and s["option_effect"]["delta"] == 0
+    assert s["effect"]["delta"]["estimate"] == 0 and s["effect"]["flips"] == 0
+    assert s["option_effect"]["delta"]["estimate"] == 0
 
 
 def test_intervene_resume_and_exported_model(trained, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from latentcheck.core.errors import LatentcheckError
+from latentcheck.core.summaries import SUMMARY_SCHEMA
 from latentcheck.reproduce.study import load_study, packaged_studies
 from latentcheck.reproduce.tables import build_tables, markdown
 
@@ -64,7 +65,7 @@ def _write_run(out: Path) -> None:
     for sid, summ in (("pl", pl), ("bn", bn)):
         d = out / "steps" / sid
         (d / "run").mkdir(parents=True)
-        (d / "run" / "summary.json").write_text(json.dumps(summ))
+        (d / "run" / "summary.json").write_text(json.dumps({**summ, "schema": SUMMARY_SCHEMA}))
         (d / "step.json").write_text(json.dumps({"id": sid, "status": "done", "summary": str(d / "run" / "summary.json")}))
     d = out / "steps" / "missing"
     d.mkdir(parents=True)
@@ -94,6 +95,12 @@ def test_cells_paper_run_difference_marks_and_reasons(tmp_path):
     assert "| base | 80.0 | 75.0 [60.0, 86.0] | -5.0 | ~50.0 | 50.0 [29.9, 70.1] | +0.0 |" in md
     assert "| delta | -1.0 | -30.0 [-45.0, -15.0] | -29.0* | 40.0 | n/a | - |" in md
     assert "- delta / B: step missing skipped: data role 'd' is not bound (--data d=PATH)" in md
+    # a stored summary of another schema version is not read: its cells say so (file and schema named)
+    f = tmp_path / "run" / "steps" / "pl" / "run" / "summary.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "schema": "latentcheck.summary/2"}))
+    (t,) = build_tables(study, tmp_path / "run")
+    reason = t.rows[0][1][0].reason
+    assert t.rows[0][1][0].ours is None and str(f) in reason and "latentcheck.summary/2" in reason
 
 
 def test_a_step_that_never_ran_says_so(tmp_path):
