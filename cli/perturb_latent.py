@@ -65,6 +65,21 @@ def _tables(s: dict) -> None:
                                       "proportion_mediated_total")),
                           fmt_ci(ia, digits=2) if outcome == "correct" and ia else "")
         out_console.print(m)
+    for kind, entry in (s.get("layer_patching") or {}).items():
+        lt = Table(title=f"span patched per layer from the {kind}-swapped run (layer = residual stream entering it; "
+                         f"Holm over {entry['multiplicity']['m']})")
+        for c in ("layers", "n", "delta acc [95% score CI]", "McNemar p (Holm)", "delta log p(gold)",
+                  "follows counterfactual"):
+            lt.add_column(c, justify="left" if c == "layers" else "right")
+        for r in entry["rows"]:
+            e = r.get("effect")
+            if not e:
+                lt.add_row(r["label"], "0", "-", "-", "-", "-")
+                continue
+            lt.add_row(r["label"], str(r["n"]), fmt_ci(e["delta"], digits=3, signed=True),
+                       f"{fmt_p(e['delta']['p_value'])} ({fmt_p(e['delta'].get('p_holm'))})",
+                       fmt_ci(r["d_logp_gold"], digits=3, signed=True), fmt_ci(r["follows_counterfactual"], digits=2))
+        out_console.print(lt)
 
 
 @app.command("perturb-latent")
@@ -94,6 +109,12 @@ def perturb_latent_cmd(
         "--mediators", rich_help_panel=P, help="Mediators of the TE/NIE/NDE analysis: vectors (the fed-back "
                                                "vectors) and span (the latent span's states at every layer, "
                                                "patched from the counterfactual run).")] = "vectors,span",
+    patch_layers: Annotated[Optional[str], typer.Option(
+        "--patch-layers", rich_help_panel=P, help="Layer sweep of activation patching: the latent span's states at "
+                                                  "these layers taken from the mediation's counterfactual run, one "
+                                                  "arm per item: each (every layer alone), L, A-B or all, comma-"
+                                                  "separated (L = the residual stream entering decoder layer L). "
+                                                  "Needs --mediation and the span mediator.")] = None,
     partner: Annotated[str, typer.Option(
         "--partner", rich_help_panel=P, help="Mediation/swap partner rule: different_gold (a partner whose gold "
                                              "answer differs, when the block has one) or any.")] = "different_gold",
@@ -148,7 +169,8 @@ def perturb_latent_cmd(
                                 mediation=mediation, mediators=mediators, partner=partner, naive=naive,
                                 force_latent=force_latent,
                                 image_visibility=image_visibility, max_new_tokens=max_new_tokens,
-                                calibration_size=calibration, n_boot=n_boot, plots=not no_plots)
+                                calibration_size=calibration, n_boot=n_boot, plots=not no_plots,
+                                patch_layers=patch_layers)
     if result.is_main:
         _render(result, quiet)
     if result.exit_code:

@@ -204,6 +204,13 @@ def cache_bytes(cache) -> int:
     return total
 
 
+def text_model_of(model):
+    """The decoder of a loaded model: text-only causal LMs (Qwen2/Qwen3ForCausalLM) have it as ``.model`` (1-D
+    positions); the VL families (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) as ``.model.language_model`` (mRoPE positions)."""
+    inner = model.model
+    return inner.language_model if hasattr(inner, "language_model") else inner
+
+
 def _row_seed(seed: int, key: str) -> int:
     return int(hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()[:12], 16)
 
@@ -218,11 +225,8 @@ class Engine:
 
         self.lm = lm
         self.model = lm.model
-        inner = lm.model.model
-        # text-only causal LMs (Qwen2/Qwen3ForCausalLM) have the decoder as .model and 1-D positions; the VL
-        # families (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) have it as .model.language_model with mRoPE positions
-        self.text_only = not hasattr(inner, "language_model")
-        self.text_model = inner if self.text_only else inner.language_model
+        self.text_model = text_model_of(lm.model)
+        self.text_only = self.text_model is lm.model.model
         vcfg = getattr(lm.model.config, "vision_config", None)
         self.deepstack = bool(getattr(vcfg, "deepstack_visual_indexes", None))  # Qwen3-VL
         self.decoding = decoding or lm.profile.decoding
@@ -1075,7 +1079,8 @@ class Engine:
             if self.profile.answer_prefix else []
         return ids[:hits[0] + 1] + list(prefix)
 
-    def replay_span(self, prompt: Prompt, trace: Trace, span_states=None, image_visibility: str | None = None):
+    def replay_span(self, prompt: Prompt, trace: Trace, span_states=None, image_visibility: str | None = None,
+                    layers=None):
         """Activation patching of the latent span as a whole (the span mediator of perturb-latent's mediation).
 
         One teacher-forced forward over prompt + the trace's ids up to the answer point (``answer_point_ids``), with
@@ -1083,7 +1088,10 @@ class Engine:
         the span's states [n_layers + 1, S, H]: its input embeddings and every decoder layer's output at the S span
         positions). With ``span_states`` (the same shape, from another run), those states are written over the
         span's input embeddings and every layer's output, so every later position reads the other run's span keys
-        and values at every layer. Returns None when the trace has no answer point."""
+        and values at every layer. ``layers`` (state indices l in 0..n_layers: l = the residual stream entering
+        decoder layer l, n_layers = the last layer's output; None = all) patches only those states: the span's
+        states at the other layers are recomputed from them (activation patching at layer l). Returns None when the
+        trace has no answer point."""
         torch = self._torch
         keep = self.answer_point_ids(trace)
         if keep is None:
@@ -1093,21 +1101,27 @@ class Engine:
                                                             image_visibility or self.profile.image_visibility)
             idx = torch.nonzero(span).view(-1)
             patch = None
+            n_states = len(self.text_model.layers) + 1
+            at = set(range(n_states)) if layers is None else {int(x) for x in layers}
+            if any(not 0 <= x < n_states for x in at):
+                raise ValueError(f"span patch layers {sorted(at)}: state indices are 0..{n_states - 1}")
             if span_states is not None:
                 patch = torch.as_tensor(np.asarray(span_states), dtype=emb.dtype, device=self.device)
                 if patch.shape[1] != len(idx):
                     raise ValueError(f"span patch has {patch.shape[1]} positions, this run's span has {len(idx)}")
-                emb[0, idx] = patch[0]
+                if 0 in at:
+                    emb[0, idx] = patch[0]
             states = [emb[0, idx].clone()]
 
             def hook_for(layer_i):
                 def hook(_m, _inp, out):
                     h = out[0] if isinstance(out, tuple) else out
-                    if patch is not None:
+                    here = patch is not None and layer_i + 1 in at
+                    if here:
                         h = h.clone()
                         h[0, idx] = patch[layer_i + 1]
                     states.append(h[0, idx].clone())
-                    if patch is None:
+                    if not here:
                         return None
                     return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
                 return hook

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from scipy.special import logsumexp
 
-from latentcheck.core.engine import Condition, Engine, Request, Trace
+from latentcheck.core.engine import Condition, Engine, Request, Trace, text_model_of
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.interventions import (REGISTRY, Embeddings, InterventionSpec, LatentStats, parse_spec,
                                             parse_specs, sequence_override)
@@ -47,8 +47,9 @@ from latentcheck.core.tasks import LETTERS, Task
 from latentcheck.core.progress import warn
 from latentcheck.core.trigger import trigger_block, warn_trigger
 from latentcheck.perturb.mediation import (MEDIATION_KINDS, MEDIATORS, PARTNER_RULES, PRIMARY_OUTCOME,
-                                           counterfactual_task, parse_kinds, parse_mediators, partner_map,
-                                           plot_mediation, summarise_mediation)
+                                           counterfactual_task, parse_kinds, parse_mediators, parse_patch_layers,
+                                           partner_map, plot_layer_patching, plot_mediation,
+                                           summarise_layer_patching, summarise_mediation)
 
 COMMAND = "perturb-latent"
 
@@ -203,6 +204,7 @@ class PerturbLatentSettings:
     calibration_size: int | None = None
     n_boot: int = 2000
     plots: bool = True
+    patch_layers: list[list] = field(default_factory=list)  # [(label, state indices)] of --patch-layers
 
 
 PerturbLatentResult = AnalysisResult  # what run_perturb_latent returns (the one result type)
@@ -387,14 +389,22 @@ class _Analysis:
                 return {"skipped": f"span lengths differ ({r00[1].shape[1]} vs {r11[1].shape[1]} positions)"}
             r01 = self.engine.replay_span(s.prompt, btr, span_states=r11[1], image_visibility=vis)
             r10 = self.engine.replay_span(c.prompt, ctr, span_states=r00[1], image_visibility=vis)
+            # the layer sweep: the counterfactual run's span states at the chosen layers only (y01 at layer l)
+            per_layer = {label: self.engine.replay_span(s.prompt, btr, span_states=r11[1], image_visibility=vis,
+                                                        layers=layers)
+                         for label, layers in self.settings.patch_layers}
         except ValueError as e:
             return {"skipped": str(e)}
         gold = gold_task.answer_index
-        out = {}
-        for y, r in (("y00", r00), ("y11", r11), ("y01", r01), ("y10", r10)):
+
+        def scored(r) -> dict:
             lp = r[0][s.option_ids]
             pick = int(np.argmax(lp))
-            out[y] = {"answer": LETTERS[pick], "correct": pick == gold, "logp_gold": float(lp[gold])}
+            return {"answer": LETTERS[pick], "correct": pick == gold, "logp_gold": float(lp[gold])}
+
+        out: dict[str, Any] = {y: scored(r) for y, r in (("y00", r00), ("y11", r11), ("y01", r01), ("y10", r10))}
+        if per_layer:
+            out["layers"] = {label: scored(r) for label, r in per_layer.items()}
         return out
 
     # -- the runner's block function
@@ -626,6 +636,8 @@ def make_plots(summary: dict, folder: str | Path) -> dict[str, str]:
                             ylabel="accuracy", bands=bands, hline=b["chance"])
     if summary.get("mediation"):
         paths.update(plot_mediation(summary["mediation"], folder))
+    if summary.get("layer_patching"):
+        paths.update(plot_layer_patching(summary["layer_patching"], folder))
     return paths
 
 
@@ -638,7 +650,8 @@ def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSp
                        naive: bool = False,
                        force_latent: bool = False, image_visibility: str | None = None,
                        max_new_tokens: int | None = None, calibration_size: int | None = None,
-                       n_boot: int = 2000, plots: bool = True, lm=None) -> PerturbLatentResult:
+                       n_boot: int = 2000, plots: bool = True, patch_layers: str | Sequence[str] | None = None,
+                       lm=None) -> PerturbLatentResult:
     """Run the Z -> Y interventions and the mediation analysis over a task file; write ``samples.jsonl``,
     ``summary.json`` and ``plots/*.png`` to ``opts.out`` and return the summary (see module docstring)."""
     t_start = time.perf_counter()
@@ -664,12 +677,17 @@ def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSp
     if any(not float(k).is_integer() for k in lengths):
         raise LatentcheckError(f"--length-sweep takes whole numbers of vectors, got {length_sweep!r}")
     planned = plan_interventions(specs, sweep, list(per_index), prof.latent.k, length_sweep=lengths)
+    n_states = len(text_model_of(lm.model).layers) + 1  # span states: input + every decoder layer's output
+    patch_sets = parse_patch_layers(patch_layers, n_states)
+    if patch_sets and ("span" not in meds or not kinds):
+        raise LatentcheckError("--patch-layers patches the span from the mediation's counterfactual run: it needs "
+                               "--mediation image|question and the span mediator (--mediators vectors,span)")
     block = max(1, opts.batch_size) * 4
     settings = PerturbLatentSettings(interventions=[p.to_dict() for p in planned], mediation=kinds,
                                      mediators=meds, partner=partner, naive=naive,
                                      force_latent=force_latent, image_visibility=image_visibility,
                                      max_new_tokens=max_new_tokens, calibration_size=calibration_size or block,
-                                     n_boot=n_boot, plots=plots)
+                                     n_boot=n_boot, plots=plots, patch_layers=[[lab, ls] for lab, ls in patch_sets])
     items = read_all_tasks(data_path(opts), opts.limit, opts.strict)
     tasks = [t for t in items if isinstance(t, Task)]
     ana = _Analysis(lm, opts, planned, settings, tasks, group_size=block)
@@ -706,6 +724,8 @@ def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSp
     warn_trigger(summary["latent_trigger"], COMMAND)
     summary["mediation"] = summarise_mediation(records, kinds, seed=opts.seed, n_boot=n_boot,
                                                mediators=meds) if kinds else {}
+    summary["layer_patching"] = summarise_layer_patching(records, kinds, patch_sets, n_states, seed=opts.seed,
+                                                         n_boot=n_boot) if patch_sets else {}
     summary["mediation_partner"] = partner
     summary["mediation_primary_outcome"] = PRIMARY_OUTCOME
     summary["timing"] = {**{k: round(v, 3) if isinstance(v, float) else v for k, v in ana.timing.items()},
