@@ -369,6 +369,11 @@ def intervene_cmd(
                 t.add_row(name, fmt_pct(e["base"]["estimate"]), fmt_pct(e["cond"]["estimate"]),
                           fmt_ci(e["delta"], digits=1, signed=True, pct=True), fmt_p(e["delta"]["p_value"]),
                           str(e["flips"]))
+            if name == "generated answer" and len(s.get("per_category") or {}) > 1:
+                for cat, c in s["per_category"].items():  # typed AccuracyEffect; p Holm-adjusted across categories
+                    t.add_row(f"  {cat} (n={c['n']})", fmt_pct(c["base"]["estimate"]), fmt_pct(c["cond"]["estimate"]),
+                              fmt_ci(c["delta"], digits=1, signed=True, pct=True),
+                              f"{fmt_p(c['delta']['p_value'])} (Holm {fmt_p(c['delta']['p_holm'])})", str(c["flips"]))
         out_console.print(t)
         if s.get("follows_corruption"):
             f = s["follows_corruption"]

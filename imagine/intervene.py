@@ -21,6 +21,9 @@ Per sample (greedy, shared engine):
    options, the option distribution is read at the answer point: the first token after ``prefix + answer_prefix``.
 4. **Effect**: ``core.stats.accuracy_effect`` (Wilson intervals, paired-bootstrap CI of the drop, exact McNemar),
    the same on the option argmax, the change of p(gold), and how often the corrupted answer follows the implied one.
+   Per category (the task's ``category``: V*'s direct_attributes / relative_position, HR-Bench's single / cross, the
+   paper's Table 3 columns): ``per_category[c]`` is a ``core.summaries.AccuracyEffect`` (clean vs do(Z) on the
+   generated answer) whose ``delta.p_holm`` is Holm-adjusted across the categories.
 5. **Similarity** of the imagination's hidden states (the first ``span_tokens`` content tokens of each span, as the
    latent analysis uses the first K latents): inter-instance cosine per token index (raw and mean-centred) and
    intra-instance collapse (``core.similarity``), plus the effective rank.
@@ -494,6 +497,29 @@ def similarity_summary(hidden: dict[str, np.ndarray], span_tokens: int) -> dict[
     return out
 
 
+def per_category_effects(scored: list[dict], seed: int = 0) -> dict[str, dict] | None:
+    """``{category: AccuracyEffect}`` (as dicts) of clean vs do(Z) correctness per task category, with
+    ``delta.p_holm`` the exact McNemar p Holm-adjusted across the categories; None when no record has a category."""
+    import dataclasses
+    import math
+
+    from latentcheck.core.stats import holm
+    from latentcheck.core.summaries import AccuracyEffect
+
+    groups: dict[str, list[dict]] = {}
+    for r in scored:
+        if r.get("category") is not None:
+            groups.setdefault(str(r["category"]), []).append(r)
+    if not groups:
+        return None
+    effects = {c: AccuracyEffect.paired([r["clean"]["correct"] for r in rs], [r["corrupt"]["correct"] for r in rs],
+                                        seed=seed)
+               for c, rs in sorted(groups.items())}
+    adjusted = holm([math.nan if e.delta.p_value is None else e.delta.p_value for e in effects.values()])
+    return {c: dataclasses.replace(e, delta=dataclasses.replace(e.delta, p_holm=None if math.isnan(p) else float(p)))
+            .to_dict() for (c, e), p in zip(effects.items(), adjusted)}
+
+
 def summarize_intervene(records: list[dict], hidden: dict[str, np.ndarray] | None = None, span_tokens: int = 8,
                         seed: int = 0) -> dict[str, Any]:
     """Summary of intervene records (module docstring, step 4 and 5)."""
@@ -514,6 +540,7 @@ def summarize_intervene(records: list[dict], hidden: dict[str, np.ndarray] | Non
     }
     out["effect"] = paired([r["clean"]["correct"] for r in scored], [r["corrupt"]["correct"] for r in scored])
     opt = [r for r in scored if r["clean"].get("option_correct") is not None]
+    out["per_category"] = per_category_effects(scored, seed)
     out["option_effect"] = paired([r["clean"]["option_correct"] for r in opt],
                                   [r["corrupt"]["option_correct"] for r in opt])
     if opt:

@@ -26,6 +26,9 @@ bench              ``score@KEY``               another top-level score (TableVQA
 intervene          ``accuracy``                CapImagine baseline accuracy (text imagination kept)
 intervene          ``intervened_accuracy``     accuracy after the text do(Z) rewrite
 intervene          ``delta``                   intervened - baseline (paired CI)
+intervene          ``accuracy@CATEGORY``       the same three per task category (``per_category``: V*
+                   ``intervened_accuracy@C``   ``direct_attributes`` / ``relative_position``, HR-Bench ``single`` /
+                   ``delta@CATEGORY``          ``cross``; Holm-adjusted p across categories in the summary)
 =================  ==========================  =================================================================
 """
 
@@ -193,8 +196,16 @@ def _bench_score(s: dict, arg: str | None) -> Estimate:
 
 
 def _iv(s: dict, key: str, arg: str | None) -> Estimate:
-    if arg is not None:
-        raise MetricUnavailable("per-category text do(Z) numbers are not in the intervene summary")
+    if arg is not None:  # a category: the typed AccuracyEffect of per_category (base / cond / delta records)
+        cats = s.get("per_category")
+        if not isinstance(cats, dict):
+            raise MetricUnavailable("the intervene summary has no per-category effects (a run before they were "
+                                    "added, or tasks without a category)")
+        if arg not in cats:
+            raise MetricUnavailable(f"the run has no category {arg!r} (it has: {', '.join(cats) or 'none'})")
+        eff = cats[arg]
+        part = {"accuracy": "base", "intervened_accuracy": "cond", "delta": "delta"}[key]
+        return as_estimate(_get(eff, part), f"{key}@{arg}", eff.get("n"))
     eff = _get(s, "effect")
     return as_estimate(_get(eff, {"accuracy": "base", "intervened_accuracy": "cond", "delta": "delta"}[key]), key,
                        eff.get("n"))

@@ -187,6 +187,12 @@ def test_intervene_invariants_and_summary(trained, tmp_path):
         assert r["neutral_imagination"] != r["imagination"]
         for w in COLOURS + SHAPES:
             assert (w in r["neutral_imagination"]) == (w in r["imagination"])
+    # per task category: the same paired effect on that category's samples (typed AccuracyEffect)
+    assert set(s["per_category"]) == {r["category"] for r in recs}
+    for cat, e in s["per_category"].items():
+        rs = [r for r in recs if r["category"] == cat]
+        assert e["n"] == len(rs) and e["base"]["successes"] == sum(bool(r["clean"]["correct"]) for r in rs)
+        assert e["cond"]["successes"] == sum(bool(r["corrupt"]["correct"]) for r in rs)
     assert s["neutral_effect"] == AccuracyEffect.paired([r["clean"]["correct"] for r in neu],
                                                         [r["neutral"]["correct"] for r in neu]).to_dict()
     # text interchange: the partner (another gold answer) lends its imagination; follows = its clean answer
@@ -203,6 +209,32 @@ def test_intervene_invariants_and_summary(trained, tmp_path):
     assert sim["n"] == sum(r["imagination_tokens"] >= 4 for r in recs) and len(sim["inter_raw"]) == 4
     assert len(sim["intra_adjacent"]) == 3 and np.asarray(sim["intra_matrix"]).shape == (4, 4)
     assert all((tmp_path / "int" / "plots" / f).exists() for f in ("accuracy.png", "similarity.png"))
+
+
+def test_per_category_effects_hand_computed_with_holm():
+    """Category a: 6 samples, all right -> all wrong (n10 = 6, exact McNemar p = 2 / 2**6 = 0.03125); category b: 4
+    samples, 2 right of which 1 turns wrong (n10 = 1, p = 1). Holm over the two: a 2 x 0.03125 = 0.0625, b 1."""
+    from latentcheck.imagine.intervene import per_category_effects
+
+    def rec(cat, clean, corrupt):
+        return {"category": cat, "clean": {"correct": clean}, "corrupt": {"correct": corrupt}}
+
+    recs = ([rec("a", True, False)] * 6 + [rec("b", True, True), rec("b", True, False), rec("b", False, False),
+                                           rec("b", False, False)] + [rec(None, True, True)])
+    out = per_category_effects(recs)
+    assert list(out) == ["a", "b"]  # no category: counted overall only
+    a, b = out["a"], out["b"]
+    assert (a["n"], a["base"]["estimate"], a["cond"]["estimate"], a["n10"], a["n01"]) == (6, 1.0, 0.0, 6, 0)
+    assert a["delta"]["estimate"] == pytest.approx(-1.0) and a["delta"]["p_value"] == pytest.approx(0.03125)
+    assert a["delta"]["lo"] < a["delta"]["hi"]  # never a zero-width interval
+    assert (b["n"], b["base"]["estimate"], b["cond"]["estimate"], b["n10"]) == (4, 0.5, 0.25, 1)
+    assert b["delta"]["estimate"] == pytest.approx(-0.25) and b["delta"]["p_value"] == pytest.approx(1.0)
+    assert a["delta"]["p_holm"] == pytest.approx(0.0625) and b["delta"]["p_holm"] == pytest.approx(1.0)
+    c = per_category_effects([rec("c", True, True)] * 4 + [rec("c", False, True)] * 2)["c"]
+    assert (c["base"]["lo"], c["base"]["hi"]) == pytest.approx(wilson_ci(4, 6))  # Wilson intervals of both arms
+    assert (c["cond"]["lo"], c["cond"]["hi"]) == pytest.approx(wilson_ci(6, 6))
+    assert c["delta"]["p_holm"] == pytest.approx(c["delta"]["p_value"])  # one category: nothing to adjust
+    assert per_category_effects([rec(None, True, False)]) is None
 
 
 class Identity:

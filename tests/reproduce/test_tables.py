@@ -151,3 +151,58 @@ def test_the_documented_example_study_is_valid(tmp_path):
     (tmp_path / "my.toml").write_text(block)
     s = load_study(str(tmp_path / "my.toml"))
     assert [st.id for st in s.steps] == ["zy"] and s.tables[0].rows[1].cells[0].metric == "delta@shared:source=mean"
+
+
+def test_table3_sub_category_cells_from_a_fake_run_folder(tmp_path):
+    """The paper study's Table 3: V* Attr / Spatial of CapImagine from the intervene summary's per-category effects
+    (computed by the analysis's own code from records), Qwen2.5-VL's from bench's per-category scores; an HR-4K
+    intervene run made before per-category effects existed gives its sub-category cells a reason, its Avg a number."""
+    from latentcheck.core.stats import accuracy_effect, wilson_ci
+    from latentcheck.imagine.intervene import per_category_effects
+
+    def rec(cat, clean, corrupt):
+        return {"category": cat, "clean": {"correct": clean}, "corrupt": {"correct": corrupt}}
+
+    # Attr: 9/10 right -> 2/10 after do(Z); Spatial: 4/5 -> 4/5 (no flips)
+    recs = ([rec("direct_attributes", True, False)] * 7 + [rec("direct_attributes", True, True)] * 2
+            + [rec("direct_attributes", False, False)] + [rec("relative_position", True, True)] * 4
+            + [rec("relative_position", False, False)])
+    iv = {"effect": accuracy_effect([r["clean"]["correct"] for r in recs], [r["corrupt"]["correct"] for r in recs]),
+          "per_category": per_category_effects(recs)}
+    old_iv = {"effect": iv["effect"]}  # no per_category
+    bench = {"scores": {"n": 15, "correct": 12, "accuracy": 0.8,
+                        "per_category": {"direct_attributes": {"n": 10, "correct": 8, "accuracy": 0.8},
+                                         "relative_position": {"n": 5, "correct": 4, "accuracy": 0.8}}}}
+    out = tmp_path / "run"
+    for sid, summ in (("t3_vstar", iv), ("t3_hrbench4k", old_iv), ("t1_qwen2_5_vl_vstar", bench)):
+        d = out / "steps" / sid
+        (d / "run").mkdir(parents=True)
+        (d / "run" / "summary.json").write_text(json.dumps(summ))
+        (d / "step.json").write_text(json.dumps({"id": sid, "status": "done",
+                                                 "summary": str(d / "run" / "summary.json")}))
+    study = load_study("paper-2602.22766")
+    t3 = next(t for t in build_tables(study, out) if t.id == "table3")
+    assert t3.columns == ("V* Avg", "V* Attr", "V* Spatial", "HR-4K Avg", "HR-4K FSP", "HR-4K FCP")
+    rows = dict(t3.rows)
+    qwen, cap, doz, delta = (rows[k] for k in ("Qwen2.5-VL-7B", "CapImagine", "CapImagine do(Z)", "delta"))
+    # Qwen2.5-VL V* Attr 8/10 = 80% (Wilson from the counts) vs paper 77.4
+    assert qwen[1].ours.estimate == pytest.approx(80.0) and qwen[1].difference == pytest.approx(80.0 - 77.4)
+    assert (qwen[1].ours.lo, qwen[1].ours.hi) == pytest.approx(tuple(100 * x for x in wilson_ci(8, 10)))
+    # CapImagine Attr 90% [Wilson 9/10] vs paper 87.8; do(Z) 20% vs 20.0
+    assert cap[1].ours.estimate == pytest.approx(90.0) and cap[1].paper == 87.8
+    assert (cap[1].ours.lo, cap[1].ours.hi) == pytest.approx(tuple(100 * x for x in wilson_ci(9, 10)))
+    assert doz[1].ours.estimate == pytest.approx(20.0) and doz[1].difference == pytest.approx(0.0)
+    assert cap[2].ours.estimate == pytest.approx(80.0) and doz[2].ours.estimate == pytest.approx(80.0)
+    # delta Attr -70 points vs paper -67.8: the paired interval contains it (no mark); Spatial 0 vs -56.6: marked
+    assert delta[1].ours.estimate == pytest.approx(-70.0) and delta[1].excludes_paper is False
+    assert delta[2].ours.estimate == pytest.approx(0.0) and delta[2].excludes_paper is True
+    assert delta[2].ours.lo < 0 < delta[2].ours.hi  # 0 flips of 5: still an interval, never zero-width
+    assert delta[0].ours.estimate == pytest.approx(100 * iv["effect"]["delta"])  # Avg: the overall effect
+    # HR-4K: Avg from the old summary, the sub-categories say why they have no number
+    assert cap[3].ours.estimate == pytest.approx(100 * iv["effect"]["acc_base"])
+    for cells in (cap, doz, delta):
+        assert cells[4].ours is None and "no per-category effects" in cells[4].reason
+    assert qwen[4].ours is None and "t1_qwen2_5_vl_hrbench4k has not run" in qwen[4].reason
+    md = markdown([t3], study)
+    d = next(line for line in md.splitlines() if line.startswith("| delta |"))
+    assert "| -67.8 | -70.0 [" in d and f"| -56.6 | 0.0 [{delta[2].ours.lo:.1f}, {delta[2].ours.hi:.1f}] | +56.6* |" in d
