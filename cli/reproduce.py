@@ -98,7 +98,8 @@ def reproduce_cmd(
 ) -> None:
     """Run a study's steps on your checkpoints (resumable, one model load per model role) and print each of its
     tables with three columns per cell: the paper's value, this run's (95% CI) and the difference. Cells whose model
-    or data is not bound are skipped with the reason. Writes reproduce.json, tables.md and report.html."""
+    or data is not bound are skipped with the reason. Writes reproduce.json, tables.md and report.html.
+    Data-parallel with `--num-processes N` (each process loads each model once and runs a share of every step)."""
     from latentcheck.reproduce.run import run_study
     from latentcheck.reproduce.study import load_study
 
@@ -124,6 +125,8 @@ def reproduce_cmd(
              "judge_profile": judge_profile}
     res = run_study(s, opts, models=model, data=data, profiles=profile, only=step, n_boot=n_boot,
                     plots=not no_plots, report=not no_report, progress=say, judge=judge)
+    if not res.is_main:  # a data-parallel worker: rank 0 prints
+        raise typer.Exit(res.exit_code)
     render_tables(res)
     if not quiet:
         counts = {k: sum(st.status == k for st in res.steps.values()) for k in ("done", "skipped", "failed")}

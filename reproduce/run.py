@@ -8,7 +8,9 @@ analysis            function                                               step 
 ``perturb-input``   ``perturb.inputs.run_perturb_input``                   ``treatments``, ``max_matrix``, ``force_start``
 ``perturb-latent``  ``perturb.latents.run_perturb_latent``                 ``interventions``, ``mediation``,
                                                                            ``sigma_sweep``, ``force_latent``
-``probe``           ``probe.behavioural.run_probe``                        ``labels``
+``probe``           ``probe.behavioural.run_probe``                        ``labels``, ``derived`` (a data role
+                                                                           whose file holds the derived questions,
+                                                                           as ``probe --derived``; or ``same``)
 ``bench``           ``bench.runner.run_bench``                             ``benchmark``, ``variant``, ``scoring``,
                                                                            ``verify`` (false: no MD5 check),
                                                                            the judge options ``judge_model``,
@@ -33,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -62,6 +65,7 @@ class ReproduceResult:
     tables_path: str
     report_path: str | None = None
     seconds: float = 0.0
+    is_main: bool = True  # False in a data-parallel worker process (rank > 0): no tables, nothing written
 
     @property
     def exit_code(self) -> int:
@@ -148,7 +152,7 @@ def _probe(lm, opts, step, benchmark, n_boot, plots, overrides):
     from latentcheck.probe.behavioural import ProbeOptions, run_probe
 
     o = _options(step, overrides)
-    return run_probe(opts, ProbeOptions(labels=o.get("labels"), n_boot=n_boot), lm=lm)
+    return run_probe(opts, ProbeOptions(labels=o.get("labels"), derived=o.get("derived"), n_boot=n_boot), lm=lm)
 
 
 def _bench(lm, opts, step, benchmark, n_boot, plots, overrides):
@@ -213,12 +217,8 @@ def run_study(study: Study, opts: CommonOptions, models: list[str] | dict[str, s
     (``["monet=/ckpt/Monet-7B"]`` or a dict); ``only`` restricts the run to those step ids (the tables still read
     every step already in the folder). ``judge``: bench judge options (``study.JUDGE_OPTIONS`` keys, e.g.
     ``{"judge_model": "gpt-4o", "judge_url": URL}``) that override every ``bench`` step's own."""
-    from latentcheck.core.runner import distributed, load_for
+    from latentcheck.core.runner import is_main_process, load_for
 
-    if distributed()[1] > 1:
-        raise LatentcheckError("reproduce runs in one process (like audit); for data parallelism run a step's "
-                               "analysis itself with --num-processes, into <out>/steps/<id>/run, then reproduce "
-                               "--resume reads it")
     t0 = time.perf_counter()
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -263,20 +263,25 @@ def run_study(study: Study, opts: CommonOptions, models: list[str] | dict[str, s
             continue
         lm = None
         try:
-            say(f"loading model {role} = {model}")
+            if is_main_process():
+                say(f"loading model {role} = {model}")
             lm = load_for(dataclasses.replace(opts, model=model, profile=pbind.get(role) or spec.profile))
         except LatentcheckError as e:
             for s in todo:
                 states[s.id] = _record(out, StepState(s.id, "failed", f"model {model}: {e}"))
             continue
         for s in todo:
-            say(f"step {s.id}: {s.analysis} on {s.data} with {role}")
+            if is_main_process():
+                say(f"step {s.id}: {s.analysis} on {s.data} with {role}")
             states[s.id] = _run_step(study, s, lm, opts, dbind, out, n_boot, plots, judge)
         del lm
     for s in study.steps:  # steps not run now: whatever the folder holds
         if s.id not in states:
             prev = read_step_state(out, s.id)
             states[s.id] = prev or StepState(s.id, "skipped", "not selected (--step)")
+    if not is_main_process():  # a data-parallel worker: its shares are merged by rank 0, which writes the tables
+        return ReproduceResult(study, str(out), states, [], "", "", seconds=round(time.perf_counter() - t0, 2),
+                               is_main=False)
     tables = build_tables(study, out)
     doc = {"schema": SCHEMA, "study": {"name": study.name, "title": study.title, "source": study.source,
                                        "file": study.path},
@@ -297,8 +302,30 @@ def run_study(study: Study, opts: CommonOptions, models: list[str] | dict[str, s
 
 
 def _record(out: Path, state: StepState) -> StepState:
-    write_json_atomic(step_dir(out, state.id) / STEP_FILE, state.to_dict())
+    """Write the step's state (rank 0 only: under data parallelism every process knows it, one writes it)."""
+    from latentcheck.core.runner import is_main_process
+
+    if is_main_process():
+        write_json_atomic(step_dir(out, state.id) / STEP_FILE, state.to_dict())
     return state
+
+
+@contextmanager
+def _main_process_first():
+    """Under data parallelism, rank 0 runs the block first (e.g. exporting a benchmark to task JSONL) and the other
+    processes after it, so they find its files; a plain block in one process. Every process passes one barrier."""
+    from latentcheck.core.runner import barrier, distributed, is_main_process
+
+    if distributed()[1] == 1:
+        yield
+        return
+    if not is_main_process():
+        barrier()
+    try:
+        yield
+    finally:
+        if is_main_process():
+            barrier()
 
 
 def _judge_overrides(judge: dict[str, Any] | None) -> dict[str, Any]:
@@ -318,11 +345,17 @@ def _judge_overrides(judge: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _run_step(study: Study, step: Step, lm, opts: CommonOptions, dbind: dict[str, str], out: Path, n_boot: int,
-              plots: bool, judge: dict[str, Any] | None = None) -> StepState:
+              plots: bool, overrides: dict[str, Any] | None = None) -> StepState:
+    """Run one step into ``<out>/steps/<id>/run``; ``overrides``: the command line's options for the analysis."""
     folder = step_dir(out, step.id)
     t = time.perf_counter()
     try:
-        path, benchmark = _data_file(study, step, dbind, out, step.limit or None)
+        with _main_process_first():
+            path, benchmark = _data_file(study, step, dbind, out, step.limit or None)
+            derived = step.options.get("derived")
+            if derived not in (None, "same"):  # a probe's derived questions: the file bound to that data role
+                derived_file = _data_file(study, dataclasses.replace(step, data=derived), dbind, out, None)[0]
+                overrides = {**(overrides or {}), "derived": derived_file}
     except _Skip as e:
         return _record(out, StepState(step.id, "skipped", str(e)))
     except LatentcheckError as e:
@@ -330,7 +363,9 @@ def _run_step(study: Study, step: Step, lm, opts: CommonOptions, dbind: dict[str
     sopts = dataclasses.replace(opts, out=str(folder / "run"), data=path,
                                 limit=opts.limit or step.limit or None, resume=opts.resume)
     try:
-        result = RUNNERS[step.analysis](lm, sopts, step, benchmark, n_boot, plots, judge)
+        result = RUNNERS[step.analysis](lm, sopts, step, benchmark, n_boot, plots, overrides)
+        if not getattr(result, "is_main", True):  # a worker's share; rank 0 merges, summarises and records
+            return StepState(step.id, "done", None, None, round(time.perf_counter() - t, 2))
         summary = _summary_path(result, folder / "run")
     except LatentcheckError as e:
         if opts.strict:

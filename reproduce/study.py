@@ -67,7 +67,7 @@ STEP_OPTIONS: dict[str, dict[str, tuple[type, ...]]] = {
     "perturb-input": {"treatments": (list,), "max_matrix": (int,), "force_start": (bool,)},
     "perturb-latent": {"interventions": (list,), "mediation": (list,), "sigma_sweep": (list,),
                        "force_latent": (bool,)},
-    "probe": {"labels": (list,)},
+    "probe": {"labels": (list,), "derived": (str,)},
     "bench": {"benchmark": (str,), "variant": (str,), "scoring": (str,), "verify": (bool,), **JUDGE_OPTIONS},
     "intervene": {"corrupter": (str,)},
 }
@@ -254,7 +254,12 @@ def load_study(name_or_path: str) -> Study:
             r.fail("data", f"unknown data role {s.data!r} (declared: {', '.join(data) or 'none'})")
         if s.limit < 0:
             r.fail("limit", f"must be >= 0, got {s.limit}")
-        check_options(_Reader(path, f"steps[{i}] ({s.id})", s.options), s.analysis, "options.")
+        opts_reader = _Reader(path, f"steps[{i}] ({s.id})", s.options)
+        check_options(opts_reader, s.analysis, "options.")
+        derived = s.options.get("derived")
+        if derived is not None and derived != "same" and derived not in data:
+            opts_reader.fail("options.derived", f"names no data role {derived!r} (declared: {', '.join(data)}; or "
+                                                "\"same\")")
         if any(s.id == o.id for o in steps):
             r.fail("id", f"duplicate step id {s.id!r}")
         steps.append(s)

@@ -112,3 +112,44 @@ cells = [{ step = "b", metric = "accuracy", paper = 50.0, provenance = "table" }
     assert res.steps["b"].status == "done" and res.steps["b"].extra.get("adopted") is True
     cell = res.tables[0].rows[0][1][0]
     assert cell.ours.estimate == 90.0 and cell.excludes_paper is True
+
+
+def test_probe_step_reads_its_derived_questions_from_a_data_role(tmp_path):
+    """``options = { derived = ROLE }``: the file bound to that role is the probe's --derived; unbound, the step is
+    skipped with the reason (not run without its derived questions)."""
+    from latentcheck.core.runner import data_path
+    from latentcheck.core.tasks import read_tasks
+
+    tasks = data_path(CommonOptions(), "test")
+    mine = tmp_path / "my_derived.jsonl"  # the toy world's derived questions, elsewhere (image paths made absolute)
+    src = os.path.dirname(tasks)
+    rows = [json.loads(x) for x in open(os.path.join(src, "derived_test.jsonl"), encoding="utf-8")]
+    mine.write_text("".join(json.dumps({**r, "image": os.path.join(src, r["image"])}) + "\n" for r in rows))
+    study_file = tmp_path / "s.toml"
+    study_file.write_text("""
+[study]
+name = "probe"
+[models.latent]
+default = "toy-latent"
+[data.src]
+default = "toy:test"
+[data.dq]
+[[steps]]
+id = "p"
+analysis = "probe"
+model = "latent"
+data = "src"
+limit = 2
+options = { derived = "dq" }
+""")
+    study = load_study(str(study_file))
+    res = run_study(study, CommonOptions(out=str(tmp_path / "unbound"), quiet=True), report=False, plots=False)
+    assert res.steps["p"].status == "skipped" and "data role 'dq' is not bound" in res.steps["p"].reason
+    res = run_study(study, CommonOptions(out=str(tmp_path / "run"), quiet=True), data=[f"dq={mine}"], report=False,
+                    plots=False, n_boot=50)
+    assert res.steps["p"].status == "done", res.steps["p"].reason
+    summary = json.loads((tmp_path / "run" / "steps" / "p" / "run" / "summary.json").read_text())
+    assert summary["derived"] == str(mine)
+    sources = [t.id for t in read_tasks(tasks, limit=2)]
+    n_derived = sum(t.meta.get("source_id") in sources for t in read_tasks(mine))
+    assert summary["behavioural"]["n"] == n_derived > 0

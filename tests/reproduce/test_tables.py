@@ -125,6 +125,8 @@ def test_a_step_that_never_ran_says_so(tmp_path):
      "[steps[1] (bn)] options.judge_concurrency: expected int, got str '4'"),
     (('analysis = "perturb-latent"', 'analysis = "perturb-latent"\noptions = { judge_model = "gpt-4o" }'),
      "[steps[0] (pl)] options.judge_model: unknown option for perturb-latent"),
+    (('analysis = "perturb-latent"', 'analysis = "probe"\noptions = { derived = "dq" }'),
+     "[steps[0] (pl)] options.derived: names no data role 'dq' (declared: d; or \"same\")"),
 ])
 def test_study_errors_name_file_section_and_key(tmp_path, edit, message):
     p = tmp_path / "s.toml"
@@ -206,3 +208,31 @@ def test_table3_sub_category_cells_from_a_fake_run_folder(tmp_path):
     md = markdown([t3], study)
     d = next(line for line in md.splitlines() if line.startswith("| delta |"))
     assert "| -67.8 | -70.0 [" in d and f"| -56.6 | 0.0 [{delta[2].ours.lo:.1f}, {delta[2].ours.hi:.1f}] | +56.6* |" in d
+
+
+def test_docs_reproduce_commands_use_live_options_and_the_studys_roles():
+    """Every `latentcheck ... reproduce` command in docs/reproduce.md uses options the live CLI defines (the command's
+    or the root's), and every ROLE of a paper-study --model / --data / --profile is one the study declares."""
+    import re
+
+    import typer
+
+    from latentcheck.cli.app import _register_subcommands, app
+
+    _register_subcommands()
+    root = typer.main.get_command(app)
+    known = {n for p in root.commands["reproduce"].params + root.params for n in getattr(p, "opts", [])}
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "reproduce.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", doc, flags=re.S)
+    commands = [c for b in blocks for c in b.replace("\\\n", " ").splitlines() if " reproduce " in f" {c} "]
+    assert len(commands) >= 6
+    paper = load_study("paper-2602.22766")
+    for cmd in commands:
+        cmd = cmd.split("#")[0]
+        for opt in re.findall(r"(?<!\S)(--[a-z0-9-]+)", cmd):
+            assert opt in known, (opt, cmd)
+        if "paper-2602.22766" in cmd:
+            for flag, role in re.findall(r"--(model|data|profile) ([a-z0-9_]+)=", cmd):
+                assert role in (paper.data if flag == "data" else paper.models), (flag, role)
+    full = max(commands, key=len)  # the whole-study command binds every role
+    assert {r for f, r in re.findall(r"--(model|data) ([a-z0-9_]+)=", full)} == set(paper.models) | set(paper.data)
