@@ -159,7 +159,8 @@ def test_table3_sub_category_cells_from_a_fake_run_folder(tmp_path):
     """The paper study's Table 3: V* Attr / Spatial of CapImagine from the intervene summary's per-category effects
     (computed by the analysis's own code from records), Qwen2.5-VL's from bench's per-category scores; an HR-4K
     intervene run made before per-category effects existed gives its sub-category cells a reason, its Avg a number."""
-    from latentcheck.core.stats import accuracy_effect, wilson_ci
+    from latentcheck.core.stats import wilson_ci
+    from latentcheck.core.summaries import AccuracyEffect
     from latentcheck.imagine.intervene import per_category_effects
 
     def rec(cat, clean, corrupt):
@@ -169,7 +170,8 @@ def test_table3_sub_category_cells_from_a_fake_run_folder(tmp_path):
     recs = ([rec("direct_attributes", True, False)] * 7 + [rec("direct_attributes", True, True)] * 2
             + [rec("direct_attributes", False, False)] + [rec("relative_position", True, True)] * 4
             + [rec("relative_position", False, False)])
-    iv = {"effect": accuracy_effect([r["clean"]["correct"] for r in recs], [r["corrupt"]["correct"] for r in recs]),
+    iv = {"effect": AccuracyEffect.paired([r["clean"]["correct"] for r in recs],
+                                          [r["corrupt"]["correct"] for r in recs]).to_dict(),
           "per_category": per_category_effects(recs)}
     old_iv = {"effect": iv["effect"]}  # no per_category
     bench = {"scores": {"n": 15, "correct": 12, "accuracy": 0.8,
@@ -179,7 +181,7 @@ def test_table3_sub_category_cells_from_a_fake_run_folder(tmp_path):
     for sid, summ in (("t3_vstar", iv), ("t3_hrbench4k", old_iv), ("t1_qwen2_5_vl_vstar", bench)):
         d = out / "steps" / sid
         (d / "run").mkdir(parents=True)
-        (d / "run" / "summary.json").write_text(json.dumps(summ))
+        (d / "run" / "summary.json").write_text(json.dumps({**summ, "schema": SUMMARY_SCHEMA}))
         (d / "step.json").write_text(json.dumps({"id": sid, "status": "done",
                                                  "summary": str(d / "run" / "summary.json")}))
     study = load_study("paper-2602.22766")
@@ -199,9 +201,9 @@ def test_table3_sub_category_cells_from_a_fake_run_folder(tmp_path):
     assert delta[1].ours.estimate == pytest.approx(-70.0) and delta[1].excludes_paper is False
     assert delta[2].ours.estimate == pytest.approx(0.0) and delta[2].excludes_paper is True
     assert delta[2].ours.lo < 0 < delta[2].ours.hi  # 0 flips of 5: still an interval, never zero-width
-    assert delta[0].ours.estimate == pytest.approx(100 * iv["effect"]["delta"])  # Avg: the overall effect
+    assert delta[0].ours.estimate == pytest.approx(100 * iv["effect"]["delta"]["estimate"])  # Avg: the overall
     # HR-4K: Avg from the old summary, the sub-categories say why they have no number
-    assert cap[3].ours.estimate == pytest.approx(100 * iv["effect"]["acc_base"])
+    assert cap[3].ours.estimate == pytest.approx(100 * iv["effect"]["base"]["estimate"])
     for cells in (cap, doz, delta):
         assert cells[4].ours is None and "no per-category effects" in cells[4].reason
     assert qwen[4].ours is None and "t1_qwen2_5_vl_hrbench4k has not run" in qwen[4].reason
