@@ -13,7 +13,7 @@ from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
 
 R = "Study options"
-J = "Judge options (override every bench step's; as `latentcheck bench`)"
+J = "Judge options (override every generating bench step's; as `latentcheck bench`)"
 KEY_WIDTH = 28  # the cell label is wrapped between words so a table fits 80 columns (numbers are never split)
 
 

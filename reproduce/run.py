@@ -21,8 +21,9 @@ analysis            function                                               step 
 ==================  =====================================================  ===========================================
 
 The options and their types are ``study.STEP_OPTIONS`` (checked when the study file is read). ``reproduce``'s
-``--judge-*`` options (``run_study(judge=...)``) override every ``bench`` step's judge options, so the shipped study
-can be judged like the paper (an LLM judge, Monet's protocol) without editing it.
+``--judge-*`` options (``run_study(judge=...)``) override the judge options of every ``bench`` step that generates
+(a likelihood-scored step, V*'s official protocol, reads no reply and keeps its scoring), so the shipped study can be
+judged like the paper (an LLM judge, Monet's protocol) without editing it.
 
 A data role with a ``benchmark`` is first exported to latentcheck task JSONL with ``bench.export.export_tasks``
 (except for ``bench`` steps, which read the benchmark's own file). A model or data role that is not bound (and has no
@@ -44,7 +45,7 @@ from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.records import write_json_atomic
 from latentcheck.core.runner import CommonOptions
 from latentcheck.core.summaries import read_summary
-from latentcheck.reproduce.study import Step, Study
+from latentcheck.reproduce.study import JUDGE_OPTIONS, Step, Study
 from latentcheck.reproduce.tables import STEP_FILE, StepState, TableResult, build_tables, markdown, read_step_state, \
     step_dir
 
@@ -160,6 +161,10 @@ def _bench(lm, opts, step, benchmark, n_boot, plots, overrides):
     from latentcheck.core.backends import DEFAULT_KEY_ENV
 
     o = _options(step, overrides)
+    if _scoring_mode(o.get("benchmark", benchmark), o.get("variant"), o.get("scoring"), lm) != "generate":
+        # the command line's judge applies to the steps that generate (V*'s official likelihood ranking reads no
+        # reply); a judge the study itself gives such a step stays, and bench says why it cannot be used
+        o = {k: v for k, v in o.items() if k not in JUDGE_OPTIONS or k in step.options}
     cache = o.get("judge_cache")  # as `bench --judge-cache`: a file, 'none' = off, default the shared cache
     return run_bench(opts, o.get("benchmark", benchmark), variant=o.get("variant"), scoring=o.get("scoring"),
                      judge=o.get("judge_model"), judge_url=o.get("judge_url"),
@@ -167,6 +172,22 @@ def _bench(lm, opts, step, benchmark, n_boot, plots, overrides):
                      judge_cache=None if (cache or "").lower() == "none" else (cache or True),
                      judge_concurrency=int(o.get("judge_concurrency", 4)), judge_profile=o.get("judge_profile"),
                      verify=bool(o.get("verify", True)), n_boot=n_boot, lm=lm)
+
+
+def _scoring_mode(benchmark: str | None, variant: str | None, scoring: str | None, lm) -> str | None:
+    """How a bench step is scored (``generate`` / ``likelihood``), as ``run_bench`` resolves it; None when that
+    cannot be told here (bench then reports the problem itself)."""
+    from dataclasses import replace
+
+    from latentcheck.bench import get_benchmark
+    from latentcheck.bench.runner import PROFILE_VARIANT, profile_variant, resolve_protocol
+
+    try:
+        bench = get_benchmark(benchmark or "generic")
+        bench = replace(bench, variants={**bench.variants, PROFILE_VARIANT: profile_variant(lm)})
+        return resolve_protocol(bench, variant, scoring)[1]
+    except LatentcheckError:
+        return None
 
 
 def _intervene(lm, opts, step, benchmark, n_boot, plots, overrides):
@@ -330,8 +351,6 @@ def _main_process_first():
 
 def _judge_overrides(judge: dict[str, Any] | None) -> dict[str, Any]:
     """The ``--judge-*`` overrides without unset entries, checked like a study step's options."""
-    from latentcheck.reproduce.study import JUDGE_OPTIONS
-
     out = {k: v for k, v in (judge or {}).items() if v is not None}
     for k, v in out.items():
         flag = "--" + k.replace("_", "-")

@@ -15,22 +15,37 @@ from latentcheck.cli.app import app
 from latentcheck.core.records import read_results
 
 
-def _hr_tsv(path):
-    """A 4-row HR-Bench 4K TSV (two cycle groups, one single- and one cross-instance question each)."""
+def _png_b64() -> str:
     from PIL import Image
 
     buf = io.BytesIO()
     Image.new("RGB", (28, 28), (9, 9, 9)).save(buf, format="PNG")
-    img = base64.b64encode(buf.getvalue()).decode("ascii")
-    rows = [{"index": i, "question": f"What number is on sign {i}?", "answer": gold, "category": cat, "A": "12",
-             "B": "15", "C": "21", "D": "51", "cycle_category": cyc, "image": img}
-            for i, (cyc, cat, gold) in enumerate([("c0", "single", "A"), ("c0", "cross", "B"),
-                                                  ("c1", "single", "B"), ("c1", "cross", "A")])]
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _tsv(path, rows):
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter="\t")
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+def _hr_tsv(path):
+    """A 4-row HR-Bench 4K TSV (two cycle groups, one single- and one cross-instance question each)."""
+    img = _png_b64()
+    rows = [{"index": i, "question": f"What number is on sign {i}?", "answer": gold, "category": cat, "A": "12",
+             "B": "15", "C": "21", "D": "51", "cycle_category": cyc, "image": img}
+            for i, (cyc, cat, gold) in enumerate([("c0", "single", "A"), ("c0", "cross", "B"),
+                                                  ("c1", "single", "B"), ("c1", "cross", "A")])]
+    return _tsv(path, rows)
+
+
+def _vstar_tsv(path):
+    """A 2-row VLMEvalKit VStarBench.tsv (V*'s official scoring ranks the options by likelihood: no reply to judge)."""
+    img = _png_b64()
+    return _tsv(path, [{"index": i, "question": "What is the colour of the cup?", "A": "red", "B": "blue", "C": "",
+                        "D": "", "answer": "A", "category": "direct_attributes", "image": img} for i in range(2)])
 
 
 STUDY = """
@@ -40,6 +55,14 @@ name = "judged"
 default = "toy-direct"
 [data.hr]
 benchmark = "hrbench4k"
+[data.vstar]
+benchmark = "vstar"
+[[steps]]
+id = "vstar"
+analysis = "bench"
+model = "direct"
+data = "vstar"
+options = {{ verify = false }}
 [[steps]]
 id = "hr"
 analysis = "bench"
@@ -62,7 +85,9 @@ def test_bench_step_judged_through_transformers_serve(transformers_server, tmp_p
     study.write_text(STUDY.format(cache=cache))
     out = tmp_path / "run"
     # the study's judge_url points at a closed port: the command line's --judge-url must replace it
-    r = CliRunner().invoke(app, ["reproduce", str(study), "--data", f"hr={tsv}", "--out", str(out), "--quiet",
+    vstar = _vstar_tsv(tmp_path / "VStarBench.tsv")
+    r = CliRunner().invoke(app, ["reproduce", str(study), "--data", f"hr={tsv}", "--data", f"vstar={vstar}",
+                                 "--out", str(out), "--quiet",
                                  "--no-report", "--no-plots", "--n-boot", "50",
                                  "--judge-model", transformers_server.model,
                                  "--judge-url", transformers_server.base_url])
@@ -81,6 +106,11 @@ def test_bench_step_judged_through_transformers_serve(transformers_server, tmp_p
     summary = json.loads((out / "steps" / "hr" / "run" / "results.json").read_text())
     assert summary["judge"]["protocol"] == "hrbench"
     assert summary["conditions"]["baseline"]["judge"]["asked"] == 4
+    # the V* step ranks options by likelihood: the command line's judge is not applied there, and it runs
+    v = json.loads((out / "steps" / "vstar" / "step.json").read_text())
+    assert v["status"] == "done", v
+    vs = json.loads((out / "steps" / "vstar" / "run" / "results.json").read_text())
+    assert vs["scoring"] == "likelihood" and not vs.get("judge")
 
 
 def test_judge_overrides_are_checked(tmp_path):
