@@ -75,6 +75,10 @@ def perturb_input_cmd(
                                             "geometry aggregates (bounded memory).", rich_help_panel=A)] = 64,
     save_tensors: Annotated[bool, typer.Option("--save-tensors", help="Keep every sample's latents and reference "
                                                "states in <out>/tensors (npz blocks).", rich_help_panel=A)] = False,
+    per_token_refs: Annotated[bool, typer.Option("--per-token-refs/--no-per-token-refs", help="Keep the original "
+                                                 "input's per-token image states of the --max-matrix samples and "
+                                                 "compare each latent step with them position by position.",
+                                                 rich_help_panel=A)] = True,
     force_start: Annotated[bool, typer.Option("--force-latent", "--force-start", help="Force the latent-start token "
                                               "/ imagination "
                                               "start marker (for checkpoints that do not emit it).",
@@ -113,7 +117,8 @@ def perturb_input_cmd(
                     system=system, threads=threads)
     res = run_perturb_input(opts, parsed, max_matrix=max_matrix, save_tensors=save_tensors, force_start=force_start,
                             image_visibility=image_visibility, max_latents=max_latents,
-                            max_new_tokens=max_new_tokens, n_boot=n_boot, plots=not no_plots)
+                            max_new_tokens=max_new_tokens, n_boot=n_boot, plots=not no_plots,
+                            per_token_refs=per_token_refs)
     if res.is_main:
         if not quiet:
             out_console.print(results_table(res.summary))

@@ -80,7 +80,8 @@ class Trace:
     fed_mask: list[bool]  # per generated position: was a vector fed there
     span_mask: list[bool]  # per generated position: inside a latent span
     option_logprobs: np.ndarray | None  # log p(option letter) at the answer point (full-vocabulary softmax)
-    refs: dict[str, np.ndarray]  # reference hidden states of the prompt (shared by all conditions of a sample)
+    refs: dict[str, np.ndarray]  # reference hidden states of the prompt (shared by all conditions of a sample);
+    # with Engine(capture_image_tokens=True) also "image_token_states" [n_image_tokens, H] (last layer, per token)
     hidden: np.ndarray | None  # [T, H] last-layer hidden state at each generated position (if captured)
     finish_reason: str
     timing: dict[str, float] = field(default_factory=dict)  # batch_prefill_s, batch_decode_s (the decode loop),
@@ -220,7 +221,7 @@ class Engine:
 
     def __init__(self, lm, decoding: DecodingSpec | None = None, seed: int = 0, capture_hidden: bool = False,
                  stats: LatentStats | None = None, capture_logits: bool = False, shared_prefix: bool | None = None,
-                 retire_rows: bool = True):
+                 retire_rows: bool = True, capture_image_tokens: bool = False):
         import torch
 
         self.lm = lm
@@ -233,6 +234,7 @@ class Engine:
         self.seed = seed
         self.capture_hidden = capture_hidden
         self.capture_logits = capture_logits
+        self.capture_image_tokens = capture_image_tokens  # Trace.refs["image_token_states"]: [n_image_tokens, H]
         self.stats = stats
         self.profile = lm.profile
         self.tokens = lm.tokens
@@ -512,6 +514,8 @@ class Engine:
             im = kinds[b] == IMAGE
             if bool(im.any()):
                 r["image_tokens"] = h[b, im].mean(0)
+                if self.capture_image_tokens:  # per-token states, in the processor's order (position-matched refs)
+                    r["image_token_states"] = h[b, im]
             if bool(qmask[b].any()):
                 r["question_tokens"] = h[b, qmask[b]].mean(0)
             out.append({k: v.float().cpu().numpy() for k, v in r.items()})

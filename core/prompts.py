@@ -1,10 +1,11 @@
 """Prompt construction from a task and a profile: the exact token ids a model sees, plus the positions of the image
-and question tokens (for the reference hidden states)."""
+and question tokens (for the reference hidden states), and where a bbox lies on the image-token grid."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from latentcheck.core.errors import RecordError
 from latentcheck.core.tasks import LETTERS, Task
@@ -181,3 +182,41 @@ def option_token_ids(lm, n_options: int) -> list[int]:
             full = base + tok.encode(letter, add_special_tokens=False)
         ids.append(full[len(base)])
     return ids
+
+
+def bbox_token_indices(bbox: Sequence[float], image_size: tuple[int, int], grid_thw: Sequence[int],
+                       patch_size: int, merge_size: int) -> list[int]:
+    """Indices (0-based, row-major, as the processor orders an image's merged tokens) of the merged visual tokens whose
+    cell overlaps the bbox with positive area.
+
+    ``bbox`` = [x, y, w, h] in pixels of the original image of ``image_size`` = (width, height); ``grid_thw`` = the
+    processor's (t, h, w) patch grid of that image. The processor resizes the whole image (no crop, no padding) to
+    (h * patch_size) x (w * patch_size) pixels, and each merged token covers a (patch_size * merge_size)^2 pixel cell
+    of the resized image, so the bbox is scaled by the resize factors and every cell it overlaps counts. Temporal
+    frames (t > 1) repeat the grid."""
+    x, y, w, h = (float(v) for v in bbox)
+    W, H = (float(v) for v in image_size)
+    t, gh, gw = (int(v) for v in grid_thw)
+    if gh % merge_size or gw % merge_size:
+        raise ValueError(f"patch grid {gh}x{gw} is not a multiple of the merge size {merge_size}")
+    rows, cols = gh // merge_size, gw // merge_size
+    cell = float(patch_size * merge_size)
+    sx, sy = gw * patch_size / W, gh * patch_size / H  # resized / original pixels
+    x0, x1 = max(0.0, x * sx), min(cols * cell, (x + w) * sx)
+    y0, y1 = max(0.0, y * sy), min(rows * cell, (y + h) * sy)
+    if x1 <= x0 or y1 <= y0:
+        return []
+    c0, c1 = int(math.floor(x0 / cell)), int(math.ceil(x1 / cell))  # cells [c0, c1) overlap with positive width
+    r0, r1 = int(math.floor(y0 / cell)), int(math.ceil(y1 / cell))
+    per_frame = [r * cols + c for r in range(r0, r1) for c in range(c0, c1)]
+    return [f * rows * cols + i for f in range(t) for i in per_frame]
+
+
+def region_token_indices(lm, prompt, bbox: Sequence[float] | None, image) -> list[int] | None:
+    """The merged-token indices of ``bbox`` ([x, y, w, h] pixels of ``image``, a PIL image) within the prompt's
+    first image (:func:`bbox_token_indices` with the model's processor geometry); None without a bbox or image."""
+    if bbox is None or image is None or prompt.image_grid_thw is None:
+        return None
+    ip = lm.processor.image_processor
+    return bbox_token_indices(bbox, image.size, [int(v) for v in prompt.image_grid_thw[0]],
+                              int(ip.patch_size), int(ip.merge_size))

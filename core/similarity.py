@@ -16,6 +16,8 @@ population (all latents of all steps, or the model's text/image states at the sa
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -324,6 +326,63 @@ def linear_cka(X, Y) -> float:
     num = np.linalg.norm(b.T @ a) ** 2
     den = np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b)
     return float(num / den) if den > 0 else float("nan")
+
+
+def _centred_gram_cka(Ga: np.ndarray, Gb: np.ndarray, idx: np.ndarray) -> float:
+    """Linear CKA of the instances ``idx`` (repeats allowed) from the uncentred Gram matrices X X^T and Y Y^T:
+    the resampled Gram matrices double-centred (= the Gram matrices of the resampled, re-centred data)."""
+    vals = []
+    for G in (Ga, Gb):
+        g = G[np.ix_(idx, idx)]
+        c = g - g.mean(0, keepdims=True) - g.mean(1, keepdims=True) + g.mean()
+        if np.linalg.norm(c) <= 1e-9 * max(np.linalg.norm(g), 1e-300):  # no variance left (rounding only)
+            return float("nan")
+        vals.append(c)
+    a, b = vals
+    return float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def linear_cka_ci(X, Y, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
+    """:func:`linear_cka` with a percentile-bootstrap interval over instances (resampled with replacement; each
+    resample recomputes the CKA of the re-centred data, from the Gram matrices). Returns estimate, lo, hi."""
+    from latentcheck.core.stats import bootstrap_ci
+
+    a, b = _paired(X, Y)
+    Ga, Gb = a @ a.T, b @ b.T
+    d = bootstrap_ci(np.arange(a.shape[0], dtype=np.float64),
+                     statistic=lambda ix: _centred_gram_cka(Ga, Gb, np.asarray(ix, dtype=np.int64)),
+                     n_boot=n_boot, alpha=alpha, seed=seed)
+    est = linear_cka(a, b)
+    if not np.isfinite(est):
+        return {"estimate": None, "lo": None, "hi": None}
+    return {"estimate": est, "lo": d["lo"], "hi": d["hi"]}
+
+
+def cka_matrix(As: Sequence, Bs: Sequence) -> np.ndarray:
+    """Linear CKA of every pair (As[i], Bs[j]) of representations of the same n instances -> [len(As), len(Bs)],
+    each equal to :func:`linear_cka` (computed in the kernel form <Ka, Kb>_F / (||Ka||_F ||Kb||_F) with centred Gram
+    matrices K = Xc Xc^T, so many wide pairs cost n x n products; nan where a side has no variance)."""
+    grams = []
+    for side, name in ((As, "As"), (Bs, "Bs")):
+        g = []
+        for i, X in enumerate(side):
+            raw = _as_array(X, f"{name}[{i}]", 2)
+            a = raw - raw.mean(0)
+            K = a @ a.T
+            flat = np.linalg.norm(a) <= 1e-9 * max(float(np.linalg.norm(raw)), 1e-300)  # no variance (rounding)
+            g.append((K, 0.0 if flat else float(np.linalg.norm(K))))
+        grams.append(g)
+    ns = {K.shape[0] for g in grams for K, _ in g}
+    if len(ns) > 1:
+        raise LatentcheckError(f"cka_matrix: every representation needs the same instances (rows: {sorted(ns)})")
+    if ns and min(ns) < 3:
+        raise LatentcheckError(f"need at least 3 instances, got {min(ns)}")
+    out = np.full((len(As), len(Bs)), np.nan)
+    for i, (Ka, na) in enumerate(grams[0]):
+        for j, (Kb, nb) in enumerate(grams[1]):
+            if na > 0 and nb > 0:
+                out[i, j] = float(np.sum(Ka * Kb) / (na * nb))
+    return out
 
 
 def rsa(X, Y) -> float:

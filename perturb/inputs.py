@@ -69,6 +69,8 @@ class Capture:
     triggered: bool
     span_closed: bool
     span_length: int  # latents in the span before --max-latents
+    image_grid: list[int] | None = None  # the prompt's first image grid (t, h, w patches)
+    region: list[int] | None = None  # the variant's bbox as merged-token indices of that image (core.prompts)
 
 
 # ------------------------------------------------------------------------------------------------ latents
@@ -244,7 +246,8 @@ class _Runner:
     def __init__(self, lm, opts: CommonOptions, treatments: list[Treatment], tasks_by_key: dict[str, Task],
                  index_of: dict[str, int], partners: dict[str, str], max_matrix: int, save_tensors: bool,
                  force_start: bool, image_visibility: str | None, max_latents: int | None,
-                 max_new_tokens: int | None, latent_override: Callable[[InputVariant], np.ndarray] | None):
+                 max_new_tokens: int | None, latent_override: Callable[[InputVariant], np.ndarray] | None,
+                 per_token_refs: bool = True):
         from latentcheck.core.engine import Engine
         from latentcheck.core.extract import get_extractor
 
@@ -261,7 +264,8 @@ class _Runner:
         self.max_latents = max_latents
         self.max_new_tokens = max_new_tokens
         self.latent_override = latent_override
-        self.engine = Engine(lm, seed=opts.seed, capture_hidden=not lm.profile.is_latent)
+        self.engine = Engine(lm, seed=opts.seed, capture_hidden=not lm.profile.is_latent,
+                             capture_image_tokens=per_token_refs)
         self.extract = get_extractor(lm.profile.extractor)
         self.store = TensorStore(tensor_dir(opts.out))
 
@@ -295,8 +299,9 @@ class _Runner:
                        image_visibility=self.image_visibility,
                        force_latent=self.force_start and prof.is_latent, max_new_tokens=self.max_new_tokens)
 
-    def _capture(self, trace, v: InputVariant) -> Capture:
+    def _capture(self, trace, v: InputVariant, prompt=None) -> Capture:
         from latentcheck.core.answers import read_trace
+        from latentcheck.core.prompts import region_token_indices
 
         lat, triggered, closed, span = trace_latents(self.lm, trace, self.force_start, self.max_latents)
         opened = self.force_start and self.lm.profile.kind == "text_imagination"  # the prefix opened the span
@@ -306,9 +311,12 @@ class _Runner:
             opt = v.options[LETTERS.index(ans)]
         elif ans is not None and not v.options:
             opt = ans
+        grid = None if prompt is None or prompt.image_grid_thw is None else \
+            [int(x) for x in prompt.image_grid_thw[0]]
+        region = region_token_indices(self.lm, prompt, v.bbox, v.image) if grid else None
         return Capture(latents=lat, refs=dict(trace.refs), text=trace.text, answer=ans, answer_option=opt,
                        option_probs=trace.option_probs, triggered=triggered, span_closed=closed,
-                       span_length=span)
+                       span_length=span, image_grid=grid, region=region)
 
     # -- one block
     def process_block(self, tasks: list[Task]) -> list[dict]:
@@ -339,8 +347,8 @@ class _Runner:
             slots.extend(sl for _, sl in mine)
         traces = self.engine.run(requests, batch_size=max(1, self.opts.batch_size)) if requests else []
         caps: dict[int, dict[int, tuple[Capture, InputVariant]]] = {}
-        for (ti, j, v), tr in zip(slots, traces):
-            caps.setdefault(ti, {})[j] = (self._capture(tr[0], v), v)
+        for (ti, j, v), req, tr in zip(slots, requests, traces):
+            caps.setdefault(ti, {})[j] = (self._capture(tr[0], v, req.prompt), v)
         saved: dict[str, dict[str, np.ndarray]] = {}
         for ti, task in enumerate(tasks):
             if ti in records:
@@ -360,7 +368,11 @@ class _Runner:
             tag = "orig" if j < 0 else f"t{j}"
             out[f"{tag}.latents"] = cap.latents
             for name, arr in cap.refs.items():
-                out[f"{tag}.{name}"] = arr
+                if name != "image_token_states" or j < 0:  # per-token states: the original input's only
+                    out[f"{tag}.{name}"] = arr
+            if j < 0 and cap.image_grid is not None:
+                out["orig.image_grid"] = np.asarray(cap.image_grid, np.float32)
+                out["orig.region_tokens"] = np.asarray(cap.region or [], np.float32)
         return out
 
     def _record(self, task: Task, caps: dict[int, tuple[Capture, InputVariant]], skipped: dict[str, str]) -> dict:
@@ -385,7 +397,8 @@ def run_perturb_input(opts: CommonOptions, treatments: list[str] | list[Treatmen
                       max_matrix: int = 64, save_tensors: bool = False, force_start: bool = False,
                       image_visibility: str | None = None, max_latents: int | None = None,
                       max_new_tokens: int | None = None, n_boot: int = 2000, plots: bool = True, lm=None,
-                      latent_override: Callable[[InputVariant], np.ndarray] | None = None) -> PerturbInputResult:
+                      latent_override: Callable[[InputVariant], np.ndarray] | None = None,
+                      per_token_refs: bool = True) -> PerturbInputResult:
     """Run the X -> Z analysis (module docstring) and return the summary, result paths and plot paths.
 
     ``treatments``: specs (``"noise:std=0.2"``) or parsed treatments (default: treatments.DEFAULT_TREATMENTS).
@@ -395,7 +408,8 @@ def run_perturb_input(opts: CommonOptions, treatments: list[str] | list[Treatmen
     (text-imagination profiles) so untrained checkpoints produce a span. ``image_visibility``: override the
     profile's visibility rule. ``max_latents``: keep at most this many latents per run (text-imagination / plain
     default: 32). ``lm``: an already loaded model. ``latent_override(variant) -> [K, H]``: feed these vectors instead
-    of the model's own (latent profiles; oracle tests).
+    of the model's own (latent profiles; oracle tests). ``per_token_refs``: keep the original input's per-token
+    image states of the geometry samples for the position-matched comparison (``geometry.position_matched``).
     """
     from latentcheck.perturb.treatments import DEFAULT_TREATMENTS
 
@@ -418,10 +432,10 @@ def run_perturb_input(opts: CommonOptions, treatments: list[str] | list[Treatmen
     config = {**opts.config(), "treatments": [t.label for t in parsed], "max_matrix": max_matrix,
               "save_tensors": save_tensors, "force_start": force_start, "image_visibility": image_visibility,
               "max_latents": max_latents, "max_new_tokens": max_new_tokens,
-              "latent_override": latent_override is not None}
+              "latent_override": latent_override is not None, "per_token_refs": per_token_refs}
     runner = _Runner(lm, opts, parsed, {t.id: t for t in tasks}, index_of, partner_map(keys, opts.seed),
                      max_matrix, save_tensors, force_start, image_visibility, max_latents, max_new_tokens,
-                     latent_override)
+                     latent_override, per_token_refs)
     rr = run_records(COMMAND, opts, config, lm.describe(), items, runner.process_block,
                      description="perturb-input", on_fresh_start=lambda: clear_tensor_store(out))
     if not rr.is_main:
@@ -609,8 +623,98 @@ def latent_vs_refs(lats: list[np.ndarray], ref_X: dict[str, tuple[list[int], np.
     return out
 
 
+POSITION_MATCHED = (
+    "latent step k of instance i vs the last-layer state of image token t of instance i's original input, "
+    "t = the t-th merged image token in the processor's row-major order (the same grid cell in every instance; "
+    "only instances with the most common image grid); target = the mean state of instance i's bbox tokens, other = "
+    "the mean state of its remaining image tokens; specificity = centred cosine with the own instance's state minus "
+    "the mean centred cosine with the other instances' states at the same position")
+
+
+def _specificity(L: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Per instance i: cos(L_i, R_i) - mean_{j != i} cos(L_i, R_j) on unit rows (the matched pair minus the
+    mismatched pairs). Its mean is exactly 0 when L carries nothing instance-specific about R (a constant L)."""
+    C = L @ R.T  # [n, n] cosines (rows already centred and unit)
+    n = C.shape[0]
+    return np.diag(C) - (C.sum(1) - np.diag(C)) / (n - 1)
+
+
+def position_matched(samples: list[tuple[str, dict]], lats: list[np.ndarray], mu: np.ndarray | None,
+                     n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Latent steps vs per-token image states matched by position (:data:`POSITION_MATCHED`), not mean-pooled.
+
+    Over the instances that share the most common image grid: ``cka`` [K][T] = linear CKA across instances between
+    latent step k and image token t (``core.similarity.cka_matrix``); ``specificity`` [K][T] = the mean over
+    instances of (centred cosine of an instance's latent k with its OWN token t) - (mean centred cosine with the
+    other instances' token t) (the geometry's one centring mean; 0 for latents without instance information about
+    that position, whatever the cone or a constant offset); ``pooled_cka`` [K] = CKA of latent k with the mean image
+    state (the mean-pooled reference); ``best`` = the position of the largest CKA per step (a maximum over T
+    positions: optimistic, descriptive). ``target`` (instances whose bbox covers some but not all tokens): per step
+    the CKA with the target tokens' mean state and with the other tokens' mean state (bootstrap ``Estimate`` over
+    instances), ``target_specificity`` / ``other_specificity`` (paired ``Effect``: matched minus mismatched centred
+    cosine, bootstrap over instances), and ``target_vs_other`` = target minus other specificity (``Effect``): does
+    a latent step carry its own target's states more than the rest of its own image?"""
+    from collections import Counter
+
+    from latentcheck.core.similarity import cka_matrix, linear_cka_ci
+    from latentcheck.core.summaries import Effect, Estimate
+
+    toks = [_array(a, "orig.image_token_states") for _, a in samples]
+    grids = [tuple(int(v) for v in _array(a, "orig.image_grid")) for _, a in samples]
+    usable = [i for i in range(len(samples)) if len(lats[i]) and toks[i].ndim == 2 and len(toks[i]) and grids[i]]
+    if not usable:
+        return {"skipped": "no per-token image states (no image, no latents, or --no-per-token-refs)"}
+    grid = Counter(grids[i] for i in usable).most_common(1)[0][0]
+    rows = [i for i in usable if grids[i] == grid]
+    if len(rows) < 3:
+        return {"skipped": f"only {len(rows)} instances share the image grid {list(grid)} (need 3)"}
+    K = min(len(lats[i]) for i in rows)
+    T = toks[rows[0]].shape[0]
+    Ls = [np.stack([lats[i][k] for i in rows]) for k in range(K)]
+    Ps = [np.stack([toks[i][t] for i in rows]) for t in range(T)]
+    cka = cka_matrix(Ls, Ps)
+    pooled = cka_matrix(Ls, [np.stack([toks[i].mean(0) for i in rows])])[:, 0]
+    centre = np.zeros(Ls[0].shape[1]) if mu is None else mu
+
+    def unit(X: np.ndarray) -> np.ndarray:
+        X = X - centre
+        return X / np.maximum(np.linalg.norm(X, axis=-1, keepdims=True), 1e-12)
+
+    PU = [unit(P) for P in Ps]
+    spec = np.array([[float(np.mean(_specificity(unit(L), PU[t]))) for t in range(T)] for L in Ls])
+    merge = int(round(math.sqrt(grid[0] * grid[1] * grid[2] / T))) or 1
+    out: dict[str, Any] = {
+        "definition": POSITION_MATCHED, "n": len(rows), "grid": list(grid),
+        "token_grid": [grid[0], grid[1] // merge, grid[2] // merge], "n_tokens": int(T), "K": int(K),
+        "cka": cka.round(6).tolist(), "specificity": spec.round(6).tolist(), "pooled_cka": pooled.round(6).tolist(),
+        "best": [{"step": k, "position": int(np.nanargmax(cka[k])) if np.isfinite(cka[k]).any() else None,
+                  "cka": float(np.nanmax(cka[k])) if np.isfinite(cka[k]).any() else None} for k in range(K)]}
+    regions = {i: sorted({int(v) for v in _array(samples[i][1], "orig.region_tokens") if 0 <= v < T}) for i in rows}
+    trows = [i for i in rows if 0 < len(regions[i]) < T]
+    if len(trows) < 3:
+        out["target"] = {"skipped": f"only {len(trows)} instances have a bbox covering some but not all tokens"}
+        return out
+    tgt = np.stack([toks[i][regions[i]].mean(0) for i in trows])
+    oth = np.stack([np.delete(toks[i], regions[i], axis=0).mean(0) for i in trows])
+    zero = np.zeros(len(trows))
+    steps = []
+    for k in range(K):
+        L = np.stack([lats[i][k] for i in trows])
+        st, so = _specificity(unit(L), unit(tgt)), _specificity(unit(L), unit(oth))
+        steps.append({"step": k,
+                      "cka_target": Estimate(**linear_cka_ci(L, tgt, n_boot=n_boot, seed=seed), n=len(trows),
+                                             method="percentile_bootstrap").to_dict(),
+                      "cka_other": Estimate(**linear_cka_ci(L, oth, n_boot=n_boot, seed=seed), n=len(trows),
+                                            method="percentile_bootstrap").to_dict(),
+                      "target_specificity": Effect.paired(zero, st, n_boot=n_boot, seed=seed).to_dict(),
+                      "other_specificity": Effect.paired(zero, so, n_boot=n_boot, seed=seed).to_dict(),
+                      "target_vs_other": Effect.paired(so, st, n_boot=n_boot, seed=seed).to_dict()})
+    out["target"] = {"n": len(trows), "steps": steps}
+    return out
+
+
 def geometry(samples: list[tuple[str, dict]], categories: dict[str, str | None],
-             treatments: list[Treatment]) -> dict[str, Any]:
+             treatments: list[Treatment], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Inter-instance matrices, collapse curves, effective rank and centred treated-vs-original cosines on the
     geometry samples (``samples``: [(key, {array name: array})] from the tensor store)."""
     from latentcheck.core.similarity import effective_rank, intra_instance_collapse, participation_ratio
@@ -646,6 +750,7 @@ def geometry(samples: list[tuple[str, dict]], categories: dict[str, str | None],
     refs = {r: _matrix_stats(X, [cats[i] for i in rows] if has_cats else None, mu) for r, (rows, X) in ref_X.items()}
     out["refs"] = refs
     out["latent_vs_refs"] = latent_vs_refs(lats, ref_X)
+    out["position_matched"] = position_matched(samples, lats, mu, n_boot=n_boot, seed=seed)
     if nonempty and sum(len(x) for x in nonempty) >= 2:
         pooled = np.concatenate(nonempty)
         out["latent_pooled"] = {"n": int(len(pooled)), "effective_rank": effective_rank(pooled),
@@ -692,6 +797,10 @@ def strip_matrices(geo: dict[str, Any]) -> dict[str, np.ndarray]:
     for r, st in geo.get("refs", {}).items():
         for kind in ("raw", "centred"):
             mats[f"{r}_{kind}"] = st.pop(kind)
+    pm = geo.get("position_matched") or {}
+    for kind in ("cka", "specificity"):  # [K, T] per latent step and image position
+        if kind in pm:
+            mats[f"position_{kind}"] = np.asarray(pm.pop(kind), dtype=np.float64)
     return mats
 
 
@@ -726,7 +835,7 @@ def summarise(records_path: str, store_dirs: list[Path], treatments: list[Treatm
         if rec.get("type") == "sample":
             ok.add(rec["key"])
             cats[rec["key"]] = rec.get("category")
-    geo = geometry(_load_geometry(store_dirs, order, ok, max_matrix), cats, treatments)
+    geo = geometry(_load_geometry(store_dirs, order, ok, max_matrix), cats, treatments, n_boot=n_boot, seed=seed)
     for label, c in geo.pop("centred_treated_cosine").items():
         stats["treatments"][label]["centred_latent_cosine_by_index"] = c["latent_by_index"]
         stats["treatments"][label]["centred_ref_cosine"] = c["refs"]
@@ -765,6 +874,7 @@ def make_plots(summary: dict[str, Any], folder: Path) -> list[str]:
                                  folder / "collapse_all_pairs.png", xlabel="latent index",
                                  ylabel="mean cosine with the other steps",
                                  title=f"intra-instance: all pairs (mean {col['raw']['all_pairs']:.2f} raw)"))
+    paths += plot_position_matched(geo.get("position_matched") or {}, folder)
     tr = summary["treatments"]
     series = {}
     for label, t in tr.items():
@@ -786,6 +896,33 @@ def make_plots(summary: dict[str, Any], folder: Path) -> list[str]:
                                   folder / "sensitivity.png", ylabel="latent rel. change / reference rel. change",
                                   title="sensitivity ratio (95% bootstrap CI)"))
     return paths
+
+
+def plot_position_matched(pm: dict[str, Any], folder: Path) -> list[str]:
+    """``position_cka.png``: per latent step, the CKA with each image position drawn on the image's token grid;
+    ``position_target.png``: per step, the target tokens' specificity (own minus other instances' targets)."""
+    from latentcheck.core import plots
+
+    out = []
+    if "cka" in pm:
+        t, rows, cols = pm["token_grid"]
+        mats = [np.asarray(row, float).reshape(t * rows, cols) for row in pm["cka"]]
+        step = max(1, math.ceil(len(mats) / MAX_HEATMAP_PANELS))
+        shown = list(range(0, len(mats), step))
+        out.append(plots.heatmap_grid([mats[k] for k in shown],
+                                      [f"latent {k} (pooled {pm['pooled_cka'][k]:.2f})" for k in shown],
+                                      folder / "position_cka.png",
+                                      suptitle=f"linear CKA of each latent step with each image position (n={pm['n']})"))
+    tg = pm.get("target") or {}
+    if "steps" in tg:
+        st = tg["steps"]
+        c = [x["target_specificity"] for x in st]
+        out.append(plots.forest([f"latent {x['step']}" for x in st], [e["estimate"] for e in c],
+                                [e["lo"] for e in c], [e["hi"] for e in c], folder / "position_target.png",
+                                title=f"target specificity: centred cosine with the own target's tokens minus with "
+                                      f"the other instances' targets (n={tg['n']})",
+                                xlabel="cosine difference (95% bootstrap CI)"))
+    return out
 
 
 def _finite(x, default):

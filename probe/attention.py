@@ -6,7 +6,7 @@ positions read at every decoder layer). Per layer and query row it records
 
 - ``image``: the attention mass on the image tokens (sum of the row's weights over the image-token keys);
 - ``region``: the mass on the image tokens of the target region (the task's ``bbox``, mapped onto the merged-token
-  grid by :func:`bbox_token_indices`), when the task has a bbox;
+  grid by ``core.prompts.bbox_token_indices``), when the task has a bbox;
 - ``region_share`` (summary): region / image, the share of the row's image attention that lands on the region.
 
 Query rows: ``start`` (the latent-start marker), ``latent_j`` (the position where the j-th vector is fed, whose
@@ -21,54 +21,12 @@ visibility rules of the profile hold: a position that may not see the image has 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 SUMMARY_ROWS = ("latent_mean", "start", "last_prompt_token", "answer_point")
-
-
-def bbox_token_indices(bbox: Sequence[float], image_size: tuple[int, int], grid_thw: Sequence[int],
-                       patch_size: int, merge_size: int) -> list[int]:
-    """Indices (0-based, row-major, as the processor orders an image's merged tokens) of the merged visual tokens whose
-    cell overlaps the bbox with positive area.
-
-    ``bbox`` = [x, y, w, h] in pixels of the original image of ``image_size`` = (width, height); ``grid_thw`` = the
-    processor's (t, h, w) patch grid of that image. The processor resizes the whole image (no crop, no padding) to
-    (h * patch_size) x (w * patch_size) pixels, and each merged token covers a (patch_size * merge_size)^2 pixel cell
-    of the resized image, so the bbox is scaled by the resize factors and every cell it overlaps counts. Temporal
-    frames (t > 1) repeat the grid."""
-    x, y, w, h = (float(v) for v in bbox)
-    W, H = (float(v) for v in image_size)
-    t, gh, gw = (int(v) for v in grid_thw)
-    if gh % merge_size or gw % merge_size:
-        raise ValueError(f"patch grid {gh}x{gw} is not a multiple of the merge size {merge_size}")
-    rows, cols = gh // merge_size, gw // merge_size
-    cell = float(patch_size * merge_size)
-    sx, sy = gw * patch_size / W, gh * patch_size / H  # resized / original pixels
-    x0, x1 = max(0.0, x * sx), min(cols * cell, (x + w) * sx)
-    y0, y1 = max(0.0, y * sy), min(rows * cell, (y + h) * sy)
-    if x1 <= x0 or y1 <= y0:
-        return []
-    c0, c1 = int(math.floor(x0 / cell)), int(math.ceil(x1 / cell))  # cells [c0, c1) overlap with positive width
-    r0, r1 = int(math.floor(y0 / cell)), int(math.ceil(y1 / cell))
-    per_frame = [r * cols + c for r in range(r0, r1) for c in range(c0, c1)]
-    return [f * rows * cols + i for f in range(t) for i in per_frame]
-
-
-def region_tokens(lm, prompt, task) -> list[int] | None:
-    """The target region's merged-token indices within the prompt's (first) image, or None when the task has no
-    bbox or no image."""
-    if task.bbox is None or prompt.image_grid_thw is None:
-        return None
-    image = task.load_image()
-    if image is None:
-        return None
-    ip = lm.processor.image_processor
-    return bbox_token_indices(task.bbox, image.size, [int(v) for v in prompt.image_grid_thw[0]],
-                              int(ip.patch_size), int(ip.merge_size))
 
 
 def attention_record(rows, region: list[int] | None) -> dict[str, Any]:
@@ -113,8 +71,14 @@ def summarise_attention(records: list[dict], n_boot: int = 2000, seed: int = 0) 
         return {"skipped": "no attention was captured (no replayable latent trace with image tokens)"}
     n_layers = len(recs[0]["image"])
 
-    def est(values: list[float]) -> Estimate:
-        return Estimate.bootstrap(values, n_boot=n_boot, seed=seed) if values else Estimate.missing()
+    def est(values: list[float]) -> dict[str, Any]:
+        return (Estimate.bootstrap(values, n_boot=n_boot, seed=seed) if values else Estimate.missing()).to_dict()
+
+    def eff(pairs: list[tuple[float, float]]) -> dict[str, Any]:
+        """mean(second - first) over paired samples (paired bootstrap Effect)."""
+        if not pairs:
+            return Effect(estimate=None, n=0, method="none").to_dict()
+        return Effect.paired([p for p, _ in pairs], [q for _, q in pairs], n_boot=n_boot, seed=seed).to_dict()
 
     layers: list[dict[str, Any]] = []
     with_region = [r for r in recs if r.get("region") is not None and r.get("region_tokens")]
@@ -135,14 +99,10 @@ def summarise_attention(records: list[dict], n_boot: int = 2000, seed: int = 0) 
         lat = [(_row_values(r, "region", "latent_mean"), _row_values(r, "image", "latent_mean"), r) for r in with_region]
         lat = [(a, b, r) for a, b, r in lat if a is not None]
         pairs = [(len(r["region_tokens"]) / r["n_image"], a[layer] / b[layer]) for a, b, r in lat if b[layer] > 1e-12]
-        contrasts["latent_share_vs_uniform"].append(
-            Effect.paired([p for p, _ in pairs], [q for _, q in pairs], n_boot=n_boot, seed=seed) if pairs
-            else Effect(estimate=None, n=0, method="none"))
+        contrasts["latent_share_vs_uniform"].append(eff(pairs))
         for ref in ("answer_point", "last_prompt_token"):
             pr = [(rv[layer], a[layer]) for a, _b, r in lat if (rv := _row_values(r, "region", ref)) is not None]
-            contrasts[f"latent_region_vs_{ref}"].append(
-                Effect.paired([p for p, _ in pr], [q for _, q in pr], n_boot=n_boot, seed=seed) if pr
-                else Effect(estimate=None, n=0, method="none"))
+            contrasts[f"latent_region_vs_{ref}"].append(eff(pr))
     k = min(sum(1 for name in r["labels"] if name.startswith("latent_")) for r in recs)
     steps: dict[str, Any] = {"labels": [f"latent_{j}" for j in range(k)]}
     for key, pool in (("image", recs), ("region", with_region)):
@@ -151,7 +111,7 @@ def summarise_attention(records: list[dict], n_boot: int = 2000, seed: int = 0) 
                             for r in pool])  # [n, L, k]
             steps[key] = arr.mean(0).round(6).tolist()
     return {"n": len(recs), "n_region": len(with_region), "n_layers": n_layers, "heads": "mean over heads",
-            "uniform_region_share": est(share) if share else Estimate.missing(),
+            "uniform_region_share": est(share),
             "layers": layers, "contrasts": contrasts, "steps": steps}
 
 
@@ -187,5 +147,5 @@ def plot_attention(summary: dict[str, Any], out_dir: str | Path) -> list[str]:
     return out
 
 
-__all__ = ["bbox_token_indices", "region_tokens", "attention_record", "summarise_attention", "plot_attention",
+__all__ = ["attention_record", "summarise_attention", "plot_attention",
            "SUMMARY_ROWS"]

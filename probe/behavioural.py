@@ -38,7 +38,7 @@ from latentcheck.core.runner import (CommonOptions, TensorStore, data_path, erro
                                      load_records, read_all_tasks, run_records)
 from latentcheck.core.stats import accuracy_effect, paired_bootstrap_diff, wilson_ci
 from latentcheck.core.tasks import LETTERS, BadRecord, Task, read_tasks, validate_record
-from latentcheck.probe.attention import attention_record, plot_attention, region_tokens, summarise_attention
+from latentcheck.probe.attention import attention_record, plot_attention, summarise_attention
 from latentcheck.probe.lens import lens_record, summarise_lens
 from latentcheck.probe.trained import REFERENCE_SITES, ProbeConfig, analyse_states
 
@@ -110,20 +110,21 @@ def capture_block(engine, lm, tasks: list[Task], store: TensorStore, force_laten
     lens, and with ``attention`` the attention mass of every latent step per layer: probe/attention.py)."""
     from latentcheck.core.engine import Request
     from latentcheck.core.extract import get_extractor
-    from latentcheck.core.prompts import build_prompt, task_text
+    from latentcheck.core.prompts import build_prompt, region_token_indices, task_text
 
     extract = get_extractor(lm.profile.extractor)
     out: dict[str, dict] = {}
     reqs, ok, prompts = [], [], []
     for t in tasks:
         try:
-            prompt = build_prompt(lm, t.id, task_text(t, lm.profile), t.load_image())
+            image = t.load_image()
+            prompt = build_prompt(lm, t.id, task_text(t, lm.profile), image)
         except RecordError as e:
             out[t.id] = error_record(t.id, e)
             continue
         reqs.append(Request(prompt, option_ids=_option_ids(lm, t), force_latent=force_latent))
         ok.append(t)
-        prompts.append(prompt)
+        prompts.append((prompt, image))
     traces = [tr[0] for tr in engine.run(reqs, batch_size=batch_size)] if reqs else []
     if ok:
         empty = np.zeros(0, dtype=np.float32)
@@ -131,7 +132,7 @@ def capture_block(engine, lm, tasks: list[Task], store: TensorStore, force_laten
         for site in REFERENCE_SITES:
             arrays[site] = [tr.refs.get(site, empty) for tr in traces]
         store.save([t.id for t in ok], arrays)  # before the records: every written record has its tensors
-    for t, tr, prompt in zip(ok, traces, prompts):
+    for t, tr, (prompt, image) in zip(ok, traces, prompts):
         rec = {"key": t.id, "category": t.category, "answer": t.answer_letter, "has_image": t.image is not None,
                "latent_count": tr.latent_count, "triggered": tr.triggered}
         if t.options:
@@ -145,7 +146,7 @@ def capture_block(engine, lm, tasks: list[Task], store: TensorStore, force_laten
         if attention and tr.latent_count and prompt.image_grid_thw is not None:
             rows = engine.replay_attention(prompt, tr)
             if rows is not None:
-                rec["attention"] = attention_record(rows, region_tokens(lm, prompt, t))
+                rec["attention"] = attention_record(rows, region_token_indices(lm, prompt, t.bbox, image))
         out[t.id] = rec
     return [out[t.id] for t in tasks]
 

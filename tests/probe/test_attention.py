@@ -11,7 +11,8 @@ from PIL import Image
 
 from latentcheck.core.engine import Engine, Request
 from latentcheck.core.prompts import build_prompt
-from latentcheck.probe.attention import attention_record, bbox_token_indices, summarise_attention
+from latentcheck.core.prompts import bbox_token_indices
+from latentcheck.probe.attention import attention_record, summarise_attention
 
 from ..conftest import make_image  # noqa: TID252 - tests share the image helper
 
