@@ -98,6 +98,10 @@ def perturb_latent_cmd(
                                                   "K' vectors (the model's own first K'; past its own span the last "
                                                   "one repeated); plotted as a curve. Format vs content: K'=0 keeps "
                                                   "only the markers.")] = None,
+    knockout_sweep: Annotated[Optional[str], typer.Option(
+        "--knockout-sweep", rich_help_panel=P, help="Add knockout:query=Q,key=K,layers=l for every decoder layer l "
+                                                    "(that layer alone), for each Q-K pair, e.g. answer-span,"
+                                                    "span-image; plotted as a curve per pair.")] = None,
     per_index: Annotated[Optional[list[str]], typer.Option(
         "--per-index", rich_help_panel=P, help="Add NAME@k for every latent index k (per-index ablation curve), "
                                                "e.g. zero or index_mean (repeatable). Added to the -i specs; "
@@ -170,7 +174,7 @@ def perturb_latent_cmd(
                                 force_latent=force_latent,
                                 image_visibility=image_visibility, max_new_tokens=max_new_tokens,
                                 calibration_size=calibration, n_boot=n_boot, plots=not no_plots,
-                                patch_layers=patch_layers)
+                                patch_layers=patch_layers, knockout_sweep=knockout_sweep)
     if result.is_main:
         _render(result, quiet)
     if result.exit_code:

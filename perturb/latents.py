@@ -115,15 +115,24 @@ def _as_specs(items: Iterable[str | InterventionSpec] | None) -> list[Interventi
 
 def plan_interventions(specs: Iterable[str | InterventionSpec] | None = None, sigma_sweep: Sequence[float] = (),
                        per_index: Iterable[str] = (), n_latents: int = 4,
-                       length_sweep: Sequence[float] = ()) -> list[PlannedIntervention]:
+                       length_sweep: Sequence[float] = (), knockout_sweep: Sequence[str] = (),
+                       n_layers: int | None = None) -> list[PlannedIntervention]:
     """Expand the user's specs, ``--sigma-sweep`` (one ``noise:sigma=s`` each), ``--length-sweep`` (one ``length:k=K'``
-    each: the span forced to K' vectors) and ``--per-index NAME`` (one ``NAME@k`` per latent index k < n_latents) into
+    each: the span forced to K' vectors), ``--knockout-sweep QUERY-KEY`` (one ``knockout`` per decoder layer l <
+    n_layers, that layer alone) and ``--per-index NAME`` (one ``NAME@k`` per latent index k < n_latents) into
     a de-duplicated list (first occurrence of a label wins). With nothing given, ``DEFAULT_SPECS`` is used."""
     planned: list[PlannedIntervention] = [PlannedIntervention(s) for s in _as_specs(specs)]
     for s in sigma_sweep:
         planned.append(PlannedIntervention(parse_spec(f"noise:sigma={float(s)}"), "sigma_sweep", float(s)))
     for k in length_sweep:
         planned.append(PlannedIntervention(parse_spec(f"length:k={k:g}"), "length_sweep", float(k)))
+    for pair in knockout_sweep:
+        query, sep, key = str(pair).strip().partition("-")
+        if not sep or n_layers is None:
+            raise LatentcheckError(f"--knockout-sweep {pair!r}: expected QUERY-KEY, e.g. answer-span or span-image")
+        for layer in range(n_layers):
+            planned.append(PlannedIntervention(parse_spec(f"knockout:query={query},key={key},layers={layer}"),
+                                               f"knockout_sweep:{query}-{key}", float(layer)))
     for name in per_index:
         base = parse_spec(name) if isinstance(name, str) else name
         if base.steps is not None:
@@ -628,6 +637,11 @@ def make_plots(summary: dict, folder: str | Path) -> dict[str, str]:
             name, xlabel, title = "sigma_sweep", "sigma (noise norm / latent norm)", "accuracy vs additive noise"
         elif g == "length_sweep":
             name, xlabel, title = "length_sweep", "latent span length K'", "accuracy vs forced span length"
+        elif g.startswith("knockout_sweep:"):
+            pair = g.split(":", 1)[1]
+            q, k = pair.split("-", 1)
+            name, xlabel = f"knockout_sweep_{q}_{k}", "decoder layer (knocked out alone)"
+            title = f"attention knockout per layer: {q} cannot attend to {k}"
         else:
             spec_label = g.split(":", 1)[1]
             name = "per_index_" + "".join(ch if ch.isalnum() else "_" for ch in spec_label)
@@ -651,7 +665,7 @@ def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSp
                        force_latent: bool = False, image_visibility: str | None = None,
                        max_new_tokens: int | None = None, calibration_size: int | None = None,
                        n_boot: int = 2000, plots: bool = True, patch_layers: str | Sequence[str] | None = None,
-                       lm=None) -> PerturbLatentResult:
+                       knockout_sweep: str | Sequence[str] | None = None, lm=None) -> PerturbLatentResult:
     """Run the Z -> Y interventions and the mediation analysis over a task file; write ``samples.jsonl``,
     ``summary.json`` and ``plots/*.png`` to ``opts.out`` and return the summary (see module docstring)."""
     t_start = time.perf_counter()
@@ -676,8 +690,11 @@ def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSp
     lengths = parse_float_list(length_sweep, "--length-sweep")
     if any(not float(k).is_integer() for k in lengths):
         raise LatentcheckError(f"--length-sweep takes whole numbers of vectors, got {length_sweep!r}")
-    planned = plan_interventions(specs, sweep, list(per_index), prof.latent.k, length_sweep=lengths)
     n_states = len(text_model_of(lm.model).layers) + 1  # span states: input + every decoder layer's output
+    ko_pairs = [x.strip() for x in (knockout_sweep.split(",") if isinstance(knockout_sweep, str)
+                                    else (knockout_sweep or [])) if x.strip()]
+    planned = plan_interventions(specs, sweep, list(per_index), prof.latent.k, length_sweep=lengths,
+                                 knockout_sweep=ko_pairs, n_layers=n_states - 1)
     patch_sets = parse_patch_layers(patch_layers, n_states)
     if patch_sets and ("span" not in meds or not kinds):
         raise LatentcheckError("--patch-layers patches the span from the mediation's counterfactual run: it needs "

@@ -103,3 +103,22 @@ def test_span_to_image_knockout_in_every_layer_on_toy_vector_equals_hiding_the_i
     for (r,), (base, full) in zip(ref, got):
         _same(full, r, tol=1e-5)
         assert np.abs(base.latents - full.latents).max() > 1e-4  # the fed vectors change: the image was read
+
+
+def test_knockout_on_the_plain_path_with_eager_attention(load_tiny):
+    """The plain path's knockout attention runs the model's own eager attention (additive mask) when the model is
+    loaded with it: zero layers = baseline bit for bit, every layer = the span hidden by the profile rule."""
+    lm = load_tiny("toy", "toy-latent")
+    cfg = lm.model.model.language_model.config
+    before = cfg._attn_implementation_internal
+    cfg._attn_implementation_internal = "eager"
+    try:
+        hidden = replace(lm, profile=replace(lm.profile, latents_visible_after=False))
+        (ref,), _ = _run(hidden, [Condition()], shared=False)
+        base, none, full = _run(lm, [Condition(), _ko("answer", "span", "none"), _ko("answer", "span", "all")],
+                                shared=False)[0]
+    finally:
+        cfg._attn_implementation_internal = before
+    _same(none, base)
+    _same(full, ref, tol=1e-5)
+    assert np.abs(base.option_logprobs - full.option_logprobs).max() > 1e-4

@@ -94,3 +94,29 @@ def test_answer_to_span_knockout_changes_nothing_on_the_bypass_control(tmp_path)
     assert base["accuracy"] >= 0.9
     tost = paired_tost(ko["n01"], ko["n10"], ko["n"], 0.05)
     assert tost["equivalent"], tost
+
+
+def test_knockout_sweep_plans_one_knockout_per_layer_and_plots_a_curve(load_tiny, tmp_path):
+    planned = plan_interventions(["zero"], knockout_sweep=["answer-span", "span-image"], n_layers=3)
+    assert [(p.group, p.x, p.spec.params["layers"]) for p in planned[1:]] == \
+        [("knockout_sweep:answer-span", float(i), str(i)) for i in range(3)] + \
+        [("knockout_sweep:span-image", float(i), str(i)) for i in range(3)]
+    with pytest.raises(LatentcheckError, match="QUERY-KEY"):
+        plan_interventions([], knockout_sweep=["answer"], n_layers=3)
+    with pytest.raises(LatentcheckError, match="key must be"):
+        plan_interventions([], knockout_sweep=["answer-question"], n_layers=3)
+    from latentcheck.core.runner import CommonOptions
+    from latentcheck.perturb.latents import run_perturb_latent
+
+    from .test_mediation import write_tasks
+
+    lm = load_tiny("toy", "toy-latent")
+    data = write_tasks(tmp_path / "data", ["What colour is the circle?"] * 4)
+    res = run_perturb_latent(CommonOptions(data=str(data), out=str(tmp_path / "out"), batch_size=4, quiet=True),
+                             None, knockout_sweep="answer-span", mediation="none", force_latent=True, n_boot=100,
+                             lm=lm)
+    n_layers = len(lm.model.model.language_model.layers)
+    curve = res.summary["curves"]["knockout_sweep:answer-span"]
+    assert curve["x"] == [float(i) for i in range(n_layers)] and len(curve["accuracy"]) == n_layers
+    assert [r["kind"] for r in res.summary["interventions"]] == ["attention"] * n_layers
+    assert (tmp_path / "out" / res.summary["plots"]["knockout_sweep_answer_span"]).exists()
