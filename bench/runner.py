@@ -49,6 +49,7 @@ from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.answers import read_trace
 from latentcheck.core.interventions import InterventionSpec, LatentStats, parse_specs
 from latentcheck.core.analysis import AnalysisResult, finish, not_main
+from latentcheck.core.records import in_id_order
 from latentcheck.core.runner import CommonOptions, data_path, error_record, load_for, load_records, run_records
 from latentcheck.core.stats import accuracy_effect, wilson_ci
 from latentcheck.core.tasks import LETTERS, Task, decode_image
@@ -571,7 +572,7 @@ def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, var
                              verify=verify, calibration_size=(calibration_size or block) if _needs_stats(specs)
                              else None, force_latent=force_latent)
     run = _BenchRun(lm, opts, bench, variant, mode, specs, dec, judge, force_latent)
-    calibration = run.calibrate(tasks, settings.calibration_size) if _needs_stats(specs) else None
+    calibration = run.calibrate(in_id_order(tasks), settings.calibration_size) if _needs_stats(specs) else None
     config = {**opts.config(), **asdict(settings)}
     res = run_records(COMMAND, opts, config, lm.describe(), items, run.process_block, block_size=block,
                       # on CPU the preparation thread competes with the model for the GIL and the cores: no gain

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from latentcheck.cli.tables import FittingConsole
-from latentcheck.core.errors import LatentcheckError
+from latentcheck.core.errors import EXIT_CANNOT_RUN, EXIT_INTERRUPTED, LatentcheckError
 
 app = typer.Typer(name="latentcheck", no_args_is_help=False, pretty_exceptions_show_locals=False,
                   help="Is a model's latent imagination causally real? Causal analysis of latent visual reasoning.")
@@ -174,7 +174,8 @@ def silence_libraries(quiet: bool) -> None:
 
 
 def _is_click(e: BaseException, name: str) -> bool:
-    """``e`` is click's or typer's own copy (typer >= 0.20 vendors click as ``typer._click``) of exception ``name``."""
+    """``e`` is click's or typer's own copy (typer >= 0.20 vendors click as ``typer._click`` and defines some, e.g.
+    ``Abort``, in ``typer.exceptions``) of exception ``name``."""
     import click
 
     kinds = [getattr(click.exceptions, name, None)]
@@ -182,6 +183,11 @@ def _is_click(e: BaseException, name: str) -> bool:
         from typer._click import exceptions as typer_click
         kinds.append(getattr(typer_click, name, None))
     except ImportError:  # pragma: no cover - older typer uses click itself
+        pass
+    try:  # typer's own copies (its prompts and typer.Abort() raise typer.exceptions.Abort)
+        from typer import exceptions as typer_exceptions
+        kinds.append(getattr(typer_exceptions, name, None))
+    except ImportError:  # pragma: no cover
         pass
     return any(k is not None and isinstance(e, k) for k in kinds)
 
@@ -207,10 +213,16 @@ def _click_error(e: BaseException) -> int | None:
                       markup=False)
         return int(getattr(e, "exit_code", 1))
     if _is_click(e, "Abort"):
-        if isinstance(e.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort in non-standalone mode
+        # click turns Ctrl-C into Abort in non-standalone mode (``from e``; its prompts ``from None``: the context)
+        if isinstance(e.__cause__, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
             console.print("[yellow]interrupted[/] (rerun with --resume to continue)")
-            return 130
-        return 1
+            return EXIT_INTERRUPTED
+        # anything else (a declined confirmation, end of input at a prompt, a command's own typer.Abort()) means
+        # the command did not run: one line and the "could not run" code, never the internal-error code 1
+        why = "end of input at a prompt" if isinstance(e.__cause__ or e.__context__, EOFError) else \
+            (" ".join(str(e).split()) or "the command was aborted")
+        console.print(f"error: aborted: {why}", highlight=False, soft_wrap=True, markup=False)
+        return EXIT_CANNOT_RUN
     return None
 
 

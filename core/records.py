@@ -406,6 +406,46 @@ def read_results(path: str | os.PathLike) -> tuple[dict, list[dict]]:
     return stream.provenance, records
 
 
+_DIGITS = None
+
+
+def record_order_key(key: Any) -> tuple:
+    """The canonical order of record ids: natural order (``t2`` before ``t10``, integer 9 before 10), total over mixed
+    int / str ids (never a TypeError) and over ids too long for ``int()`` (digit runs compare by length, then digits,
+    without conversion; integers beyond ``str()``'s digit limit sort after all others, by size). Ties between equal-looking ids of different types (``7`` and ``"7"``) break on the type."""
+    import re
+
+    global _DIGITS
+    if _DIGITS is None:
+        _DIGITS = re.compile(r"(\d+)")
+    if isinstance(key, bool) or not isinstance(key, (int, str)):
+        key = json.dumps(key, sort_keys=True, default=str)
+    if isinstance(key, int) and abs(key).bit_length() >= 10000:  # beyond str()'s digit limit: after every other
+        h = format(abs(key), "x")  # number, ordered by size (bit length, then the hex digits of equal length)
+        return (((0, 10 ** 9 + len(h), h, "-" if key < 0 else ""),), 0, h)
+    text = str(key) if isinstance(key, int) else key
+    parts = []
+    for i, chunk in enumerate(_DIGITS.split(text)):
+        if i % 2:  # a digit run: numeric order without int(), then the zero padding
+            stripped = chunk.lstrip("0")
+            parts.append((0, len(stripped), stripped, chunk))
+        elif chunk:
+            parts.append((1, 0, chunk, ""))
+    return (tuple(parts), 0 if isinstance(key, int) else 1, text)
+
+
+def in_record_order(records: Iterable[dict], key: str = "key") -> list[dict]:
+    """``records`` sorted by :func:`record_order_key` of their ``key`` field (stable; a missing key sorts as None):
+    the ONE order every statistic is computed in, so a summary does not depend on the input file's order, on the
+    order records were completed (resume, ``--retry-errors``, data-parallel shards) or on the process count."""
+    return sorted(records, key=lambda r: record_order_key(r.get(key) if isinstance(r, dict) else None))
+
+
+def in_id_order(tasks: Iterable[Any]) -> list[Any]:
+    """Tasks (anything with an ``id``) in the canonical record-id order (:func:`record_order_key`)."""
+    return sorted(tasks, key=lambda t: record_order_key(t.id))
+
+
 # ----------------------------------------------------------------------------------------------------- the writer
 
 class JsonlFile:

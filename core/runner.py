@@ -32,9 +32,10 @@ import numpy as np
 
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.progress import progress_bar, warn
-from latentcheck.core.records import (ResultStream, ResultWriter, config_differences, input_digest, iter_results,
-                                      merge_shards, provenance, refuse_existing_results, remove_stale_temporaries,
-                                      replace_atomic_with, shard_path, write_json_atomic, write_shard_from)
+from latentcheck.core.records import (ResultStream, ResultWriter, config_differences, in_record_order, input_digest,
+                                      iter_results, merge_shards, provenance, refuse_existing_results,
+                                      remove_stale_temporaries, replace_atomic_with, shard_path, write_json_atomic,
+                                      write_shard_from)
 from latentcheck.core.tasks import BadRecord, Task, read_tasks
 
 
@@ -447,8 +448,11 @@ def _adopt_previous_layout(final: Path, path: Path, prov: dict, wanted: set[str]
 
 
 def load_records(path: str) -> list[dict]:
-    """Sample and error records of a results file (provenance dropped)."""
-    return list(iter_results(path))
+    """Sample and error records of a results file (provenance dropped) for summarising, in the canonical record-id
+    order (``core.records.in_record_order``): every statistic (bootstrap CIs, paired tests, mediation, probes) sees
+    the records in that one order, so a summary does not depend on the input file's order or on the order records
+    were completed. The results file itself stays in input order."""
+    return in_record_order(iter_results(path))
 
 
 def error_record(key: str, err: RecordError) -> dict:

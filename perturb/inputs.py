@@ -16,7 +16,7 @@ number of samples and a resumed run's summary covers every record:
 
 * per treatment: mean change by latent index, bootstrap CIs, and the *sensitivity ratio* = mean latent change / mean
   reference change (``core.stats.bootstrap_ratio``, paired resampling) against each reference state;
-* on the first ``max_matrix`` samples (original inputs): inter-instance cosine matrices per latent index and for the
+* on the first ``max_matrix`` samples in record-id order (original inputs): inter-instance cosine matrices per latent index and for the
   reference states (raw and mean-centred), within- vs across-category means, intra-instance collapse curves, effective
   rank and participation ratio, and mean-centred original-vs-treated cosines.
 
@@ -39,6 +39,7 @@ import numpy as np
 
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.analysis import AnalysisResult, finish, not_main
+from latentcheck.core.records import record_order_key
 from latentcheck.core.summaries import Estimate, Proportion, Ratio
 from latentcheck.core.runner import (CommonOptions, TensorStore, data_path, distributed, item_key, load_for,
                                      read_all_tasks, run_records, save_npz_atomic)
@@ -427,7 +428,8 @@ def run_perturb_input(opts: CommonOptions, treatments: list[str] | list[Treatmen
         max_latents = DEFAULT_MAX_LATENTS_TEXT
     tasks = [t for t in items if isinstance(t, Task)]
     keys = [t.id for t in tasks]
-    index_of = {item_key(it): i for i, it in enumerate(items)}
+    order = sorted((item_key(it) for it in items), key=record_order_key)  # canonical: not the file's order
+    index_of = {k: i for i, k in enumerate(order)}
     out = Path(opts.out)
     config = {**opts.config(), "treatments": [t.label for t in parsed], "max_matrix": max_matrix,
               "save_tensors": save_tensors, "force_start": force_start, "image_visibility": image_visibility,
@@ -440,7 +442,6 @@ def run_perturb_input(opts: CommonOptions, treatments: list[str] | list[Treatmen
                      description="perturb-input", on_fresh_start=lambda: clear_tensor_store(out))
     if not rr.is_main:
         return not_main(COMMAND, out, rr.results_path, rr.counts)
-    order = [item_key(it) for it in items]
     summary = summarise(rr.results_path, tensor_dirs(out), parsed, order, max_matrix, seed=opts.seed, n_boot=n_boot)
     summary = {"command": COMMAND, "model": lm.describe(), "profile": lm.profile.name, "kind": lm.profile.kind,
                "latent_source": latent_source(lm.profile), "counts": rr.counts,
@@ -503,14 +504,14 @@ class _IndexMean:
 
 def _treatment_stats(records_path: str, treatments: list[Treatment], n_boot: int, seed: int) -> dict[str, Any]:
     """Per-treatment aggregates streamed from the results file (per-sample scalars only)."""
-    from latentcheck.core.records import iter_results
+    from latentcheck.core.runner import load_records
 
     acc = {t.label: {"cos": _IndexMean(), "rel": _IndexMean(), "cos_s": [], "rel_s": [], "skips": {},
                      "refs": {r: {"cos": [], "rel": []} for r in REFERENCES}, "same": [], "tv": [],
                      "correct": [], "n": 0} for t in treatments}
     n_ok = 0
     orig_correct, triggered, counts = [], [], []
-    for rec in iter_results(records_path):
+    for rec in load_records(records_path):
         if rec.get("type") != "sample":
             continue
         n_ok += 1
@@ -566,7 +567,7 @@ def _treatment_stats(records_path: str, treatments: list[Treatment], n_boot: int
 
 def _load_geometry(store_dirs: list[Path], order: list[str], ok_keys: set[str],
                    max_matrix: int) -> list[tuple[str, dict]]:
-    """The tensors of the first ``max_matrix`` samples in data order (block by block; only those kept)."""
+    """The tensors of the first ``max_matrix`` samples in ``order`` (the canonical record-id order; only those kept)."""
     rank = {k: i for i, k in enumerate(order)}
     keep: dict[str, dict] = {}
     for d in store_dirs:
@@ -807,12 +808,12 @@ def strip_matrices(geo: dict[str, Any]) -> dict[str, np.ndarray]:
 def trigger_summary(records_path: str, treatments: list[Treatment], profile) -> dict | None:
     """The fake-null guard block (core/trigger.py): the original input and every treated one; the length is the
     whole latent / imagination span (before --max-latents)."""
-    from latentcheck.core.records import iter_results
+    from latentcheck.core.runner import load_records
     from latentcheck.core.trigger import trigger_block
 
     conds: dict[str, tuple[list, list]] = {"original": ([], [])}
     conds.update({t.label: ([], []) for t in treatments})
-    for rec in iter_results(records_path):
+    for rec in load_records(records_path):
         if rec.get("type") != "sample":
             continue
         for name, e in [("original", rec["original"])] + [(t.label, rec["treatments"].get(t.label))
@@ -827,11 +828,11 @@ def trigger_summary(records_path: str, treatments: list[Treatment], profile) -> 
 def summarise(records_path: str, store_dirs: list[Path], treatments: list[Treatment], order: list[str],
               max_matrix: int, seed: int = 0, n_boot: int = 2000) -> dict[str, Any]:
     """Aggregates from the results file (streamed) and the tensor store (first ``max_matrix`` samples)."""
-    from latentcheck.core.records import iter_results
+    from latentcheck.core.runner import load_records
 
     stats = _treatment_stats(records_path, treatments, n_boot, seed)
     ok, cats = set(), {}
-    for rec in iter_results(records_path):
+    for rec in load_records(records_path):
         if rec.get("type") == "sample":
             ok.add(rec["key"])
             cats[rec["key"]] = rec.get("category")

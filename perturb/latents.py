@@ -16,8 +16,9 @@ Per sample, two passes (both through the one engine, ``core.engine``):
 pseudo-code's way); both paths give the same answers.
 
 Dataset statistics for ``shared:source=mean|random`` and ``index_mean`` come from a calibration pass: the baselines of
-the first ``calibration_size`` valid tasks (default: one processing block, ``4 x batch_size``), in file order, so a
-resumed run recomputes exactly the same statistics. They are saved to ``latent_stats.npz`` and described in the
+the first ``calibration_size`` valid tasks (default: one processing block, ``4 x batch_size``) in the canonical
+record-id order (``core.records.record_order_key``), so a resumed run, or the same tasks in another file order,
+recomputes exactly the same statistics. They are saved to ``latent_stats.npz`` and described in the
 summary. See docs/perturb-latent.md for every definition.
 """
 
@@ -43,6 +44,7 @@ from latentcheck.core.summaries import Estimate
 from latentcheck.core.runner import CommonOptions, data_path, error_record, load_for, load_records, \
     read_all_tasks, run_records, save_npz_atomic
 from latentcheck.core.stats import accuracy_effect, holm, wilson_ci
+from latentcheck.core.records import in_id_order
 from latentcheck.core.tasks import LETTERS, Task
 from latentcheck.core.progress import warn
 from latentcheck.core.trigger import trigger_block, warn_trigger
@@ -711,7 +713,7 @@ def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSp
     calibration = None
     if needs_stats(planned):
         try:
-            stats, calibration = ana.calibrate(tasks, settings.calibration_size)
+            stats, calibration = ana.calibrate(in_id_order(tasks), settings.calibration_size)
         except LatentcheckError as e:
             if "never entered latent mode" not in str(e):
                 raise

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from latentcheck.core.errors import LatentcheckError
+from latentcheck.core.records import record_order_key
 from latentcheck.core.stats import mediation_effects
 from latentcheck.core.tasks import Task
 
@@ -110,10 +111,16 @@ def partner_map(keys: Sequence[str], seed: int, group_size: int | None = None,
     Without ``golds``: a seeded ``derangement``. With ``golds`` (the default rule ``different_gold``: a mediation or
     swap partner whose gold answer differs, so that the counterfactual input asks for another answer): each
     sample's partner is drawn uniformly (seeded by (seed, group)) among the samples of its group whose gold differs;
-    a sample whose group has none keeps its derangement partner."""
+    a sample whose group has none keeps its derangement partner.
+
+    The draw runs over the keys in the canonical record-id order (``core.records.record_order_key``; groups are
+    consecutive in that order), so the partners do not depend on the input file's order."""
     keys = list(keys)
     if len(keys) < 2:
         return {k: None for k in keys}
+    canon = sorted(range(len(keys)), key=lambda i: record_order_key(keys[i]))
+    keys = [keys[i] for i in canon]
+    golds = None if golds is None else [list(golds)[i] for i in canon]
     p = derangement(len(keys), seed, group_size)
     if golds is not None:
         golds = list(golds)

@@ -23,6 +23,7 @@ import numpy as np
 
 from latentcheck.core.interventions import parse_params
 from latentcheck.core.errors import LatentcheckError
+from latentcheck.core.records import record_order_key
 from latentcheck.core.registry import Registry
 from latentcheck.core.tasks import LETTERS, Task, option_index
 
@@ -283,9 +284,11 @@ def apply_treatment(treatment: Treatment, variant: InputVariant, ctx: TreatmentC
 
 
 def partner_map(keys: list[str], seed: int = 0) -> dict[str, str]:
-    """Seeded swap partners: one random cycle through all keys, so no key is its own partner (needs >= 2 keys)."""
+    """Seeded swap partners: one random cycle through all keys, so no key is its own partner (needs >= 2 keys). The
+    cycle is drawn over the keys in the canonical record-id order, so the input file's order does not matter."""
     if len(keys) < 2:
         return {}
+    keys = sorted(keys, key=record_order_key)
     h = hashlib.sha256(f"{seed}|partners".encode()).hexdigest()
     order = np.random.default_rng(int(h[:16], 16)).permutation(len(keys))
     return {keys[order[i]]: keys[order[(i + 1) % len(keys)]] for i in range(len(keys))}

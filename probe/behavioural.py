@@ -36,6 +36,7 @@ from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.analysis import AnalysisResult, finish, not_main
 from latentcheck.core.runner import (CommonOptions, TensorStore, data_path, error_record, load_for,
                                      load_records, read_all_tasks, run_records)
+from latentcheck.core.records import in_id_order
 from latentcheck.core.stats import accuracy_effect, paired_bootstrap_diff, wilson_ci
 from latentcheck.core.tasks import LETTERS, BadRecord, Task, read_tasks, validate_record
 from latentcheck.probe.attention import attention_record, plot_attention, summarise_attention
@@ -387,7 +388,9 @@ def run_probe(opts: CommonOptions, popts: ProbeOptions | None = None, lm=None) -
                                "model (one whose profile feeds latent vectors)")
     data = data_path(opts)
     items = read_all_tasks(data, opts.limit, opts.strict)
-    sources = [t for t in items if isinstance(t, Task)]
+    # the valid tasks in the canonical record-id order: the mean latent, erasure, trained probes (their splits) and
+    # every statistic see the samples in one order whatever the file's order (the results files keep input order)
+    sources = in_id_order(t for t in items if isinstance(t, Task))
     engine = Engine(lm, seed=opts.seed)
     # ---- stage 1: capture
     tdir = _tensor_dir(out)
@@ -420,7 +423,7 @@ def run_probe(opts: CommonOptions, popts: ProbeOptions | None = None, lm=None) -
                 {t.id for t in sources}
             derived = select_derived(derived, {t.id for t in sources}, all_ids)
             lat = {t.id: tensors[t.id]["latents"] for t in sources if "latents" in tensors.get(t.id, {})}
-            stats = LatentStats.from_latents(list(lat.values()))  # data-file order: the same float sums every run
+            stats = LatentStats.from_latents(list(lat.values()))  # record-id order: the same float sums every run
             ctx = BehaviouralContext(sources={t.id: t for t in sources},
                                      latents=lat, mean_latent=stats.mean, seed=opts.seed,
                                      force_latent=popts.force_latent, batch_size=opts.batch_size)
@@ -484,7 +487,7 @@ def _finish(opts: CommonOptions, popts: ProbeOptions, summary: dict[str, Any], c
 
 def _run_from_cache(opts: CommonOptions, popts: ProbeOptions) -> ProbeResult:
     """Trained probes and geometry from cached states; the behavioural summary from the cached samples.jsonl."""
-    from latentcheck.core.records import read_results
+    from latentcheck.core.records import in_record_order, read_results, record_order_key
 
     root = Path(popts.from_cache)
     if _tensor_dir(root).is_dir():
@@ -499,13 +502,14 @@ def _run_from_cache(opts: CommonOptions, popts: ProbeOptions) -> ProbeResult:
     cap_file = run_dir / CAPTURE_DIR / "samples.jsonl" if run_dir else None
     if cap_file is not None and cap_file.exists():
         prov, cap_records = read_results(cap_file)
+        cap_records = in_record_order(cap_records)
     data = opts.data or (prov.get("config") or {}).get("data")
     data = data or data_path(opts)
     tasks = {t.id: t for t in read_tasks(data, limit=opts.limit) if isinstance(t, Task)}
-    tensors = TensorStore(tdir).load()
+    tensors = dict(sorted(TensorStore(tdir).load().items(), key=lambda kv: record_order_key(kv[0])))
     beh_records = []
     if run_dir is not None and (run_dir / "samples.jsonl").exists():
-        beh_records = read_results(run_dir / "samples.jsonl")[1]
+        beh_records = in_record_order(read_results(run_dir / "samples.jsonl")[1])
         beh_records = [r for r in beh_records if r.get("source_id") in tasks or r.get("type") == "error"]
     summary: dict[str, Any] = {"command": "probe", "from_cache": str(root), "model": prov.get("model"), "data": data,
                                "options": {"scoring": popts.scoring}}

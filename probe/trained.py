@@ -30,6 +30,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from latentcheck.core.errors import LatentcheckError, RecordError
+from latentcheck.core.records import record_order_key
 from latentcheck.core.similarity import (effective_rank, inter_instance, intra_instance_collapse, mean_centred,
                                          nearest_centroid_accuracy, within_across)
 from latentcheck.core.stats import paired_bootstrap_diff, wilson_ci
@@ -250,7 +251,8 @@ def run_trained_probes(tensors: dict[str, dict[str, np.ndarray]], tasks: dict[st
     load); ``tasks``: {id: Task} giving labels and image groups. Returns dict(config, sites, labels={label:
     dict(n_missing, sites={site: probe_site result})})."""
     cfg = cfg or ProbeConfig()
-    keys = [k for k in tasks if k in tensors]  # data-file order: results do not depend on storage order
+    # the canonical record-id order: splits, fits and geometry depend neither on storage nor on the file's order
+    keys = sorted((k for k in tasks if k in tensors), key=record_order_key)
     if not keys:
         raise LatentcheckError("no captured states match the task file's ids (wrong --data for this cache?)")
     sites = probe_sites(tensors, keys)
@@ -277,7 +279,8 @@ def similarity_stats(tensors: dict[str, dict[str, np.ndarray]], tasks: dict[str,
     centred on the all-latent mean), within- vs across-category centred cosine, task separability (cosine
     nearest-centroid accuracy by ``category`` on centred states) and effective rank; intra-instance similarity of
     an instance's steps; the same separability and effective rank for the reference states."""
-    keys = [k for k in tasks if k in tensors]  # data-file order: results do not depend on storage order
+    # the canonical record-id order: splits, fits and geometry depend neither on storage nor on the file's order
+    keys = sorted((k for k in tasks if k in tensors), key=record_order_key)
     lat = {k: tensors[k]["latents"] for k in keys
            if "latents" in tensors[k] and tensors[k]["latents"].ndim == 2 and len(tensors[k]["latents"])}
     out: dict[str, Any] = {"n": len(keys), "n_with_latents": len(lat)}
@@ -396,7 +399,8 @@ def analyse_states(tensors: dict[str, dict[str, np.ndarray]], tasks: dict[str, T
                    cfg: ProbeConfig | None = None, plot_dir: str | Path | None = None) -> TrainedResult:
     """Trained probes (``labels`` or the defaults for these tasks) and latent geometry; optional PNGs."""
     cfg = cfg or ProbeConfig()
-    keys = [k for k in tasks if k in tensors]  # data-file order: results do not depend on storage order
+    # the canonical record-id order: splits, fits and geometry depend neither on storage nor on the file's order
+    keys = sorted((k for k in tasks if k in tensors), key=record_order_key)
     labels = list(labels) if labels else default_labels(tasks[k] for k in keys)
     res = TrainedResult(probes=run_trained_probes(tensors, tasks, labels, cfg),
                         similarity=similarity_stats(tensors, tasks, seed=cfg.seed))
