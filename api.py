@@ -106,8 +106,39 @@ def _tasks_file(tasks: Any, folder: Path) -> str | None:
                         raw["image"] = {"unreadable": e.message}  # the reader reports it on this row
                 if raw.get("options") is None and isinstance(raw.get("choices"), (list, tuple)):
                     raw["options"] = list(raw.pop("choices"))
-            fh.write(json.dumps(raw, ensure_ascii=True, default=str) + "\n")
+            fh.write(_row_json(raw) + "\n")
     return str(path)
+
+
+def _row_json(raw: Any) -> str:
+    """One row as a JSON line. A value JSON cannot hold (a circular reference, nesting too deep, a key that is not a
+    string) becomes ``{core.tasks.UNWRITABLE: reason}`` in its field, which the task reader reports as that row's
+    error record naming the field; a whole row that cannot be written becomes a string (the reader: not an
+    object)."""
+    from latentcheck.core.tasks import UNWRITABLE
+
+    def dumps(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=True, default=str)
+
+    try:
+        return dumps(raw)
+    except (ValueError, TypeError, RecursionError) as e:
+        why = f"cannot be written as JSON ({type(e).__name__}: {str(e)[:200] or 'nested too deeply'})"
+        if not isinstance(raw, dict):
+            return dumps(f"row {why}")
+        fields: dict[str, Any] = {}
+        for k, v in raw.items():
+            key = k if isinstance(k, str) else repr(k)
+            if not isinstance(k, str):
+                fields[key] = {UNWRITABLE: f"a field name must be a string, got {type(k).__name__} {key}"}
+                continue
+            try:
+                dumps(v)
+                fields[key] = v
+            except (ValueError, TypeError, RecursionError) as fe:
+                fields[key] = {UNWRITABLE: f"cannot be written as JSON ({type(fe).__name__}: "
+                                           f"{str(fe)[:200] or 'nested too deeply'})"}
+        return dumps(fields)
 
 
 def _run(command: str, fn, model: Any, tasks: Any, out: str | os.PathLike | None, *, profile: str | None = None,

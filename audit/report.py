@@ -446,12 +446,13 @@ def render_analysis_report(folder: str | Path) -> Path:
     """``report.html`` for the folder of any single analysis (perturb-latent, perturb-input, probe, bench,
     caption-imagine ...): contents, the run's counts and settings, every figure under ``plots/`` (and the folder),
     and the summary; no model is loaded."""
-    root = Path(folder)
+    from latentcheck.core.records import read_json_object
     from latentcheck.core.summaries import read_summary
 
+    root = Path(folder)
     summary = read_summary(root / "summary.json")
     prov_file = root / "provenance.json"
-    prov = json.loads(prov_file.read_text(encoding="utf-8")) if prov_file.is_file() else {}
+    prov = read_json_object(prov_file, "provenance") if prov_file.is_file() else {}
     command = summary.get("command") or prov.get("command") or root.name
     model = (summary.get("model") or {}).get("id") if isinstance(summary.get("model"), dict) else summary.get("model")
     title = f"latentcheck {command}" + (f": {model}" if model else "")

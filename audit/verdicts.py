@@ -68,21 +68,16 @@ def load_rules(path: str | Path | None) -> dict[str, Any]:
     """DEFAULT_RULES overridden by a JSON or TOML file (``{"zy": {"equivalence_margin": 0.03}}``)."""
     if path is None:
         return merge_rules(None)
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise LatentcheckError(f"--rules {p}: cannot read ({e.strerror})") from None
-    try:
-        if p.suffix.lower() == ".toml":
-            import tomllib
+    from latentcheck.core.records import load_user_toml, read_user_text
 
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except ValueError as e:
-        raise LatentcheckError(f"--rules {p}: not valid {'TOML' if p.suffix.lower() == '.toml' else 'JSON'} "
-                               f"({e})") from None
+    p = Path(path)
+    if p.suffix.lower() == ".toml":
+        data = load_user_toml(p, "--rules")
+    else:
+        try:
+            data = json.loads(read_user_text(p, "--rules"))
+        except (ValueError, RecursionError) as e:
+            raise LatentcheckError(f"--rules {p}: not valid JSON ({e or 'nested too deeply'})") from None
     if not isinstance(data, dict):
         raise LatentcheckError(f"--rules {p}: expected a table of sections (xz, zy, encodes)")
     return merge_rules(data)

@@ -6,18 +6,12 @@ The fields follow latent-models.md section 11.1. A profile is resolved against a
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass as schema
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from latentcheck.core.errors import ProfileError
 from latentcheck.core.registry import Registry
@@ -247,14 +241,12 @@ def profile_from_dict(d: dict[str, Any], path: str | None = None) -> Profile:
 
 def load_profile_file(path: str | Path) -> Profile:
     """Load a profile from a TOML file (a user's own profile)."""
+    from latentcheck.core.records import load_user_toml
+
     path = Path(path)
     if not path.exists():
         raise ProfileError(f"profile file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ProfileError(f"profile file {path}: invalid TOML ({e})") from None
-    return profile_from_dict(data, str(path))
+    return profile_from_dict(load_user_toml(path, "profile file", ProfileError), str(path))
 
 
 def builtin_profiles() -> Registry[Profile]:

@@ -406,6 +406,77 @@ def read_results(path: str | os.PathLike) -> tuple[dict, list[dict]]:
     return stream.provenance, records
 
 
+MAX_CONFIG_BYTES = 16 << 20  # a study / profile / rules file is a few kB: anything this big is not one
+
+
+def read_user_text(path: str | os.PathLike, what: str, error: type[Exception] = LatentcheckError,
+                   max_bytes: int = MAX_CONFIG_BYTES) -> str:
+    """The UTF-8 text of a small file the user names (study, profile, rules): ONE line of ``error`` ("<what> <path>:
+    ...") for a missing path, a folder, FIFO or device (refused before opening: a FIFO would block), a file over
+    ``max_bytes`` (refused before reading), or a byte that is not UTF-8 (its line and column)."""
+    import stat as stat_
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise error(f"{what} {p}: cannot read it ({e.strerror})") from None
+    if not stat_.S_ISREG(st.st_mode):
+        kind = "a folder" if stat_.S_ISDIR(st.st_mode) else "not a regular file (FIFO, device or socket)"
+        raise error(f"{what} {p}: is {kind}")
+    if st.st_size > max_bytes:
+        raise error(f"{what} {p}: {st.st_size} bytes, more than the {max_bytes} a {what} may have")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise error(f"{what} {p}: cannot read it ({e.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise error(f"{what} {p}: line {line}, column {col}: byte 0x{data[e.start]:02x} is not UTF-8") from None
+
+
+def load_user_toml(path: str | os.PathLike, what: str, error: type[Exception] = LatentcheckError) -> dict:
+    """A user's TOML file (:func:`read_user_text`) parsed; invalid TOML and nesting too deep for the parser (Python's
+    recursion limit) are one line of ``error`` too."""
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
+    text = read_user_text(path, what, error)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{what} {path}: invalid TOML ({e})") from None
+    except RecursionError:
+        raise error(f"{what} {path}: invalid TOML (arrays or tables nested too deeply)") from None
+
+
+def read_json_object(path: str | os.PathLike, what: str = "file") -> dict:
+    """A JSON file that must hold an object (summary.json, provenance.json ...): ONE ``LatentcheckError`` line naming
+    the file and, for broken JSON, its line and column, instead of a traceback (a corrupt or truncated file, a byte
+    that is not UTF-8, nesting too deep for the parser, a list where an object belongs)."""
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+        obj = json.loads(text)
+    except OSError as e:
+        raise LatentcheckError(f"{what} {p}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise LatentcheckError(f"{what} {p}: byte {e.start} is not UTF-8 (corrupt file?)") from None
+    except json.JSONDecodeError as e:
+        raise LatentcheckError(f"{what} {p}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg} "
+                               "(corrupt or truncated file?)") from None
+    except RecursionError:
+        raise LatentcheckError(f"{what} {p}: not valid JSON (nested too deeply)") from None
+    if not isinstance(obj, dict):
+        raise LatentcheckError(f"{what} {p}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 _DIGITS = None
 
 

@@ -76,16 +76,12 @@ def read_summary(path: str | Any) -> dict[str, Any]:
     """The summary.json (or bench results.json) at ``path`` -- the ONE place a stored summary is read back: a file
     of another schema version is refused with one line naming the file and its schema (no conversion: the samples
     are kept, and rerunning the analysis with ``--resume`` rewrites the summary in the current schema)."""
-    import json
     from pathlib import Path
 
+    from latentcheck.core.records import read_json_object
+
     p = Path(path)
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise LatentcheckError(f"{p}: cannot read the summary ({e.strerror or e})") from None
-    except ValueError as e:
-        raise LatentcheckError(f"{p}: not valid JSON ({e})") from None
+    doc = read_json_object(p, "summary")  # one line for a corrupt, truncated, non-UTF-8 or too deeply nested file
     problem = summary_schema_problem(doc, p)
     if problem:
         raise LatentcheckError(problem)

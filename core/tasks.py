@@ -154,10 +154,18 @@ def _text(value: str, where: str, field: str) -> str:
     return value
 
 
+# A field value the Python API could not write as JSON (api._tasks_file): {UNWRITABLE: reason}; the reader turns it
+# into the record's error naming that field, so an in-memory row fails exactly like a bad line of a file.
+UNWRITABLE = "__latentcheck_unwritable__"
+
+
 def validate_record(raw: Any, where: str, base_dir: str | None = None) -> Task:
     """Validate one decoded JSON value; ``where`` names the record (e.g. ``data.jsonl:12``)."""
     if not isinstance(raw, dict):
         raise RecordError(where, "<record>", f"expected a JSON object, got {type(raw).__name__}")
+    for fname, value in raw.items():
+        if isinstance(value, dict) and set(value) == {UNWRITABLE}:
+            raise RecordError(where, fname, str(value[UNWRITABLE]))
     rid = raw.get("id", raw.get("question_id"))
     if rid is None or (isinstance(rid, str) and not rid.strip()):
         raise RecordError(where, "id", "missing (every record needs a non-empty 'id')")

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from latentcheck.core.errors import LatentcheckError
+from latentcheck.core.errors import EXIT_ERROR_RECORDS, EXIT_OK, LatentcheckError
 from latentcheck.core.records import write_json_atomic
 from latentcheck.core.runner import CommonOptions
 from latentcheck.core.summaries import read_summary
@@ -70,8 +70,21 @@ class ReproduceResult:
 
     @property
     def exit_code(self) -> int:
-        """0 when no step failed (skipped steps are not failures), else 1."""
-        return 1 if any(s.status == "failed" for s in self.steps.values()) else 0
+        """The documented scheme (core/errors.py): 0 when every step that ran is clean (skipped steps are not
+        failures); 3 when the study completed but a step failed (its message is in the tables) or wrote error
+        records. Never 1, which means a bug."""
+        bad = any(s.status == "failed" or (s.status == "done" and _has_errors((s.extra or {}).get("counts")))
+                  for s in self.steps.values())
+        return EXIT_ERROR_RECORDS if bad else EXIT_OK
+
+
+def _has_errors(counts: Any) -> bool:
+    """Whether a step's counts (possibly nested per stage, e.g. the probe's capture / behavioural) hold errors."""
+    if not isinstance(counts, dict):
+        return False
+    if isinstance(counts.get("errors"), (int, float)) and not isinstance(counts["errors"], bool):
+        return counts["errors"] > 0
+    return any(_has_errors(v) for v in counts.values())
 
 
 def _bindings(pairs: list[str] | dict[str, str] | None, what: str, known: dict) -> dict[str, str]:

@@ -43,17 +43,11 @@ figure) or ``text`` (stated in prose). A cell without ``paper`` shows this run's
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from latentcheck.core.errors import LatentcheckError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 STUDY_DIR = Path(__file__).parent / "studies"
 ANALYSES = ("perturb-input", "perturb-latent", "probe", "bench", "intervene")
@@ -154,9 +148,9 @@ def study_path(name_or_path: str) -> Path:
     """A packaged study's file, or a path to a user's study file."""
     p = Path(name_or_path).expanduser()
     if p.suffix == ".toml" or p.exists():
-        if not p.is_file():
+        if not p.exists():
             raise LatentcheckError(f"study file {p} does not exist")
-        return p
+        return p  # a folder, FIFO or device: load_study's reader names what it is
     q = STUDY_DIR / f"{name_or_path}.toml"
     if not q.is_file():
         raise LatentcheckError(f"unknown study {name_or_path!r}; packaged studies: {', '.join(packaged_studies())} "
@@ -175,7 +169,7 @@ class _Reader:
         self.used: set[str] = set()
 
     def fail(self, key: str | None, msg: str):
-        where = f"[{self.section}]" + (f" {key}" if key else "")
+        where = (f"[{self.section}]" if self.section else "top level") + (f" {key}" if key else "")
         raise LatentcheckError(f"study file {self.path}: {where}: {msg}")
 
     def get(self, key: str, typ: type | tuple[type, ...], default: Any = ..., choices: tuple | None = None) -> Any:
@@ -216,11 +210,10 @@ def check_options(r: "_Reader", analysis: str, prefix: str = "") -> None:
 
 def load_study(name_or_path: str) -> Study:
     """Read and validate a study file (a packaged name or a path)."""
+    from latentcheck.core.records import load_user_toml
+
     path = study_path(name_or_path)
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise LatentcheckError(f"study file {path}: cannot read it ({e})") from None
+    doc = load_user_toml(path, "study file")
     top = _Reader(path, "", doc)
     head = _Reader(path, "study", top.get("study", dict))
     name = head.get("name", str)

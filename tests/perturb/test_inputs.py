@@ -156,19 +156,20 @@ def test_text_imagination_latents_are_the_hidden_states_of_the_span(tmp_path, lo
 
 def test_bounded_tensors_skips_and_bad_records(tmp_path, load_tiny):
     lm = load_tiny("toy", "toy-latent")
-    no_bbox = {"id": "nobox", "image": "toy-test-000000.png", "question": "What colour is the circle?",
+    no_bbox = {"id": "z-nobox", "image": "toy-test-000000.png", "question": "What colour is the circle?",
                "options": ["red", "green"], "answer": "A"}
-    broken = {"id": "broken", "image": "missing.png", "question": "q?", "options": ["a", "b"], "answer": "A"}
+    broken = {"id": "z-broken", "image": "missing.png", "question": "q?", "options": ["a", "b"], "answer": "A"}
     data = write_tasks(tmp_path / "data", 3, extra=[no_bbox, broken])
     opts = CommonOptions(data=data, out=str(tmp_path / "run"), quiet=True)
     res = run_perturb_input(opts, ["mask_target"], lm=lm, force_start=True, max_matrix=2, plots=False, n_boot=100)
     assert res.counts["ok"] == 4 and res.counts["errors"] == 1
     _, recs = read_results(res.results_path)
     err = [r for r in recs if r["type"] == "error"][0]
-    assert err["key"] == "broken" and err["field"] == "image"
-    nb = [r for r in recs if r.get("key") == "nobox"][0]
+    assert err["key"] == "z-broken" and err["field"] == "image"
+    nb = [r for r in recs if r.get("key") == "z-nobox"][0]
     assert "bbox" in nb["treatments"]["mask_target"]["skipped"]
     t = res.summary["treatments"]["mask_target"]
     assert t["n"] == 3 and t["n_skipped"] == 1
-    assert res.summary["geometry"]["n"] == 2  # only --max-matrix samples kept for the matrices
+    assert res.summary["geometry"]["n"] == 2  # only --max-matrix samples kept for the matrices: the first
+    # two in record-id order (toy-test-000000, -000001; the z- ids sort after them)
     assert len(TensorStore(tmp_path / "run" / "tensors").load()) == 2

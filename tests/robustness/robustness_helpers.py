@@ -144,3 +144,88 @@ def write_hostile(folder: Path) -> tuple[Path, list[tuple[str, tuple[str, str, s
             exp = tuple(x.replace("{line}", str(n)).replace("{folder}", str(folder)) for x in exp)
         expected.append((kind, exp))
     return path, expected
+
+
+# --------------------------------------------------------------------------------------------- newer entry points
+# `latentcheck reproduce STUDY`: a bad study file is ONE line naming the file, the section and the key, exit 2.
+# Each entry: (kind, how the valid study below is spoiled, the expected message with {path} for the file).
+# The spoiler is (old, new) text, bytes to write, or "folder" / "fifo" / "huge".
+STUDY = """[study]
+name = "hostile"
+[models.toy]
+default = "toy-latent"
+[data.d]
+default = "toy:test"
+[[steps]]
+id = "pl"
+analysis = "perturb-latent"
+model = "toy"
+data = "d"
+limit = 3
+options = { interventions = ["zero"], mediation = [], force_latent = true }
+[[tables]]
+id = "t"
+columns = ["A"]
+[[tables.rows]]
+label = "toy"
+cells = [{ step = "pl", metric = "accuracy" }]
+"""
+STUDY_CASES: list[tuple[str, object, str]] = [
+    ("invalid TOML", ("limit = 3", "limit = = 3"), "study file {path}: invalid TOML (Invalid value (at line 12, "
+                                                   "column 9))"),
+    ("a non-UTF-8 byte", STUDY.replace('"hostile"', '"hos\udcfftile"').encode("utf-8", "surrogateescape"),
+     "study file {path}: line 2, column 12: byte 0xff is not UTF-8"),
+    ("arrays nested 100,000 deep", ("limit = 3", "limit = 3\nx = " + "[" * 100_000 + "]" * 100_000),
+     "study file {path}: invalid TOML (arrays or tables nested too deeply)"),
+    ("a boolean where an integer belongs", ("limit = 3", "limit = true"),
+     "study file {path}: [steps[0]] limit: expected int, got bool True"),
+    ("a string where an integer belongs", ("limit = 3", 'limit = "3"'),
+     "study file {path}: [steps[0]] limit: expected int, got str '3'"),
+    ("a misspelt key", ("limit = 3", "limt = 3"), "study file {path}: [steps[0]] limt: unknown key"),
+    ("a section that is not a table", None, "study file {path}: top level study: expected dict, got int 5"),
+    ("an option of the wrong type", ('interventions = ["zero"]', 'interventions = "zero"'),
+     "study file {path}: [steps[0] (pl)] options.interventions: expected list, got str 'zero'"),
+    ("an unknown analysis option", ("force_latent = true", "force_latentt = true"),
+     "study file {path}: [steps[0] (pl)] options.force_latentt: unknown option for perturb-latent (known: "
+     "interventions, mediation, sigma_sweep, force_latent)"),
+    ("a folder as study file", "folder", "study file {path}: is a folder"),
+    ("a FIFO as study file", "fifo", "study file {path}: is not a regular file (FIFO, device or socket)"),
+    ("a 17 MB study file", "huge", "study file {path}: 17825792 bytes, more than the 16777216 a study file may "
+                                   "have"),
+]
+
+
+def study_case_file(folder: Path, kind: str) -> tuple[Path, str]:
+    """Write the study of case ``kind`` ("valid study": the unspoiled one) under ``folder``; (path, message)."""
+    path = folder / "study.toml"
+    if kind == "valid study":
+        path.write_text(STUDY)
+        return path, ""
+    spoil, message = next((s, m) for k, s, m in STUDY_CASES if k == kind)
+    if spoil == "folder":
+        path.mkdir()
+    elif spoil == "fifo":
+        os.mkfifo(path)
+    elif spoil == "huge":
+        with open(path, "wb") as fh:  # sparse: no disk used; refused before reading
+            fh.truncate(17 << 20)
+    elif spoil is None:
+        path.write_text("study = 5\n")
+    elif isinstance(spoil, bytes):
+        path.write_bytes(spoil)
+    else:
+        path.write_text(STUDY.replace(*spoil, 1))
+    return path, message.format(path=path)
+
+
+# `latentcheck report FOLDER` on a corrupt summary.json: ONE line, exit 2. (kind, file content, message with {path})
+REPORT_CASES: list[tuple[str, bytes, str]] = [
+    ("truncated summary.json", b'{"command": "perturb-latent", "counts": {',
+     "summary {path}: not valid JSON at line 1, column 42: Expecting property name enclosed in double quotes "
+     "(corrupt or truncated file?)"),
+    ("summary.json holding a list", b"[1, 2]", "summary {path}: expected a JSON object, got list"),
+    ("summary.json with a non-UTF-8 byte", b'{"command": "b\xffd"}',
+     "summary {path}: byte 14 is not UTF-8 (corrupt file?)"),
+    ("summary.json nested 100,000 deep", b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+     "summary {path}: not valid JSON (nested too deeply)"),
+]
