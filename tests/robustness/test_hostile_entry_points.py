@@ -43,6 +43,7 @@ def test_bad_data_files_of_a_study_fail_their_step_or_become_error_records(tmp_p
     state = json.loads((tmp_path / "o1" / "steps" / "pl" / "step.json").read_text())
     assert state["status"] == "failed" and "data file is a folder" in state["reason"]
     data, expected = write_hostile(tmp_path / "h")
+    study.write_text(study.read_text().replace("limit = 3", "limit = 0"))  # every record
     r = run_cli("reproduce", study, "--data", f"d={data}", "--out", tmp_path / "o2", "-q", timeout=600)
     assert r.returncode == EXIT_ERROR_RECORDS and "Traceback" not in r.stderr, r.stderr[-2000:]
     _, recs = read_results(tmp_path / "o2" / "steps" / "pl" / "run" / "samples.jsonl")
