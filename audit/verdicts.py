@@ -226,10 +226,10 @@ def verdict_zy(pl_summary: dict | None, rules: dict) -> Verdict:
     rows = {row["label"]: row for row in pl_summary.get("interventions") or []}
 
     def row_ev(row: dict) -> dict[str, Any]:
-        d = {"delta": row.get("delta"), "lo": row.get("delta_lo"), "hi": row.get("delta_hi"),
-             "interval": row.get("interval", "paired_bootstrap"), "accuracy": row.get("accuracy"),
-             "mcnemar_p": row.get("mcnemar_p"), "p_holm": row.get("p_holm"), "n": row.get("n"),
-             "n01": row.get("n01"), "n10": row.get("n10"), "degenerate_rate": row.get("degenerate_rate")}
+        e = AccuracyEffect.from_dict(row["effect"])
+        d = {"delta": e.delta.estimate, "lo": e.delta.lo, "hi": e.delta.hi, "interval": e.delta.method,
+             "accuracy": e.cond.estimate, "mcnemar_p": e.delta.p_value, "p_holm": e.delta.p_holm, "n": row.get("n"),
+             "n01": e.n01, "n10": e.n10, "degenerate_rate": row.get("degenerate_rate")}
         d.update(_paired_evidence(d, r))
         d["degenerate_flag"] = _finite(d["degenerate_rate"]) and d["degenerate_rate"] > r["max_degenerate_rate"]
         return d
@@ -253,8 +253,9 @@ def verdict_zy(pl_summary: dict | None, rules: dict) -> Verdict:
                 ("te", "nie", "nde", "interaction", "total_nie", "proportion_mediated", "proportion_mediated_total")
                 if k in e}
 
-    ev = {"baseline_accuracy": b.get("accuracy"), "baseline_lo": b.get("accuracy_lo"),
-          "baseline_hi": b.get("accuracy_hi"), "chance": b.get("chance"), "n": b.get("n"),
+    base_acc = b.get("accuracy") or {}
+    ev = {"baseline_accuracy": base_acc.get("estimate"), "baseline_lo": base_acc.get("lo"),
+          "baseline_hi": base_acc.get("hi"), "chance": b.get("chance"), "n": b.get("n"),
           "trigger_rate": b.get("trigger_rate"), "deltas": deltas, "secondary": secondary, "nie": nie,
           "te": None if not vec.get("n") else {k: vec["te"][k] for k in ("estimate", "lo", "hi")},
           "nde": None if not vec.get("n") else {k: vec["nde"][k] for k in ("estimate", "lo", "hi")},
@@ -262,8 +263,9 @@ def verdict_zy(pl_summary: dict | None, rules: dict) -> Verdict:
           "interchange": {"vectors": (med.get("interchange") or {}).get("follows_counterfactual"),
                           "span": ((med.get("span") or {}).get("interchange") or {}).get("follows_counterfactual")},
           "multiplicity": pl_summary.get("multiplicity"), "equivalence_min_n": min_n,
-          "other_interventions": {lab: {"delta": row.get("delta"), "lo": row.get("delta_lo"),
-                                        "hi": row.get("delta_hi"), "p_holm": row.get("p_holm")}
+          "other_interventions": {lab: {"delta": row["effect"]["delta"]["estimate"],
+                                        "lo": row["effect"]["delta"]["lo"], "hi": row["effect"]["delta"]["hi"],
+                                        "p_holm": row["effect"]["delta"]["p_holm"]}
                                   for lab, row in rows.items()
                                   if lab not in r["primary"] and lab not in r["secondary"] and row.get("n")}}
     parts = [f"{lab} dAcc {fmt_ci(d['delta'], d['lo'], d['hi'], signed=True)} (p_holm {_p(d['p_holm'])})"
@@ -280,7 +282,7 @@ def verdict_zy(pl_summary: dict | None, rules: dict) -> Verdict:
         why = not_measurable(pl_summary, r["min_trigger_rate"], b.get("trigger_rate"))
         return Verdict("zy", "not measurable", UNTESTABLE, f"{line}: {why}", ev, rule)
     else:
-        why = _chance_guard(b.get("accuracy"), b.get("accuracy_lo"), b.get("chance"), r)
+        why = _chance_guard(base_acc.get("estimate"), base_acc.get("lo"), b.get("chance"), r)
     if why is None and not deltas:
         why = f"none of the primary interventions ({', '.join(r['primary'])}) ran"
     if why:
@@ -394,7 +396,7 @@ def _best_site(sites: dict[str, dict], method: str) -> tuple[str | None, dict | 
         return None, None, method
     if not all(method in v for v in usable.values()):
         method = next(k for k in ("linear", "mlp") if all(k in v for v in usable.values()))
-    best = max(usable, key=lambda s: (usable[s][method]["accuracy"], -list(usable).index(s)))
+    best = max(usable, key=lambda s: (usable[s][method]["estimate"], -list(usable).index(s)))
     return best, usable[best], method
 
 
@@ -415,9 +417,9 @@ def verdict_encodes(probe_summary: dict | None, rules: dict) -> Verdict:
     if "arms" in beh:
         comp = (beh.get("comparisons") or {}).get("latents_vs_text_only") or {}
         ev["behavioural"] = {"n": beh["n"], "chance": beh.get("expected_chance"),
-                             **{a: beh["arms"][a]["accuracy"] for a in beh["arms"]},
-                             "latents_vs_text_only": {"delta": comp.get("delta"), "lo": comp.get("delta_lo"),
-                                                      "hi": comp.get("delta_hi")}}
+                             **{a: beh["arms"][a]["estimate"] for a in beh["arms"]},
+                             "latents_vs_text_only": {k: (comp.get("delta") or {}).get(x)
+                                                      for k, x in (("delta", "estimate"), ("lo", "lo"), ("hi", "hi"))}}
     if label is None:
         why = trained.get("skipped") or f"none of the labels {', '.join(r['labels'])} was probed"
         return Verdict("encodes", "untestable", UNTESTABLE, why, ev, rule)
@@ -427,13 +429,13 @@ def verdict_encodes(probe_summary: dict | None, rules: dict) -> Verdict:
         return Verdict("encodes", "untestable", UNTESTABLE, f"no latent site could be probed for {label}", ev, rule)
     acc = res[method]
     sel = res.get(f"{method}_selectivity") or {}
-    ctrl = (res.get(f"{method}_control") or {}).get("accuracy")
-    per_index = {s: {"accuracy": v[method]["accuracy"], "lo": v[method]["lo"], "hi": v[method]["hi"]}
+    ctrl = (res.get(f"{method}_control") or {}).get("estimate")
+    per_index = {s: {"accuracy": v[method]["estimate"], "lo": v[method]["lo"], "hi": v[method]["hi"]}
                  for s, v in sites.items() if "skipped" not in v and method in v}
-    ev.update(label=label, method=method, site=site, accuracy=acc["accuracy"], lo=acc["lo"], hi=acc["hi"],
+    ev.update(label=label, method=method, site=site, accuracy=acc["estimate"], lo=acc["lo"], hi=acc["hi"],
               chance=res["chance"], control=ctrl, selectivity=sel.get("estimate"), selectivity_lo=sel.get("lo"),
               selectivity_hi=sel.get("hi"), n=res["n"], per_site=per_index)
-    line = (f"{label.removeprefix('meta.')} from {site} ({method}): {fmt_ci(acc['accuracy'], acc['lo'], acc['hi'])} "
+    line = (f"{label.removeprefix('meta.')} from {site} ({method}): {fmt_ci(acc)} "
             f"vs chance {res['chance']:.2f}, control {fmt_ci(ctrl)}, selectivity "
             f"{fmt_ci(sel.get('estimate'), sel.get('lo'), sel.get('hi'), signed=True)}")
     if "behavioural" in ev:
@@ -484,7 +486,7 @@ def bench_headline(bench_summary: dict | None) -> dict[str, Any] | None:
     if not bench_summary:
         return None
     acc = ((bench_summary.get("conditions") or {}).get("baseline") or {}).get("accuracy") or {}
-    return {"accuracy": acc.get("accuracy"), "lo": acc.get("lo"), "hi": acc.get("hi"), "n": acc.get("n"),
+    return {"accuracy": acc.get("estimate"), "lo": acc.get("lo"), "hi": acc.get("hi"), "n": acc.get("n"),
             "chance": (bench_summary.get("chance") or {}).get("these_samples"),
             "benchmark": bench_summary.get("benchmark")}
 

@@ -4,9 +4,10 @@ Inputs: a run folder (its ``samples.jsonl``), a latentcheck results file (proven
 with one ``{"id" (or "key"), "correct", "category"?}`` object per line (e.g. converted from another harness).
 A condition other than ``baseline`` is read from the record's ``interventions[<label>]``.
 
-Statistics (``core.stats.accuracy_effect``, A = reference, B = compared): accuracies with Wilson intervals,
-delta = acc(B) - acc(A) with a paired bootstrap interval, exact McNemar with ``n01`` = A wrong & B right and
-``n10`` = A right & B wrong; overall and per category (category from A, else B).
+Statistics (``core.summaries.AccuracyEffect``, A = reference = ``base``, B = compared = ``cond``): accuracies with
+Wilson intervals, ``delta`` = acc(B) - acc(A) with Tango's score interval (``delta.p_value`` = exact McNemar), ``n01``
+= A wrong & B right and ``n10`` = A right & B wrong, plus ``both_right`` / ``both_wrong``; overall and per category
+(category from A, else B).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.records import read_results
-from latentcheck.core.stats import accuracy_effect
+from latentcheck.core.summaries import AccuracyEffect
 from latentcheck.core.tasks import json_object
 
 
@@ -90,11 +91,8 @@ def outcomes(records: list[dict], condition: str = "baseline", source: str = "")
 
 
 def _effect(a: list[int], b: list[int], seed: int, n_boot: int) -> dict[str, Any]:
-    e = accuracy_effect(a, b, seed=seed, n_boot=n_boot)
-    return {"n": e["n"], "acc_a": e["acc_base"], "acc_a_lo": e["acc_base_lo"], "acc_a_hi": e["acc_base_hi"],
-            "acc_b": e["acc_cond"], "acc_b_lo": e["acc_cond_lo"], "acc_b_hi": e["acc_cond_hi"],
-            "delta": e["delta"], "delta_lo": e["delta_lo"], "delta_hi": e["delta_hi"],
-            "mcnemar_p": e["mcnemar_p"], "n01": e["n01"], "n10": e["n10"],
+    """The AccuracyEffect of B vs A (``base`` = A, ``cond`` = B) plus the concordant counts."""
+    return {**AccuracyEffect.paired(a, b, seed=seed, n_boot=n_boot).to_dict(),
             "both_right": int(sum(x == 1 and y == 1 for x, y in zip(a, b))),
             "both_wrong": int(sum(x == 0 and y == 0 for x, y in zip(a, b)))}
 

@@ -51,7 +51,7 @@ from latentcheck.core.interventions import InterventionSpec, LatentStats, parse_
 from latentcheck.core.analysis import AnalysisResult, finish, not_main
 from latentcheck.core.records import in_id_order
 from latentcheck.core.runner import CommonOptions, data_path, error_record, load_for, load_records, run_records
-from latentcheck.core.stats import accuracy_effect, wilson_ci
+from latentcheck.core.summaries import AccuracyEffect, Proportion
 from latentcheck.core.tasks import LETTERS, Task, decode_image
 from latentcheck.core.trigger import warn_trigger
 
@@ -425,10 +425,8 @@ def latency(results: list[dict]) -> dict[str, Any]:
 
 
 def _acc_ci(results: list[dict]) -> dict[str, Any]:
-    n = len(results)
-    k = int(sum(bool(r.get("correct")) for r in results))
-    lo, hi = wilson_ci(k, n) if n else (None, None)
-    return {"n": n, "correct": k, "accuracy": k / n if n else None, "lo": lo, "hi": hi}
+    """Micro accuracy of the results as a Proportion dict (Wilson 95% interval)."""
+    return Proportion.of(r.get("correct") for r in results).to_dict()
 
 
 def summarise(bench: Benchmark, records: list[dict], conditions: Sequence[str], seed: int = 0,
@@ -456,9 +454,9 @@ def summarise(bench: Benchmark, records: list[dict], conditions: Sequence[str], 
             "latency": {"overall": latency(rs), "per_category": {k: latency(v) for k, v in cats.items()}}}
         if c != "baseline":
             pairs = [(base_by_id[r["id"]], r) for r in rs if r["id"] in base_by_id]
-            entry["effect"] = accuracy_effect([int(b["correct"]) for b, _ in pairs],
-                                              [int(x["correct"]) for _, x in pairs], seed=seed,
-                                              n_boot=n_boot) if pairs else None
+            entry["effect"] = AccuracyEffect.paired([int(b["correct"]) for b, _ in pairs],
+                                                    [int(x["correct"]) for _, x in pairs], seed=seed,
+                                                    n_boot=n_boot).to_dict() if pairs else None
             entry["answer_flips"] = int(sum(b["pred"] != x["pred"] for b, x in pairs))
         out[c] = entry
     return out

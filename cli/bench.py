@@ -34,10 +34,9 @@ def _render(r: dict) -> None:
     for name, c in r["conditions"].items():
         lat = c["latency"]
         eff = c.get("effect")
-        delta = "-" if not eff else fmt_ci(eff["delta"], eff["delta_lo"], eff["delta_hi"], digits=1, signed=True,
-                                           pct=True)
+        delta = "-" if not eff else fmt_ci(eff["delta"], digits=1, signed=True, pct=True)
         t.add_row(name, "all", str(c["accuracy"]["n"]), fmt_ci(c["accuracy"], digits=1, pct=True), delta,
-                  "-" if not eff else fmt_p(eff["mcnemar_p"]), fmt_num(lat["overall"]["timing"]["row_s"]),
+                  "-" if not eff else fmt_p(eff["delta"]["p_value"]), fmt_num(lat["overall"]["timing"]["row_s"]),
                   fmt_num(lat["overall"]["tokens"], 1), fmt_num(lat["overall"]["latent_steps"], 1),
                   str(lat["overall"]["judge_used"]))
         if len(c["per_category"]) > 1:
@@ -233,9 +232,9 @@ def compare_cmd(
         t.add_column(c, justify="left" if c == "category" else "right")
     rows = [("all", r["overall"])] + (list(r["per_category"].items()) if len(r["per_category"]) > 1 else [])
     for name, e in rows:
-        t.add_row(name, str(e["n"]), fmt_pct(e["acc_a"]), fmt_pct(e["acc_b"]),
-                  f"{100 * e['delta']:+.1f} [{100 * e['delta_lo']:+.1f}, {100 * e['delta_hi']:+.1f}]",
-                  str(e["n01"]), str(e["n10"]), f"{e['mcnemar_p']:.3g}")
+        t.add_row(name, str(e["n"]), fmt_pct(e["base"]["estimate"]), fmt_pct(e["cond"]["estimate"]),
+                  fmt_ci(e["delta"], digits=1, signed=True, pct=True), str(e["n01"]), str(e["n10"]),
+                  fmt_p(e["delta"]["p_value"]))
     out_console.print(t)
     if r["only_a"] or r["only_b"]:
         console.print(f"unpaired: {len(r['only_a'])} only in A, {len(r['only_b'])} only in B (left out)",

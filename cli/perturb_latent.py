@@ -32,15 +32,17 @@ def _tables(s: dict) -> None:
     for c in ("intervention", "n", "accuracy", "delta acc [95% score CI]", "McNemar p (Holm)", "MDE",
               "answer flips", "delta log p(gold)", "KL(base||int)", "degen.", "trig.", "latents"):
         t.add_column(c, justify="left" if c == "intervention" else "right")
-    t.add_row("baseline", str(b["n"]), fmt_num(b["accuracy"]), "-", "-", "-", "-", "-", "-",
+    t.add_row("baseline", str(b["n"]), fmt_num(b["accuracy"]["estimate"]), "-", "-", "-", "-", "-", "-",
               fmt_num(b["degenerate_rate"], 2), fmt_num(b["trigger_rate"], 2), fmt_num(b["mean_latent_count"], 1))
     for r in s["interventions"]:
         if not r["n"]:
             t.add_row(r["label"], "0", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-")
             continue
-        t.add_row(r["label"], str(r["n"]), fmt_num(r["accuracy"]),
-                  fmt_ci(r["delta"], r["delta_lo"], r["delta_hi"], digits=3, signed=True),
-                  f"{fmt_p(r['mcnemar_p'])} ({fmt_p(r.get('p_holm'))})", fmt_num(r.get("mde"), 2),
+        eff = r["effect"]
+        t.add_row(r["label"], str(r["n"]), fmt_num(eff["cond"]["estimate"]),
+                  fmt_ci(eff["delta"], digits=3, signed=True),
+                  f"{fmt_p(eff['delta']['p_value'])} ({fmt_p(eff['delta']['p_holm'])})",
+                  fmt_num(eff["delta"]["mde"], 2),
                   fmt_num(r["answer_flip_rate"], 2), fmt_ci(r["d_logp_gold"], digits=3, signed=True),
                   fmt_num((r["kl"] or {}).get("estimate"), 4), fmt_num(r["degenerate_rate"], 2),
                   fmt_num(r["trigger_rate"], 2), fmt_num(r["mean_latent_count"], 1))

@@ -10,7 +10,7 @@ from rich.table import Table
 from latentcheck.cli import options as o
 from latentcheck.cli.app import app, out_console
 from latentcheck.core.errors import EXIT_ERROR_RECORDS
-from latentcheck.core.summaries import fmt_ci, fmt_num, fmt_pct
+from latentcheck.core.summaries import fmt_ci, fmt_num, fmt_p, fmt_pct
 
 PP = "Probe options"
 
@@ -25,7 +25,8 @@ def _behavioural_table(beh: dict) -> Table:
         cells = []
         for base in ("random", "text_only"):
             c = comps.get(f"{arm}_vs_{base}")
-            cells.append("-" if c is None else f"{100 * c['delta']:+.1f} (p={c['mcnemar_p']:.3g})")
+            cells.append("-" if c is None else f"{fmt_pct(c['delta']['estimate'], signed=True)} "
+                                               f"(p={fmt_p(c['delta']['p_value'])})")
         t.add_row(arm, fmt_ci(acc, digits=1, pct=True), *cells)
     return t
 
@@ -47,8 +48,8 @@ def _trained_table(trained: dict) -> Table:
             cells = []
             for m in methods:
                 sel = r.get(f"{m}_selectivity")
-                ctrl = r.get(f"{m}_control", {}).get("accuracy")
-                cells += [f"{fmt_pct(r[m]['accuracy'])} ({fmt_pct(ctrl)})",
+                ctrl = r.get(f"{m}_control", {}).get("estimate")
+                cells += [f"{fmt_pct(r[m]['estimate'])} ({fmt_pct(ctrl)})",
                           "-" if sel is None else f"{100 * sel['estimate']:+.0f} [{100 * sel['lo']:+.0f}, "
                                                   f"{100 * sel['hi']:+.0f}]"]
             t.add_row(name, site, fmt_pct(r["chance"]), *cells)

@@ -258,6 +258,8 @@ class Effect(Estimate):
     mde: float | None = None  # minimum detectable |effect| at 80% power (core.stats.paired_mde)
     boot_lo: float | None = None  # the percentile bootstrap as a second column when ``method`` is a score interval
     boot_hi: float | None = None
+    n01: int | None = None  # discordant pairs (0 -> 1, 1 -> 0) when the effect is a paired 0/1 difference
+    n10: int | None = None
 
     @classmethod
     def paired(cls, a: Sequence[float], b: Sequence[float], n_boot: int = 2000, alpha: float = 0.05,
@@ -324,21 +326,27 @@ class Mediation(Record):
     total_nie: Effect | None = None
     total_nde: Effect | None = None
     proportion_mediated_total: Ratio | None = None
+    means: dict[str, float] | None = None  # mean outcome of each of y00 / y11 / y01 / y10
     method: str = "paired_bootstrap"
 
     @classmethod
     def from_outcomes(cls, y00: Sequence[float], y11: Sequence[float], y01: Sequence[float], y10: Sequence[float],
                       seed: int = 0, n_boot: int = 2000, alpha: float = 0.05) -> "Mediation":
+        import numpy as np
+
         from latentcheck.core.stats import mediation_effects
 
         d = mediation_effects(y00, y11, y01, y10, seed=seed, n_boot=n_boot, alpha=alpha)
         n = d["n"]
         eff = {k: Effect(estimate=d[k]["estimate"], lo=d[k]["lo"], hi=d[k]["hi"], n=n, method=d[k]["method"],
-                         boot_lo=d[k].get("boot_lo"), boot_hi=d[k].get("boot_hi"))
+                         boot_lo=d[k].get("boot_lo"), boot_hi=d[k].get("boot_hi"), mde=d[k].get("mde"),
+                         n01=d[k].get("n01"), n10=d[k].get("n10"))
                for k in ("te", "nie", "nde", "interaction", "total_nie", "total_nde")}
         pm = {k: Ratio(estimate=d[k]["estimate"], lo=d[k]["lo"], hi=d[k]["hi"], n=n, n_undefined=d[k]["n_undefined"])
               for k in ("proportion_mediated", "proportion_mediated_total")}
-        return cls(n=n, **eff, **pm)
+        means = {y: float(np.asarray(v, dtype=float).mean()) for y, v in
+                 (("y00", y00), ("y11", y11), ("y01", y01), ("y10", y10))} if n else None
+        return cls(n=n, **eff, **pm, means=means)
 
 
 # name -> record type, for readers that rebuild records from a summary by kind

@@ -24,6 +24,7 @@ summary. See docs/perturb-latent.md for every definition.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import Counter
@@ -40,10 +41,10 @@ from latentcheck.core.interventions import (REGISTRY, Embeddings, InterventionSp
                                             parse_specs, sequence_override)
 from latentcheck.core.profiles import VISIBILITIES
 from latentcheck.core.analysis import AnalysisResult, finish, not_main
-from latentcheck.core.summaries import Estimate
+from latentcheck.core.summaries import AccuracyEffect, Estimate, Proportion
 from latentcheck.core.runner import CommonOptions, data_path, error_record, load_for, load_records, \
     read_all_tasks, run_records, save_npz_atomic
-from latentcheck.core.stats import accuracy_effect, holm, wilson_ci
+from latentcheck.core.stats import holm
 from latentcheck.core.records import in_id_order
 from latentcheck.core.tasks import LETTERS, Task
 from latentcheck.core.progress import warn
@@ -547,9 +548,7 @@ def summarise(records: list[dict], planned: Sequence[PlannedIntervention], seed:
     samples = [r for r in records if r.get("type", "sample") == "sample"]
     n = len(samples)
     base_correct = [int(r["baseline"]["correct"]) for r in samples]
-    k = int(sum(base_correct))
-    lo, hi = wilson_ci(k, n) if n else (math.nan, math.nan)
-    baseline = {"n": n, "accuracy": k / n if n else math.nan, "accuracy_lo": lo, "accuracy_hi": hi,
+    baseline = {"n": n, "accuracy": Proportion.of(base_correct).to_dict(),
                 "chance": float(np.mean([1.0 / r["n_options"] for r in samples])) if n else math.nan,
                 "answered_rate": _rate([r["baseline"]["answer"] is not None for r in samples]),
                 "trigger_rate": _rate([r["baseline"]["triggered"] for r in samples]),
@@ -563,14 +562,8 @@ def summarise(records: list[dict], planned: Sequence[PlannedIntervention], seed:
         got = [(b, o) for b, o in got if o is not None and "skipped" not in o]
         row: dict[str, Any] = {**p.to_dict(), "n": len(got), "n_skipped": n - len(got)}
         if got:
-            eff = accuracy_effect([int(b["correct"]) for b, _ in got], [int(o["correct"]) for _, o in got],
-                                  seed=seed, n_boot=n_boot)
-            row.update({k2: v for k2, v in eff.items() if k2 != "n"})
-            row["accuracy"] = row.pop("acc_cond")
-            row["accuracy_lo"] = row.pop("acc_cond_lo")
-            row["accuracy_hi"] = row.pop("acc_cond_hi")
-            row["correctness_flip_rate"] = row.pop("flip_rate")
-            row["correctness_flips"] = row.pop("flips")
+            row["effect"] = AccuracyEffect.paired([int(b["correct"]) for b, _ in got],
+                                                  [int(o["correct"]) for _, o in got], seed=seed, n_boot=n_boot)
             row["answer_flip_rate"] = _rate([o["flipped"] for _, o in got])
             row["d_logp_gold"] = _ci([o["d_logp_gold"] for _, o in got if o["d_logp_gold"] is not None],
                                      seed, n_boot)
@@ -579,16 +572,20 @@ def summarise(records: list[dict], planned: Sequence[PlannedIntervention], seed:
             row["trigger_rate"] = _rate([o["triggered"] for _, o in got])
             row["mean_latent_count"] = float(np.mean([o["latent_count"] for _, o in got]))
         rows.append(row)
-    adjusted = holm([r.get("mcnemar_p", math.nan) if r.get("n") else math.nan for r in rows])
+    adjusted = holm([r["effect"].delta.p_value if "effect" in r else math.nan for r in rows])
     for r, ph in zip(rows, adjusted):
-        r["p_holm"] = None if math.isnan(ph) else ph
+        if "effect" in r:  # the Holm-adjusted p goes into the effect's delta (core.summaries.Effect.p_holm)
+            eff = r["effect"]
+            r["effect"] = dataclasses.replace(eff, delta=dataclasses.replace(
+                eff.delta, p_holm=None if math.isnan(ph) else ph)).to_dict()
     curves: dict[str, Any] = {}
     groups = sorted({p.group for p in planned if p.group != "spec"})
     for g in groups:
         rs = [r for r in rows if r["group"] == g and r["n"]]
+        accs = [r["effect"]["cond"] for r in rs]
         curves[g] = {"x": [r["x"] for r in rs], "labels": [r["label"] for r in rs],
-                     "accuracy": [r["accuracy"] for r in rs], "accuracy_lo": [r["accuracy_lo"] for r in rs],
-                     "accuracy_hi": [r["accuracy_hi"] for r in rs],
+                     "accuracy": [a["estimate"] for a in accs], "accuracy_lo": [a["lo"] for a in accs],
+                     "accuracy_hi": [a["hi"] for a in accs],
                      "d_logp_gold": [(r["d_logp_gold"] or {}).get("estimate") for r in rs]}
     return {"baseline": baseline, "interventions": rows, "curves": curves,
             "multiplicity": {"method": "holm", "family": "every intervention row of this run (exact McNemar p)",
@@ -618,9 +615,9 @@ def make_plots(summary: dict, folder: str | Path) -> dict[str, str]:
         return paths
     rows = [r for r in summary["interventions"] if r["group"] == "spec" and r["n"]]
     labels = ["baseline"] + [r["label"] for r in rows]
-    paths["accuracy"] = bar_ci(labels, [b["accuracy"]] + [r["accuracy"] for r in rows],
-                               [b["accuracy_lo"]] + [r["accuracy_lo"] for r in rows],
-                               [b["accuracy_hi"]] + [r["accuracy_hi"] for r in rows], folder / "accuracy.png",
+    accs = [b["accuracy"]] + [r["effect"]["cond"] for r in rows]
+    paths["accuracy"] = bar_ci(labels, [a["estimate"] for a in accs], [a["lo"] for a in accs],
+                               [a["hi"] for a in accs], folder / "accuracy.png",
                                title=f"accuracy under latent interventions (n={b['n']}, Wilson 95% CI)",
                                ylabel="accuracy", hline=b["chance"], hline_label="chance")
     lrows = [r for r in rows if r.get("d_logp_gold")]
@@ -633,7 +630,7 @@ def make_plots(summary: dict, folder: str | Path) -> dict[str, str]:
         if not c["x"]:
             continue
         x = c["x"]
-        series = {"intervened": c["accuracy"], "baseline": [b["accuracy"]] * len(x)}
+        series = {"intervened": c["accuracy"], "baseline": [b["accuracy"]["estimate"]] * len(x)}
         bands = {"intervened": (c["accuracy_lo"], c["accuracy_hi"])}
         if g == "sigma_sweep":
             name, xlabel, title = "sigma_sweep", "sigma (noise norm / latent norm)", "accuracy vs additive noise"

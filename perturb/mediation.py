@@ -27,7 +27,7 @@ import numpy as np
 
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.records import record_order_key
-from latentcheck.core.stats import mediation_effects
+from latentcheck.core.summaries import Mediation
 from latentcheck.core.tasks import Task
 
 MEDIATION_KINDS = ("image", "question")
@@ -192,7 +192,7 @@ def interchange(records: list[dict], kind: str, mediator: str = "vectors") -> di
     ``follows_counterfactual`` = P(answer(y01) == answer(y11)) (the answer the model gives on the partner's input),
     also over the informative samples where the counterfactual run answers differently from the original
     (``..._changed``); ``follows_partner_gold`` = P(answer(y01) == the partner's gold letter). Wilson intervals."""
-    from latentcheck.core.stats import wilson_ci
+    from latentcheck.core.summaries import Proportion
 
     same, changed, partner = [], [], []
     for r in records:
@@ -209,13 +209,9 @@ def interchange(records: list[dict], kind: str, mediator: str = "vectors") -> di
         if pg is not None:
             partner.append(a01 == pg)
 
-    def prop(flags: list[bool]) -> dict:
-        k, n = int(sum(flags)), len(flags)
-        lo, hi = wilson_ci(k, n) if n else (math.nan, math.nan)
-        return {"estimate": k / n if n else math.nan, "lo": lo, "hi": hi, "n": n, "method": "wilson"}
-
-    return {"follows_counterfactual": prop(same), "follows_counterfactual_changed": prop(changed),
-            "follows_partner_gold": prop(partner)}
+    return {name: Proportion.of(flags).to_dict() for name, flags in (
+        ("follows_counterfactual", same), ("follows_counterfactual_changed", changed),
+        ("follows_partner_gold", partner))}
 
 
 def summarise_mediation(records: list[dict], kinds: Sequence[str], seed: int = 0, n_boot: int = 2000,
@@ -237,10 +233,8 @@ def summarise_mediation(records: list[dict], kinds: Sequence[str], seed: int = 0
                 if not used:
                     target[outcome] = {"n": 0}
                     continue
-                eff = mediation_effects(arrs["y00"], arrs["y11"], arrs["y01"], arrs["y10"], seed=seed,
-                                        n_boot=n_boot)
-                eff["means"] = {y: float(a.mean()) for y, a in arrs.items()}
-                target[outcome] = eff
+                target[outcome] = Mediation.from_outcomes(arrs["y00"], arrs["y11"], arrs["y01"], arrs["y10"],
+                                                          seed=seed, n_boot=n_boot).to_dict()
             target["interchange"] = interchange(records, kind, mediator)
         entry["n_samples"] = n_total
         out[kind] = entry

@@ -37,7 +37,7 @@ from latentcheck.core.analysis import AnalysisResult, finish, not_main
 from latentcheck.core.runner import (CommonOptions, TensorStore, data_path, error_record, load_for,
                                      load_records, read_all_tasks, run_records)
 from latentcheck.core.records import in_id_order
-from latentcheck.core.stats import accuracy_effect, paired_bootstrap_diff, wilson_ci
+from latentcheck.core.summaries import AccuracyEffect, Effect, Proportion
 from latentcheck.core.tasks import LETTERS, BadRecord, Task, read_tasks, validate_record
 from latentcheck.probe.attention import attention_record, plot_attention, summarise_attention
 from latentcheck.probe.lens import lens_record, summarise_lens
@@ -297,10 +297,9 @@ def behavioural_block(engine, lm, derived: list[Task], ctx: BehaviouralContext) 
 
 
 # ------------------------------------------------------------------------------------------------ summaries
-def _acc(correct: np.ndarray) -> dict[str, float]:
-    k, n = int(correct.sum()), len(correct)
-    lo, hi = wilson_ci(k, n)
-    return {"accuracy": k / n, "lo": lo, "hi": hi, "correct": k, "n": n}
+def _acc(correct: np.ndarray) -> dict[str, Any]:
+    """The accuracy of 0/1 ``correct`` as a Proportion dict (Wilson interval)."""
+    return Proportion.of(correct).to_dict()
 
 
 def summarise_behavioural(records: list[dict], scoring: str = "logprob", seed: int = 0,
@@ -319,20 +318,24 @@ def summarise_behavioural(records: list[dict], scoring: str = "logprob", seed: i
                            "arms": {a: _acc(corr[a]) for a in arms}}
     res["no_answer"] = {a: int(sum(r["arms"][a]["pred" if scoring == "logprob" else "gen_pred"] is None for r in ok))
                         for a in ARMS}
-    res["vs_chance"] = {a: paired_bootstrap_diff(chance, corr[a], n_boot=n_boot, seed=seed) for a in arms}
+    res["vs_chance"] = {a: Effect.paired(chance, corr[a], n_boot=n_boot, seed=seed).to_dict() for a in arms}
+
+    def paired(base: np.ndarray, cond: np.ndarray) -> dict[str, Any]:
+        return AccuracyEffect.paired(base, cond, seed=seed, n_boot=n_boot).to_dict()
+
     comps: dict[str, Any] = {}
     for a in arms:
         if a != "random":
-            comps[f"{a}_vs_random"] = accuracy_effect(corr["random"], corr[a], seed=seed, n_boot=n_boot)
+            comps[f"{a}_vs_random"] = paired(corr["random"], corr[a])
         if a not in ("random", "text_only"):
-            comps[f"{a}_vs_text_only"] = accuracy_effect(corr["text_only"], corr[a], seed=seed, n_boot=n_boot)
+            comps[f"{a}_vs_text_only"] = paired(corr["text_only"], corr[a])
     for a in ("shared", "noise", "image"):
-        comps[f"latents_vs_{a}"] = accuracy_effect(corr[a], corr["latents"], seed=seed, n_boot=n_boot)
+        comps[f"latents_vs_{a}"] = paired(corr[a], corr["latents"])
     res["comparisons"] = comps
     cats = sorted({str(r.get("category")) for r in ok})
     if len(cats) > 1:
         res["by_category"] = {c: {a: _acc(np.array([r["arms"][a][field_] for r in ok if str(r.get("category")) == c]))
-                                  ["accuracy"] for a in arms} | {"n": sum(str(r.get("category")) == c for r in ok)}
+                                  ["estimate"] for a in arms} | {"n": sum(str(r.get("category")) == c for r in ok)}
                               for c in cats}
     return res
 
@@ -361,7 +364,7 @@ def plot_behavioural(beh: dict[str, Any], out_dir: str | Path) -> list[str]:
         return []
     arms = [a for a in PLOT_ORDER if a in beh["arms"]]
     A = beh["arms"]
-    return [bar_ci(arms, [A[a]["accuracy"] for a in arms], [A[a]["lo"] for a in arms], [A[a]["hi"] for a in arms],
+    return [bar_ci(arms, [A[a]["estimate"] for a in arms], [A[a]["lo"] for a in arms], [A[a]["hi"] for a in arms],
                    Path(out_dir) / "behavioural.png", title=f"derived questions (n={beh['n']}, {beh['scoring']})",
                    ylabel="accuracy (Wilson 95% CI)", hline=beh["expected_chance"], hline_label="chance (1/n options)")]
 

@@ -119,37 +119,36 @@ def erasure_block(engine, lm, sources: list[Task], latents: dict[str, np.ndarray
 def summarise_erasure(records: list[dict], check: dict[str, Any], seed: int = 0, n_boot: int = 2000,
                       margin: float = 0.05) -> dict[str, Any]:
     """Accuracy per arm, paired effects vs ``own``, steering follow rate and the reading (module docstring)."""
-    from latentcheck.core.stats import accuracy_effect, wilson_ci
+    from latentcheck.core.summaries import AccuracyEffect, Proportion
 
     own = [r["own"]["correct"] for r in records]
     out: dict[str, Any] = {**check, "n": len(records)}
     for arm in ("erased", "steered"):
-        out[arm] = accuracy_effect(own, [r[arm]["correct"] for r in records], seed=seed, n_boot=n_boot)
+        out[arm] = AccuracyEffect.paired(own, [r[arm]["correct"] for r in records], seed=seed, n_boot=n_boot)
     steer = [r for r in records if r.get("steer_letter")]
     if steer:
-        k = sum(r["steered"]["pred"] == r["steer_letter"] for r in steer)
-        lo, hi = wilson_ci(k, len(steer))
-        base_k = sum(r["own"]["pred"] == r["steer_letter"] for r in steer)
-        out["follows"] = {"rate": k / len(steer), "lo": lo, "hi": hi, "n": len(steer),
-                          "own_rate": base_k / len(steer)}
+        out["follows"] = Proportion.of(r["steered"]["pred"] == r["steer_letter"] for r in steer).to_dict()
+        out["follows_own"] = Proportion.of(r["own"]["pred"] == r["steer_letter"] for r in steer).to_dict()
     before = check["before"].get("linear") if isinstance(check.get("before"), dict) else None
     chance = check["before"].get("chance") if isinstance(check.get("before"), dict) else None
     if before is None or chance is None:
         out["reading"] = "inconclusive: " + str(check["before"].get("skipped", "no probe before erasure"))
     elif before["lo"] <= chance + margin:
         out["reading"] = "does not encode"
-    elif out["erased"]["delta_hi"] < -margin:
+    elif out["erased"].delta.hi < -margin:
         out["reading"] = "encodes and uses"
     else:  # "unused" is a null: an equivalence test (TOST) against the margin, with the n it needs
         from latentcheck.core.stats import paired_tost
 
         e = out["erased"]
-        out["equivalence"] = tost = paired_tost(e["n01"], e["n10"], e["n"], margin)
+        out["equivalence"] = tost = paired_tost(e.n01, e.n10, e.n, margin)
         if tost["equivalent"]:
             out["reading"] = "encodes, unused"
-        elif e["n"] < tost["min_n"]:
+        elif e.n < tost["min_n"]:
             out["reading"] = (f"inconclusive (n too small for +-{margin * 100:.0f} points: need >= "
                               f"{tost['min_n']})")
         else:
             out["reading"] = "inconclusive: the erased arm's interval overlaps the margin"
+    for arm in ("erased", "steered"):
+        out[arm] = out[arm].to_dict()
     return out

@@ -33,7 +33,7 @@ from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.records import record_order_key
 from latentcheck.core.similarity import (effective_rank, inter_instance, intra_instance_collapse, mean_centred,
                                          nearest_centroid_accuracy, within_across)
-from latentcheck.core.stats import paired_bootstrap_diff, wilson_ci
+from latentcheck.core.summaries import Effect, Proportion
 from latentcheck.core.tasks import Task
 
 REFERENCE_SITES = ("image_tokens", "question_tokens", "last_prompt_token")
@@ -154,10 +154,9 @@ def _group_splits(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int):
                     .split(np.zeros(len(y)), y, groups))
 
 
-def _acc(correct: np.ndarray) -> dict[str, float]:
-    k, n = int(correct.sum()), len(correct)
-    lo, hi = wilson_ci(k, n)
-    return {"accuracy": k / n, "lo": lo, "hi": hi, "correct": k}
+def _acc(correct: np.ndarray) -> dict[str, Any]:
+    """Out-of-fold accuracy of 0/1 ``correct`` as a Proportion dict (Wilson interval)."""
+    return Proportion.of(correct).to_dict()
 
 
 def probe_site(X, labels, groups, cfg: ProbeConfig | None = None) -> dict[str, Any]:
@@ -205,7 +204,7 @@ def probe_site(X, labels, groups, cfg: ProbeConfig | None = None) -> dict[str, A
             if cfg.control:
                 ctrl = _oof_correct(m, X, y_ctrl, ctrl_splits, cfg)
                 out[f"{m}_control"] = _acc(ctrl)
-                out[f"{m}_selectivity"] = paired_bootstrap_diff(ctrl, real, n_boot=cfg.n_boot, seed=cfg.seed)
+                out[f"{m}_selectivity"] = Effect.paired(ctrl, real, n_boot=cfg.n_boot, seed=cfg.seed).to_dict()
     return out
 
 
@@ -348,13 +347,13 @@ def plot_trained(result: dict[str, Any], out_dir: str | Path) -> list[str]:
         x = np.arange(len(sites))
         fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(sites) + 2), 3.6))
         for i, m in enumerate(result["config"]["methods"]):
-            acc = np.array([entry["sites"][s][m]["accuracy"] for s in sites])
+            acc = np.array([entry["sites"][s][m]["estimate"] for s in sites])
             lo = np.array([entry["sites"][s][m]["lo"] for s in sites])
             hi = np.array([entry["sites"][s][m]["hi"] for s in sites])
             ax.errorbar(x + (i - 0.5) * 0.12, acc, yerr=[acc - lo, hi - acc], marker="o", ms=4, capsize=3,
                         color=f"C{i}", label=f"{m} probe")
             if all(f"{m}_control" in entry["sites"][s] for s in sites):
-                ctrl = [entry["sites"][s][f"{m}_control"]["accuracy"] for s in sites]
+                ctrl = [entry["sites"][s][f"{m}_control"]["estimate"] for s in sites]
                 ax.plot(x, ctrl, ls="--", marker="x", ms=4, color=f"C{i}", alpha=0.7, label=f"{m} control task")
         chance = [entry["sites"][s]["chance"] for s in sites]
         ax.plot(x, chance, color="grey", ls=":", lw=1.2, label="chance (majority)")

@@ -2,9 +2,10 @@
 
 A metric is ``name`` or ``name@argument`` (an intervention label, a treatment, a category, a probe arm, a latent
 index). Every metric returns a :class:`~latentcheck.core.summaries.Estimate` (estimate, lo, hi, n) or raises
-:class:`MetricUnavailable` with the reason, which the table shows in place of the number. Readers accept both summary
-schemas (``latentcheck.summary/1``: ``accuracy`` / ``rate`` with ``lo`` / ``hi``; ``/2``: typed records with
-``estimate``), so a study keeps reading runs made before and after a schema change.
+:class:`MetricUnavailable` with the reason, which the table shows in place of the number. Summaries are read through
+``core.summaries.read_summary`` (schema ``latentcheck.summary/3`` only: another version is refused there, in one
+line), so the numbers are typed records with ``estimate``; the one exception is a benchmark's official aggregation
+(``scores``), whose keys each benchmark defines (``accuracy`` / ``n`` / ``correct``).
 
 =================  ==========================  =================================================================
 analysis           metric                      meaning
@@ -102,15 +103,6 @@ def _intervention_row(s: dict, label: str) -> dict:
     raise MetricUnavailable(f"the run has no intervention {label!r}")
 
 
-def _flat_ci(row: dict, key: str) -> Estimate:
-    """``row[key]`` as a record, or the v1 flat shape ``key`` / ``key_lo`` / ``key_hi``."""
-    v = row.get(key)
-    if isinstance(v, dict):
-        return as_estimate(v, key, row.get("n"))
-    return Estimate(estimate=_num(v), lo=_num(row.get(f"{key}_lo")), hi=_num(row.get(f"{key}_hi")),
-                    n=row.get("n"), method="none" if row.get(f"{key}_lo") is None else "reported")
-
-
 def _index(items: list, arg: str) -> Any:
     if not items:
         raise MetricUnavailable("no latent indices were measured")
@@ -123,13 +115,12 @@ def _index(items: list, arg: str) -> Any:
 # ------------------------------------------------------------------------------------------------ readers
 def _pl_accuracy(s: dict, arg: str | None) -> Estimate:
     if arg is None:
-        b = _get(s, "baseline")
-        return _flat_ci(b, "accuracy")
-    return _flat_ci(_intervention_row(s, arg), "accuracy")
+        return as_estimate(_get(s, "baseline", "accuracy"), "accuracy")
+    return as_estimate(_get(_intervention_row(s, arg), "effect", "cond"), f"accuracy@{arg}")
 
 
 def _pl_delta(s: dict, arg: str | None) -> Estimate:
-    return _flat_ci(_intervention_row(s, arg), "delta")
+    return as_estimate(_get(_intervention_row(s, arg), "effect", "delta"), f"delta@{arg}")
 
 
 def _pl_trigger(s: dict, arg: str | None) -> Estimate:

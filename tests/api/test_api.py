@@ -53,7 +53,7 @@ def test_notebook_perturb_latent_on_in_memory_tasks_with_a_preloaded_model(sampl
     assert sorted(df.key.unique()) == sorted(s.id for s in samples)
     assert sorted(df[df.section == "interventions"].condition.unique()) == ["scale:alpha=0.5", "zero"]
     base = df[df.section == "baseline"]
-    assert len(base) == 6 and base.correct.mean() == pytest.approx(res.summary["baseline"]["accuracy"])
+    assert len(base) == 6 and base.correct.mean() == pytest.approx(res.summary["baseline"]["accuracy"]["estimate"])
     # oracle: the same tasks as a JSONL file with PNG images, through the CLI's path (the one loader, load_model)
     data = tmp_path / "tasks.jsonl"
     with open(data, "w") as fh:

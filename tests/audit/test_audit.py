@@ -4,6 +4,7 @@ nothing sees the span)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -33,15 +34,19 @@ def pi_summary(est, lo, hi, n=20, treatment="swap_image"):
                                         "sensitivity_ratio": {"estimate": None, "lo": None, "hi": None}}}}
 
 
+def paired_effect(n01, n10, n, base=0.9, p_holm=None):
+    """The AccuracyEffect record (as summary.json holds it) of n paired samples, round(base * n) right under the base
+    condition; n10 of those turn wrong and n01 of the wrong ones turn right under the condition."""
+    k = round(base * n)
+    before = [1] * k + [0] * (n - k)
+    after = [0] * n10 + [1] * (k - n10) + [1] * n01 + [0] * (n - k - n01)
+    e = AccuracyEffect.paired(before, after, n_boot=200)
+    return dataclasses.replace(e, delta=dataclasses.replace(e.delta, p_holm=p_holm)).to_dict()
+
+
 def _row(label, n01, n10, n, degenerate=0.0):
     """One perturb-latent intervention row as the analysis writes it (score CI, McNemar p, discordant counts)."""
-    from latentcheck.core.stats import mcnemar_exact, paired_score_interval
-
-    ci = paired_score_interval(n01, n10, n)
-    p = mcnemar_exact([1] * n10 + [0] * n01 + [1] * (n - n01 - n10), [0] * n10 + [1] * n01 + [1] * (n - n01 - n10))
-    return {"label": label, "n": n, "delta": ci["estimate"], "delta_lo": ci["lo"], "delta_hi": ci["hi"],
-            "interval": "tango_score", "accuracy": 0.9 + ci["estimate"], "mcnemar_p": p["p_value"], "n01": n01,
-            "n10": n10, "degenerate_rate": degenerate}
+    return {"label": label, "n": n, "effect": paired_effect(n01, n10, n), "degenerate_rate": degenerate}
 
 
 def pl_summary(deltas, nie, n=100, acc=0.9, acc_lo=0.8, chance=0.25, trigger=1.0, degenerate=None):
@@ -49,8 +54,8 @@ def pl_summary(deltas, nie, n=100, acc=0.9, acc_lo=0.8, chance=0.25, trigger=1.0
     from latentcheck.core.stats import holm, paired_score_interval
 
     rows = [_row(lab, a, b, n, (degenerate or {}).get(lab, 0.0)) for lab, (a, b) in deltas.items()]
-    for r, ph in zip(rows, holm([r["mcnemar_p"] for r in rows])):
-        r["p_holm"] = ph
+    for r, ph in zip(rows, holm([r["effect"]["delta"]["p_value"] for r in rows])):
+        r["effect"]["delta"]["p_holm"] = ph
     med = {}
     if nie:
         ci = paired_score_interval(nie[0], nie[1], n)
@@ -58,16 +63,18 @@ def pl_summary(deltas, nie, n=100, acc=0.9, acc_lo=0.8, chance=0.25, trigger=1.0
                          "correct": {"n": n, "te": {"estimate": -0.5, "lo": -0.6, "hi": -0.4},
                                      "nie": {**ci, "n01": nie[0], "n10": nie[1]},
                                      "nde": {"estimate": 0.0, "lo": -0.02, "hi": 0.02}}}}
-    return {"baseline": {"n": n, "accuracy": acc, "accuracy_lo": acc_lo, "accuracy_hi": 0.95, "chance": chance,
-                         "trigger_rate": trigger}, "interventions": rows, "mediation": med}
+    return {"baseline": {"n": n, "accuracy": {"estimate": acc, "lo": acc_lo, "hi": 0.95, "n": n, "method": "wilson",
+                                              "successes": round(acc * n)},
+                         "chance": chance, "trigger_rate": trigger}, "interventions": rows, "mediation": med}
 
 
 def probe_summary(sites, chance=0.3, label="meta.answer_text"):
     """sites: {site: (accuracy, lo, hi, selectivity_lo)}."""
     out = {}
     for s, (a, lo, hi, slo) in sites.items():
-        out[s] = {"n": 40, "chance": chance, "linear": {"accuracy": a, "lo": lo, "hi": hi},
-                  "linear_control": {"accuracy": chance},
+        out[s] = {"n": 40, "chance": chance, "linear": {"estimate": a, "lo": lo, "hi": hi, "n": 40, "method": "wilson",
+                                                        "successes": round(a * 40)},
+                  "linear_control": {"estimate": chance, "n": 40},
                   "linear_selectivity": {"estimate": a - chance, "lo": slo, "hi": a - chance + 0.1}}
     return {"trained": {"labels": {label: {"sites": out}}}}
 
@@ -166,11 +173,8 @@ def test_text_doz_verdict():
     def doz(n01, n10, n=100, base=0.9):
         """The intervene summary of n samples, round(base * n) right before do(Z); n10 of them turn wrong and n01
         of the wrong ones turn right (the effect is the typed record computed from those outcomes)."""
-        k = round(base * n)
-        clean = [1] * k + [0] * (n - k)
-        doz_ = [0] * n10 + [1] * (k - n10) + [1] * n01 + [0] * (n - k - n01)
         return {"n_samples": n, "n_intervened": n, "imagination_rate": 1.0, "skip_reasons": {},
-                "effect": AccuracyEffect.paired(clean, doz_, n_boot=200).to_dict(),
+                "effect": paired_effect(n01, n10, n, base),
                 "follows_corruption": Proportion.wilson(round(0.8 * n), n).to_dict(), "flip_rate": 0.8,
                 "p_gold": None}
 

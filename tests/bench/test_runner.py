@@ -174,7 +174,7 @@ def test_results_json_per_category_scores_latency_and_settings(load_tiny, tmp_pa
     for cat in ("colour", "shape"):
         rows = [s for s in samples if s["category"] == cat]
         assert base["per_category"][cat]["n"] == 3
-        assert base["per_category"][cat]["correct"] == sum(s["correct"] for s in rows)
+        assert base["per_category"][cat]["successes"] == sum(s["correct"] for s in rows)
         assert on_disk["scores"]["per_category"][cat]["n"] == 3
         lat = base["latency"]["per_category"][cat]
         assert lat["n"] == 3 and lat["timing"]["row_s"] > 0 and lat["tokens"] == pytest.approx(np.mean([s["tokens"]
@@ -189,8 +189,9 @@ def test_results_json_per_category_scores_latency_and_settings(load_tiny, tmp_pa
     assert on_disk["decoding"]["max_new_tokens"] == 3 and on_disk["decoding"]["do_sample"] is False
     assert on_disk["variant"]["name"] == "profile" and on_disk["extractor"] == "letter"
     assert on_disk["chance"]["these_samples"] == pytest.approx(0.25)
-    lo, hi = base["accuracy"]["lo"], base["accuracy"]["hi"]
-    assert 0 <= lo <= base["accuracy"]["accuracy"] + 1e-12 and base["accuracy"]["accuracy"] <= hi <= 1
+    lo, hi = base["accuracy"]["lo"], base["accuracy"]["hi"]  # a core.summaries.Proportion
+    assert 0 <= lo <= base["accuracy"]["estimate"] + 1e-12 and base["accuracy"]["estimate"] <= hi <= 1
+    assert base["accuracy"]["method"] == "wilson" and base["accuracy"]["n"] == 6
 
 
 def test_hrbench_tsv_cycle_scores(load_tiny, tmp_path):
@@ -340,7 +341,7 @@ def test_local_judge_asked_per_protocol_and_recorded(load_tiny, tmp_path, monkey
             assert s["pred"] == "A" and s["correct"] is True and s["correct_rule"] is True
     base = res["conditions"]["baseline"]
     assert base["judge"]["asked"] == 2 and base["latency"]["overall"]["judge_used"] == 2
-    assert base["accuracy_rule"]["correct"] == 2 and res["scores_rule"]["accuracy"] == 0.5
+    assert base["accuracy_rule"]["successes"] == 2 and res["scores_rule"]["accuracy"] == 0.5
     assert res["judge"]["protocol"] == "monet" and res["judge"]["backend"] == backend.identity
     assert backend.stats["calls"] == 2
 
@@ -407,9 +408,9 @@ def test_compare_hand_counted(tmp_path):
     o = r["overall"]
     assert (r["n_paired"], r["only_a"], r["only_b"]) == (8, ["9"], ["10"])
     assert (o["n01"], o["n10"], o["both_right"], o["both_wrong"]) == (4, 1, 2, 1)
-    assert o["acc_a"] == pytest.approx(3 / 8) and o["acc_b"] == pytest.approx(6 / 8)
-    assert o["delta"] == pytest.approx(3 / 8)
-    assert o["mcnemar_p"] == pytest.approx(2 * (1 + 5) / 2 ** 5)  # 2 P(X <= 1), X ~ Bin(5, 1/2)
+    assert o["base"]["estimate"] == pytest.approx(3 / 8) and o["cond"]["estimate"] == pytest.approx(6 / 8)
+    assert o["delta"]["estimate"] == pytest.approx(3 / 8)
+    assert o["delta"]["p_value"] == pytest.approx(2 * (1 + 5) / 2 ** 5)  # 2 P(X <= 1), X ~ Bin(5, 1/2)
     assert (r["per_category"]["x"]["n01"], r["per_category"]["x"]["n10"]) == (2, 1)
     assert (r["per_category"]["y"]["n01"], r["per_category"]["y"]["n10"]) == (2, 0)
     assert sorted(r["a_wrong_b_right"]) == ["3", "4", "5", "6"] and r["a_right_b_wrong"] == ["2"]

@@ -121,7 +121,7 @@ def test_compare_hand_counted(tmp_path):
     assert r.exit_code == 0, r.output + repr(r.exception)
     cmp = json.loads((tmp_path / "cmp.json").read_text())
     assert (cmp["overall"]["n01"], cmp["overall"]["n10"]) == (3, 1)
-    assert cmp["overall"]["mcnemar_p"] == pytest.approx(0.625)
+    assert cmp["overall"]["delta"]["p_value"] == pytest.approx(0.625)
     # category x = ids 1, 2: n01 = 1 (id 2); category y = ids 3, 4, 5: n01 = 2, n10 = 1
     assert (cmp["per_category"]["x"]["n01"], cmp["per_category"]["x"]["n10"]) == (1, 0)
     assert (cmp["per_category"]["y"]["n01"], cmp["per_category"]["y"]["n10"]) == (2, 1)

@@ -108,7 +108,7 @@ def test_piped_run_logs_loading_and_progress_lines_and_fits_80_columns(tmp_path)
     assert max(len(ln) for ln in lines) <= 80
     summary = json.loads((out / "summary.json").read_text())
     base = summary["baseline"]
-    assert any(f"{base['accuracy']:.3f}" in ln for ln in lines)
+    assert any(f"{base['accuracy']['estimate']:.3f}" in ln for ln in lines)
 
 
 def test_quiet_prints_only_the_final_line(tmp_path):

@@ -68,7 +68,7 @@ def test_probe_cli_writes_records_summary_plots_resumes_and_reprobes_from_cache(
     beh = s["behavioural"]
     assert beh["n"] == 6 and beh["expected_chance"] == 0.25
     for arm, acc in beh["arms"].items():  # accuracies recomputed from the records
-        assert acc["correct"] == sum(x["arms"][arm]["correct"] for x in ok)
+        assert acc["successes"] == sum(x["arms"][arm]["correct"] for x in ok) and acc["method"] == "wilson"
     assert "latents_vs_text_only" in beh["comparisons"] and "latents_vs_random" in beh["comparisons"]
     assert s["capture"]["n"] == 6 and s["errors"] == 1
     assert set(s["trained"]["labels"]) == {"category", "meta.colour"}

@@ -111,7 +111,7 @@ def test_identity_equals_baseline_and_zero_changes_a_mediated_model(load_tiny, t
         assert zero["kl"] == pytest.approx(option_kl(np.array(b["option_logprobs"]),
                                                      np.array(zero["option_logprobs"])))
     row = {x["label"]: x for x in res.summary["interventions"]}
-    assert row["identity"]["delta"] == 0 and row["identity"]["answer_flip_rate"] == 0
+    assert row["identity"]["effect"]["delta"]["estimate"] == 0 and row["identity"]["answer_flip_rate"] == 0
     assert row["identity"]["d_logp_gold"]["estimate"] == 0 and row["identity"]["kl"]["estimate"] == 0
     assert row["zero"]["kl"]["estimate"] > 0
     assert res.summary["baseline"]["trigger_rate"] == 1.0
@@ -131,7 +131,8 @@ def test_bypass_model_shows_no_change(load_tiny, tmp_path):
             assert np.abs(np.subtract(o["option_logprobs"], b["option_logprobs"])).max() <= 1e-5, label
             assert not o["flipped"] and o["kl"] <= 1e-8
     for row in res.summary["interventions"]:
-        assert row["delta"] == 0 and row["answer_flip_rate"] == 0 and abs(row["d_logp_gold"]["estimate"]) <= 1e-5
+        assert row["effect"]["delta"]["estimate"] == 0 and row["answer_flip_rate"] == 0
+        assert abs(row["d_logp_gold"]["estimate"]) <= 1e-5
 
 
 def test_swap_oracle_model_reading_answer_only_from_latents(load_tiny):

@@ -32,14 +32,18 @@ def _est(x):
 
 def test_hand_counted_summary_with_a_drop():
     s = summarise(_records(), [PlannedIntervention(parse_spec("zero"))], seed=0, n_boot=500)
-    assert _est(s["baseline"]["accuracy"]) == pytest.approx(0.8)
+    assert s["baseline"]["accuracy"]["estimate"] == pytest.approx(0.8)
+    assert s["baseline"]["accuracy"]["successes"] == 8 and s["baseline"]["accuracy"]["method"] == "wilson"
     (row,) = s["interventions"]
-    assert _est(row["accuracy"]) == pytest.approx(0.3)
-    assert _est(row["delta"]) == pytest.approx(-0.5)  # intervened minus baseline: a DROP is negative
-    assert row["n10"] == 6 and row["n01"] == 1  # right->wrong, wrong->right
-    assert row["mcnemar_p"] == pytest.approx(2 * (1 + 7) / 2 ** 7)  # exact two-sided binomial, 1 of 7 discordant
+    eff = row["effect"]  # a core.summaries.AccuracyEffect
+    assert eff["cond"]["estimate"] == pytest.approx(0.3) and eff["base"]["estimate"] == pytest.approx(0.8)
+    assert eff["delta"]["estimate"] == pytest.approx(-0.5)  # intervened minus baseline: a DROP is negative
+    assert eff["n10"] == 6 and eff["n01"] == 1  # right->wrong, wrong->right
+    # exact two-sided binomial, 1 of 7 discordant; the only comparison of the run, so Holm leaves it unchanged
+    assert eff["delta"]["p_value"] == pytest.approx(2 * (1 + 7) / 2 ** 7) == eff["delta"]["p_holm"]
+    assert eff["delta"]["test"] == "mcnemar_exact" and eff["delta"]["method"] == "tango_score"
     assert _est(row["d_logp_gold"]) == pytest.approx(sum(D_LOGP) / 10)
     assert row["answer_flip_rate"] == pytest.approx(0.7)
-    assert row["correctness_flip_rate"] == pytest.approx(0.7)
-    lo, hi = row["delta_lo"], row["delta_hi"]
+    assert eff["flip_rate"] == pytest.approx(0.7) and eff["flips"] == 7
+    lo, hi = eff["delta"]["lo"], eff["delta"]["hi"]
     assert lo < -0.5 < hi

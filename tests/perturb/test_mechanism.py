@@ -79,10 +79,11 @@ def test_answer_to_span_knockout_drops_the_vector_mediated_control_to_chance(tmp
     is at chance (the effect is detected); a knockout over zero layers is the baseline exactly."""
     base, rows = _perturb(tmp_path, "toy-vector", [KO_ALL, KO_NONE], 60)
     ko, none = rows[parse_spec(KO_ALL).label], rows[parse_spec(KO_NONE).label]
-    assert base["accuracy"] >= 0.9
-    assert abs(ko["accuracy"] - base["chance"]) <= 0.10, ko["accuracy"]
-    assert ko["delta_hi"] < 0 and ko["p_holm"] < 0.05
-    assert none["correctness_flips"] == 0 and none["answer_flip_rate"] == 0.0 and none["delta"] == 0.0
+    assert base["accuracy"]["estimate"] >= 0.9
+    assert abs(ko["effect"]["cond"]["estimate"] - base["chance"]) <= 0.10, ko["effect"]["cond"]
+    assert ko["effect"]["delta"]["hi"] < 0 and ko["effect"]["delta"]["p_holm"] < 0.05
+    assert none["effect"]["flips"] == 0 and none["answer_flip_rate"] == 0.0
+    assert none["effect"]["delta"]["estimate"] == 0.0
 
 
 @pytest.mark.slow
@@ -91,8 +92,8 @@ def test_answer_to_span_knockout_changes_nothing_on_the_bypass_control(tmp_path)
     span changes nothing: equivalence within +-5 points (TOST), not just 'no significant effect'."""
     base, rows = _perturb(tmp_path, "toy-bypass", [KO_ALL], 100)
     ko = rows[parse_spec(KO_ALL).label]
-    assert base["accuracy"] >= 0.9
-    tost = paired_tost(ko["n01"], ko["n10"], ko["n"], 0.05)
+    assert base["accuracy"]["estimate"] >= 0.9
+    tost = paired_tost(ko["effect"]["n01"], ko["effect"]["n10"], ko["n"], 0.05)
     assert tost["equivalent"], tost
 
 

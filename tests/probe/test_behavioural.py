@@ -88,16 +88,17 @@ def test_summary_statistics_match_hand_counts():
     recs.append({"type": "error", "key": "bad", "record": "bad", "field": "x", "message": "m"})
     s = summarise_behavioural(recs, n_boot=200)
     assert s["n"] == 8 and s["expected_chance"] == 0.25
-    assert s["arms"]["latents"]["accuracy"] == 5 / 8 and s["arms"]["image"]["accuracy"] == 1.0
-    c = s["comparisons"]["latents_vs_text_only"]
-    assert (c["n01"], c["n10"], c["delta"]) == (3, 0, 3 / 8)
-    assert c["mcnemar_p"] == pytest.approx(0.25)  # exact two-sided: 2 * 0.5^3
+    assert s["arms"]["latents"]["estimate"] == 5 / 8 and s["arms"]["image"]["estimate"] == 1.0
+    assert s["arms"]["latents"]["successes"] == 5 and s["arms"]["latents"]["n"] == 8
+    c = s["comparisons"]["latents_vs_text_only"]  # a core.summaries.AccuracyEffect
+    assert (c["n01"], c["n10"], c["delta"]["estimate"]) == (3, 0, 3 / 8)
+    assert c["delta"]["p_value"] == pytest.approx(0.25)  # exact two-sided: 2 * 0.5^3
     c = s["comparisons"]["noise_vs_random"]
     assert (c["n01"], c["n10"]) == (0, 1)
     assert s["vs_chance"]["image"]["estimate"] == pytest.approx(0.75)
     assert s["by_category"]["shape"]["latents"] == 3 / 4 and s["by_category"]["shape"]["n"] == 4
     assert s["no_answer"]["latents"] == 0
-    assert summarise_behavioural(recs, scoring="generate", n_boot=50)["arms"]["latents"]["accuracy"] == 0.0
+    assert summarise_behavioural(recs, scoring="generate", n_boot=50)["arms"]["latents"]["estimate"] == 0.0
     assert "skipped" in summarise_behavioural(recs[-1:])
 
 

@@ -24,16 +24,16 @@ def test_leace_removes_a_planted_signal_and_keeps_an_orthogonal_one():
     before_a, before_b = probe_site(X, la, groups, cfg)["linear"], probe_site(X, lb, groups, cfg)["linear"]
     Xe = erase(fit_eraser(X, la), X)
     after_a, after_b = probe_site(Xe, la, groups, cfg)["linear"], probe_site(Xe, lb, groups, cfg)["linear"]
-    assert before_a["accuracy"] > 0.95 and before_b["accuracy"] > 0.95
+    assert before_a["estimate"] > 0.95 and before_b["estimate"] > 0.95
     # no longer decodable: not above chance (1/3); cross-validated accuracy after LEACE may even fall below chance,
     # since held-out samples of a class sit opposite the training folds' equalised class means
-    assert after_a["accuracy"] < 1 / 3 + 0.05 and after_a["lo"] < 1 / 3
-    assert after_b["accuracy"] > 0.95  # the orthogonal attribute survives
+    assert after_a["estimate"] < 1 / 3 + 0.05 and after_a["lo"] < 1 / 3
+    assert after_b["estimate"] > 0.95  # the orthogonal attribute survives
 
 
 def test_reading_rules_on_hand_built_records():
-    check = {"label": "answer", "before": {"chance": 0.25, "linear": {"accuracy": 0.9, "lo": 0.8, "hi": 0.95}},
-             "after": {"chance": 0.25, "linear": {"accuracy": 0.26, "lo": 0.2, "hi": 0.33}}}
+    check = {"label": "answer", "before": {"chance": 0.25, "linear": {"estimate": 0.9, "lo": 0.8, "hi": 0.95}},
+             "after": {"chance": 0.25, "linear": {"estimate": 0.26, "lo": 0.2, "hi": 0.33}}}
     used = [{"own": {"correct": 1, "pred": "A"}, "erased": {"correct": 0, "pred": "B"},
              "steered": {"correct": 0, "pred": "C"}, "steer_letter": "C"} for _ in range(30)]
     # "unused" is an equivalence claim: 0 changes in 30 cannot show it within +-5 points (needs >= 52), in 100 it can
@@ -41,9 +41,9 @@ def test_reading_rules_on_hand_built_records():
                "steered": {"correct": 1, "pred": "A"}, "steer_letter": "C"} for _ in range(100)]
     assert "need >= 52" in summarise_erasure(unused[:30], check, n_boot=200)["reading"]
     s_used, s_unused = summarise_erasure(used, check, n_boot=200), summarise_erasure(unused, check, n_boot=200)
-    assert s_used["reading"] == "encodes and uses" and s_used["follows"]["rate"] == 1.0
-    assert s_unused["reading"] == "encodes, unused" and s_unused["follows"]["rate"] == 0.0
-    blind = {**check, "before": {"chance": 0.25, "linear": {"accuracy": 0.27, "lo": 0.2, "hi": 0.35}}}
+    assert s_used["reading"] == "encodes and uses" and s_used["follows"]["estimate"] == 1.0
+    assert s_unused["reading"] == "encodes, unused" and s_unused["follows"]["estimate"] == 0.0
+    blind = {**check, "before": {"chance": 0.25, "linear": {"estimate": 0.27, "lo": 0.2, "hi": 0.35}}}
     assert summarise_erasure(unused, blind, n_boot=200)["reading"] == "does not encode"
 
 
@@ -56,4 +56,4 @@ def test_zoo_controls(tmp_path, model, reading):
                                  probe=ProbeConfig(methods=("linear",), control=False)))
     er = res.summary["erasure"]
     assert er["reading"] == reading, er
-    assert er["after"]["linear"]["accuracy"] < er["before"]["linear"]["accuracy"]
+    assert er["after"]["linear"]["estimate"] < er["before"]["linear"]["estimate"]

@@ -27,12 +27,12 @@ def test_probe_finds_a_planted_linear_signal_and_its_control_stays_at_chance():
     r = probe_site(X, y, groups=np.arange(len(y)), cfg=FAST)
     assert r["n"] == 120 and r["n_splits"] == 4 and r["chance"] == pytest.approx(1 / 3)
     for m in ("linear", "mlp"):
-        assert r[m]["accuracy"] >= 0.9 and r[m]["lo"] > r["chance"]
+        assert r[m]["estimate"] >= 0.9 and r[m]["lo"] > r["chance"]
         # control task = the same probe on permuted labels: its Wilson interval covers chance
         c = r[f"{m}_control"]
-        assert c["lo"] <= 1 / 3 <= c["hi"] and c["accuracy"] < 0.5
+        assert c["lo"] <= 1 / 3 <= c["hi"] and c["estimate"] < 0.5
         sel = r[f"{m}_selectivity"]
-        assert sel["estimate"] == pytest.approx(r[m]["accuracy"] - c["accuracy"])
+        assert sel["estimate"] == pytest.approx(r[m]["estimate"] - c["estimate"])
         assert sel["lo"] > 0.3
 
 
@@ -64,7 +64,7 @@ def test_splits_by_image_stop_leaks_that_random_splits_would_reward():
     assert leaky > 0.9
     r = probe_site(X, y, groups, cfg=FAST)
     for m in ("linear", "mlp"):
-        assert r[m]["accuracy"] < 0.7 and r[m]["lo"] <= 0.5
+        assert r[m]["estimate"] < 0.7 and r[m]["lo"] <= 0.5
 
 
 def test_probe_site_skips_what_cannot_be_split_and_rejects_bad_input():
@@ -123,7 +123,7 @@ def test_run_trained_probes_reads_each_latent_index_and_reference():
                                                                                  methods=("linear",)))
     assert res["sites"] == ["latent_0", "latent_1", "latent_2", "latent_mean", "image_tokens"]
     sites = res["labels"]["meta.target.colour"]["sites"]
-    assert sites["latent_1"]["linear"]["accuracy"] >= 0.9
+    assert sites["latent_1"]["linear"]["estimate"] >= 0.9
     for s in ("latent_0", "latent_2", "image_tokens"):
         assert sites[s]["linear"]["lo"] <= 1 / 3 <= sites[s]["linear"]["hi"]
     with pytest.raises(LatentcheckError, match="ids"):

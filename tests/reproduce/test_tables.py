@@ -58,8 +58,10 @@ cells = [{ paper = 12.5, provenance = "text" }, { step = "pl", metric = "delta@n
 
 
 def _write_run(out: Path) -> None:
-    pl = {"baseline": {"n": 40, "accuracy": 0.75, "accuracy_lo": 0.6, "accuracy_hi": 0.86},
-          "interventions": [{"label": "zero", "n": 40, "delta": {"estimate": -0.3, "lo": -0.45, "hi": -0.15, "n": 40}},
+    pl = {"baseline": {"n": 40, "accuracy": {"estimate": 0.75, "lo": 0.6, "hi": 0.86, "n": 40, "method": "wilson",
+                                             "successes": 30}},
+          "interventions": [{"label": "zero", "n": 40, "effect": {"delta": {"estimate": -0.3, "lo": -0.45, "hi": -0.15,
+                                                                            "n": 40}}},
                             {"label": "noise:sigma=2.0", "n": 0}]}
     bn = {"scores": {"n": 20, "correct": 10, "accuracy": 0.5}}
     for sid, summ in (("pl", pl), ("bn", bn)):

@@ -97,7 +97,7 @@ def test_behavioural_probe_controls(tmp_path):
     for name in ("toy-vector", "toy-mediated"):
         res = run_probe(CommonOptions(model=name, out=str(tmp_path / name), limit=60, quiet=True, batch_size=16),
                         ProbeOptions(derived="same", trained=False, n_boot=200))
-        arms[name] = {a: v["accuracy"] for a, v in res.summary["behavioural"]["arms"].items()}
+        arms[name] = {a: v["estimate"] for a, v in res.summary["behavioural"]["arms"].items()}
     v, m = arms["toy-vector"], arms["toy-mediated"]
     assert v["latents"] >= 0.9 and v["image"] >= 0.9, v
     assert abs(v["text_only"] - 0.25) <= 0.15 and abs(v["shared"] - 0.25) <= 0.15, v
