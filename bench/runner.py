@@ -25,8 +25,10 @@ Per sample, through the one runner loop (``core.runner.run_records``: resume, er
 Latency (the paper's Fig. 5): the engine times whole batches, so each sample records its batch's
 ``batch_total_s`` / ``batch_prefill_s`` / ``batch_rows`` and the share ``row_s = batch_total_s / batch_rows``
 (``row_decode_s`` without the prefill), plus the tokens generated and latent steps; results.json averages them per
-category (likelihood runs: the sample's share of its batch by option rows). Shares depend on the batch composition:
-compare models at the same ``--batch-size`` (``--batch-size 1`` gives per-sample wall time).
+category (likelihood runs: the sample's share of its batch by option rows). With continuous batching (a block of
+more samples than ``--batch-size``) the "batch" is the block's decode stream: new samples take the rows finished ones
+free, and its rows are all rows of the block. Shares depend on the batch composition: compare models at the same
+``--batch-size`` (``--batch-size 1`` gives per-sample wall time).
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ _ROW_TENSORS = ("mT", "mL", "pos", "logits", "fb", "ov", "ov_len", "ov_mask", "h
                 "mode", "lat_count", "blocks", "finished", "reason", "history", "gen_ids", "fed_t", "span_t", "n_gen",
                 "ap_logits", "ap_done", "ap_col", "ap_pos", "ap_pending", "zeros_l", "ones_l", "start_fill",
                 "end_fill", "pad_fill", "lat_rec", "no_rows", "has_spec", "retirable", "need", "vec", "nxt",
-                "span_now", "new_fin", "active", "row_max", "enter", "start_only", "mS0", "img_cols")  # per-row state of a _Batch (rows leave by indexing these)
+                "span_now", "new_fin", "active", "row_max", "enter", "start_only", "mS0", "img_cols", "s0")  # per-row state of a _Batch (rows leave by indexing these)
 
 
 class _Batch(SimpleNamespace):
@@ -221,7 +221,8 @@ class Engine:
 
     def __init__(self, lm, decoding: DecodingSpec | None = None, seed: int = 0, capture_hidden: bool = False,
                  stats: LatentStats | None = None, capture_logits: bool = False, shared_prefix: bool | None = None,
-                 retire_rows: bool = True, capture_image_tokens: bool = False):
+                 retire_rows: bool = True, capture_image_tokens: bool = False,
+                 continuous: bool = True):
         import torch
 
         self.lm = lm
@@ -260,20 +261,31 @@ class Engine:
             raise ValueError("shared_prefix=True needs a text model whose layers are all full attention")
         self.shared_prefix = shared_prefix
         self.retire_rows = retire_rows  # finished rows leave the decode batch (False: they idle to the end)
+        # continuous batching: with more requests than ``batch_size``, new samples take the rows finished samples
+        # free (one decode stream; needs the shared-prefix cache, whose prefixes and suffix columns it realigns)
+        self.continuous = continuous and retire_rows and self.can_share and shared_prefix is not False
         self._torch = torch
 
     # ------------------------------------------------------------------ public API
     def generate(self, requests: Sequence[Request | Prompt], batch_size: int = 8,
                  sort_by_length: bool = True) -> list[list[Trace]]:
         """Decode every request with all its conditions (forks of one prefill); a bare ``Prompt`` is one
-        un-intervened request. Batches of ``batch_size`` samples; traces come back in request order, one list (one
-        trace per condition) per request."""
+        un-intervened request. Up to ``batch_size`` samples decode together; with more requests than that and
+        ``continuous`` (the default), a new sample takes the rows of a finished one (continuous batching: one decode
+        stream, ``_decode(..., slots=batch_size)``), else fixed batches. Traces come back in request order, one list
+        (one trace per condition) per request."""
         requests = [r if isinstance(r, Request) else Request(r) for r in requests]
         order = list(range(len(requests)))
         if sort_by_length:  # similar generation budgets, then similar prompt lengths, share a batch
             order.sort(key=lambda i: (requests[i].max_new_tokens or self.decoding.max_new_tokens,
                                       requests[i].prompt.length))
         out: list[list[Trace] | None] = [None] * len(requests)
+        if self.continuous and 1 < batch_size < len(order):
+            if sort_by_length:  # longest budgets first: the short ones fill the rows they leave at the end
+                order.sort(key=lambda i: -(requests[i].max_new_tokens or self.decoding.max_new_tokens))
+            for i, traces in zip(order, self._decode([requests[i] for i in order], slots=batch_size)):
+                out[i] = traces
+            return out  # type: ignore[return-value]
         for s in range(0, len(order), max(1, batch_size)):
             idx = order[s:s + batch_size]
             for i, traces in zip(idx, self._decode([requests[i] for i in idx])):
@@ -533,10 +545,11 @@ class Engine:
         return torch.stack([torch.multinomial(probs[r], 1, generator=gens[r])[0]
                             for r in range(probs.shape[0])]).to(logits.device)
 
-    def _fork(self, cache, src: list[int], n_samples: int, capacity: int):
+    def _fork(self, cache, src: list[int], n_samples: int, capacity: int, share: bool | None = None):
         """One cache row per entry of ``src`` (the sample the row continues): the prompt's KV kept once per sample
         (``SharedPrefixCache``, room for ``capacity`` new positions per row) or copied per row."""
-        share = self.shared_prefix if self.shared_prefix is not None else len(src) > n_samples
+        if share is None:
+            share = self.shared_prefix if self.shared_prefix is not None else len(src) > n_samples
         if share and self.can_share:
             return SharedPrefixCache(cache, src, capacity)
         if src != list(range(n_samples)):
@@ -544,23 +557,48 @@ class Engine:
         return cache
 
     # ------------------------------------------------------------------ one batch: set-up, steps, assembly
-    def _decode(self, reqs: list[Request]) -> list[list[Trace]]:
-        """Decode one batch of requests: set-up (prefill + fork), steps until every row is done, option scores,
-        assembly of the traces."""
+    def _decode(self, reqs: list[Request], slots: int | None = None) -> list[list[Trace]]:
+        """Decode requests: set-up (prefill + fork), steps until every row is done, option scores, assembly of the
+        traces. ``slots=None``: ``reqs`` is one batch. ``slots=k`` (continuous batching): the first ``k`` samples
+        start; whenever rows finish they leave at once and the next samples of ``reqs`` are prefilled and join the
+        running batch (``_merge``) until at most ``k`` samples decode again; one stream, one set of traces."""
         with self._torch.no_grad():
-            b = self._setup(reqs)
-            while not self._transition(b):
-                if self.retire_rows:
-                    self._retire(b)
-                self._advance(b)
+            if slots is None:
+                b = self._setup(reqs)
+                while not self._transition(b):
+                    if self.retire_rows:
+                        self._retire(b)
+                    self._advance(b)
+            else:
+                max_new = max(r.max_new_tokens or self.decoding.max_new_tokens for r in reqs)
+                b = self._setup(reqs[:slots], max_new=max_new, stream=True)
+                nxt = slots
+                while True:
+                    done = self._transition(b)
+                    if nxt < len(reqs):
+                        self._retire(b, eager=True)
+                        free = slots - len(set(b.src))
+                        if free > 0:
+                            nb = self._setup(reqs[nxt:nxt + free], max_new=max_new, stream=True)
+                            nxt += free
+                            self._transition(nb)  # the new rows' first token, from their prefill
+                            self._merge(b, nb)
+                        done = b.n_finished == b.R and nxt >= len(reqs)
+                    elif not done:
+                        self._retire(b)
+                    if done:
+                        break
+                    self._advance(b)
             b.t_decode = time.perf_counter() - b.t_loop
             b.kv_bytes = max(b.kv_bytes, cache_bytes(b.cache))
             b.opt = self._option_scores(b, list(range(b.R)))
             b.t_total = time.perf_counter() - b.t0
         return self._assemble(b)
 
-    def _setup(self, reqs: list[Request]) -> _Batch:
-        """Prefill the batch, fork one row per (request, condition) and build the per-row state tensors."""
+    def _setup(self, reqs: list[Request], max_new: int | None = None, stream: bool = False) -> _Batch:
+        """Prefill the batch, fork one row per (request, condition) and build the per-row state tensors. ``stream``
+        (continuous batching): buffers sized for ``max_new`` (the stream's largest budget), the shared-prefix cache,
+        every row stops at its own budget and may leave the batch whenever it finishes."""
         torch = self._torch
         b = _Batch()
         b.t0 = time.perf_counter()
@@ -590,10 +628,11 @@ class Engine:
         b.texts = {}  # decoded text per distinct id sequence
         idx = torch.tensor(src, device=dev)
         limits = [reqs[i].max_new_tokens or self.decoding.max_new_tokens for i in src]
-        b.max_new = max(limits)
+        b.max_new = max_new or max(limits)
         b.row_max = torch.tensor(limits, dtype=torch.long, device=dev)  # each row stops at its own budget
-        b.own_budgets = len(set(limits)) > 1
-        b.cache = self._fork(cache, src, len(reqs), b.max_new + 2)
+        b.stream = stream
+        b.own_budgets = stream or len(set(limits)) > 1
+        b.cache = self._fork(cache, src, len(reqs), b.max_new + 2, share=True if stream else None)
         kinds0 = st["kinds"][idx]
         b.P = P = st["P"]
         T = P + b.max_new + 2
@@ -616,6 +655,7 @@ class Engine:
         b.logits = logits0[idx]
         b.fb = feedback0[idx]
         b.keys = keys = [reqs[i].prompt.key for i in src]
+        b.s0 = torch.zeros(R, dtype=torch.long, device=dev)  # suffix column where each row's own positions start
         b.gens = None
         if self.decoding.do_sample:
             b.gens = [torch.Generator().manual_seed(_row_seed(self.seed, k)) for k in keys]
@@ -689,18 +729,20 @@ class Engine:
         V = b.logits.shape[-1]
         b.history = None  # ids the repetition penalty covers: prompt (left padding -> the row's first id, which
         # adds no token to the penalised set) then generated ids, as generate's input_ids
-        if self.penalised:
-            b.history = torch.zeros((R, P + b.max_new), dtype=torch.long, device=dev)
+        if self.penalised:  # (columns a row has not generated yet hold its first id too: the same penalised set)
             ids0 = st["ids"][idx]
             first = ids0[torch.arange(R, device=dev), (~valid).sum(1)]
+            b.history = first[:, None].repeat(1, P + b.max_new + 1)
             b.history[:, :P] = torch.where(valid, ids0, first[:, None])
-        b.gen_ids = torch.zeros((R, b.max_new), dtype=torch.long, device=dev)
-        b.fed_t = torch.zeros((R, b.max_new), dtype=torch.bool, device=dev)
-        b.span_t = torch.zeros((R, b.max_new), dtype=torch.bool, device=dev)
+        # (one spare column: a finished row that stays writes there; each row writes at its own count n_gen)
+        b.gen_ids = torch.zeros((R, b.max_new + 1), dtype=torch.long, device=dev)
+        b.fed_t = torch.zeros((R, b.max_new + 1), dtype=torch.bool, device=dev)
+        b.span_t = torch.zeros((R, b.max_new + 1), dtype=torch.bool, device=dev)
         b.n_gen = torch.zeros(R, dtype=torch.long, device=dev)  # generated tokens per row
         b.lat_steps = []  # (rows fed [R], fed vectors [R, H], raw vectors [R, H])
         b.hid_steps = []  # (rows kept [R], hidden [R, H])
-        b.lg_steps = []  # logits [R, V] the step's tokens were chosen from
+        b.lg_steps = []  # (rows kept [R], logits [R, V] the step's tokens were chosen from)
+        b.kept = {}  # original row -> {"lat": [(fed, raw)], "hid": [...], "lg": [...]}: steps flushed (``_flush``)
         b.ap_id = -1
         if is_latent:
             b.ap_id = end_id if L.answer_point == "end" else (tk.inner_end if tk.inner_end is not None else end_id)
@@ -717,7 +759,7 @@ class Engine:
             b.ap_pos[:] = b.pos
         b.ap_pending = torch.zeros(R, dtype=torch.bool, device=dev)
         answer_prefix = bool(prof.answer_prefix)
-        b.retirable = torch.tensor([not (answer_prefix and reqs[i].option_ids) for i in src], device=dev)
+        b.retirable = torch.tensor([stream or not (answer_prefix and reqs[i].option_ids) for i in src], device=dev)
         b.ap_all_done = bool(b.ap_done.all())
         b.ar = torch.arange(R, device=dev)
         b.zeros_l = torch.zeros(R, dtype=torch.long, device=dev)
@@ -821,12 +863,22 @@ class Engine:
             b.mode = torch.where(enter, b.ones_l, torch.where(exit_, b.zeros_l, b.mode))
         # record this step for the rows not finished before it (every active row has n_steps + 1 ids now)
         n_steps = b.n_steps
-        b.gen_ids[:, n_steps] = rec
-        b.fed_t[:, n_steps] = need
-        b.span_t[:, n_steps] = span_now
+        if b.stream:  # rows joined at different steps: each writes at its own count
+            col = b.n_gen.clamp(max=b.max_new)
+            b.gen_ids[b.ar, col] = rec
+            b.fed_t[b.ar, col] = need
+            b.span_t[b.ar, col] = span_now
+            if b.history is not None:
+                b.history[b.ar, b.P + col] = rec
+        else:
+            b.gen_ids[:, n_steps] = rec
+            b.fed_t[:, n_steps] = need
+            b.span_t[:, n_steps] = span_now
+            if b.history is not None:
+                b.history[:, b.P + n_steps] = rec
         b.n_gen += active.long()
         if self.capture_logits:
-            b.lg_steps.append(b.logits)
+            b.lg_steps.append((active, b.logits))
         if any_need:
             b.lat_steps.append((need, vec, raw))
         b.reason = torch.where(new_fin, 1, b.reason)
@@ -845,8 +897,6 @@ class Engine:
                 b.ap_pending = b.ap_pending | (active & ~b.ap_done & m)
         if is_latent and not b.ap_all_done:
             b.ap_pending = b.ap_pending | (~b.ap_done & ~need & (nxt == b.ap_id) & active)
-        if b.history is not None:
-            b.history[:, b.P + n_steps] = rec
         if b.own_budgets:  # (equal budgets end together at the step limit)
             new_fin = new_fin | (active & (b.n_gen >= b.row_max))  # (reason stays "length")
         b.finished = b.finished | new_fin
@@ -856,13 +906,18 @@ class Engine:
         b.need, b.any_need, b.vec, b.nxt, b.span_now, b.new_fin, b.active = \
             need, any_need, vec, nxt, span_now, new_fin, active
         b.n_finished = int(b.finished.sum())
-        return b.n_finished == b.R or b.n_steps >= b.max_new
+        return b.n_finished == b.R or (not b.stream and b.n_steps >= b.max_new)
 
-    @staticmethod
-    def _suffix_is(b: _Batch, seq, n: int):
-        """Rows whose first ``n`` generated ids end with ``seq`` (None if ``n`` is too short)."""
+    def _suffix_is(self, b: _Batch, seq, n: int):
+        """Rows whose first ``n`` generated ids end with ``seq`` (None if ``n`` is too short); in a stream, each
+        row's own generated ids so far (rows not active this step are ignored by the callers)."""
         k = seq.shape[0]
-        return None if n < k else (b.gen_ids[:, n - k:n] == seq[None]).all(1)
+        if n < k:
+            return None
+        if not b.stream:
+            return (b.gen_ids[:, n - k:n] == seq[None]).all(1)
+        cols = (b.n_gen[:, None] - k + self._torch.arange(k, device=self.device)[None]).clamp(min=0)
+        return (b.gen_ids.gather(1, cols) == seq[None]).all(1) & (b.n_gen >= k)
 
     def _advance(self, b: _Batch) -> None:
         """Forward one position for every row (token embedding or fed vector, the step's key mask, explicit mRoPE
@@ -899,7 +954,9 @@ class Engine:
         if self.capture_hidden:
             b.hid_steps.append((b.active & ~b.new_fin, h_last))
         if bool(b.ap_pending.any()):
-            p = b.ap_pending
+            # (a row that finished at this step never reaches its answer point, as when it runs alone: no forward
+            # follows its last token)
+            p = b.ap_pending & ~finished
             b.ap_logits = torch.where(p[:, None], logits, b.ap_logits)
             b.ap_col = torch.where(p, torch.full_like(b.ap_col, t_col + 1), b.ap_col)
             b.ap_pos = torch.where(p, b.pos + 1, b.ap_pos)
@@ -948,15 +1005,16 @@ class Engine:
         lp_np = lp.cpu().numpy()
         return [lp_np[r, o].astype(np.float64) if o and done_l[r] else None for r, o in zip(rows, need_opts)]
 
-    def _retire(self, b: _Batch) -> None:
+    def _retire(self, b: _Batch, eager: bool = False) -> None:
         """Rows that finished leave the batch (their traces are assembled now; the cache, the masks and every
-        per-row state tensor keep only the other rows), once they are at least an eighth of the live rows."""
+        per-row state tensor keep only the other rows), once they are at least an eighth of the live rows
+        (``eager``: any finished row, so that a new sample can take its place)."""
         torch = self._torch
-        if b.n_finished < max(1, b.R // 8):
+        if b.n_finished < (1 if eager else max(1, b.R // 8)):
             return
         gone = b.finished & (b.retirable | ~b.ap_done)
         n = int(gone.sum())
-        if n == 0 or n < max(1, b.R // 8):
+        if n == 0 or (not eager and n < max(1, b.R // 8)):
             return
         rows = gone.nonzero().view(-1).tolist()
         b.kv_bytes = max(b.kv_bytes, cache_bytes(b.cache))
@@ -973,10 +1031,7 @@ class Engine:
             b.gens = [b.gens[i] for i in kl]
         b.stop_groups = [(seq, m[keep]) for seq, m in b.stop_groups]
         b.ko_groups = [(layers, m[keep], q, k) for layers, m, q, k in b.ko_groups]
-        b.lat_steps = [(m[keep], v[keep], r[keep]) for m, v, r in b.lat_steps]
-        b.hid_steps = [(m[keep], h[keep]) for m, h in b.hid_steps]
-        b.lg_steps = [lg[keep] for lg in b.lg_steps]
-        b.spec_groups = {}
+        b.spec_groups = {}  # (the per-step records were flushed by _traces: nothing to re-index)
         b.R = len(kl)
         b.ar = torch.arange(b.R, device=self.device)
         b.ap_all_done = bool(b.ap_done.all())
@@ -1003,24 +1058,38 @@ class Engine:
         new = torch.log_softmax(self.model.lm_head(hs[:, -1]).float(), -1)
         return torch.where(b.ap_done[:, None], new, lp)
 
+    def _flush(self, b: _Batch) -> None:
+        """Move the per-step records (fed vectors, hidden states, logits: one [R, ...] tensor per step) into per-row
+        arrays (``b.kept``, by original row), one conversion per tensor; then rows may leave or join the batch
+        without re-indexing every step's tensors."""
+        torch = self._torch
+        kept, rid = b.kept, b.rid
+
+        def add(kind: str, mask, values) -> None:
+            for j in np.flatnonzero(mask.any(1)).tolist():
+                kept.setdefault(rid[j], {}).setdefault(kind, []).append(tuple(v[j][mask[j]] for v in values))
+
+        if b.lat_steps:
+            m = torch.stack([x for x, _, _ in b.lat_steps], 1).cpu().numpy()  # [R, S']
+            add("lat", m, [torch.stack([v for _, v, _ in b.lat_steps], 1).float().cpu().numpy(),
+                           torch.stack([v for _, _, v in b.lat_steps], 1).float().cpu().numpy()])
+        if b.hid_steps:
+            add("hid", torch.stack([x for x, _ in b.hid_steps], 1).cpu().numpy(),
+                [torch.stack([h for _, h in b.hid_steps], 1).float().cpu().numpy()])
+        if b.lg_steps:
+            add("lg", torch.stack([x for x, _ in b.lg_steps], 1).cpu().numpy(),
+                [torch.stack([lg for _, lg in b.lg_steps], 1).float().cpu().numpy()])
+        b.lat_steps, b.hid_steps, b.lg_steps = [], [], []
+
     def _traces(self, b: _Batch, rows: list[int], opt: list) -> list[tuple[int, Trace]]:
         """(original row index, trace) of live rows ``rows`` (one conversion per tensor, then per-row slices)."""
         torch = self._torch
+        self._flush(b)
         sel = torch.tensor(rows, dtype=torch.long, device=self.device)
         empty = np.zeros((0, b.H), dtype=np.float32)
         n_l = b.n_gen[sel].tolist()
         gen_l, fed_l, span_l = (t[sel].cpu().tolist() for t in (b.gen_ids, b.fed_t, b.span_t))
         reason_l, blocks_l, mode_l = b.reason[sel].tolist(), b.blocks[sel].tolist(), b.mode[sel].tolist()
-        lat_fed = lat_raw = lat_mask = None
-        if b.lat_steps:
-            lat_mask = torch.stack([m[sel] for m, _, _ in b.lat_steps], 1).cpu().numpy()  # [n, S']
-            lat_fed = torch.stack([v[sel] for _, v, _ in b.lat_steps], 1).float().cpu().numpy()  # [n, S', H]
-            lat_raw = torch.stack([v[sel] for _, _, v in b.lat_steps], 1).float().cpu().numpy()
-        hid_mask = hid_all = None
-        if b.hid_steps:
-            hid_mask = torch.stack([m[sel] for m, _ in b.hid_steps], 1).cpu().numpy()
-            hid_all = torch.stack([h[sel] for _, h in b.hid_steps], 1).float().cpu().numpy()
-        lg_all = torch.stack([lg[sel] for lg in b.lg_steps], 1).float().cpu().numpy() if b.lg_steps else None
         out = []
         for j, r in enumerate(rows):
             i = b.src[r]
@@ -1029,21 +1098,106 @@ class Engine:
             text = b.texts.get(tuple(ids))
             if text is None:
                 text = b.texts[tuple(ids)] = self.lm.tokenizer.decode(ids, skip_special_tokens=False)
-            if lat_mask is not None and lat_mask[j].any():
-                lf, lr = lat_fed[j][lat_mask[j]], lat_raw[j][lat_mask[j]]
-            else:
-                lf, lr = empty, empty
-            hidden = None
-            if hid_mask is not None and hid_mask[j].any():
-                hidden = hid_all[j][hid_mask[j]]
+            kept = b.kept.pop(b.rid[r], {})
+            lat, hid, lg = kept.get("lat"), kept.get("hid"), kept.get("lg")
+            lf = np.concatenate([x[0] for x in lat]) if lat else empty
+            lr = np.concatenate([x[1] for x in lat]) if lat else empty
             out.append((b.rid[r], Trace(
                 key=b.keys[r], condition=b.conds[r].name, token_ids=ids,
                 text=text, latents=lf, raw_latents=lr,
                 latent_count=len(lf), latent_blocks=int(blocks_l[j]),
                 triggered=bool(blocks_l[j] > 0 or mode_l[j] == 1), fed_mask=fed_l[j][:n], span_mask=span_l[j][:n],
-                option_logprobs=opt[j], refs=b.refs[i], hidden=hidden, finish_reason=REASONS[reason_l[j]],
-                logits=np.ascontiguousarray(lg_all[j, :n]) if (lg_all is not None and n) else None)))
+                option_logprobs=opt[j], refs=b.refs[i], hidden=np.concatenate([x[0] for x in hid]) if hid else None,
+                finish_reason=REASONS[reason_l[j]],
+                logits=np.ascontiguousarray(np.concatenate([x[0] for x in lg])[:n]) if (lg and n) else None)))
         return out
+
+    def _merge(self, b: _Batch, nb: _Batch) -> None:
+        """Continuous batching: the rows of ``nb`` (newly prefilled samples, after their first transition) join the
+        running batch ``b`` (after its transition, before its forward). Prompts are left-padded to the longer one
+        (cache prefixes, masks, repetition history); the suffix columns no live row of ``b`` reads any more are
+        dropped; the new rows' own positions start at the current column (their earlier columns stay masked), while
+        generated ids, budgets and counts are per row, so each row runs as it would alone."""
+        torch = self._torch
+        dev = self.device
+        self._flush(b)
+        self._flush(nb)
+        Pb, Pn = b.P, nb.P
+        Pm = max(Pb, Pn)
+        s_b = b.t_col - Pb  # suffix columns written so far
+        c = int(b.s0.min()) if b.R else s_b  # columns before every live row's start: dropped
+        keep = s_b - c
+        Rb, Rn = b.R, nb.R
+        W = Pm + keep + b.max_new + 2
+
+        def masks(mb, mn):
+            m = torch.zeros((Rb + Rn, W), dtype=torch.bool, device=dev)
+            m[:Rb, Pm - Pb:Pm] = mb[:, :Pb]
+            m[:Rb, Pm:Pm + keep] = mb[:, Pb + c:Pb + s_b]
+            m[Rb:, Pm - Pn:Pm] = mn[:, :Pn]
+            return m
+
+        def lpad(t, P: int, fill=None):  # [R, P + rest] -> [R, Pm + rest]: left padding of the prompt part
+            if P == Pm:
+                return t
+            pad = t[:, :1].expand(-1, Pm - P) if fill is None else torch.full((t.shape[0], Pm - P), fill,
+                                                                              dtype=t.dtype, device=dev)
+            return torch.cat([pad, t], 1)
+
+        def kpad(t, k: int):  # [R, K, ...] -> [R, k, ...]
+            if t.shape[1] == k:
+                return t
+            return torch.cat([t, t.new_zeros((t.shape[0], k - t.shape[1]) + tuple(t.shape[2:]))], 1)
+
+        b.mT, b.mL = masks(b.mT, nb.mT), masks(b.mL, nb.mL)
+        if b.history is not None:  # (a row's first id fills its padding: the same penalised set)
+            b.history = torch.cat([lpad(b.history, Pb), lpad(nb.history, Pn)])
+        if b.mS0 is not None or nb.mS0 is not None:
+            m0 = [x.mS0 if x.mS0 is not None else torch.zeros((x.R, x.P), dtype=torch.bool, device=dev)
+                  for x in (b, nb)]
+            b.mS0 = torch.cat([lpad(m0[0], Pb, False), lpad(m0[1], Pn, False)])
+        k = max(b.ov.shape[1], nb.ov.shape[1])
+        b.ov, b.ov_mask = torch.cat([kpad(b.ov, k), kpad(nb.ov, k)]), torch.cat([kpad(b.ov_mask, k),
+                                                                                  kpad(nb.ov_mask, k)])
+        b.ap_col = torch.cat([torch.where(b.ap_col >= 0, b.ap_col + (Pm - Pb) - c, b.ap_col),
+                              torch.where(nb.ap_col >= 0, nb.ap_col - Pn + Pm + keep, nb.ap_col)])
+        b.s0 = torch.cat([b.s0 - c, torch.full((Rn,), keep, dtype=torch.long, device=dev)])
+        done = {"mT", "mL", "history", "mS0", "ov", "ov_mask", "ap_col", "s0"}
+        for name in _ROW_TENSORS:
+            x = getattr(b, name)
+            if name not in done and x is not None:
+                setattr(b, name, torch.cat([x, getattr(nb, name)]))
+        off_r, off_q, off_s = b.R0, len(b.reqs), len(b.spec_list)
+        b.src = b.src + [i + off_q for i in nb.src]
+        b.src0 = b.src0 + [i + off_q for i in nb.src0]
+        b.rid = b.rid + [r + off_r for r in nb.rid]
+        b.kept.update({r + off_r: v for r, v in nb.kept.items()})
+        b.conds, b.keys, b.refs, b.reqs = b.conds + nb.conds, b.keys + nb.keys, b.refs + nb.refs, b.reqs + nb.reqs
+        b.spec_of_row = b.spec_of_row + [j + off_s if j >= 0 else -1 for j in nb.spec_of_row]
+        b.spec_list = b.spec_list + nb.spec_list
+        if b.gens is not None:
+            b.gens = b.gens + nb.gens
+        groups: dict[tuple[int, ...], Any] = {}
+        for x, (lo, hi) in ((b, (0, Rb)), (nb, (Rb, Rb + Rn))):
+            for seq, m in x.stop_groups:
+                key = tuple(seq.tolist())
+                if key not in groups:
+                    groups[key] = (seq, torch.zeros(Rb + Rn, dtype=torch.bool, device=dev))
+                groups[key][1][lo:hi] |= m
+        b.stop_groups = list(groups.values())
+        b.cache.extend(nb.cache, drop=c, capacity=keep + b.max_new + 2)
+        b.R, b.R0, b.P, b.t_col = Rb + Rn, b.R0 + nb.R0, Pm, Pm + keep
+        b.ar = torch.arange(b.R, device=dev)
+        b.n_finished = int(b.finished.sum())
+        b.any_need = b.any_need or nb.any_need
+        b.force_any = b.force_any or nb.force_any
+        b.any_unfixed = bool((~b.fixed).any())
+        b.any_start_only = b.any_start_only or nb.any_start_only
+        b.ap_all_done = bool(b.ap_done.all())
+        b.spec_groups = {}
+        b.kv_bytes = max(b.kv_bytes, cache_bytes(b.cache))
+        b.t_prefill += nb.t_prefill
+        b.t_loop += nb.t_prefill  # (the new samples' prefill is prefill time, not decode time)
 
     def _assemble(self, b: _Batch) -> list[list[Trace]]:
         """The traces of the batch in request order (rows retired early and the rows left at the end)."""

@@ -96,6 +96,8 @@ class SharedPrefixCache:
         self.slot = torch.tensor(slot, dtype=torch.long, device=self.rows.device)
         self.n_slots = max(seen.values()) if seen else 0
         self.n_samples = int(self.prefix_k[0].shape[0])
+        # one row per sample, in sample order (continuous batching of plain generation): row r reads prefix r
+        self.one_to_one = rows == list(range(self.n_samples))
 
     # ---- the transformers Cache calls
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
@@ -130,11 +132,10 @@ class SharedPrefixCache:
         import torch
 
         keep = keep.to(self.rows.device)
-        for li in range(len(self.suffix_k)):
-            n = self.length[li]
+        for li in range(len(self.suffix_k)):  # (capacity kept: the next positions need no growth copy)
             k_here = keep.to(self.suffix_k[li].device)
-            self.suffix_k[li] = self.suffix_k[li][k_here, :, :max(n, 1)]
-            self.suffix_v[li] = self.suffix_v[li][k_here, :, :max(n, 1)]
+            self.suffix_k[li] = self.suffix_k[li][k_here]
+            self.suffix_v[li] = self.suffix_v[li][k_here]
         rows = self.rows[keep]
         used = torch.unique(rows)
         if used.numel() < self.n_samples:  # compact the prefixes of samples that still have rows
@@ -142,6 +143,36 @@ class SharedPrefixCache:
             self.prefix_v = [v[used.to(v.device)] for v in self.prefix_v]
             rows = torch.searchsorted(used, rows)
         self.rows = rows
+        self._slots()
+
+    def extend(self, other: "SharedPrefixCache", drop: int = 0, capacity: int = 0) -> None:
+        """Continuous batching: append the samples and rows of ``other`` (a fresh fork, no suffix written yet).
+        Prefixes are left-padded to the longer prompt (the engine masks the padding); the first ``drop`` suffix
+        columns (no live row reads them any more) are dropped; the new rows' suffix columns written so far are
+        zeros (masked); room for ``capacity`` suffix positions in all."""
+        import torch
+
+        if any(other.length):
+            raise ValueError("extend: the joining rows must not have suffix positions yet")
+        Pm = max(self.P, other.P)
+        n = self.length[0] - drop
+        n_old = int(self.prefix_k[0].shape[0])
+
+        def lpad(t, P: int):
+            return t if P == Pm else torch.nn.functional.pad(t, (0, 0, Pm - P, 0))
+
+        for li in range(len(self.prefix_k)):
+            dev = self.prefix_k[li].device
+            for pre, oth in ((self.prefix_k, other.prefix_k), (self.prefix_v, other.prefix_v)):
+                pre[li] = torch.cat([lpad(pre[li], self.P), lpad(oth[li].to(dev), other.P)])
+            for suf, oth in ((self.suffix_k, other.suffix_k), (self.suffix_v, other.suffix_v)):
+                t = suf[li]
+                new = t.new_zeros((t.shape[0] + oth[li].shape[0], t.shape[1], max(capacity, n, 1), t.shape[3]))
+                new[:t.shape[0], :, :n] = t[:, :, drop:drop + n]
+                suf[li] = new
+        self.rows = torch.cat([self.rows, other.rows.to(self.rows.device) + n_old])
+        self.P = Pm
+        self.length = [n] * len(self.length)
         self._slots()
 
     def reserve(self, capacity: int) -> None:
@@ -265,6 +296,13 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout: 
     attention_mask = attention_mask.to(query.device)
     if lc_knockout is not None:
         attention_mask = lc_knockout.apply(li, attention_mask)
+    if c.one_to_one:  # row r reads prefix r: one softmax over [prefix scores ; suffix scores], no merge needed
+        q = query.reshape(R, kvh, g * n, d)
+        s = torch.cat([torch.matmul(q, pk.transpose(-1, -2)), torch.matmul(q, key.transpose(-1, -2))], -1).float()
+        s = (s * scale).view(R, kvh, g, n, -1).masked_fill(~attention_mask.view(R, 1, 1, n, -1), float("-inf"))
+        p = torch.softmax(s.view(R, kvh, g * n, -1), -1)
+        out = torch.matmul(p[..., :P].to(pv.dtype), pv).float() + torch.matmul(p[..., P:].to(value.dtype), value).float()
+        return out.view(R, h, n, d).to(query.dtype).transpose(1, 2).contiguous(), None
     m_pre, m_suf = attention_mask[..., :P], attention_mask[..., P:]  # [R, 1, n, P], [R, 1, n, S]
     # ---- prefix: the rows of a sample are extra queries of that sample ([B, h, N*n, d]), one pass over its keys
     N = c.n_slots

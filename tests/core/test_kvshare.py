@@ -35,14 +35,15 @@ class _Module:
 
 
 @pytest.mark.parametrize("n", [1, 3])
-def test_attention_equals_sdpa_over_the_copied_kv(n):
+@pytest.mark.parametrize("rows", [[2, 0, 0, 1, 2, 2], [0, 1, 2]])  # uneven rows per sample, not sample-major; one
+def test_attention_equals_sdpa_over_the_copied_kv(n, rows):  # row per sample in order (the one-softmax path)
     g = torch.Generator().manual_seed(0)
     B, kvh, grp, P, d, S = 3, 2, 3, 11, 8, 5
     h = kvh * grp
-    rows = [2, 0, 0, 1, 2, 2]  # uneven rows per sample, not sample-major
     R = len(rows)
     pk, pv = torch.randn(B, kvh, P, d, generator=g), torch.randn(B, kvh, P, d, generator=g)
     cache = SharedPrefixCache(_Prefill([pk], [pv]), rows, capacity=2)
+    assert cache.one_to_one == (rows == [0, 1, 2])
     old_k, old_v = torch.randn(R, kvh, S - n, d, generator=g), torch.randn(R, kvh, S - n, d, generator=g)
     cache.update(old_k, old_v, 0)
     new_k, new_v = torch.randn(R, kvh, n, d, generator=g), torch.randn(R, kvh, n, d, generator=g)
@@ -59,12 +60,53 @@ def test_attention_equals_sdpa_over_the_copied_kv(n):
     assert got.shape == (R, n, h, d)
     assert torch.allclose(got, want.transpose(1, 2), atol=1e-5)
     # rows leave: the kept rows' attention is unchanged, and a sample without rows loses its prefix
+    if R == 3:
+        return
     keep = torch.tensor([0, 4, 5])  # only sample 2 is left
     cache.select_rows(keep)
     assert cache.prefix_k[0].shape[0] == 1 and cache.rows.tolist() == [0, 0, 0]
     ks2, vs2 = cache.suffix_k[0][:, :, :S], cache.suffix_v[0][:, :, :S]
     got2, _ = shared_prefix_attention(_Module(), q[keep], ks2, vs2, mask[keep], scaling=0.3, lc_shared_prefix=cache)
     assert torch.allclose(got2, got[keep], atol=1e-6)
+
+
+@pytest.mark.parametrize("rows_old,rows_new", [([1, 0], [0, 1, 1]), ([0, 1], [0])])
+def test_extend_appends_samples_left_pads_prefixes_and_drops_old_columns(rows_old, rows_new):
+    """Continuous batching's cache step: rows of a new fork join; attention then equals SDPA over the explicitly
+    built KV (prefixes left-padded to the longer prompt and masked, the old rows' first columns dropped, the new rows'
+    earlier suffix columns masked)."""
+    g = torch.Generator().manual_seed(1)
+    kvh, grp, d = 2, 2, 8
+    h = kvh * grp
+    pk1, pv1 = torch.randn(2, kvh, 7, d, generator=g), torch.randn(2, kvh, 7, d, generator=g)
+    Bn = max(rows_new) + 1
+    pk2, pv2 = torch.randn(Bn, kvh, 10, d, generator=g), torch.randn(Bn, kvh, 10, d, generator=g)
+    cache = SharedPrefixCache(_Prefill([pk1], [pv1]), rows_old, capacity=3)
+    old_k, old_v = torch.randn(2, kvh, 4, d, generator=g), torch.randn(2, kvh, 4, d, generator=g)
+    cache.update(old_k, old_v, 0)  # 4 suffix columns; the first one is dropped at the join
+    other = SharedPrefixCache(_Prefill([pk2], [pv2]), rows_new, capacity=3)
+    cache.extend(other, drop=1, capacity=6)
+    assert cache.P == 10 and cache.length == [3] and cache.rows.tolist() == rows_old + [r + 2 for r in rows_new]
+    assert cache.one_to_one == (rows_new == [0])  # rows 0, 1, 2: one row per sample, in order
+    R = 2 + len(rows_new)
+    new_k, new_v = torch.randn(R, kvh, 1, d, generator=g), torch.randn(R, kvh, 1, d, generator=g)
+    ks, vs = cache.update(new_k, new_v, 0)
+    assert ks.shape[2] == 4
+    q = torch.randn(R, h, 1, d, generator=g)
+    mask = torch.ones(R, 1, 1, 14, dtype=torch.bool)
+    mask[:2, ..., :3] = False  # the old rows' left padding
+    mask[2:, ..., 10:13] = False  # the new rows' columns from before they joined
+    got, _ = shared_prefix_attention(_Module(), q, ks, vs, mask, scaling=0.4, lc_shared_prefix=cache)
+    pad = torch.zeros(2, kvh, 3, d)
+    idx_o, idx_n = torch.tensor(rows_old), torch.tensor(rows_new)
+    k_full = torch.cat([torch.cat([torch.cat([pad, pk1], 2)[idx_o], old_k[:, :, 1:]], 2),
+                        torch.cat([pk2[idx_n], torch.zeros(len(rows_new), kvh, 3, d)], 2)])
+    v_full = torch.cat([torch.cat([torch.cat([pad, pv1], 2)[idx_o], old_v[:, :, 1:]], 2),
+                        torch.cat([pv2[idx_n], torch.zeros(len(rows_new), kvh, 3, d)], 2)])
+    k_full = torch.cat([k_full, new_k], 2).repeat_interleave(grp, 1)
+    v_full = torch.cat([v_full, new_v], 2).repeat_interleave(grp, 1)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k_full, v_full, attn_mask=mask, scale=0.4)
+    assert torch.allclose(got, want.transpose(1, 2), atol=1e-5)
 
 
 def _requests(lm, conds, **kw):
