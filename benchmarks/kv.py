@@ -7,10 +7,13 @@
     prefix (``Engine()``). Time interleaved in one process; memory = the engine's own ``kv_cache_bytes`` (the batch's
     largest KV size) and the peak-RSS growth of a fresh subprocess per (variant, N). Identical tokens asserted.
 (f) a mixed-length workload: 32 requests whose token budgets are drawn uniformly from 8..256 (rows end between 8 and
-    256 tokens), batch size 8, greedy: the engine (rows leave when done, budget-aware batching) vs today's engine
-    (rows idle to the longest row of their batch, batches by prompt length) vs HF ``model.generate`` at the same
-    batch size (left-padded, ``max_new_tokens`` = the batch's largest budget, each row cut at its own budget).
-    Identical outputs asserted.
+    256 tokens), batch size 8, greedy: the engine (continuous batching: rows leave when done and new samples take
+    their place, longest budgets first) vs the engine with fixed batches whose rows leave (session 3) vs today's
+    engine (pre-#23: rows idle to the longest row of their batch, batches by prompt length, the copying cache) vs
+    HF ``model.generate`` at the same batch size (left-padded, ``max_new_tokens`` = the batch's largest budget, each
+    row cut at its own budget). Identical outputs asserted. Also the step counts, each engine variant's decode time
+    per step and the step-count floor (a batch kept full: ceil(tokens / batch size) steps), which bound the ratio any
+    scheduler could reach on the machine.
 """
 
 from __future__ import annotations
@@ -206,7 +209,23 @@ def hf_generate(lm, reqs, images: dict, batch_size: int) -> list[list[int]]:
     return out
 
 
+def _steps(traces) -> dict:
+    """Decode steps, decode time and prefill time of a generate() result, summed over its batches (a continuous
+    stream is one batch)."""
+    seen = {}
+    for row in traces:
+        t = row[0].timing
+        seen[(t["batch_total_s"], t["steps"])] = t
+    return {"steps": sum(t["steps"] for t in seen.values()), "decode_s": sum(t["batch_decode_s"] for t in seen.values()),
+            "prefill_s": sum(t["batch_prefill_s"] for t in seen.values()), "batches": len(seen)}
+
+
 def bench_f(workdir: Path, repeats: int, batch_size: int = 8, n: int = 32, interleave=None, med=None) -> dict:
+    """(f): the engine (continuous batching) vs the engine with fixed batches whose rows leave (session 3) vs today's
+    engine (pre-#23: rows idle to the longest row of their batch) vs HF generate; plus the step-count floor and each
+    variant's decode time per step, to bound what any scheduler could reach on this machine."""
+    import math
+
     import torch
 
     from latentcheck.core.engine import Engine
@@ -216,34 +235,48 @@ def bench_f(workdir: Path, repeats: int, batch_size: int = 8, n: int = 32, inter
     reqs, images = f_workload(lm, n)
     by_prompt = sorted(range(n), key=lambda i: reqs[i].prompt.length)  # today's batching: by prompt length
     today_reqs = [reqs[i] for i in by_prompt]
-    engine, today = Engine(lm), Engine(lm, shared_prefix=False, retire_rows=False)
+    engine, fixed = Engine(lm), Engine(lm, continuous=False)
+    today = Engine(lm, shared_prefix=False, retire_rows=False)
     order = sorted(range(n), key=lambda i: (reqs[i].max_new_tokens, reqs[i].prompt.length))
     variants = {
-        "engine": lambda: [t[0].token_ids for t in engine.generate(reqs, batch_size=batch_size)],
-        "today": lambda: [t[0].token_ids for t in today.generate(today_reqs, batch_size=batch_size,
-                                                                 sort_by_length=False)],
+        "engine": lambda: engine.generate(reqs, batch_size=batch_size),
+        "engine_fixed_batches": lambda: fixed.generate(reqs, batch_size=batch_size),
+        "today": lambda: today.generate(today_reqs, batch_size=batch_size, sort_by_length=False),
         "hf_generate": lambda: hf_generate(lm, [reqs[i] for i in by_prompt], images, batch_size),
         "hf_generate_budget_sorted": lambda: hf_generate(lm, [reqs[i] for i in order], images, batch_size),
     }
     with torch.no_grad():
         times, last = interleave(variants, repeats)
-    want = last["engine"]
-    got_today = [None] * n
-    for j, i in enumerate(by_prompt):
-        got_today[i] = last["today"][j]
-    got_hf = [None] * n
-    for j, i in enumerate(by_prompt):
-        got_hf[i] = last["hf_generate"][j]
-    got_hf2 = [None] * n
-    for j, i in enumerate(order):
-        got_hf2[i] = last["hf_generate_budget_sorted"][j]
-    tokens = sum(len(x) for x in want)
+    steps = {k: _steps(last[k]) for k in ("engine", "engine_fixed_batches", "today")}
+    want = [t[0].token_ids for t in last["engine"]]
+    got_fixed = [t[0].token_ids for t in last["engine_fixed_batches"]]
+
+    def unsort(rows, idx):
+        out = [None] * n
+        for j, i in enumerate(idx):
+            out[i] = rows[j]
+        return out
+
+    got_today = unsort([t[0].token_ids for t in last["today"]], by_prompt)
+    got_hf = unsort(last["hf_generate"], by_prompt)
+    got_hf2 = unsort(last["hf_generate_budget_sorted"], order)
+    lengths = [len(x) for x in want]
+    tokens = sum(lengths)
     m = {k: med(t) for k, t in times.items()}
-    same = want == got_today == got_hf == got_hf2
+    same = want == got_fixed == got_today == got_hf == got_hf2
+    # what any scheduler could reach here: a batch kept full from the first step to the last (ceil(tokens / batch)
+    # steps, at least the longest row) at the engine's own decode cost per step, plus a batched prefill of every
+    # prompt (today's prefill time, 4 batches of 8)
+    floor_steps = max(math.ceil(tokens / batch_size), max(lengths))
+    per_step = {k: v["decode_s"] / v["steps"] for k, v in steps.items()}
+    best_s = floor_steps * per_step["engine"] + steps["today"]["prefill_s"]
     return {"requests": n, "batch_size": batch_size, "generated_tokens": tokens,
-            "budgets": [r.max_new_tokens for r in reqs], "lengths": [len(x) for x in want],
+            "budgets": [r.max_new_tokens for r in reqs], "lengths": lengths,
             "median_s": m, "times_s": times, "tokens_per_s": {k: tokens / v for k, v in m.items()},
+            "steps": steps, "floor_steps": floor_steps, "decode_s_per_step": per_step,
+            "best_possible_s": best_s, "best_possible_ratio_vs_today": m["today"] / best_s,
             "ratio_vs_today": m["today"] / m["engine"], "ratio_vs_hf": m["hf_generate"] / m["engine"],
+            "ratio_vs_fixed_batches": m["engine_fixed_batches"] / m["engine"],
             "ratio_vs_hf_budget_sorted": m["hf_generate_budget_sorted"] / m["engine"],
             "identical_outputs": same, "ok": same}
 

@@ -496,9 +496,25 @@ def table(results: dict) -> str:
                     f"| {f['ratio_vs_today']:.2f}x | {check('f', f['ratio_vs_today'])} |")
         rows.append(f"| f | ... HF generate (batches by prompt length) / engine | {m['hf_generate']:.2f} s | "
                     f"{m['engine']:.2f} s | {f['ratio_vs_hf']:.2f}x | {check('f_hf', f['ratio_vs_hf'])} |")
-        rows.append(f"| f | ... HF generate (batches by budget, as the engine) / engine | "
+        rows.append(f"| f | ... HF generate (batches by budget) / engine | "
                     f"{m['hf_generate_budget_sorted']:.2f} s | {m['engine']:.2f} s | "
                     f"{f['ratio_vs_hf_budget_sorted']:.2f}x | (info) |")
+        rows.append(f"| f | ... fixed batches, rows leave (session 3) / engine (continuous batching) | "
+                    f"{m['engine_fixed_batches']:.2f} s | {m['engine']:.2f} s | {f['ratio_vs_fixed_batches']:.2f}x "
+                    f"| (info) |")
+        st, ps = f["steps"], f["decode_s_per_step"]
+        rows.append(f"| f | ... decode steps: today / engine (floor: a full batch, ceil(tokens / batch) = "
+                    f"{f['floor_steps']}); fixed batches {st['engine_fixed_batches']['steps']} | "
+                    f"{st['today']['steps']} | {st['engine']['steps']} | "
+                    f"{st['today']['steps'] / st['engine']['steps']:.2f}x | (info) |")
+        rows.append(f"| f | ... decode time per step: today / engine | {ps['today'] * 1e3:.1f} ms | "
+                    f"{ps['engine'] * 1e3:.1f} ms | {ps['today'] / ps['engine']:.2f}x | (info) |")
+        rows.append(f"| f | ... prefill time: engine (admissions of 1-2 samples) / today (4 batches of 8) | "
+                    f"{st['engine']['prefill_s']:.2f} s | {st['today']['prefill_s']:.2f} s | "
+                    f"{st['engine']['prefill_s'] / st['today']['prefill_s']:.2f}x | (info) |")
+        rows.append(f"| f | ... today / best possible here (floor steps x engine's step cost + batched prefill) | "
+                    f"{m['today']:.2f} s | {f['best_possible_s']:.2f} s | {f['best_possible_ratio_vs_today']:.2f}x "
+                    f"| (bound) |")
     return "\n".join(rows)
 
 

@@ -222,7 +222,7 @@ class Engine:
     def __init__(self, lm, decoding: DecodingSpec | None = None, seed: int = 0, capture_hidden: bool = False,
                  stats: LatentStats | None = None, capture_logits: bool = False, shared_prefix: bool | None = None,
                  retire_rows: bool = True, capture_image_tokens: bool = False,
-                 continuous: bool = True):
+                 continuous: bool = True, admit_min: int | None = None):
         import torch
 
         self.lm = lm
@@ -264,6 +264,9 @@ class Engine:
         # continuous batching: with more requests than ``batch_size``, new samples take the rows finished samples
         # free (one decode stream; needs the shared-prefix cache, whose prefixes and suffix columns it realigns)
         self.continuous = continuous and retire_rows and self.can_share and shared_prefix is not False
+        # a stream admits new samples once this many sample slots are free (None: 1; more = one prefill for several
+        # samples, fewer prefill calls but rows idle meanwhile: on this CPU the two cancel out, docs/performance.md)
+        self.admit_min = admit_min
         self._torch = torch
 
     # ------------------------------------------------------------------ public API
@@ -573,12 +576,13 @@ class Engine:
                 max_new = max(r.max_new_tokens or self.decoding.max_new_tokens for r in reqs)
                 b = self._setup(reqs[:slots], max_new=max_new, stream=True)
                 nxt = slots
+                admit_min = max(1, min(slots, self.admit_min or 1))
                 while True:
                     done = self._transition(b)
                     if nxt < len(reqs):
                         self._retire(b, eager=True)
                         free = slots - len(set(b.src))
-                        if free > 0:
+                        if free >= min(admit_min, len(reqs) - nxt) or (free and b.n_finished == b.R):
                             nb = self._setup(reqs[nxt:nxt + free], max_new=max_new, stream=True)
                             nxt += free
                             self._transition(nb)  # the new rows' first token, from their prefill
