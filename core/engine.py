@@ -283,7 +283,9 @@ class Engine:
             order.sort(key=lambda i: (requests[i].max_new_tokens or self.decoding.max_new_tokens,
                                       requests[i].prompt.length))
         out: list[list[Trace] | None] = [None] * len(requests)
-        if self.continuous and 1 < batch_size < len(order):
+        knockout = any(c.intervention is not None and c.intervention.kind == "attention"
+                       for r in requests for c in r.conditions)  # (its key columns assume fixed batches)
+        if self.continuous and 1 < batch_size < len(order) and not knockout:
             if sort_by_length:  # longest budgets first: the short ones fill the rows they leave at the end
                 order.sort(key=lambda i: -(requests[i].max_new_tokens or self.decoding.max_new_tokens))
             for i, traces in zip(order, self._decode([requests[i] for i in order], slots=batch_size)):
