@@ -12,8 +12,9 @@ For 1k and 8k visual tokens per prompt it measures, per precision:
   prompt's KV copied per condition);
 - HF ``model.generate`` at the same batch size and length (N = 1): time, tokens/s, peak memory, and the fraction of
   generated tokens equal to the engine's.
-Writes ``results.json`` and ``results.md`` (a markdown table) into ``--out``. Needs torch, transformers, accelerate
-and the project's own light dependencies (numpy, pydantic); bitsandbytes optional.
+Writes ``results.json`` and ``results.md`` (a markdown table) into ``--out``. Needs torch, transformers and
+accelerate only (the project's own imports, numpy and pydantic, come with them: transformers needs numpy, and
+huggingface-hub 2.x needs typer, which needs pydantic); bitsandbytes optional.
 """
 
 from __future__ import annotations
