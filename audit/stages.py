@@ -96,10 +96,8 @@ def _text_doz(ctx: AnalysisContext) -> AnalysisResult:
 def _bench(ctx: AnalysisContext) -> AnalysisResult:
     from latentcheck.bench.runner import run_bench
 
-    res = run_bench(ctx.opts, None, force_latent=ctx.settings.force_latent and ctx.lm.profile.is_latent,
-                    n_boot=ctx.settings.n_boot, lm=ctx.lm)
-    # the audit reads every stage's summary.json: the bench writes results.json, so the same content goes there too
-    return finish(res.command, res.out_dir, res.summary, res.counts, res.results_path, res.figures)
+    return run_bench(ctx.opts, None, force_latent=ctx.settings.force_latent and ctx.lm.profile.is_latent,
+                     n_boot=ctx.settings.n_boot, lm=ctx.lm)
 
 
 def _register_builtin() -> None:

@@ -24,7 +24,7 @@ Per sample, through the one runner loop (``core.runner.run_records``: resume, er
 
 Latency (the paper's Fig. 5): the engine times whole batches, so each sample records its batch's
 ``batch_total_s`` / ``batch_prefill_s`` / ``batch_rows`` and the share ``row_s = batch_total_s / batch_rows``
-(``row_decode_s`` without the prefill), plus the tokens generated and latent steps; results.json averages them per
+(``row_decode_s`` without the prefill), plus the tokens generated and latent steps; summary.json averages them per
 category (likelihood runs: the sample's share of its batch by option rows). With continuous batching (a block of
 more samples than ``--batch-size``) the "batch" is the block's decode stream: new samples take the rows finished ones
 free, and its rows are all rows of the block. Shares depend on the batch composition: compare models at the same
@@ -494,7 +494,8 @@ def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, var
               n_boot: int = 2000, lm=None, judge_protocol: str | None = None, judge_url: str | None = None,
               judge_key_env: str = DEFAULT_KEY_ENV, judge_cache: str | bool | None = True,
               judge_concurrency: int = 4, image_root: str | None = None) -> AnalysisResult:
-    """Run a benchmark; write ``<out>/samples.jsonl`` and ``<out>/results.json``; return the
+    """Run a benchmark; write ``<out>/samples.jsonl``, ``<out>/summary.json`` (and the lmms-eval-shaped
+    ``<out>/results.json``, core/lmms.py); return the
     :class:`~latentcheck.core.analysis.AnalysisResult` (``result["conditions"]`` etc. read the results).
 
     ``benchmark``: a registry name (``"blink:Jigsaw"``), a :class:`Benchmark`, or None = ``generic`` (then with no
@@ -606,7 +607,7 @@ def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, var
         "latent_trigger": trigger_summary(records, conditions, lm.profile.kind) if mode == "generate" else None,
         "timing": {"total_s": round(time.perf_counter() - t_start, 3)}}
     warn_trigger(summary["latent_trigger"], COMMAND)
-    return finish(COMMAND, opts.out, summary, res.counts, res.results_path, name="results.json")
+    return finish(COMMAND, opts.out, summary, res.counts, res.results_path)
 
 
 def official_status(bench: Benchmark, v: PromptVariant, mode: str, judge: Judge | None, limit: int | None,

@@ -106,6 +106,7 @@ def audit_cmd(
                                 "corrupter).", rich_help_panel=A)] = None,
     n_boot: o.NBoot = o.N_BOOT,
     threads: o.Threads = None,
+    log: o.Log = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the analyses' PNGs.", rich_help_panel=A)] = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Do not write report.html.",
                                             rich_help_panel=A)] = False,
@@ -119,7 +120,7 @@ def audit_cmd(
 
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
                     max_pixels, trust_remote_code, max_prompt_tokens=max_prompt_tokens,
-                    retry_errors=retry_errors, overwrite=overwrite,
+                    retry_errors=retry_errors, overwrite=overwrite, log=log,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system)
     settings = AuditSettings(force_latent=force_latent, n_boot=n_boot, plots=not no_plots, report=not no_report,

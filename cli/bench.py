@@ -150,9 +150,11 @@ def bench_cmd(
     greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
     threads: o.Threads = None,
+    log: o.Log = None,
 ) -> None:
     """Run a benchmark with its official scoring (generation + rule extraction, or V* likelihood ranking), under
-    optional latent interventions, with latency per category. Writes samples.jsonl and results.json to --out."""
+    optional latent interventions, with latency per category. Writes samples.jsonl, summary.json and results.json
+    (lmms-eval's shape) to --out."""
     if ctx.invoked_subcommand is not None:
         return
     if list_:
@@ -163,7 +165,7 @@ def bench_cmd(
     decoding = o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens)
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
                     max_pixels, trust_remote_code, decoding=decoding, system=system, threads=threads,
-                    max_prompt_tokens=max_prompt_tokens, retry_errors=retry_errors, overwrite=overwrite)
+                    max_prompt_tokens=max_prompt_tokens, retry_errors=retry_errors, overwrite=overwrite, log=log)
     cache = None if (judge_cache or "").lower() == "none" else (judge_cache or True)
     result = run_bench(opts, benchmark, variant, scoring, intervention, judge=judge_model,
                        decoding=decoding, verify=not no_verify,

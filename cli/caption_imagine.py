@@ -269,13 +269,14 @@ def run_cmd(
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
     max_new_tokens: o.MaxNewTokens = None,
     threads: o.Threads = None,
+    log: o.Log = None,
 ) -> None:
     """Answer with explicit text imagination (default model: toy-capimagine); accuracy with a Wilson CI."""
     from latentcheck.imagine.run import run_caption_imagine
 
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
                     max_pixels, trust_remote_code, max_prompt_tokens=max_prompt_tokens,
-                    retry_errors=retry_errors, overwrite=overwrite,
+                    retry_errors=retry_errors, overwrite=overwrite, log=log,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system, threads=threads)
     s = run_caption_imagine(opts)
@@ -343,6 +344,7 @@ def intervene_cmd(
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
     max_new_tokens: o.MaxNewTokens = None,
     threads: o.Threads = None,
+    log: o.Log = None,
 ) -> None:
     """Text do(Z): corrupt the generated imagination, let the model finish, measure the accuracy drop (paired
     bootstrap CI, McNemar); plus the imagination's hidden-state similarity (paper Table 3, Fig. 4)."""
@@ -350,7 +352,7 @@ def intervene_cmd(
 
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
                     max_pixels, trust_remote_code, max_prompt_tokens=max_prompt_tokens,
-                    retry_errors=retry_errors, overwrite=overwrite,
+                    retry_errors=retry_errors, overwrite=overwrite, log=log,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system, threads=threads)
     store = None if (cache or "").lower() == "none" else (cache or True)

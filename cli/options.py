@@ -57,6 +57,9 @@ RetryErrors = Annotated[bool, typer.Option("--retry-errors", help="With --resume
                                            "whose input line changed) again, in place.", rich_help_panel=P)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start over in an --out folder that holds another "
                                          "run's results (they are replaced).", rich_help_panel=P)]
+Log = Annotated[Optional[str], typer.Option("--log", metavar="tensorboard|wandb", help="Also log the run's config, "
+                                            "per-stage progress and final metrics to TensorBoard (<out>/tensorboard) "
+                                            "or Weights & Biases (optional extras).", rich_help_panel=P)]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the checkpoint's own Python code "
                                                "(off by default).", rich_help_panel=P)]
 
@@ -82,9 +85,10 @@ def decoding(greedy: bool = False, temperature: float | None = None, top_p: floa
 def common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict, max_pixels,
            trust_remote_code, threads: int | None = None, *, decoding: dict | None = None,
            system: str | None = None, max_prompt_tokens: int | None = None, retry_errors: bool = False,
-           overwrite: bool = False) -> CommonOptions:
+           overwrite: bool = False, log: str | None = None) -> CommonOptions:
     """Bundle the shared options. ``--out -`` writes the per-sample JSONL (provenance first) to stdout when the
-    command ends — tables move to stderr, summary and plots are not kept — so output pipes into jq."""
+    command ends — tables move to stderr, summary and plots are not kept — so output pipes into jq. ``log`` opens
+    the run logger (``--log``, core/tracking.py) for the run folder."""
     if threads is not None:
         if threads < 1:
             from latentcheck.core.errors import LatentcheckError
@@ -97,6 +101,11 @@ def common(model, profile, data, out, limit, batch_size, seed, quant, device, qu
         out = _stdout_run(resume)
     elif _out_is_default():
         out = default_run_folder(out, resume)
+    if log is not None:
+        from latentcheck.core import tracking
+        from latentcheck.core.runner import distributed
+
+        tracking.configure(log, out, is_main=distributed()[0] == 0)
     return CommonOptions(model=model, profile=profile, data=data, out=out, limit=limit, batch_size=batch_size,
                          seed=seed, quant=quant, device=device, quiet=quiet, resume=resume, strict=strict,
                          max_pixels=max_pixels, trust_remote_code=trust_remote_code, decoding=dict(decoding or {}),

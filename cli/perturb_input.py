@@ -101,6 +101,7 @@ def perturb_input_cmd(
     greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
     threads: o.Threads = None,
+    log: o.Log = None,
 ) -> None:
     """Do the latents change when the input changes? Controlled input treatments vs reference states (X -> Z)."""
     from latentcheck.perturb.inputs import run_perturb_input
@@ -112,7 +113,7 @@ def perturb_input_cmd(
     parsed = parse_treatments(treatment) if treatment else None
     opts = common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
                   max_pixels, trust_remote_code, max_prompt_tokens=max_prompt_tokens,
-                    retry_errors=retry_errors, overwrite=overwrite,
+                    retry_errors=retry_errors, overwrite=overwrite, log=log,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system, threads=threads)
     res = run_perturb_input(opts, parsed, max_matrix=max_matrix, save_tensors=save_tensors, force_start=force_start,

@@ -151,6 +151,7 @@ def perturb_latent_cmd(
     greedy: o.Greedy = False, temperature: o.Temperature = None, top_p: o.TopP = None, top_k: o.TopK = None,
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
     threads: o.Threads = None,
+    log: o.Log = None,
 ) -> None:
     """Intervene on the fed-back latent vectors (Z -> Y) and decompose the input's effect on the answer into
     direct and latent-mediated parts (TE / NIE / NDE). Writes samples.jsonl, summary.json and plots/ to --out."""
@@ -167,7 +168,7 @@ def perturb_latent_cmd(
         return
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
                     max_pixels, trust_remote_code, max_prompt_tokens=max_prompt_tokens,
-                    retry_errors=retry_errors, overwrite=overwrite,
+                    retry_errors=retry_errors, overwrite=overwrite, log=log,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system, threads=threads)
     result = run_perturb_latent(opts, intervention, sigma_sweep=sigma_sweep, per_index=per_index or [],

@@ -79,6 +79,7 @@ def probe_cmd(
     repetition_penalty: o.RepetitionPenalty = None, system: o.System = None,
     max_new_tokens: o.MaxNewTokens = None,
     threads: o.Threads = None,
+    log: o.Log = None,
     derived: Annotated[Optional[str], typer.Option("--derived", help="Derived questions (task JSONL, each with "
                                                    "meta.source_id); 'same' asks each source's own question "
                                                    "again (the positive-control setting). Default: "
@@ -121,7 +122,7 @@ def probe_cmd(
 
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
                     max_pixels, trust_remote_code, max_prompt_tokens=max_prompt_tokens,
-                    retry_errors=retry_errors, overwrite=overwrite,
+                    retry_errors=retry_errors, overwrite=overwrite, log=log,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system, threads=threads)
     popts = ProbeOptions(derived=derived, labels=label or None, from_cache=from_cache, scoring=scoring,

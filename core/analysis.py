@@ -51,6 +51,7 @@ class AnalysisResult:
     results_path: str | None = None
     summary_path: str | None = None
     figures: dict[str, str] = field(default_factory=dict)
+    lmms_path: str | None = None  # results.json: the same numbers in lmms-eval's shape (core/lmms.py)
     is_main: bool = True
     seconds: float = 0.0
 
@@ -73,7 +74,8 @@ class AnalysisResult:
 
     def paths(self) -> dict[str, str]:
         """Every file the run wrote that a reader looks for: samples, summary and figures."""
-        out = {k: v for k, v in (("samples", self.results_path), ("summary", self.summary_path)) if v}
+        out = {k: v for k, v in (("samples", self.results_path), ("summary", self.summary_path),
+                                 ("results", self.lmms_path)) if v}
         return {**out, **{f"figure:{k}": v for k, v in self.figures.items()}}
 
     def records(self) -> list[dict[str, Any]]:
@@ -129,17 +131,27 @@ def finish(command: str, out_dir: str | Path, summary: dict[str, Any], counts: M
            results_path: str | None = None, figures: Mapping[str, str] | list[str] | None = None,
            name: str | None = "summary.json", started: float | None = None) -> AnalysisResult:
     """The common tail of every analysis: stamp ``summary`` with the summary schema (``"schema"``, added last when
-    missing), write it to ``out_dir/name`` (atomically, through the one JSON serialisation; ``name=None`` writes
-    nothing) and return the :class:`AnalysisResult`."""
+    missing), write it to ``out_dir/name`` (atomically, through the one JSON serialisation) and the same numbers in
+    lmms-eval's shape to ``out_dir/results.json`` (core/lmms.py), hand the run's config and final metrics to the
+    active run logger (``--log``, core/tracking.py) and return the :class:`AnalysisResult`. ``name=None`` writes
+    nothing."""
+    from latentcheck.core import tracking
+    from latentcheck.core.lmms import RESULTS_NAME, lmms_results, read_provenance
     from latentcheck.core.records import write_json_atomic
 
+    if name == RESULTS_NAME:
+        raise ValueError(f"{RESULTS_NAME} is the lmms-eval-shaped file; a summary goes to summary.json")
     summary.setdefault("schema", SUMMARY_SCHEMA)
-    summary_path = None
+    summary_path = lmms_path = None
+    lmms = lmms_results(command, summary, counts, read_provenance(out_dir))
     if name is not None:
         summary_path = str(write_json_atomic(Path(out_dir) / name, summary))
+        lmms_path = str(write_json_atomic(Path(out_dir) / RESULTS_NAME, lmms))
+    tracking.log_results(lmms)
     return AnalysisResult(command=command, summary=summary, counts=dict(counts), out_dir=str(out_dir),
                           results_path=results_path, summary_path=summary_path, figures=figures_dict(figures),
-                          seconds=round(time.perf_counter() - started, 3) if started is not None else 0.0)
+                          seconds=round(time.perf_counter() - started, 3) if started is not None else 0.0,
+                          lmms_path=lmms_path)
 
 
 def not_main(command: str, out_dir: str | Path, results_path: str | None, counts: Mapping[str, Any]) -> AnalysisResult:

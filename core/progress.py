@@ -94,12 +94,14 @@ class _LogProgress:
 
 
 class ProgressHandle:
-    """What :func:`progress_bar` yields: call ``advance()`` once per finished item."""
+    """What :func:`progress_bar` yields: call ``advance()`` once per finished item. Every advance also goes to the
+    run logger of ``--log`` (core/tracking.py), whatever the console shows."""
 
-    def __init__(self, progress=None, task_id=None, completed: int = 0):
+    def __init__(self, progress=None, task_id=None, completed: int = 0, description: str = "", total: int | None = None):
         self._progress = progress
         self._task_id = task_id
         self.completed = completed
+        self.description, self.total = description, total
 
     @property
     def enabled(self) -> bool:
@@ -110,8 +112,12 @@ class ProgressHandle:
         self.completed += n
         if self._progress is not None:
             self._progress.advance(self._task_id, n)
+        from latentcheck.core import tracking
+
+        tracking.log_progress(self.description, self.completed, self.total)
 
     def set_description(self, description: str) -> None:
+        self.description = description
         if self._progress is not None:
             self._progress.update(self._task_id, description=description)
 
@@ -138,12 +144,12 @@ def progress_bar(total: int | None, description: str, quiet: bool = False,
     A bar opened while another is drawn shares its console, so Rich stacks them (a stage bar over an analysis's
     own bar) instead of two live displays overwriting one line."""
     if quiet:
-        yield ProgressHandle(completed=completed)
+        yield ProgressHandle(completed=completed, description=description, total=total)
         return
     if not progress_enabled(quiet):
         log = _LogProgress(description, total, completed, log_interval())
         try:
-            yield ProgressHandle(log, None, completed)
+            yield ProgressHandle(log, None, completed, description, total)
         finally:
             log.close()
         return
@@ -160,7 +166,7 @@ def progress_bar(total: int | None, description: str, quiet: bool = False,
     try:
         with Progress(*columns, console=_live_console, transient=False) as progress:
             task_id = progress.add_task(description, total=total, completed=completed)
-            yield ProgressHandle(progress, task_id, completed)
+            yield ProgressHandle(progress, task_id, completed, description, total)
     finally:
         if outermost:
             _live_console = None

@@ -215,9 +215,18 @@ RUNNERS: dict[str, Callable] = {"perturb-input": _perturb_input, "perturb-latent
 
 
 def _finished_summary(folder: Path) -> str | None:
-    for name in ("summary.json", "results.json"):
-        if (folder / name).is_file():
-            return str(folder / name)
+    """The step's summary: ``summary.json``; a bench folder from before the rename kept it in ``results.json``
+    (read only when that file is not the lmms-eval-shaped one, core/lmms.py)."""
+    if (folder / "summary.json").is_file():
+        return str(folder / "summary.json")
+    legacy = folder / "results.json"
+    if legacy.is_file():
+        try:
+            data = json.loads(legacy.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if isinstance(data, dict) and not {"results", "configs", "versions"} <= set(data):
+            return str(legacy)
     return None
 
 

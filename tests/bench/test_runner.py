@@ -163,11 +163,11 @@ def test_blink_sends_all_images(load_tiny, tmp_path, blink_file, spy_requests):
     assert set(res["scores"]["per_subtask"]) == {"Jigsaw"} and res["subtasks"] == ["Jigsaw"]
 
 
-# ---------------------------------------------------------------------------------------------- results.json
-def test_results_json_per_category_scores_latency_and_settings(load_tiny, tmp_path, toy_tasks):
+# ---------------------------------------------------------------------------------------------- summary.json
+def test_summary_json_per_category_scores_latency_and_settings(load_tiny, tmp_path, toy_tasks):
     lm = load_tiny("toy", "toy-direct")
     res = run_bench(_opts(tmp_path, toy_tasks, batch_size=4), lm=lm, decoding={"max_new_tokens": 3})
-    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     samples = _samples(res)
     assert len(samples) == 6 and on_disk["counts"]["ok"] == 6
     base = on_disk["conditions"]["baseline"]
@@ -193,6 +193,19 @@ def test_results_json_per_category_scores_latency_and_settings(load_tiny, tmp_pa
     lo, hi = base["accuracy"]["lo"], base["accuracy"]["hi"]  # a core.summaries.Proportion
     assert 0 <= lo <= base["accuracy"]["estimate"] + 1e-12 and base["accuracy"]["estimate"] <= hi <= 1
     assert base["accuracy"]["method"] == "wilson" and base["accuracy"]["n"] == 6
+    # results.json: the same numbers in lmms-eval's shape, task = the benchmark
+    lmms = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert {"results", "configs", "versions", "n-shot", "higher_is_better", "n-samples", "config"} <= set(lmms)
+    task = on_disk["benchmark"]
+    row = lmms["results"][task]
+    assert row["alias"] == task and lmms["versions"][task] == on_disk["schema"]
+    assert row["conditions/baseline/accuracy,none"] == base["accuracy"]["estimate"]
+    assert (row["conditions/baseline/accuracy_lo,none"], row["conditions/baseline/accuracy_hi,none"]) == (lo, hi)
+    assert row["conditions/baseline/accuracy_stderr,none"] == "N/A"
+    assert lmms["higher_is_better"][task]["conditions/baseline/accuracy"] is True
+    assert lmms["n-samples"][task] == {"original": 6, "effective": 6}
+    assert lmms["config"]["batch_size"] == 4 and lmms["configs"][task]["command"] == "bench"
+    assert res.lmms_path == str(tmp_path / "run" / "results.json")
 
 
 def test_hrbench_tsv_cycle_scores(load_tiny, tmp_path):

@@ -51,11 +51,11 @@ def test_default_invocation_uses_toy_split_and_default_model(tiny_checkpoint, ta
     out = tmp_path / "default"
     r = _bench("--limit", "3", "--max-new-tokens", "6", "--out", str(out))
     assert r.exit_code == 0, r.output + repr(r.exception)
-    res = json.loads((out / "results.json").read_text())
+    res = json.loads((out / "summary.json").read_text())
     assert res["benchmark"] == "generic" and res["variant"]["name"] == "profile"
     assert res["model"]["id"] == "toy-latent" and res["data"]["path"] == str(tasks)
     assert res["conditions"]["baseline"]["accuracy"]["n"] == 3
-    assert "official score (generic)" in r.output and "results.json" in r.output.replace("\n", "")
+    assert "official score (generic)" in r.output and "summary.json" in r.output.replace("\n", "")
 
 
 def test_interventions_and_resume(tiny_checkpoint, tasks, tmp_path):
@@ -65,7 +65,7 @@ def test_interventions_and_resume(tiny_checkpoint, tasks, tmp_path):
             "-q", "-b", "2"]
     r = _bench(*args)
     assert r.exit_code == 0, r.output + repr(r.exception)
-    res = json.loads((out / "results.json").read_text())
+    res = json.loads((out / "summary.json").read_text())
     assert list(res["conditions"]) == ["baseline", "identity", "scale:alpha=0.0"]
     base, ident = res["conditions"]["baseline"], res["conditions"]["identity"]
     assert ident["accuracy"] == base["accuracy"] and ident["effect"]["n01"] == ident["effect"]["n10"] == 0
@@ -136,7 +136,7 @@ def test_judge_model_option(tiny_checkpoint, tasks, tmp_path, monkeypatch):
                "3", "--judge-model", ck, "--judge-profile", "toy-direct", "--judge-protocol", "monet",
                "--out", str(out), "-q")
     assert r.exit_code == 0, r.output + repr(r.exception)
-    res = json.loads((out / "results.json").read_text())
+    res = json.loads((out / "summary.json").read_text())
     assert res["judge"]["backend"]["backend"] == "local" and res["judge"]["protocol"] == "monet"
     assert (tmp_path / "cache" / "responses.sqlite").is_file()
     samples = [x for x in _lines(out) if x["type"] == "sample"]
@@ -170,7 +170,7 @@ def test_judge_url_option_reaches_a_real_server(transformers_server, tiny_checkp
                "--no-verify", "--max-new-tokens", "3", "--judge-model", transformers_server.model, "--judge-url",
                transformers_server.base_url, "--judge-cache", str(tmp_path / "c.sqlite"), "--out", str(out))
     assert r.exit_code == 0, r.output + repr(r.exception)
-    res = json.loads((out / "results.json").read_text())
+    res = json.loads((out / "summary.json").read_text())
     assert res["judge"]["backend"] == {"backend": "openai", "model": transformers_server.model,
                                        "base_url": transformers_server.base_url}
     assert res["conditions"]["baseline"]["judge"]["asked"] == 2 and (tmp_path / "c.sqlite").is_file()

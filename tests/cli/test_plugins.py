@@ -94,7 +94,7 @@ def test_plugin_benchmark_runs_through_bench(plugins, tmp_path):
     assert len(a) == len(b) == 6
     assert [(r["key"], r["prompt"], r["pred"], r["correct"]) for r in a] == \
            [(r["key"], r["prompt"], r["pred"], r["correct"]) for r in b]
-    res = json.loads((mine / "results.json").read_text())
+    res = json.loads((mine / "summary.json").read_text())
     assert res["benchmark"] == "plugin_mcq" and res["conditions"]["baseline"]["accuracy"]["n"] == 6
 
 

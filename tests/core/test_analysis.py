@@ -22,13 +22,14 @@ def test_result_counts_errors_flat_and_nested():
 def test_finish_writes_the_summary_and_reads_like_it(tmp_path):
     summary = {"command": "demo", "accuracy": {"estimate": 0.5, "lo": 0.1, "hi": 0.9, "n": 4}, "nan": float("nan")}
     res = finish("demo", tmp_path, summary, {"total": 4, "ok": 4, "errors": 0}, str(tmp_path / "samples.jsonl"),
-                 [str(tmp_path / "plots" / "a.png")], name="results.json")
-    assert json.loads((tmp_path / "results.json").read_text()) == {**summary, "nan": None,
+                 [str(tmp_path / "plots" / "a.png")])
+    assert json.loads((tmp_path / "summary.json").read_text()) == {**summary, "nan": None,
                                                                    "schema": "latentcheck.summary/3"}
-    assert res.summary_path == str(tmp_path / "results.json") and res.figures == {"a": str(tmp_path / "plots/a.png")}
+    assert res.summary_path == str(tmp_path / "summary.json") and res.figures == {"a": str(tmp_path / "plots/a.png")}
     assert res["accuracy"]["n"] == 4 and res["summary_path"] == res.summary_path and res["exit_code"] == 0
     assert "accuracy" in res and res.get("missing", 7) == 7 and list(res) == ["command", "accuracy", "nan", "schema"]
-    assert res.paths() == {"samples": str(tmp_path / "samples.jsonl"), "summary": str(tmp_path / "results.json"),
+    assert res.paths() == {"samples": str(tmp_path / "samples.jsonl"), "summary": str(tmp_path / "summary.json"),
+                           "results": str(tmp_path / "results.json"),
                            "figure:a": str(tmp_path / "plots/a.png")}
     with pytest.raises(KeyError):
         res["nothing"]

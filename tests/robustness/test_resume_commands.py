@@ -58,7 +58,7 @@ CASES = {
     "probe": (["probe", "--splits", "2", "--label", "category"],
               [("capture/samples.jsonl", 5), ("samples.jsonl", 2)], "summary.json", ()),
     "bench": (["bench", "--max-new-tokens", "6", "--n-boot", "100", "-i", "zero"],
-              [("samples.jsonl", 5)], "results.json", ()),  # wall-time latency lives under "timing"
+              [("samples.jsonl", 5)], "summary.json", ()),  # wall-time latency lives under "timing"
 }
 
 
