@@ -5,8 +5,9 @@ __version__ = "0.1.0"
 from latentcheck import toy as _toy  # noqa: E402,F401  registers the toy zoo's names and the toy world as default data
 
 
-_API = ("load", "wrap_model", "perturb_latent", "perturb_input", "probe", "register_intervention",
-        "register_treatment", "register_task_source", "AnalysisResult", "LoadedModel", "Task")
+_API = ("load", "wrap_model", "perturb_latent", "perturb_input", "probe_latents", "benchmark", "caption_imagine",
+        "caption_imagine_intervene", "audit_model", "register_intervention", "register_treatment",
+        "register_task_source", "AnalysisResult", "LoadedModel", "Task")
 
 
 def __getattr__(name: str):

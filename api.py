@@ -48,8 +48,11 @@ from latentcheck.core.loader import LoadedModel, load_model, wrap_model
 from latentcheck.core.runner import CommonOptions
 from latentcheck.core.tasks import Task, register_task_source
 
-__all__ = ["load", "wrap_model", "perturb_latent", "perturb_input", "probe", "register_intervention",
-           "register_treatment", "register_task_source", "AnalysisResult", "LoadedModel", "Task"]
+# names that are not also subpackages (latentcheck.probe / .bench / .audit are packages: once imported, the package
+# attribute would shadow a function of the same name)
+__all__ = ["load", "wrap_model", "perturb_latent", "perturb_input", "probe_latents", "benchmark", "caption_imagine",
+           "caption_imagine_intervene", "audit_model", "register_intervention", "register_treatment",
+           "register_task_source", "AnalysisResult", "LoadedModel", "Task"]
 
 
 def register_treatment(*args: Any, **kwargs: Any):
@@ -143,8 +146,10 @@ def _row_json(raw: Any) -> str:
 
 def _run(command: str, fn, model: Any, tasks: Any, out: str | os.PathLike | None, *, profile: str | None = None,
          limit: int | None = None, batch_size: int = 8, seed: int = 0, quant: str = "auto", device: str = "auto",
-         resume: bool = False, strict: bool = False, max_pixels: int | None = None, **kwargs: Any) -> AnalysisResult:
+         resume: bool = False, strict: bool = False, max_pixels: int | None = None, log: str | None = None,
+         decoding: dict | None = None, system: str | None = None, **kwargs: Any) -> Any:
     import latentcheck.bench  # noqa: F401  benchmark files become task sources
+    from latentcheck.core import tracking
 
     tmp = None
     if out is None:
@@ -158,12 +163,16 @@ def _run(command: str, fn, model: Any, tasks: Any, out: str | os.PathLike | None
         data = _tasks_file(tasks, folder)
         opts = CommonOptions(model=None if lm is not None else (str(model) if model else None), profile=profile,
                              data=data, out=str(folder), limit=limit, batch_size=batch_size, seed=seed, quant=quant,
-                             device=device, quiet=True, resume=resume, strict=strict, max_pixels=max_pixels)
+                             device=device, quiet=True, resume=resume, strict=strict, max_pixels=max_pixels,
+                             decoding=dict(decoding or {}), system=system)
+        tracking.configure(log, folder)
         result = fn(opts, lm=lm, **kwargs)
     except BaseException:
+        tracking.close()
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
+    tracking.close()
     if tmp:
         weakref.finalize(result, shutil.rmtree, tmp, True)
     return result
@@ -200,8 +209,8 @@ def perturb_input(model: Any = None, tasks: Any = None, treatments: Iterable[str
     return _run("perturb-input", fn, model, tasks, out, n_boot=n_boot, plots=plots, **common, **kwargs)
 
 
-def probe(model: Any = None, tasks: Any = None, *, out: str | os.PathLike | None = None,
-          **kwargs: Any) -> AnalysisResult:
+def probe_latents(model: Any = None, tasks: Any = None, *, out: str | os.PathLike | None = None,
+                  **kwargs: Any) -> AnalysisResult:
     """What the latents encode: the behavioural probe and trained probes (``kwargs`` = ProbeOptions fields)."""
     from latentcheck.probe.behavioural import ProbeOptions, run_probe
 
@@ -213,4 +222,75 @@ def probe(model: Any = None, tasks: Any = None, *, out: str | os.PathLike | None
     return _run("probe", fn, model, tasks, out, **common)
 
 
-_COMMON = {"profile", "limit", "batch_size", "seed", "quant", "device", "resume", "strict", "max_pixels"}
+def benchmark(model: Any = None, tasks: Any = None, benchmark: str | None = None, *,
+              interventions: Iterable[str] | None = None, out: str | os.PathLike | None = None, n_boot: int = 2000,
+              **kwargs: Any) -> AnalysisResult:
+    """Score a benchmark (``benchmark`` = a registry name such as ``"vstar"`` or ``"blink:Counting"``, read from
+    ``tasks`` = its file/folder; or ``None`` = generic tasks: a list / iterable / ``datasets.Dataset`` / JSONL), with
+    optional latent ``interventions``. ``kwargs``: the common options and run_bench's own (``variant``,
+    ``scoring``, ``judge``, ``decoding``, ``force_latent`` ...). ``result.summary["scores"]``; ``to_pandas()``: one
+    row per sample and condition. The lmms-eval-shaped results are ``result.lmms_path`` (results.json)."""
+    from latentcheck.bench.runner import run_bench
+
+    def fn(opts, lm, **kw):
+        return run_bench(opts, benchmark, interventions=list(interventions) if interventions else None, lm=lm,
+                         **kw)
+
+    common = {k: kwargs.pop(k) for k in list(kwargs) if k in _COMMON - {"decoding"}}
+    return _run("bench", fn, model, tasks, out, n_boot=n_boot, **common, **kwargs)
+
+
+def caption_imagine(model: Any = None, tasks: Any = None, *, out: str | os.PathLike | None = None,
+                    **kwargs: Any) -> AnalysisResult:
+    """Run a text-imagination model (caption-imagine run): accuracy, imagination rate and span length."""
+    from latentcheck.imagine.run import run_caption_imagine
+
+    return _run("caption-imagine run", lambda opts, lm: run_caption_imagine(opts, lm=lm), model, tasks, out,
+                **kwargs)
+
+
+def caption_imagine_intervene(model: Any = None, tasks: Any = None, corrupter: str = "auto", *,
+                              out: str | os.PathLike | None = None, plots: bool = False,
+                              **kwargs: Any) -> AnalysisResult:
+    """Z -> Y for text imagination: rewrite each imagination (``corrupter``: ``auto`` / a rule / a model) and see
+    whether the answer follows. ``kwargs``: the common options and run_intervene's own (``span_tokens`` ...)."""
+    from latentcheck.imagine.intervene import run_intervene
+
+    common = {k: kwargs.pop(k) for k in list(kwargs) if k in _COMMON}
+    return _run("caption-imagine intervene",
+                lambda opts, lm: run_intervene(opts, corrupter=corrupter, plots=plots, lm=lm, **kwargs),
+                model, tasks, out, **common)
+
+
+def audit_model(model: Any = None, tasks: Any = None, *, out: str | os.PathLike | None = None,
+                stages: Iterable[str] | None = None, limits: dict[str, int] | None = None, n_boot: int = 2000,
+                force_latent: bool = False, rules: str | dict | None = None, report: bool = False,
+                plots: bool = False, **kwargs: Any):
+    """The whole audit (X -> Z, Z -> Y, what the latents encode) of one model, or several side by side.
+
+    ``model``: one model (name / folder / LoadedModel / loaded HF model), or several as a list of names / folders or
+    a dict NAME -> folder (each loaded in turn). ``stages``: a subset of the registered analyses; ``limits``: samples
+    per stage (default: docs/audit.md). Returns :class:`~latentcheck.audit.audit.AuditResult` (one model) or
+    :class:`~latentcheck.audit.audit.ZooAuditResult` (several); both have ``to_pandas()`` (one row per model and
+    link: verdict, status, the numbers line) and the stage results' folders under ``result.out``."""
+    from latentcheck.audit.audit import AuditSettings, run_audit, run_zoo_audit
+    from latentcheck.audit.verdicts import load_rules, merge_rules
+
+    settings = AuditSettings(n_boot=n_boot, force_latent=force_latent, report=report, plots=plots,
+                             **({"stages": list(stages)} if stages is not None else {}),
+                             **({"limits": {**AuditSettings().limits, **limits}} if limits else {}))
+    verdict_rules = merge_rules(rules) if isinstance(rules, dict) else load_rules(rules)
+    several = isinstance(model, dict) or (isinstance(model, (list, tuple)) and len(model) != 1)
+    if isinstance(model, (list, tuple)) and len(model) == 1:
+        model = model[0]
+
+    def fn(opts, lm):
+        if several:
+            return run_zoo_audit(opts, settings, verdict_rules, models=model)
+        return run_audit(opts, settings, verdict_rules, lm=lm)
+
+    return _run("audit", fn, None if several else model, tasks, out, **kwargs)
+
+
+_COMMON = {"profile", "limit", "batch_size", "seed", "quant", "device", "resume", "strict", "max_pixels", "log",
+           "decoding", "system"}

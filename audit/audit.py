@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 from latentcheck.audit.verdicts import (SCHEMA, STAGES, ZOO_AUDIT_MODELS, Verdict,
                                        bench_headline, comparison_row, judge, merge_rules,
@@ -159,6 +159,16 @@ class AuditResult:
 
         return outcome_exit_code(self.errors)
 
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per judged link (``xz``, ``zy``, ``encodes``, ``overall``): model, kind, link, verdict, status and
+        the one-line numbers (plain columns for a DataFrame)."""
+        return [{"model": self.model, "kind": self.kind, "link": link, "verdict": v.verdict, "status": v.status,
+                 "summary": v.summary} for link, v in self.verdicts.items()]
+
+    def to_pandas(self):
+        """:meth:`rows` as a DataFrame (needs pandas)."""
+        return _frame(self.rows())
+
 
 @dataclass
 class ZooAuditResult:
@@ -174,6 +184,22 @@ class ZooAuditResult:
     @property
     def exit_code(self) -> int:
         return max((r.exit_code for r in self.results), default=0)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every model's :meth:`AuditResult.rows`, in audit order."""
+        return [row for r in self.results for row in r.rows()]
+
+    def to_pandas(self):
+        """:meth:`rows` as a DataFrame (one row per model and link; needs pandas)."""
+        return _frame(self.rows())
+
+
+def _frame(rows: list[dict[str, Any]]):
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError("to_pandas() needs pandas (pip install 'latentcheck[api]')") from None
+    return pd.DataFrame(rows)
 
 
 def data_chance(tasks) -> float | None:
@@ -212,10 +238,12 @@ def _kind(lm) -> str:
 
 
 def run_audit(opts: CommonOptions, settings: AuditSettings | None = None, rules: dict | None = None, lm=None,
-              progress: Callable[[str], None] | None = None, render: bool | None = None) -> AuditResult:
+              progress: Callable[[str], None] | None = None, render: bool | None = None,
+              name: str | None = None) -> AuditResult:
     """Audit one model (module docstring): every applicable stage into ``opts.out/<stage folder>``, verdicts,
     ``audit.json`` and (``settings.report``) ``report.html``. ``progress(stage)`` is called before each stage and
-    once at the end (``"done"``); without it a stage bar is drawn (quiet-aware)."""
+    once at the end (``"done"``); without it a stage bar is drawn (quiet-aware). ``name``: the model's name in
+    audit.json and the report (default: ``opts.model``); with it the checkpoint is ``model_path``."""
     from latentcheck.core.progress import progress_bar
     from latentcheck.core.runner import data_path, load_for, read_all_tasks
     from latentcheck.core.tasks import Task
@@ -234,7 +262,7 @@ def run_audit(opts: CommonOptions, settings: AuditSettings | None = None, rules:
     lm = lm or load_for(opts)
     kind = _kind(lm)
     plan = stage_order([s for s in ANALYSES if s in settings.stages])
-    short = Path(str(opts.model or lm.model_id)).name
+    short = name or Path(str(opts.model or lm.model_id)).name
     outcomes: dict[str, StageOutcome] = {}
     summaries: dict[str, dict | None] = {}
     with contextlib.ExitStack() as stack:
@@ -252,7 +280,8 @@ def run_audit(opts: CommonOptions, settings: AuditSettings | None = None, rules:
     items = read_all_tasks(path, opts.limit or max(v for v in settings.limits.values() if v), False)
     chance = data_chance([t for t in items if isinstance(t, Task)])
     verdicts = judge(summaries, kind, rules, chance)
-    entry = {"model": opts.model or lm.model_id, "model_info": lm.describe(), "profile": lm.profile.name,
+    entry = {"model": name or opts.model or lm.model_id,
+             **({"model_path": opts.model or lm.model_id} if name else {}), "model_info": lm.describe(), "profile": lm.profile.name,
              "kind": kind, "data": str(path), "data_chance": chance, "folder": ".",
              "stages": {k: v.to_dict() for k, v in outcomes.items()},
              "verdicts": {k: v.to_dict() for k, v in verdicts.items()},
@@ -309,10 +338,29 @@ def _audit_doc(kind: str, models: list[dict], rules: dict, settings: AuditSettin
                                         2)}}
 
 
+def model_folders(models: Sequence[str] | Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """``(name, model, folder)`` per model to audit side by side: a list names each model by itself (zoo names), a
+    mapping is NAME -> checkpoint (``audit --model NAME=PATH``). Folder names are unique."""
+    pairs = list(models.items()) if isinstance(models, Mapping) else [(str(m), str(m)) for m in models]
+    names = [n for n, _ in pairs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise LatentcheckError(f"two models named {', '.join(dup)}: give each a name (--model NAME=PATH)")
+    out, taken = [], set()
+    for name, model in pairs:
+        folder, n = _safe(name), 2
+        while folder in taken:
+            folder, n = f"{_safe(name)}-{n}", n + 1
+        taken.add(folder)
+        out.append((name, model, folder))
+    return out
+
+
 def run_zoo_audit(opts: CommonOptions, settings: AuditSettings | None = None, rules: dict | None = None,
-                  models: list[str] | tuple[str, ...] = ZOO_AUDIT_MODELS) -> ZooAuditResult:
-    """Audit several models side by side: each into ``opts.out/<model>/`` (a complete single audit with its own
-    audit.json and report.html), then ``opts.out/audit.json`` with the comparison and one report."""
+                  models: Sequence[str] | Mapping[str, str] = ZOO_AUDIT_MODELS) -> ZooAuditResult:
+    """Audit several models side by side: each into ``opts.out/<name>/`` (a complete single audit with its own
+    audit.json and report.html), then ``opts.out/audit.json`` with the comparison and one report. ``models``: zoo
+    names / checkpoint paths, or NAME -> checkpoint (any real models, :func:`model_folders`)."""
     from latentcheck.core.progress import progress_bar
     from latentcheck.core.runner import load_for
 
@@ -324,11 +372,11 @@ def run_zoo_audit(opts: CommonOptions, settings: AuditSettings | None = None, ru
     results: list[AuditResult] = []
     plan = stage_order([s for s in ANALYSES if s in settings.stages])
     _single_process()
-    _check_models(models)
-    with progress_bar(len(models) * len(plan), "audit: toy zoo", quiet=opts.quiet) as bar:
-        for name in models:
-            sub = root / _safe(name)
-            o = dataclasses.replace(opts, model=name, out=str(sub))
+    chosen = model_folders(models)
+    _check_models([m for _, m, _ in chosen])
+    with progress_bar(len(chosen) * len(plan), f"audit: {len(chosen)} models", quiet=opts.quiet) as bar:
+        for name, model, folder in chosen:
+            o = dataclasses.replace(opts, model=model, out=str(root / folder))
             bar.set_description(f"audit {name}: loading")
             lm = load_for(o)
 
@@ -338,7 +386,8 @@ def run_zoo_audit(opts: CommonOptions, settings: AuditSettings | None = None, ru
                 if stage != "done":
                     bar.set_description(f"audit {_name}: {stage}")
 
-            results.append(run_audit(o, settings, rules, lm=lm, progress=step))
+            results.append(run_audit(o, settings, rules, lm=lm, progress=step,
+                                     name=name if name != model else None))
             del lm
     entries = []
     for r in results:
@@ -348,7 +397,8 @@ def run_zoo_audit(opts: CommonOptions, settings: AuditSettings | None = None, ru
         entries.append(e)
     comparison = [comparison_row(e) for e in entries]
     seconds = time.perf_counter() - t0
-    audit = _audit_doc("zoo", entries, rules, settings, dataclasses.replace(opts, model=None), comparison, seconds)
+    kind = "zoo" if not isinstance(models, Mapping) and list(models) == list(ZOO_AUDIT_MODELS) else "side_by_side"
+    audit = _audit_doc(kind, entries, rules, settings, dataclasses.replace(opts, model=None), comparison, seconds)
     path = write_audit(root, audit)
     res = ZooAuditResult(results, comparison, str(root), str(path), seconds=round(seconds, 2))
     if settings.report:

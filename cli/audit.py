@@ -10,6 +10,7 @@ from rich.table import Table
 
 from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
+from latentcheck.core.errors import LatentcheckError
 
 A = "Audit options"
 STYLE = {"positive": "bold green", "negative": "bold red", "inconclusive": "bold yellow", "untestable": "dim"}
@@ -76,9 +77,36 @@ def render_audit(audit: dict[str, Any]) -> None:
         out_console.print(verdict_table(entry))
 
 
+def parse_models(specs: list[str]) -> dict[str, str]:
+    """``--model`` values -> NAME -> model: ``NAME=MODEL`` names it; a bare MODEL (or an existing path containing
+    ``=``) is named by itself. A name given twice is an error."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, model = spec.partition("=")
+        if not sep or Path(spec).exists():
+            name, model = spec, spec
+        if not name or not model:
+            raise LatentcheckError(f"--model {spec!r}: expected NAME=MODEL or MODEL")
+        if name in out:
+            raise LatentcheckError(f"--model: the name {name!r} is given twice")
+        out[name] = model
+    return out
+
+
+def final_line(res: Any) -> str:
+    """``audit: MODEL: overall verdict; ... -> audit.json; report: report.html; N s`` (one model or several)."""
+    results = getattr(res, "results", None) or [res]
+    verdicts = "; ".join(f"{r.model}: {r.verdicts['overall'].verdict}" for r in results)
+    return (f"audit: {verdicts} -> {res.audit_path}" + (f"; report: {res.report_path}" if res.report_path else "")
+            + f"; {res.seconds:.0f} s")
+
+
 @app.command("audit")
 def audit_cmd(
-    model: o.Model = None, profile: o.Profile = None, data: o.Data = None, out: o.Out = "latentcheck-runs/audit",
+    model: Annotated[Optional[list[str]], typer.Option(
+        "--model", "-m", metavar="[NAME=]MODEL", help="Checkpoint folder, HF id in the local cache, or a toy zoo "
+        "name. Repeat for several models side by side (one comparison table and report), each optionally named "
+        "NAME=MODEL. Default: the toy zoo side by side.", rich_help_panel=o.P)] = None, profile: o.Profile = None, data: o.Data = None, out: o.Out = "latentcheck-runs/audit",
     limit: Annotated[Optional[int], typer.Option("--limit", help="Samples per stage (default: the first 100 "
                                                  "records in every stage).", rich_help_panel=o.P)] = None,
     batch_size: o.BatchSize = 8, seed: o.Seed = 0, quant: o.Quant = "auto",
@@ -113,12 +141,15 @@ def audit_cmd(
 ) -> None:
     """Is this model's latent imagination causally real? Runs perturb-input, perturb-latent (+ mediation), probe,
     text do(Z) (text-imagination models) and a short bench; judges X -> Z, Z -> Y and what the latents encode;
-    writes a report folder (report.html, audit.json, one subfolder per analysis). Without --model: the toy zoo
-    (toy-latent, toy-capimagine, toy-mediated, toy-vector, toy-bypass) side by side."""
+    writes a report folder (report.html, audit.json, one subfolder per analysis). Several --model: side by side,
+    one subfolder per model. Without --model: the toy zoo (toy-latent, toy-capimagine, toy-mediated, toy-vector,
+    toy-bypass) side by side."""
     from latentcheck.audit.audit import ZOO_THREADS, AuditSettings, run_audit, run_zoo_audit
     from latentcheck.audit.verdicts import load_audit, load_rules
 
-    opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
+    models = parse_models(model or [])
+    single = next(iter(models.items())) if len(models) == 1 else None
+    opts = o.common(single[1] if single else None, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
                     max_pixels, trust_remote_code, max_prompt_tokens=max_prompt_tokens,
                     retry_errors=retry_errors, overwrite=overwrite, log=log,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
@@ -130,11 +161,13 @@ def audit_cmd(
     if chosen:
         settings.stages = chosen
     verdict_rules = load_rules(rules)
-    res = run_audit(opts, settings, verdict_rules) if model else run_zoo_audit(opts, settings, verdict_rules)
+    if single:
+        res = run_audit(opts, settings, verdict_rules, name=single[0] if single[0] != single[1] else None)
+    else:
+        res = run_zoo_audit(opts, settings, verdict_rules, **({"models": models} if models else {}))
     if not quiet:
         render_audit(load_audit(res.out))
-        console.print(f"audit: {res.audit_path}" + (f"\nreport: {res.report_path}" if res.report_path else "")
-                      + f"\ntime: {res.seconds:.0f} s", highlight=False)
+    console.print(final_line(res), highlight=False, soft_wrap=True, markup=False)  # also under --quiet
     if res.exit_code:
         raise typer.Exit(res.exit_code)
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
+from latentcheck.cli.tables import result_line
 from latentcheck.core.summaries import fmt_ci, fmt_p, fmt_pct
 from latentcheck.core.errors import EXIT_ERROR_RECORDS, LatentcheckError
 
@@ -119,9 +120,10 @@ def build_data_cmd(
         for role, st in counts["calls"].items():
             console.print(f"  {role}: {st.get('calls', 0)} requests, {st.get('cache_hits', 0)} from the cache, "
                           f"{st.get('errors', 0)} failed", highlight=False)
-        console.print(f"kept -> {counts['out']}; dropped/errors -> {counts['dropped_out']}"
-                      + (f"; chat JSON -> {counts['chat_json']}" if counts.get("chat_json") else ""),
-                      highlight=False)
+    console.print(f"build-data: {counts['read']} read, {counts['kept']} kept, {counts['dropped']} dropped, "
+                  f"{counts['errors']} errors -> {counts['out']}; dropped/errors -> {counts['dropped_out']}"
+                  + (f"; chat JSON -> {counts['chat_json']}" if counts.get("chat_json") else ""),
+                  highlight=False, soft_wrap=True, markup=False)  # also under --quiet
     if counts["errors"]:
         raise typer.Exit(EXIT_ERROR_RECORDS)
 
@@ -240,6 +242,10 @@ def train_cmd(
             console.print(f"skipped: record {e['record']}: field '{e['field']}': {e['message']}", highlight=False)
         for k, v in (log.get("exported") or {}).items():
             console.print(f"{k}: {v}", highlight=False)
+    losses = log["losses"]
+    console.print(f"train: {log['steps_done']} steps, loss {f'{losses[-1]:.3f}' if losses else '-'}, "
+                  f"{len(log['errors'])} skipped records -> {out}", highlight=False, soft_wrap=True,
+                  markup=False)  # also under --quiet
     if log["errors"]:
         raise typer.Exit(EXIT_ERROR_RECORDS)
 
@@ -292,8 +298,8 @@ def run_cmd(
             t.add_row(cat, fmt_ci(a, digits=1, pct=True, n=True), "")
         out_console.print(t)
         console.print(f"imagination rate {fmt_pct(s['imagination_rate'])}%, mean span "
-                      f"{s['mean_imagination_tokens'] or 0:.1f} tokens; {s['n_samples']} samples, {s['n_errors']} "
-                      f"errors -> {s['results']}", highlight=False)
+                      f"{s['mean_imagination_tokens'] or 0:.1f} tokens", highlight=False)
+    console.print(result_line(s), highlight=False, soft_wrap=True, markup=False)  # also under --quiet
     if s["n_errors"]:
         raise typer.Exit(EXIT_ERROR_RECORDS)
 
@@ -393,6 +399,7 @@ def intervene_cmd(
         if s["skip_reasons"]:
             console.print("not intervened: " + "; ".join(f"{n} x {r}" for r, n in s["skip_reasons"].items()),
                           highlight=False)
-        console.print(f"-> {s['results']}; summary {s['summary_path']}", highlight=False)
+    console.print(result_line(s, plots=", ".join(s.plots) or None), highlight=False, soft_wrap=True,
+                  markup=False)  # also under --quiet
     if s["n_errors"]:
         raise typer.Exit(EXIT_ERROR_RECORDS)

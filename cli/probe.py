@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from latentcheck.cli import options as o
-from latentcheck.cli.app import app, out_console
+from latentcheck.cli.app import app, console, out_console
+from latentcheck.cli.tables import result_line
 from latentcheck.core.errors import EXIT_ERROR_RECORDS
 from latentcheck.core.summaries import fmt_ci, fmt_num, fmt_p, fmt_pct
 
@@ -142,6 +143,6 @@ def probe_cmd(
             out_console.print(_trained_table(s["trained"]))
         if "K" in (s.get("similarity") or {}):
             out_console.print(_similarity_table(s["similarity"]))
-        out_console.print(f"summary: {res.summary_path}" + (f"  ({res.errors} error records)" if res.errors else ""))
+    console.print(result_line(res), highlight=False, soft_wrap=True, markup=False)  # also under --quiet
     if res.errors:
         raise typer.Exit(EXIT_ERROR_RECORDS)

@@ -154,3 +154,10 @@ def run_line(counts: dict, results_path: str | None, **where: str | None) -> str
             line += (f"\nfirst error: {err.get('record')}, field '{err.get('field')}': {err.get('message')}"
                      + (f" (and {more} more: the error records in {results_path})" if more > 0 else ""))
     return line
+
+
+def result_line(result: Any, **where: str | None) -> str:
+    """The final line of any analysis's :class:`~latentcheck.core.analysis.AnalysisResult` (printed also under
+    ``--quiet``): :func:`run_line` over its counts (nested counts summed) with its summary and results.json."""
+    return run_line({"ok": result.ok, "errors": result.errors}, result.results_path, summary=result.summary_path,
+                    results=result.lmms_path, **where)

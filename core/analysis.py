@@ -32,12 +32,12 @@ from latentcheck.core.registry import Registry
 from latentcheck.core.summaries import SUMMARY_SCHEMA
 
 
-def _count_errors(counts: Mapping[str, Any]) -> int:
-    """``counts["errors"]``, or the sum over nested counts (an analysis with several sample files)."""
-    value = counts.get("errors")
+def _count_errors(counts: Mapping[str, Any], key: str = "errors") -> int:
+    """``counts[key]``, or the sum over nested counts (an analysis with several sample files)."""
+    value = counts.get(key)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return int(value)
-    return sum(_count_errors(v) for v in counts.values() if isinstance(v, Mapping))
+    return sum(_count_errors(v, key) for v in counts.values() if isinstance(v, Mapping))
 
 
 @dataclass
@@ -59,6 +59,11 @@ class AnalysisResult:
     def errors(self) -> int:
         """Error records written by this run (over every samples file of the analysis)."""
         return _count_errors(self.counts)
+
+    @property
+    def ok(self) -> int:
+        """Records that completed (over every samples file of the analysis)."""
+        return _count_errors(self.counts, "ok")
 
     @property
     def exit_code(self) -> int:

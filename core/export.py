@@ -9,7 +9,9 @@ outcomes sit under keys such as ``noise:sigma=0.5`` that make poor column names,
 ``section``    where the outcome sits: ``sample`` (a record without nested outcomes), ``baseline``,
                ``interventions``, ``mediation``, ``conditions`` ... (the record's own top-level key), or ``error``
 ``condition``  the condition inside the section, its path joined with ``/`` (``zero``, ``noise:sigma=0.5``,
-               ``image/y11``); empty for a section that is itself the outcome (``baseline``)
+               ``image/y11``); empty for a section that is itself the outcome (``baseline``). A record that is
+               itself scored (bench: ``correct`` at top level) is the ``baseline`` row; an outcome's plain
+               sub-dicts (``timing``, ``judge``) become ``timing_row_s``-style columns of its row
 ...            the record's top-level scalar fields (``gold``, ``category``, ...), then the outcome's own fields
                (``answer``, ``correct``, ``logp_gold`` ...); lists are kept as lists in parquet and JSON text in CSV
 =============  ==========================================================================================
@@ -39,7 +41,28 @@ def _is_outcome(d: dict) -> bool:
     return not any(isinstance(v, dict) for v in d.values())
 
 
+def _is_scored(d: dict) -> bool:
+    """An outcome that carries its own details in plain sub-dicts (bench: ``correct`` with ``timing`` / ``judge``)."""
+    return "correct" in d and not isinstance(d["correct"], dict)
+
+
+def _scored_fields(d: dict) -> dict[str, Any]:
+    """A scored outcome as one row: its scalars, plain sub-dicts as ``NAME_field`` columns, anything deeper as a
+    cell."""
+    out = {k: v for k, v in d.items() if not isinstance(v, dict)}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            if _is_outcome(v):
+                out.update({f"{k}_{kk}": vv for kk, vv in v.items()})
+            else:
+                out[k] = v
+    return out
+
+
 def _walk(d: dict, path: list[str], inherited: dict[str, Any], out: list[tuple[list[str], dict]]) -> None:
+    if _is_scored(d):
+        out.append((path, {**inherited, **_scored_fields(d)}))
+        return
     scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
     nested = {k: v for k, v in d.items() if isinstance(v, dict) and v}
     if not nested:
@@ -76,6 +99,14 @@ def _rows(records: Iterable[dict]) -> list[dict[str, Any]]:
             continue
         top = {k: v for k, v in rec.items() if k not in ("type", "key") and not isinstance(v, dict)}
         nested = {k: v for k, v in rec.items() if isinstance(v, dict) and v}
+        if _is_scored(rec):  # the record is itself the baseline outcome (bench): one row, conditions below it
+            fields = _scored_fields({k: v for k, v in rec.items() if k not in ("type", "key")})
+            rows.append({"key": key, "section": "baseline", "condition": "",
+                         **{k: v for k, v in fields.items() if not isinstance(v, dict)}})
+            nested = {k: v for k, v in nested.items() if not _is_outcome(v)}
+            # the condition rows below keep the record's descriptors (id, gold, category), not its outcome fields
+            outcome_keys = {k for sec in nested.values() for o in sec.values() if isinstance(o, dict) for k in o}
+            top = {k: v for k, v in top.items() if k not in outcome_keys}
         if not nested:
             rows.append({"key": key, "section": "sample", "condition": "", **top})
             continue

@@ -9,7 +9,7 @@ effect is visible, not an invisible bar; heat maps are scaled to their data and 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -158,13 +158,26 @@ def data_range(mats: Sequence[np.ndarray], symmetric: bool | None = None) -> tup
     return lo, hi
 
 
+def _runs(ticks: Sequence[Any] | None) -> list[tuple[int, int, str]]:
+    """Consecutive equal categories as ``(start, stop, name)`` runs."""
+    runs: list[tuple[int, int, str]] = []
+    if ticks:
+        start = 0
+        for i in range(1, len(ticks) + 1):
+            if i == len(ticks) or ticks[i] != ticks[start]:
+                runs.append((start, i, str(ticks[start])))
+                start = i
+    return runs
+
+
 def heatmap_grid(mats: Sequence[np.ndarray], titles: Sequence[str], path, suptitle: str = "",
                  vmin: float | None = None, vmax: float | None = None,
-                 ticks: Sequence[str] | None = None) -> str:
+                 ticks: Sequence[Any] | None = None) -> str:
     """A grid of square heatmaps (e.g. one inter-instance cosine matrix per latent index) on ONE colour scale fitted
     to the data (:func:`data_range`, unless ``vmin`` / ``vmax`` are given). ``ticks``: one category per row/column
-    (e.g. the sample's category); consecutive equal categories are labelled once, at the middle of their run, with
-    separator lines between runs."""
+    (e.g. the sample's category), the same for every panel, or one such list per panel (``None`` for a panel
+    without); consecutive equal categories are labelled once, at the middle of their run, with separator lines
+    between runs."""
     plt = _plt()
     n = max(1, len(mats))
     cols = min(n, 5)
@@ -174,17 +187,15 @@ def heatmap_grid(mats: Sequence[np.ndarray], titles: Sequence[str], path, suptit
     vmax = hi if vmax is None else vmax
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.9, 2.6 * rows + 0.7), squeeze=False)
     im = None
-    runs: list[tuple[int, int, str]] = []
-    if ticks is not None:
-        start = 0
-        for i in range(1, len(ticks) + 1):
-            if i == len(ticks) or ticks[i] != ticks[start]:
-                runs.append((start, i, str(ticks[start])))
-                start = i
+    per_panel = ticks is not None and len(ticks) == len(mats) and all(
+        t is None or (isinstance(t, (list, tuple)) and len(t) == len(m)) for t, m in zip(ticks, mats)) and any(
+        isinstance(t, (list, tuple)) for t in ticks)
+    shared = None if per_panel else _runs(ticks)
     for i, ax in enumerate(axes.flat):
         if i < len(mats):
             im = ax.imshow(mats[i], vmin=vmin, vmax=vmax, cmap="viridis")
             ax.set_title(wrap_title(titles[i], 28), fontsize=8)
+            runs = _runs(ticks[i]) if per_panel else shared
             if runs:
                 mids = [(a + b - 1) / 2 for a, b, _ in runs]
                 names = [name for _, _, name in runs]

@@ -748,7 +748,8 @@ def geometry(samples: list[tuple[str, dict]], categories: dict[str, str | None],
         st = _matrix_stats(np.stack([lats[i][k] for i in rows]), [cats[i] for i in rows] if has_cats else None, mu)
         per_index.append({"index": k, "rows": rows, **st})
     out["latent_index"] = per_index
-    refs = {r: _matrix_stats(X, [cats[i] for i in rows] if has_cats else None, mu) for r, (rows, X) in ref_X.items()}
+    refs = {r: {"rows": rows, **_matrix_stats(X, [cats[i] for i in rows] if has_cats else None, mu)}
+            for r, (rows, X) in ref_X.items()}
     out["refs"] = refs
     out["latent_vs_refs"] = latent_vs_refs(lats, ref_X)
     out["position_matched"] = position_matched(samples, lats, mu, n_boot=n_boot, seed=seed)
@@ -860,9 +861,14 @@ def make_plots(summary: dict[str, Any], folder: Path) -> list[str]:
         mats = [p[kind] for p in panels] + [geo["refs"][r][kind] for r in REFERENCES if r in geo["refs"]]
         titles = [f"latent {p['index']} ({p[kind + '_mean']:.2f})" for p in panels] + \
                  [f"{ref_names[r]} ({geo['refs'][r][kind + '_mean']:.2f})" for r in REFERENCES if r in geo["refs"]]
+        cats = geo.get("categories")  # per matrix row: the sample's category (None: one category or none)
+        ticks = [[str(cats[i]) for i in rows] if cats and rows is not None else None
+                 for rows in [p.get("rows") for p in panels]
+                 + [geo["refs"][r].get("rows") for r in REFERENCES if r in geo["refs"]]]
         if mats:
             paths.append(plots.heatmap_grid(mats, titles, folder / f"inter_instance_{kind}.png",
-                                            suptitle=f"inter-instance cosine ({kind}), n={geo['n']}"))
+                                            suptitle=f"inter-instance cosine ({kind}), n={geo['n']}",
+                                            ticks=ticks if any(ticks) else None))
     col = geo.get("collapse")
     if col:
         k = col["k"]

@@ -120,3 +120,68 @@ def test_custom_intervention_registered_from_outside_the_package(samples, hf_mod
         assert [r["label"] for r in res.summary["interventions"]] == ["user_halve", "scale:alpha=0.5"]
     finally:
         REGISTRY.remove("user_halve")
+
+
+def test_bench_from_python_equals_the_file_path(samples, hf_model, tmp_path):
+    """bench on an in-memory list with a preloaded HF model: the same answers as the file path through the one loader,
+    the DataFrame agrees with the summary, and results.json (lmms-eval's shape) is there while the result lives."""
+    import latentcheck
+    from latentcheck.bench.runner import run_bench
+    from latentcheck.core.runner import CommonOptions
+
+    res = latentcheck.benchmark(hf_model, task_dicts(samples), interventions=["zero"], n_boot=100, batch_size=4,
+                                decoding={"max_new_tokens": 6})
+    assert isinstance(res, latentcheck.AnalysisResult) and res.counts["ok"] == 6 and res.command == "bench"
+    df = res.to_pandas()
+    base = df[df.section == "baseline"]
+    assert len(base) == 6 and base.correct.mean() == pytest.approx(res.summary["scores"]["accuracy"])
+    assert sorted(df[df.section == "interventions"].condition.unique()) == ["zero"]
+    assert json.loads(Path(res.lmms_path).read_text())["results"]["generic"]["alias"] == "generic"
+    data = tmp_path / "tasks.jsonl"
+    with open(data, "w") as fh:
+        for s in samples:
+            s.image.save(tmp_path / f"{s.id}.png")
+            fh.write(json.dumps({"id": s.id, "image": f"{s.id}.png", "question": s.question, "options": s.options,
+                                 "answer": s.answer}) + "\n")
+    ref = run_bench(CommonOptions(model="toy-latent", data=str(data), out=str(tmp_path / "ref"), batch_size=4,
+                                  quiet=True), interventions=["zero"], n_boot=100, decoding={"max_new_tokens": 6})
+    got = df.set_index(["key", "section", "condition"]).sort_index()
+    want = ref.to_pandas().set_index(["key", "section", "condition"]).sort_index()
+    assert list(got.index) == list(want.index) and list(got.reply) == list(want.reply)
+    assert list(got.correct) == list(want.correct)
+
+
+def test_caption_imagine_from_python_with_a_model_path_and_a_generator(samples, tmp_path):
+    import latentcheck
+
+    rows = (t for t in task_dicts(samples[:4]))  # any iterable, consumed once
+    res = latentcheck.caption_imagine("toy-capimagine", rows, decoding={"max_new_tokens": 24})
+    assert res.command == "caption-imagine run" and res.counts["ok"] == 4
+    df = res.to_pandas()
+    assert sorted(df.key.unique()) == sorted(s.id for s in samples[:4])
+    assert df.correct.mean() == pytest.approx(res.summary["accuracy"]["accuracy"]
+                                              if "accuracy" in res.summary["accuracy"]
+                                              else res.summary["accuracy"]["estimate"])
+
+
+def test_audit_from_python_one_model_and_two_side_by_side(samples, tiny_checkpoint, tmp_path):
+    import latentcheck
+    from latentcheck.audit.audit import AuditResult, ZooAuditResult
+
+    tasks = task_dicts(samples[:4])
+    one = latentcheck.audit_model(str(tiny_checkpoint("toy", "toy-bypass")), tasks, stages=["perturb_input"],
+                                  limits={"perturb_input": 4}, n_boot=50, force_latent=True)
+    assert isinstance(one, AuditResult) and (Path(one.out) / "audit.json").is_file()
+    df = one.to_pandas()
+    assert list(df.link) == list(one.verdicts) and set(df.link) >= {"xz", "zy", "encodes", "overall"}
+    assert list(df.verdict) == [v.verdict for v in one.verdicts.values()]
+    both = latentcheck.audit_model({"latent": str(tiny_checkpoint("toy", "toy-latent")),
+                                    "bypass": str(tiny_checkpoint("toy", "toy-bypass"))}, tasks,
+                                   stages=["perturb_input"], limits={"perturb_input": 4}, n_boot=50,
+                                   force_latent=True, out=tmp_path / "both")
+    assert isinstance(both, ZooAuditResult) and [r.model for r in both.results] == ["latent", "bypass"]
+    frame = both.to_pandas()
+    assert list(frame.model.unique()) == ["latent", "bypass"]
+    doc = json.loads((tmp_path / "both" / "audit.json").read_text())
+    overall = frame[frame.link == "overall"].set_index("model").verdict
+    assert {r["model"]: r["overall"] for r in doc["comparison"]} == overall.to_dict()

@@ -83,6 +83,32 @@ def test_audit_without_a_model_compares_the_zoo(tmp_path, tiny_checkpoint, monke
     assert 'data-figure="zoo/xz"' in html and html.count('id="model-') == 5
 
 
+def test_audit_several_real_models_side_by_side(tmp_path, tiny_checkpoint):
+    """`--model NAME=PATH` repeated (checkpoint folders, not zoo names): one audit per model in its own folder, the
+    comparison table in the console and in the report, the names everywhere."""
+    latent, bypass = tiny_checkpoint("toy", "toy-latent"), tiny_checkpoint("toy", "toy-bypass")
+    out = tmp_path / "audit"
+    res = CliRunner().invoke(app, ["audit", "-m", f"mine={latent}", "-m", str(bypass), "--limit", "4",
+                                   "--force-latent", "-o", str(out), "--stage", "perturb_input", "--n-boot", "50",
+                                   "--no-plots"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "audit.json").read_text())
+    assert doc["kind"] == "side_by_side" and [m["model"] for m in doc["models"]] == ["mine", str(bypass)]
+    assert doc["models"][0]["model_path"] == str(latent) and "model_path" not in doc["models"][1]
+    assert [r["model"] for r in doc["comparison"]] == ["mine", str(bypass)]
+    folders = [m["folder"] for m in doc["models"]]
+    assert folders[0] == "mine" and len(set(folders)) == 2
+    for m in doc["models"]:
+        assert (out / m["folder"] / "audit.json").exists() and (out / m["folder"] / "perturb-input").is_dir()
+    assert "comparison" in res.output and "mine" in res.output
+    assert res.output.strip().splitlines()[-1].startswith(f"audit: mine: {doc['comparison'][0]['overall']}; ")
+    html = (out / "report.html").read_text()
+    assert '<h2 id="summary">Comparison</h2>' in html and html.count('id="model-') == 2 and ">mine</a>" in html
+    for bad, message in ((["-m", "a=x", "-m", "a=y"], "given twice"), (["-m", "=x"], "expected NAME=MODEL")):
+        r = CliRunner().invoke(app, ["audit", *bad, "-o", str(tmp_path / "bad")])
+        assert isinstance(r.exception, LatentcheckError) and message in str(r.exception)
+
+
 def test_user_errors_exit_2(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["audit", "-m", "toy-latent", "--stage", "perturb_everything", "-o", str(tmp_path)])

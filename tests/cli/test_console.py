@@ -120,6 +120,31 @@ def test_quiet_prints_only_the_final_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("samples: 2 ok, 0 errors"), r.stderr
 
 
+QUIET_FINAL_LINES = {
+    "probe": (("probe", "--limit", "6", "--splits", "2", "--label", "category", "--no-trained"),
+              r"samples: \d+ ok, 0 errors; summary: .*summary\.json; results: .*results\.json"),
+    "caption-imagine run": (("caption-imagine", "run", "--limit", "2"),
+                            r"samples: 2 ok, 0 errors -> .*samples\.jsonl; summary: .*summary\.json; "
+                            r"results: .*results\.json"),
+    "audit": (("audit", "-m", "toy-bypass", "--limit", "4", "--stage", "perturb_input", "--n-boot", "50",
+               "--no-report", "--no-plots"),
+              r"audit: toy-bypass: (causally real|not causally real|inconclusive|[a-z ]+) -> .*audit\.json; \d+ s"),
+}
+
+
+@pytest.mark.parametrize("command", list(QUIET_FINAL_LINES))
+def test_quiet_prints_the_final_line_of_every_analysis(command, tmp_path):
+    """--quiet through the console script: nothing on stdout, exactly one line on stderr (the final summary)."""
+    import re
+
+    args, pattern = QUIET_FINAL_LINES[command]
+    r = run_cli(*args, "--quiet", "--out", str(tmp_path / "q"), env={"LATENTCHECK_PROGRESS_INTERVAL": "0"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(pattern, lines[0]), r.stderr
+
+
 def test_default_out_is_a_new_timestamped_folder_per_run_and_files_honour_the_umask(tmp_path):
     """Two runs without --out land in two folders latentcheck-runs/perturb-latent/<UTC stamp>; --resume without
     --out continues the newest; every file written follows the umask (027 here -> 0640), not mkstemp's 0600."""

@@ -52,6 +52,11 @@ def test_cli_writes_records_summary_plots_and_resumes_without_duplicates(tmp_pat
     for p in summary["plots"]:
         assert (out / p).exists() and (out / p).stat().st_size > 0
     assert {"plots/inter_instance_raw.png", "plots/sensitivity.png"} <= set(summary["plots"])
+    # category ticks on the heat maps: each panel's rows labelled by the samples' categories (two per panel, x and y;
+    # matplotlib's SVG keeps every drawn text as a comment)
+    svg = (out / "plots" / "inter_instance_raw.svg").read_text()
+    panels = len(summary["geometry"]["latent_index"]) + len(summary["geometry"]["refs"])
+    assert svg.count("<!-- colour -->") == svg.count("<!-- shape -->") == 2 * panels > 0
     # simulate an interruption after the first record, then resume: every key once, in data order
     lines = (out / "samples.jsonl").read_text().splitlines(keepends=True)
     (out / "samples.jsonl").write_text("".join(lines[:2]))
