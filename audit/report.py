@@ -256,8 +256,16 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:2em;border-bottom:2px solid 
 h3{margin-top:1.5em}table{border-collapse:collapse;margin:1em 0;font-size:.9em;width:100%}
 th,td{border:1px solid #dadce0;padding:.35em .6em;text-align:left;vertical-align:top}th{background:#f1f3f4}
 .badge{display:inline-block;padding:.1em .6em;border-radius:1em;color:#fff;font-weight:600;font-size:.9em}
-.figs{display:flex;flex-wrap:wrap;gap:1.2em}figure{margin:0;max-width:560px;flex:1 1 460px}
-figure.wide{max-width:100%;flex-basis:100%}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#5f6368}
+.figs{display:flex;flex-wrap:wrap;gap:.8em;align-items:flex-start}
+figure{margin:0;width:270px;flex:0 0 270px}figure.wide{width:420px;flex-basis:420px}
+figure img{width:100%;border:1px solid #eee;cursor:zoom-in}figure:target{width:100%;flex-basis:100%}
+figure:target img{cursor:default}figcaption{font-size:.78em;color:#5f6368;line-height:1.3}
+figure.key{width:540px;flex-basis:540px}figure:not(:target) img{max-height:300px;object-fit:contain}
+figure.key:not(:target) img{max-height:420px}td details{border:0;padding:0;margin:0}
+td details>summary{font-weight:400;color:#5f6368}
+details{margin:.4em 0;border:1px solid #e3e3e3;border-radius:4px;padding:.2em .8em}
+details>summary{cursor:pointer;font-weight:600;padding:.2em 0}details[open]>summary{margin-bottom:.4em}
+section.model{margin-top:1.6em}
 .muted{color:#5f6368;font-size:.9em}
 nav#contents{border:1px solid #ddd;background:#fafafa;padding:.4em 1em;margin:1em 0;max-width:760px}
 nav#contents h2{margin:.3em 0;font-size:1.1em}nav#contents ul{margin:.2em 0;padding-left:1.2em}
@@ -274,16 +282,22 @@ def _badge(verdict: str, status: str) -> str:
     return f'<span class="badge" style="background:{STATUS_COLOURS.get(status, "#5f6368")}">{_e(verdict)}</span>'
 
 
-def _img(fig: Figure) -> str:
+def _img(fig: Figure, key: bool = False) -> str:
+    """A figure as a thumbnail (``key``: a larger one) embedded as base64 PNG. Clicking it shows it full width in
+    place (CSS ``:target``, no second copy of the image); ``PNG`` / ``SVG`` link the full-size files."""
     data = fig.path.read_bytes()
     if not data.startswith(PNG_SIGNATURE):
         return f'<p class="muted">figure {_e(fig.id)}: {_e(fig.path.name)} is not a PNG file</p>'
     b64 = base64.b64encode(data).decode("ascii")
-    cls = ' class="wide"' if fig.wide else ""
+    classes = " ".join(c for c, on in (("wide", fig.wide), ("key", key)) if on)
+    cls = f' class="{classes}"' if classes else ""
+    fid = anchor("fig", fig.id, "key" if key else "")
     svg = fig.path.with_suffix(".svg")
-    vector = f' <a href="{_e(_relative(svg))}">SVG</a>' if svg.is_file() else ""
-    return (f'<figure{cls}><img alt="{_e(fig.title)}" data-figure="{_e(fig.id)}" src="data:image/png;base64,{b64}">'
-            f"<figcaption><b>{_e(fig.title)}</b>. {_e(fig.caption)}{vector}</figcaption></figure>")
+    links = f' <a href="{_e(_relative(fig.path))}">PNG</a>'
+    links += f' <a href="{_e(_relative(svg))}">SVG</a>' if svg.is_file() else ""
+    return (f'<figure id="{fid}"{cls}><a href="#{fid}"><img alt="{_e(fig.title)}" data-figure="{_e(fig.id)}" '
+            f'loading="lazy" src="data:image/png;base64,{b64}"></a>'
+            f"<figcaption><b>{_e(fig.title)}</b>. {_e(fig.caption)}{links}</figcaption></figure>")
 
 
 _REPORT_ROOT: list[Path] = []  # the folder report.html is written to (links are relative to it)
@@ -306,10 +320,18 @@ def anchor(*parts: Any) -> str:
 
 
 def _contents(items: list[tuple[int, str, str]]) -> str:
-    """The contents box: (level, anchor, title) -> nested links."""
-    out = ['<nav id="contents"><h2>Contents</h2><ul>']
+    """The contents box: (level, anchor, title); level-2 links follow their level-1 entry on the same line, so the
+    box stays a few lines high however many sections there are."""
+    lines: list[list[str]] = []
     for level, ref, title in items:
-        out.append(f'<li class="toc{level}"><a href="#{_e(ref)}">{_e(title)}</a></li>')
+        link = f'<a href="#{_e(ref)}">{_e(title)}</a>'
+        if level > 1 and lines:
+            lines[-1].append(f'<span class="muted">{link}</span>')
+        else:
+            lines.append([link])
+    out = ['<nav id="contents"><h2>Contents</h2><ul>']
+    out += [f'<li class="toc1">{line[0]}' + (": " + " · ".join(line[1:]) if line[1:] else "") + "</li>"
+            for line in lines]
     out.append("</ul></nav>")
     return "".join(out)
 
@@ -333,7 +355,7 @@ def _verdict_table(entry: dict[str, Any]) -> str:
     for link in ("xz", "zy", "encodes", "overall"):
         v = entry["verdicts"][link]
         rows.append([_e(LINK_NAMES[link]), _badge(v["verdict"], v["status"]), _e(v["summary"]),
-                     f'<span class="muted">{_e(v["rule"])}</span>'])
+                     f'<details><summary>rule</summary><span class="muted">{_e(v["rule"])}</span></details>'])
     return _table(["link", "verdict", "numbers (95% CI)", "rule"], rows, raw=True)
 
 
@@ -359,6 +381,22 @@ def _figure_block(figs: list[Figure], section: str) -> str:
     return '<div class="figs">' + "".join(_img(f) for f in chosen) + "</div>"
 
 
+def key_figure(figs: list[Figure]) -> Figure | None:
+    """The one figure shown open for a model: the audit's own Z -> Y view, else its X -> Z view, else the first."""
+    for wanted in ("audit/zy_effects", "audit/xz_sensitivity", "audit/encodes_per_site"):
+        for f in figs:
+            if f.id == wanted:
+                return f
+    return figs[0] if figs else None
+
+
+def _details(title: str, body: str, ident: str | None = None, open_: bool = False) -> str:
+    """A collapsed section: ``<summary>`` always visible; ``ident`` sits inside, so following a link to it opens the
+    section (browsers expand a closed ``<details>`` around a fragment target)."""
+    target = f'<div id="{_e(ident)}"></div>' if ident else ""
+    return f'<details{" open" if open_ else ""}><summary>{_e(title)}</summary>{target}{body}</details>'
+
+
 def _model_section(entry: dict[str, Any], figs: list[Figure], heading: str = "h2") -> str:
     info = entry.get("model_info") or {}
     sub = "h3" if heading == "h2" else "h4"
@@ -367,17 +405,23 @@ def _model_section(entry: dict[str, Any], figs: list[Figure], heading: str = "h2
         f"<p>Short bench ({_e(bench.get('benchmark'))}, n={_e(bench.get('n'))}): accuracy "
         f"{_e(fmt_ci(bench['accuracy'], bench['lo'], bench['hi']))}"
         + (f", chance {bench['chance']:.2f}" if _finite(bench.get("chance")) else "") + "</p>")
-    parts = [f'<{heading} id="{anchor("model", entry["model"])}">{_e(entry["model"])} '
+    key = key_figure(figs)
+    parts = [f'<section class="model"><{heading} id="{anchor("model", entry["model"])}">{_e(entry["model"])} '
              f'{_badge(entry["verdicts"]["overall"]["verdict"], entry["verdicts"]["overall"]["status"])}</{heading}>',
              f'<p class="muted">profile {_e(entry.get("profile"))} ({_e(entry.get("kind"))}); weights '
              f'{_e(info.get("path"))} (hash {_e(str(info.get("weight_hash"))[:12])}); data {_e(entry.get("data"))}; '
              f'{_e(entry.get("seconds"))} s</p>',
              _verdict_table(entry), bench_line]
+    if key is not None:  # the key figure stays visible; everything else is one click away
+        parts.append('<div class="figs">' + _img(key, key=True) + "</div>")
+    rest = [f for f in figs if f is not key]  # the key figure is not embedded twice
     for link in ("xz", "zy", "encodes"):
-        parts.append(f'<{sub} id="{anchor("section", entry["model"], link)}">{_e(LINK_NAMES[link])}</{sub}>')
-        parts.append(_figure_block(figs, link))
-    parts.append(f'<{sub} id="{anchor("section", entry["model"], "stages")}">stages</{sub}>')
-    parts.append(_stage_table(entry))
+        n = sum(f.section == link for f in rest)
+        more = " more" if key is not None and key.section == link else ""
+        parts.append(_details(f"{LINK_NAMES[link]}: {n}{more} figure{'s' if n != 1 else ''}",
+                              _figure_block(rest, link), anchor("section", entry["model"], link)))
+    parts.append(_details("stages", _stage_table(entry), anchor("section", entry["model"], "stages")))
+    parts.append("</section>")
     return "\n".join(parts)
 
 
@@ -413,13 +457,11 @@ def build_html(audit: dict[str, Any], figures: dict[str, list[Figure]]) -> str:
         parts.append(_figure_block(figures.get("comparison", []), "comparison"))
     for m in models:
         parts.append(_model_section(m, figures.get(m["model"], [])))
-    parts.append('<h2 id="verdict-rules">Verdict rules</h2>')
-    parts.append("<p>Every threshold of the verdicts (audit/verdicts.toml, overridable with --rules); "
-                 "see docs/audit.md.</p>")
-    parts.append(f"<pre>{_e(json.dumps(audit.get('rules'), indent=2))}</pre>")
-    parts.append('<h2 id="settings">Settings</h2>')
-    parts.append(f"<pre>{_e(json.dumps({'settings': audit.get('settings'), 'options': audit.get('options')}, indent=2))}"
-                 "</pre>")
+    parts.append('<h2>Verdict rules and settings</h2>')
+    parts.append(_details("verdict rules (audit/verdicts.toml, overridable with --rules; docs/audit.md)",
+                          f"<pre>{_e(json.dumps(audit.get('rules'), indent=2))}</pre>", "verdict-rules"))
+    settings = json.dumps({"settings": audit.get("settings"), "options": audit.get("options")}, indent=2)
+    parts.append(_details("settings and options", f"<pre>{_e(settings)}</pre>", "settings"))
     parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"
 
@@ -479,8 +521,8 @@ def render_analysis_report(folder: str | Path) -> Path:
             parts.append('<p class="muted">no figures in this folder</p>')
     finally:
         _REPORT_ROOT.pop()
-    parts.append('<h2 id="summary">Summary (summary.json)</h2>')
-    parts.append(f"<pre>{_e(json.dumps(summary, indent=2))}</pre>")
+    parts.append('<h2>Summary</h2>')
+    parts.append(_details("summary.json", f"<pre>{_e(json.dumps(summary, indent=2))}</pre>", "summary"))
     parts += ["</body>", "</html>"]
     path = root / REPORT_FILE
     tmp = path.with_name(f".{REPORT_FILE}.tmp{os.getpid()}")

@@ -75,3 +75,48 @@ def test_analysis_report_in_chromium_shows_contents_and_a_forest_plot(chromium, 
     # the forest plot's estimate markers (dark blue points): the identity effect is exactly 0 and still drawn
     markers = near(img, (0x1f, 0x3b, 0x63), 25)
     assert markers.sum() > 30, "no forest-plot markers in the screenshot"
+
+
+def page_metrics(browser: str, page: Path, open_all: bool = False) -> dict:
+    """Measured in the browser after load: the page height (px), the embedded images and how many are laid out
+    (checkVisibility: not inside a closed <details>). ``open_all`` opens every <details> first (the uncompact page)."""
+    import json
+    import re
+
+    probe = page.with_name(page.stem + ".probe.html")
+    script = ("<script>window.addEventListener('load',()=>{"
+              + ("document.querySelectorAll('details').forEach(d=>d.open=true);" if open_all else "")
+              + "const im=[...document.images];document.title=JSON.stringify({height:"
+                "document.documentElement.scrollHeight,images:im.length,"
+                "shown:im.filter(i=>i.checkVisibility()).length});});</script>")
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", script + "</body>"), encoding="utf-8")
+    r = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
+                        "--virtual-time-budget=5000", "--dump-dom", probe.resolve().as_uri()], capture_output=True,
+                       text=True, timeout=180, env={**os.environ, "HOME": str(page.parent)})
+    probe.unlink()
+    found = re.search(r"<title>(\{.*?\})</title>", r.stdout.replace("&quot;", '"'))
+    assert found, r.stderr[-2000:]
+    return json.loads(found.group(1))
+
+
+def test_audit_report_is_compact_by_design(chromium, tmp_path, tiny_checkpoint):
+    """Two models side by side: the comparison table, each model's verdict table and ONE key figure are laid out;
+    every other figure waits in a collapsed <details> (opened, the same page is far taller)."""
+    from typer.testing import CliRunner
+
+    from latentcheck.cli.app import app
+
+    out = tmp_path / "audit"
+    res = CliRunner().invoke(app, ["audit", "-m", f"a={tiny_checkpoint('toy', 'toy-latent')}", "-m",
+                                   f"b={tiny_checkpoint('toy', 'toy-bypass')}", "--limit", "4", "--force-latent",
+                                   "-o", str(out), "--stage", "perturb_input,perturb_latent", "--n-boot", "50", "-q"])
+    assert res.exit_code == 0, res.output
+    page = out / "report.html"
+    html = page.read_text()
+    assert html.count("<details") >= 2 * 4 and "Comparison</h2>" in html and html.count('class="key"') == 2
+    compact, full = page_metrics(chromium, page), page_metrics(chromium, page, open_all=True)
+    assert compact["images"] == full["images"] > 10
+    n_comparison = html.count('data-figure="zoo/')
+    assert compact["shown"] == n_comparison + 2  # the comparison figures + one key figure per model
+    assert full["shown"] == full["images"]
+    assert compact["height"] < full["height"] / 2, (compact, full)
