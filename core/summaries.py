@@ -73,7 +73,7 @@ def summary_schema_problem(doc: Any, where: str | Any) -> str | None:
 
 
 def read_summary(path: str | Any) -> dict[str, Any]:
-    """The summary.json (or bench results.json) at ``path`` -- the ONE place a stored summary is read back: a file
+    """The summary.json (or, in a bench folder from before bench wrote summary.json, results.json) at ``path`` -- the ONE place a stored summary is read back: a file
     of another schema version is refused with one line naming the file and its schema (no conversion: the samples
     are kept, and rerunning the analysis with ``--resume`` rewrites the summary in the current schema)."""
     from pathlib import Path

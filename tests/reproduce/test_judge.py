@@ -103,13 +103,13 @@ def test_bench_step_judged_through_transformers_serve(transformers_server, tmp_p
         assert j["judge"] == {"backend": "openai", "model": transformers_server.model,
                               "base_url": transformers_server.base_url}
     assert cache.is_file()  # the step's own judge_cache reached bench
-    summary = json.loads((out / "steps" / "hr" / "run" / "results.json").read_text())
+    summary = json.loads((out / "steps" / "hr" / "run" / "summary.json").read_text())
     assert summary["judge"]["protocol"] == "hrbench"
     assert summary["conditions"]["baseline"]["judge"]["asked"] == 4
     # the V* step ranks options by likelihood: the command line's judge is not applied there, and it runs
     v = json.loads((out / "steps" / "vstar" / "step.json").read_text())
     assert v["status"] == "done", v
-    vs = json.loads((out / "steps" / "vstar" / "run" / "results.json").read_text())
+    vs = json.loads((out / "steps" / "vstar" / "run" / "summary.json").read_text())
     assert vs["scoring"] == "likelihood" and not vs.get("judge")
 
 
