@@ -232,11 +232,13 @@ def benchmark(model: Any = None, tasks: Any = None, benchmark: str | None = None
     row per sample and condition. The lmms-eval-shaped results are ``result.lmms_path`` (results.json)."""
     from latentcheck.bench.runner import run_bench
 
+    decoding = kwargs.pop("decoding", None)  # bench's own decoding overrides (run_bench(decoding=...))
+
     def fn(opts, lm, **kw):
         return run_bench(opts, benchmark, interventions=list(interventions) if interventions else None, lm=lm,
-                         **kw)
+                         decoding=decoding, **kw)
 
-    common = {k: kwargs.pop(k) for k in list(kwargs) if k in _COMMON - {"decoding"}}
+    common = {k: kwargs.pop(k) for k in list(kwargs) if k in _COMMON}
     return _run("bench", fn, model, tasks, out, n_boot=n_boot, **common, **kwargs)
 
 

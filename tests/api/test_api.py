@@ -123,8 +123,9 @@ def test_custom_intervention_registered_from_outside_the_package(samples, hf_mod
 
 
 def test_bench_from_python_equals_the_file_path(samples, hf_model, tmp_path):
-    """bench on an in-memory list with a preloaded HF model: the same answers as the file path through the one loader,
-    the DataFrame agrees with the summary, and results.json (lmms-eval's shape) is there while the result lives."""
+    """bench on an in-memory list with a preloaded HF model: the same replies as the file path through the one
+    loader, the DataFrame agrees with the summary, and results.json (lmms-eval's shape) is there while the result
+    lives."""
     import latentcheck
     from latentcheck.bench.runner import run_bench
     from latentcheck.core.runner import CommonOptions

@@ -32,7 +32,8 @@ def test_build_data_train_resume_run_intervene(world, tiny_checkpoint, tmp_path)
     assert "kept" in r.output and len((tmp_path / "d" / "train.jsonl").read_text().splitlines()) == 6
     r = invoke("build-data", w / "interleaved_val.json", "-o", tmp_path / "d" / "val.jsonl", "-q", "--captioner",
                "metadata")
-    assert r.exit_code == 0 and r.output == ""
+    assert r.exit_code == 0 and r.output.startswith("build-data: 3 read, 3 kept, 0 dropped, 0 errors -> ")
+    assert len(r.output.strip().splitlines()) == 1  # --quiet: only the final line
 
     ck = tiny_checkpoint("toy", "toy-capimagine")
     common = ["--data", tmp_path / "d" / "train.jsonl", "--val", tmp_path / "d" / "val.jsonl", "-m", ck,
