@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from latentcheck.core.errors import LatentcheckError
+
 ATTENTION_NAME = "latentcheck_shared_prefix"
 KNOCKOUT_NAME = "latentcheck_knockout"  # the plain path's attention with per-layer key knockout (``knockout_forward``)
 _registered = False
@@ -240,13 +242,15 @@ def knockout_forward(text_model, embeds, positions, mask, cache, knockout: KeyKn
     cfg = text_model.config
     types = set(getattr(cfg, "layer_types", None) or ["full_attention"])
     if types != {"full_attention"}:
-        raise ValueError("attention knockout needs a text model whose layers are all full attention")
+        raise LatentcheckError("attention knockout needs a text model whose layers are all full attention (this one "
+                               "has sliding-window layers)")
     past = cache.get_seq_length() if cache is not None else 0
     m = bool_mask(mask, embeds, past)
     before = cfg._attn_implementation_internal
     base = cfg._attn_implementation
     if base not in ("sdpa", "eager"):
-        raise ValueError(f"attention knockout runs on sdpa or eager attention, this model uses {base!r}")
+        raise LatentcheckError(f"attention knockout on the plain path runs on sdpa or eager attention, this model "
+                               f"uses {base!r} (load it with sdpa or eager)")
     cfg._attn_implementation_internal = KNOCKOUT_NAME
     try:
         out = text_model(inputs_embeds=embeds, position_ids=positions, attention_mask=dict.fromkeys(types, m),

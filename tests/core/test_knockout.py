@@ -122,3 +122,19 @@ def test_knockout_on_the_plain_path_with_eager_attention(load_tiny):
     _same(none, base)
     _same(full, ref, tol=1e-5)
     assert np.abs(base.option_logprobs - full.option_logprobs).max() > 1e-4
+
+
+def test_knockout_on_an_unsupported_attention_is_a_user_error():
+    """The plain path refuses attention it cannot wrap (flash) and sliding-window layers, as user errors."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from latentcheck.core.kvshare import KeyKnockout, knockout_forward
+
+    emb = torch.zeros((1, 2, 4))
+    for types, impl, msg in ((["full_attention"], "flash_attention_2", "sdpa or eager"),
+                             (["full_attention", "sliding_attention"], "sdpa", "full attention")):
+        cfg = SimpleNamespace(layer_types=types, _attn_implementation=impl, _attn_implementation_internal=impl)
+        with pytest.raises(LatentcheckError, match=msg):
+            knockout_forward(SimpleNamespace(config=cfg), emb, None, None, None, KeyKnockout({}))
