@@ -130,7 +130,10 @@ def verdict_xz(pi_summary: dict | None, rules: dict) -> Verdict:
     rule = (f"sensitivity ratio under {r['treatment']} (latent rel. change / image-token rel. change, paired "
             f"bootstrap 95% CI): lo > {r['dependent_above']:.2f} -> input-dependent; hi < "
             f"{r['independent_below']:.2f} -> input-independent (the CI's upper end bounds the ratio the data allow); "
-            f"inconclusive below {r['min_samples']} samples; the verdict at each of {r['threshold_sweep']} is shown")
+            f"inconclusive below {r['min_samples']} samples; the verdict at each of {r['threshold_sweep']} is shown; "
+            f"when the ratio's interval lies below the resolution floor (latents within round-off on every sample), "
+            f"input-independent also needs the Wilson upper end of the share of samples whose latents moved "
+            f"<= {r.get('max_moved_share', 0.1):.2f}")
     if not pi_summary:
         return Verdict("xz", "untestable", UNTESTABLE, "perturb-input did not run", rule=rule)
     tr = (pi_summary.get("treatments") or {}).get(r["treatment"])
@@ -153,7 +156,15 @@ def verdict_xz(pi_summary: dict | None, rules: dict) -> Verdict:
             others[label] = {"ratio": sr.get("estimate"), "lo": sr.get("lo"), "hi": sr.get("hi"),
                              "reference": t.get("reference")}
     ev["other_treatments"] = others
+    moved = tr.get("latents_moved") or {}
+    floored = ratio.get("method") == "paired_bootstrap_floored"
+    ev.update(ratio_method=ratio.get("method"), resolution_floor=ratio.get("resolution_floor"),
+              move_resolution=tr.get("move_resolution"), moved=moved.get("successes"), moved_n=moved.get("n"),
+              moved_lo=moved.get("lo"), moved_hi=moved.get("hi"))
     line = f"sensitivity ratio ({r['treatment']} / {tr.get('reference')}) {fmt_ci(ev['ratio'], ev['ratio_lo'], ev['ratio_hi'])}, n={tr.get('n')}"
+    if moved.get("n"):
+        line += (f"; latents moved beyond {tr.get('move_resolution'):g} in {moved['successes']}/{moved['n']} samples "
+                 f"{fmt_ci(moved.get('estimate'), moved.get('lo'), moved.get('hi'))}")
     why = not_measurable(pi_summary, r.get("min_trigger_rate", rules["zy"]["min_trigger_rate"]), trig)
     if why:
         return Verdict("xz", "not measurable", UNTESTABLE, f"{line}: {why}", ev, rule)
@@ -164,10 +175,16 @@ def verdict_xz(pi_summary: dict | None, rules: dict) -> Verdict:
     lo, hi = ev["ratio_lo"], ev["ratio_hi"]
     hi_ok = hi is not None and not (isinstance(hi, float) and math.isnan(hi))
 
+    # A ratio whose bootstrap interval lies below the measurement's resolution (floored) has no sampling spread to
+    # read: every sample's latents stayed within round-off. Then the defensible interval is the share of samples whose
+    # latents moved (Wilson): "input-independent" also needs its upper end <= max_moved_share.
+    max_share = r.get("max_moved_share", DEFAULT_RULES["xz"]["max_moved_share"])
+    moved_guard = floored and _finite(ev["moved_hi"]) and ev["moved_hi"] > max_share
+
     def reading(dep: float, ind: float) -> str:
         if _finite(lo) and lo > dep:
             return "input-dependent"
-        if hi_ok and hi < ind:
+        if hi_ok and hi < ind and not moved_guard:
             return "input-independent"
         return "inconclusive"
 
@@ -182,9 +199,30 @@ def verdict_xz(pi_summary: dict | None, rules: dict) -> Verdict:
     if v == "input-dependent":
         return Verdict("xz", v, POSITIVE, f"{line}; lo > {r['dependent_above']:.2f}", ev, rule)
     if v == "input-independent":
+        if floored:
+            return Verdict("xz", v, NEGATIVE, f"{line}; the ratio is below the resolution floor "
+                                              f"{ev['resolution_floor']:.2g} and the latents moved in at most "
+                                              f"{ev['moved_hi']:.0%} of inputs (Wilson upper end <= "
+                                              f"{max_share:.0%})", ev, rule)
         return Verdict("xz", v, NEGATIVE, f"{line}; hi < {r['independent_below']:.2f}: the data exclude ratios "
                                           f"above {hi:.2f}", ev, rule)
+    if moved_guard and hi_ok and hi < r["independent_below"]:
+        need = min_n_for_zero_share(max_share)
+        return Verdict("xz", "inconclusive", INCONCLUSIVE,
+                       f"{line}: the latents never moved beyond round-off, but with {ev['moved']}/{ev['moved_n']} the "
+                       f"share of inputs that move them may reach {ev['moved_hi']:.0%} (> "
+                       f"{max_share:.0%}; need >= {need} samples with none moving)", ev, rule)
     return Verdict("xz", "inconclusive", INCONCLUSIVE, f"{line}: CI straddles the threshold", ev, rule)
+
+
+def min_n_for_zero_share(max_share: float, alpha: float = 0.05) -> int:
+    """Fewest samples at which 0 successes give a Wilson upper end <= ``max_share`` (z^2 / (n + z^2) <= max_share)."""
+    from latentcheck.core.stats import wilson_ci
+
+    n = 1
+    while wilson_ci(0, n, alpha)[1] > max_share:
+        n += 1
+    return n
 
 
 def _chance_guard(acc: Any, lo: Any, chance: Any, rules_zy: dict) -> str | None:
@@ -497,7 +535,10 @@ def comparison_row(entry: dict[str, Any]) -> dict[str, Any]:
     xz, zy, enc = v["xz"]["evidence"], v["zy"]["evidence"], v["encodes"]["evidence"]
     row: dict[str, Any] = {"model": entry["model"], "kind": entry["kind"],
                            "xz": {"ratio": xz.get("ratio"), "lo": xz.get("ratio_lo"), "hi": xz.get("ratio_hi"),
-                                  "treatment": xz.get("treatment"), "verdict": v["xz"]["verdict"]},
+                                  "treatment": xz.get("treatment"), "verdict": v["xz"]["verdict"],
+                                  "floored": xz.get("ratio_method") == "paired_bootstrap_floored",
+                                  "moved": xz.get("moved"), "moved_n": xz.get("moved_n"),
+                                  "moved_lo": xz.get("moved_lo"), "moved_hi": xz.get("moved_hi")},
                            "zy": {"verdict": v["zy"]["verdict"], "deltas": zy.get("deltas"), "nie": zy.get("nie"),
                                   "text_doz": zy.get("delta") if entry["kind"] == "text_imagination" else None,
                                   "interchange": (zy.get("interchange") if entry["kind"] == "latent" else
@@ -529,8 +570,12 @@ def comparison_cells(row: dict[str, Any]) -> dict[str, str]:
         f"{fmt_ci(b['accuracy'], b['lo'], b['hi'])}" + (f" (chance {b['chance']:.2f})" if _finite(b.get("chance"))
                                                           else ""))
     verdicts = (f"X->Z {xz['verdict']}; Z->Y {zy['verdict']}; latents {enc['verdict']}; => {row['overall']}")
+    xz_cell = "-" if xz.get("ratio") is None else fmt_ci(xz["ratio"], xz["lo"], xz["hi"])
+    if xz.get("floored") and xz.get("moved_n"):  # below the resolution floor: the share that moved is the interval
+        xz_cell = (f"< {xz['hi']:.1e} (floor); moved {xz['moved']}/{xz['moved_n']} "
+                   f"[{xz['moved_lo']:.2f}, {xz['moved_hi']:.2f}]")
     return {"model": row["model"], "kind": row["kind"],
-            "X -> Z sensitivity [CI]": "-" if xz.get("ratio") is None else fmt_ci(xz["ratio"], xz["lo"], xz["hi"]),
+            "X -> Z sensitivity [CI]": xz_cell,
             "Z -> Y dAcc under intervention [CI]": deltas,
             "NIE [CI]": "-" if not nie else fmt_ci(nie["estimate"], nie["lo"], nie["hi"], signed=True),
             "text do(Z) dAcc [CI]": "-" if not doz else fmt_ci(doz["delta"], doz["lo"], doz["hi"], signed=True),

@@ -187,13 +187,14 @@ def data_parallel_device(device: str) -> str:
     return f"cuda:{local % torch.cuda.device_count()}"
 
 
-DefaultData = Callable[[str], "str | Path"]
+DefaultData = Callable[[str, Any], "str | Path"]
 _DEFAULT_DATA: list[DefaultData] = []
 
 
 def register_default_data(provider: DefaultData) -> DefaultData:
-    """Register ``provider(split) -> task file`` used when no ``--data`` is given (latentcheck.toy registers the toy
-    world's splits, so core never imports the toy world). The last registered provider wins."""
+    """Register ``provider(split, model) -> task file`` used when no ``--data`` is given (latentcheck.toy registers
+    the toy world's splits, so core never imports the toy world; ``model`` is ``--model``, so a zoo model trained on
+    another toy world gets that world's tasks). The last registered provider wins."""
     _DEFAULT_DATA.append(provider)
     return provider
 
@@ -204,7 +205,7 @@ def data_path(opts: CommonOptions, split: str = "test") -> str:
         return opts.data
     if not _DEFAULT_DATA:
         raise LatentcheckError("no --data given and no default data registered (import latentcheck.toy)")
-    return str(_DEFAULT_DATA[-1](split))
+    return str(_DEFAULT_DATA[-1](split, opts.model))
 
 
 def distributed() -> tuple[int, int]:

@@ -20,6 +20,9 @@ from scipy import stats as sps
 
 from latentcheck.core.errors import LatentcheckError
 
+# The values the per-sample mediation interaction y11 - y10 - y01 + y00 of 0/1 outcomes can take.
+INTERACTION_SUPPORT = (-2.0, -1.0, 0.0, 1.0, 2.0)
+
 # Max number of resampled values held in memory at once (n_boot x n index matrix is built in chunks).
 _CHUNK_ELEMENTS = 2_000_000
 
@@ -281,8 +284,8 @@ def mediation_effects(y00, y11, y01, y10, seed: int = 0, n_boot: int = 2000, alp
     Intervals: a percentile bootstrap over one shared set of resampled sample indices (all four outcomes of a sample
     move together). For 0/1 outcomes, TE / NIE / NDE / total NIE / total NDE are paired differences and get Tango's
     score interval instead (``paired_score_interval``; never zero-width), the bootstrap kept as ``boot_lo`` /
-    ``boot_hi``; the interaction then gets the conservative Bonferroni combination of the TE, NDE and NIE score
-    intervals at alpha/3 each (method ``bonferroni_score``). Each effect is dict(estimate, lo, hi, method);
+    ``boot_hi``; the interaction's per-sample contrast takes the values -2..2 and gets the multinomial score
+    interval (``discrete_score_interval``, method ``multinomial_score``; never zero-width). Each effect is dict(estimate, lo, hi, method);
     the proportions also have ``n_undefined`` (resamples with TE = NIE = 0, see ``bootstrap_ratio``).
     """
     arrs = {name: _as_vector(v, name) for name, v in (("y00", y00), ("y11", y11), ("y01", y01), ("y10", y10))}
@@ -308,12 +311,9 @@ def mediation_effects(y00, y11, y01, y10, seed: int = 0, n_boot: int = 2000, alp
             result[name].update(lo=sc["lo"], hi=sc["hi"], method=sc["method"], boot_lo=lo, boot_hi=hi, n01=n01,
                                 n10=n10, mde=paired_mde(n, (n01 + n10) / n, alpha))
     if binary:
-        third = {k: paired_score_interval(*paired_counts(arrs[pairs[k][0]], arrs[pairs[k][1]]), alpha / 3.0)
-                 for k in ("te", "nde", "nie")}
         inter = result["interaction"]
-        inter.update(lo=max(-2.0, third["te"]["lo"] - third["nde"]["hi"] - third["nie"]["hi"]),
-                     hi=min(2.0, third["te"]["hi"] - third["nde"]["lo"] - third["nie"]["lo"]),
-                     method="bonferroni_score", boot_lo=inter["lo"], boot_hi=inter["hi"])
+        sc = discrete_score_interval(columns[:, -1], INTERACTION_SUPPORT, alpha)
+        inter.update(lo=sc["lo"], hi=sc["hi"], method=sc["method"], boot_lo=inter["lo"], boot_hi=inter["hi"])
     for key, j in (("proportion_mediated", 1), ("proportion_mediated_total", 3)):
         pm_estimate = float(_ratio(point[j], point[0]))
         pm_boot = _ratio(boot[:, j], boot[:, 0])
@@ -375,6 +375,94 @@ def paired_score_interval(n01: int, n10: int, n: int, alpha: float = 0.05) -> di
     lo = -1.0 if f(-1.0 + eps) <= z else brentq(lambda d: f(d) - z, -1.0 + eps, est, xtol=1e-12)
     hi = 1.0 if f(1.0 - eps) >= -z else brentq(lambda d: f(d) + z, est, 1.0 - eps, xtol=1e-12)
     return {"estimate": est, "lo": float(lo), "hi": float(hi), "method": "tango_score"}
+
+
+def _restricted_mle(counts: np.ndarray, support: np.ndarray, mu: float) -> np.ndarray:
+    """Maximum-likelihood category probabilities over ``support`` given ``counts``, restricted to mean ``mu``.
+
+    Lagrange: an observed category gets p_k = n_k / (n (1 + t c_k)) with c_k = x_k - mu and t the root of
+    sum_k n_k c_k / (1 + t c_k) = 0 (decreasing in t). Unobserved categories carry no likelihood but may carry mass:
+    when the root would leave the range where every support point keeps 1 + t c >= 0, t stops at the edge set by
+    the most extreme unobserved point, which takes the remaining mass (e.g. no discordant pair in Tango's case)."""
+    from scipy.optimize import brentq
+
+    n = counts.sum()
+    c = support - mu
+    obs = counts > 0
+    t_lo = max((-1.0 / ck for ck in c if ck > 0), default=-math.inf)
+    t_hi = min((-1.0 / ck for ck in c if ck < 0), default=math.inf)
+
+    def g(t: float) -> float:
+        return float(np.sum(counts[obs] * c[obs] / (1.0 + t * c[obs])))
+
+    g0 = g(0.0)
+    if g0 == 0.0:
+        return counts / n
+    edge = t_lo if g0 < 0 else t_hi  # the root lies on the side where g changes sign
+    binding = int(np.argmax(c)) if g0 < 0 else int(np.argmin(c))
+    inner = edge * (1.0 - 1e-12)  # just inside the edge
+    if counts[binding] > 0 or (g(inner) > 0) == (g0 < 0):
+        a, b = (inner, 0.0) if g0 < 0 else (0.0, inner)
+        t = brentq(g, a, b, xtol=1e-15, rtol=1e-14, maxiter=500)
+        p = np.zeros_like(c)
+        p[obs] = counts[obs] / (n * (1.0 + t * c[obs]))
+        return p / p.sum()
+    p = np.zeros_like(c)
+    p[obs] = counts[obs] / (n * (1.0 + edge * c[obs]))
+    p[binding] = max(0.0, 1.0 - p.sum())
+    return p
+
+
+def discrete_score_statistic(counts, support, mu: float) -> float:
+    """Score statistic for H0: E[X] = ``mu`` of a variable on a known finite ``support`` with category ``counts``:
+    Z = sqrt(n) (mean - mu) / sqrt(sum_k p~_k (x_k - mu)^2), with p~ the restricted MLE (``_restricted_mle``).
+    On the support (-1, 0, 1) of a paired 0/1 difference this is Tango's statistic (``tango_statistic``)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    support = np.asarray(support, dtype=np.float64)
+    n = counts.sum()
+    mean = float(np.dot(counts, support) / n)
+    p = _restricted_mle(counts, support, mu)
+    var = float(np.dot(p, (support - mu) ** 2))
+    num = math.sqrt(n) * (mean - mu)
+    if var <= 0.0:
+        return 0.0 if num == 0 else math.copysign(math.inf, num)
+    return num / math.sqrt(var)
+
+
+def discrete_score_interval(values, support, alpha: float = 0.05) -> dict:
+    """Score interval for the mean of per-sample values that take finitely many known values (``support``): the
+    multinomial generalisation of Tango's interval (same restricted-MLE score test, inverted by root finding).
+
+    Used for the mediation interaction contrast y11 - y10 - y01 + y00 of 0/1 outcomes (support -2..2). Never
+    zero-width for n >= 1: with every value 0 on the support -2..2 it is +-2 z^2 / (n + z^2) (the extreme support
+    point, 2, carries the restricted mass; on -1..1 this is Tango's +-z^2 / (n + z^2)).
+    Returns dict(estimate, lo, hi, method="multinomial_score").
+    """
+    x = _as_vector(values, "values")
+    sup = np.unique(np.asarray(support, dtype=np.float64))
+    if sup.size < 2:
+        raise LatentcheckError(f"discrete_score_interval: the support needs at least two values, got {support!r}")
+    off = ~np.isin(x, sup)
+    if off.any():
+        raise LatentcheckError(f"discrete_score_interval: value {x[off][0]} is not in the support {sup.tolist()}")
+    if not 0.0 < alpha < 1.0:
+        raise LatentcheckError(f"argument 'alpha': must be in (0, 1), got {alpha!r}")
+    from scipy.optimize import brentq
+
+    counts = np.array([np.sum(x == v) for v in sup], dtype=np.float64)
+    z = _z(alpha / 2.0)
+    est = float(x.mean())
+    lo_s, hi_s = float(sup[0]), float(sup[-1])
+    eps = 1e-9 * (hi_s - lo_s)
+
+    def f(mu: float) -> float:
+        return discrete_score_statistic(counts, sup, mu)
+
+    lo = lo_s if est <= lo_s + eps or f(lo_s + eps) <= z else \
+        brentq(lambda m: f(m) - z, lo_s + eps, est, xtol=1e-12)
+    hi = hi_s if est >= hi_s - eps or f(hi_s - eps) >= -z else \
+        brentq(lambda m: f(m) + z, est, hi_s - eps, xtol=1e-12)
+    return {"estimate": est, "lo": float(lo), "hi": float(hi), "method": "multinomial_score"}
 
 
 def paired_counts(base_correct, cond_correct) -> tuple[int, int, int]:

@@ -92,8 +92,13 @@ METHODS: dict[str, str] = {
     "wilson": "Wilson score interval of a binomial proportion",
     "percentile_bootstrap": "nonparametric percentile bootstrap over samples",
     "paired_bootstrap": "percentile bootstrap over samples, paired quantities resampled jointly",
+    "paired_bootstrap_floored": "paired bootstrap whose upper end lies below the measurement's resolution, raised to "
+                                "it (the quantity cannot be told from round-off below that floor)",
     "tango_score": "Tango's score interval for a paired difference of proportions (never zero-width)",
-    "bonferroni_score": "conservative: the TE, NDE and NIE score intervals at alpha/3 combined (interaction)",
+    "multinomial_score": "score interval for the mean of a variable on a known finite support (the multinomial "
+                         "generalisation of Tango's; the mediation interaction; never zero-width)",
+    "bonferroni_score": "conservative: the TE, NDE and NIE score intervals at alpha/3 combined (the interaction in "
+                        "summaries written before the multinomial score interval; read, no longer written)",
     "none": "no interval (lo / hi are None)",
 }
 
@@ -235,14 +240,28 @@ class Ratio(Estimate):
     kind: ClassVar[str] = "ratio"
     n_undefined: int = 0
     method: str = "paired_bootstrap"
+    # the smallest ratio the measurement resolves (numerator resolution / mean denominator); when the bootstrap's
+    # upper end lies below it, the upper end is raised to it (method ``paired_bootstrap_floored``)
+    resolution_floor: float | None = None
 
     @classmethod
     def bootstrap(cls, num: Sequence[float], den: Sequence[float], n_boot: int = 2000,  # type: ignore[override]
-                  alpha: float = 0.05, seed: int = 0) -> "Ratio":
+                  alpha: float = 0.05, seed: int = 0, resolution: float | None = None) -> "Ratio":
+        """mean(num) / mean(den) with a paired bootstrap interval (``core.stats.bootstrap_ratio``). ``resolution``:
+        the smallest numerator value the measurement distinguishes from round-off; numerators below it are not
+        resolved, so the interval's upper end is at least ``resolution / mean(den)`` (never a zero-width [0, 0]
+        when nothing moved beyond round-off)."""
         from latentcheck.core.stats import bootstrap_ratio
 
         d = bootstrap_ratio(num, den, n_boot=n_boot, alpha=alpha, seed=seed)
-        return cls(estimate=d["estimate"], lo=d["lo"], hi=d["hi"], n=len(num), n_undefined=d["n_undefined"])
+        floor, method, hi = None, "paired_bootstrap", d["hi"]
+        mean_den = float(sum(den)) / len(den) if len(den) else 0.0
+        if resolution is not None and mean_den > 0 and _finite(d["estimate"]):
+            floor = float(resolution) / mean_den
+            if _finite(hi) and hi < floor:
+                hi, method = floor, "paired_bootstrap_floored"
+        return cls(estimate=d["estimate"], lo=d["lo"], hi=hi, n=len(num), n_undefined=d["n_undefined"],
+                   method=method, resolution_floor=floor)
 
 
 @dataclass(frozen=True, kw_only=True)

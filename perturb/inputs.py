@@ -52,6 +52,11 @@ COMMAND = "perturb-input"
 TENSOR_DIR = "tensors"
 DEFAULT_MAX_LATENTS_TEXT = 32
 MAX_HEATMAP_PANELS = 10
+# The smallest relative latent change ||z - z'|| / ||z|| told apart from round-off: the identity treatment (the same
+# input run twice in other batches) measures <= 5e-7 on every zoo model, the smallest genuine change seen is 9e-4
+# (toy-vector under noise:std=0.2). Changes at or below it count as "did not move" (``latents_moved``), and the
+# sensitivity ratio's interval reaches at least MOVE_RESOLUTION / mean reference change (docs/perturb-input.md).
+MOVE_RESOLUTION = 1e-4
 
 
 PerturbInputResult = AnalysisResult  # what run_perturb_input returns (the one result type)
@@ -467,13 +472,14 @@ def _ci(values: list[float], n_boot: int, seed: int) -> dict[str, Any]:
 
 
 def _ratio(num: list[float | None], den: list[float | None], n_boot: int, seed: int) -> dict[str, Any]:
-    """mean(num) / mean(den) over the finite pairs, paired bootstrap (a core.summaries.Ratio)."""
+    """mean(num) / mean(den) over the finite pairs, paired bootstrap with the latent change's resolution floor
+    (a core.summaries.Ratio)."""
     pairs = [(a, b) for a, b in zip(num, den)
              if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
     if not pairs:
         return Ratio(estimate=None, n=0, method="none").to_dict()
     a, b = zip(*pairs)
-    return Ratio.bootstrap(list(a), list(b), n_boot=n_boot, seed=seed).to_dict()
+    return Ratio.bootstrap(list(a), list(b), n_boot=n_boot, seed=seed, resolution=MOVE_RESOLUTION).to_dict()
 
 
 def _rate(flags: list[bool]) -> dict[str, Any]:
@@ -506,7 +512,7 @@ def _treatment_stats(records_path: str, treatments: list[Treatment], n_boot: int
     """Per-treatment aggregates streamed from the results file (per-sample scalars only)."""
     from latentcheck.core.runner import load_records
 
-    acc = {t.label: {"cos": _IndexMean(), "rel": _IndexMean(), "cos_s": [], "rel_s": [], "skips": {},
+    acc = {t.label: {"cos": _IndexMean(), "rel": _IndexMean(), "cos_s": [], "rel_s": [], "moved": [], "skips": {},
                      "refs": {r: {"cos": [], "rel": []} for r in REFERENCES}, "same": [], "tv": [],
                      "correct": [], "n": 0} for t in treatments}
     n_ok = 0
@@ -534,6 +540,9 @@ def _treatment_stats(records_path: str, treatments: list[Treatment], n_boot: int
             a["rel"].add(e["latent_rel_l2"])
             a["cos_s"].append(e["latent_cosine_mean"])
             a["rel_s"].append(e["latent_rel_l2_mean"])
+            rel = e["latent_rel_l2_mean"]
+            if rel is not None and math.isfinite(rel):
+                a["moved"].append(rel > MOVE_RESOLUTION)
             for r in REFERENCES:
                 ref = e["refs"].get(r)
                 a["refs"][r]["cos"].append(ref["cosine"] if ref else None)
@@ -557,6 +566,7 @@ def _treatment_stats(records_path: str, treatments: list[Treatment], n_boot: int
             "latent_cosine_by_index": a["cos"].means(), "latent_rel_l2_by_index": a["rel"].means(),
             "latent_cosine": _ci(a["cos_s"], n_boot, seed), "latent_rel_l2": _ci(a["rel_s"], n_boot, seed),
             "refs": refs, "sensitivity_ratio": refs[t.reference]["sensitivity_ratio"],
+            "latents_moved": _rate(a["moved"]), "move_resolution": MOVE_RESOLUTION,
             "answer_changed": _rate(a["same"]), "answer_tv": _ci(a["tv"], n_boot, seed),
             "accuracy": _rate(a["correct"])}
     overall = {"n_samples": n_ok, "trigger_rate": _rate(triggered),

@@ -7,6 +7,7 @@ world's task files as the default data, so core never imports the toy world or z
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from latentcheck.core.loader import register_model_resolver
 from latentcheck.core.runner import register_default_data
@@ -21,11 +22,12 @@ def zoo_resolver(name: str) -> Path | None:
     return zoo_model_path(name)
 
 
-def toy_world_data(split: str) -> Path:
-    """The toy world's task file for ``split`` (written on first use)."""
-    from latentcheck.toy.zoo import default_data
+def toy_world_data(split: str, model: Any = None) -> Path:
+    """The toy world's task file for ``split`` (written on first use): the world ``model`` was trained on when it is
+    a zoo model (name or folder with a zoo card; toy-binding: the binding world), else the zoom world (v3)."""
+    from latentcheck.toy.zoo import default_data, world_of
 
-    return default_data(split)
+    return default_data(split, world_of(model))
 
 
 register_model_resolver(zoo_resolver)

@@ -389,11 +389,15 @@ def _write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def write_world(out_dir: str | os.PathLike, n_train: int, n_val: int, n_test: int, seed: int = 0) -> dict[str, Any]:
+def write_world(out_dir: str | os.PathLike, n_train: int, n_val: int, n_test: int, seed: int = 0,
+                variant: str = "v3") -> dict[str, Any]:
     """Write images, crops, task/derived JSONL and interleaved (Monet, Mirage) files; return counts and paths.
 
     All paths inside the written files are relative to ``out_dir`` (where the JSON/JSONL files live).
+    ``variant="binding"``: the binding world's samples (its own ids, ``toybind-*``, and manifest name).
     """
+    if variant not in VARIANTS:
+        raise LatentcheckError(f"toy world: unknown variant {variant!r} (expected one of {', '.join(VARIANTS)})")
     counts = {"train": n_train, "val": n_val, "test": n_test}
     for split, n in counts.items():
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -410,7 +414,7 @@ def write_world(out_dir: str | os.PathLike, n_train: int, n_val: int, n_test: in
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "crops" / split).mkdir(parents=True, exist_ok=True)
         tasks, derived, monet, mirage = [], [], [], []
-        for sample in make_samples(n, split, seed, MAIN_QUESTION_TYPES):
+        for sample in make_samples(n, split, seed, MAIN_QUESTION_TYPES, variant=variant):
             image_rel = f"images/{split}/{sample.id}.png"
             crop_rel = f"crops/{split}/{sample.id}.png"
             sample.image.save(root / image_rel)
@@ -431,7 +435,8 @@ def write_world(out_dir: str | os.PathLike, n_train: int, n_val: int, n_test: in
         derived_counts[split] = len(derived)
         heldout_counts[split] = sum(t["meta"]["heldout_combo"] for t in tasks)
     manifest = {
-        "name": WORLD_NAME, "version": WORLD_VERSION, "seed": seed, "counts": counts,
+        "name": WORLD_NAME if variant == "v3" else BINDING_WORLD_NAME,
+        "version": WORLD_VERSION if variant == "v3" else BINDING_WORLD_VERSION, "seed": seed, "counts": counts,
         "derived_counts": derived_counts, "heldout_target_counts": heldout_counts,
         "image_size": IMAGE_SIZE, "cell_size": CELL_SIZE, "grid": GRID, "n_objects": N_OBJECTS,
         "object_size_range": list(OBJECT_SIZE_RANGE), "max_offset": MAX_OFFSET, "noise_std": NOISE_STD,

@@ -49,6 +49,7 @@ class ZooSpec:
     how: str
     latent_weight: float = 1.0
     latent_targets: str = "rows"  # rows: crop tokens pooled by row, one per latent; centre: the crop-centre mean
+    world: str = "v3"  # the toy world's variant it is trained and evaluated on (toy/world.py VARIANTS)
 
 
 ZOO: dict[str, ZooSpec] = {s.name: s for s in [
@@ -97,16 +98,33 @@ def zoo_model_path(name: str) -> Path:
     raise ModelLoadError(f"toy model {name!r} is not built; run `latentcheck zoo build`")
 
 
-def default_data(split: str = "test") -> Path:
-    """The toy world's task file for ``split`` (written on first use; deterministic)."""
-    from latentcheck.toy.world import WORLD_VERSION, write_world
+def world_of(model: Any) -> str:
+    """The toy world a model was trained on: a zoo name's spec, or the ``world`` of a folder's zoo card; else v3."""
+    if isinstance(model, str) and model in ZOO:
+        return ZOO[model].world
+    if isinstance(model, (str, os.PathLike)):
+        card = Path(model) / "zoo_card.json"
+        try:
+            return json.loads(card.read_text()).get("world", "v3") if card.is_file() else "v3"
+        except (OSError, ValueError):
+            return "v3"
+    return "v3"
 
-    root = cache_root() / f"toyworld-v{WORLD_VERSION}-seed{WORLD_SEED}"
+
+def default_data(split: str = "test", world: str = "v3") -> Path:
+    """The toy world's task file for ``split`` (written on first use; deterministic); ``world="binding"``: the
+    binding world's (toy/world.py)."""
+    from latentcheck.toy.world import BINDING_WORLD_VERSION, VARIANTS, WORLD_VERSION, write_world
+
+    if world not in VARIANTS:
+        raise LatentcheckError(f"unknown toy world {world!r} (expected one of {', '.join(VARIANTS)})")
+    name = f"toyworld-v{WORLD_VERSION}" if world == "v3" else f"toyworld-binding-v{BINDING_WORLD_VERSION}"
+    root = cache_root() / f"{name}-seed{WORLD_SEED}"
     path = root / f"tasks_{split}.jsonl"
     if not path.exists():
         tmp = root.with_name(root.name + f".tmp{os.getpid()}")
         write_world(tmp, n_train=ZOO_SIZES["train"] // 6, n_val=ZOO_SIZES["val"], n_test=ZOO_SIZES["test"],
-                    seed=WORLD_SEED)
+                    seed=WORLD_SEED, variant=world)
         if root.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -115,11 +133,16 @@ def default_data(split: str = "test") -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- examples
-def training_samples(n: int):
+def training_samples(n: int, world: str = "v3"):
     """The zoo's training set: toy-world train samples, every SINGLE_OBJECT_EVERY-th with the target alone
-    (a curriculum: tiny models trained from scratch find the target far sooner with some distractor-free images)."""
-    from latentcheck.toy.world import QUESTION_TYPES, make_sample
+    (a curriculum: tiny models trained from scratch find the target far sooner with some distractor-free images).
+    ``world="binding"``: the binding world's colour questions (the asked object must be found by its shape)."""
+    from latentcheck.toy.world import MAIN_QUESTION_TYPES, QUESTION_TYPES, make_sample
 
+    if world == "binding":
+        return [make_sample(i, "train", WORLD_SEED, MAIN_QUESTION_TYPES[0], variant="binding",
+                            n_objects=1 if i % SINGLE_OBJECT_EVERY == SINGLE_OBJECT_EVERY - 1 else None)
+                for i in range(n)]
     return [make_sample(i, "train", WORLD_SEED, QUESTION_TYPES[i % len(QUESTION_TYPES)],
                         n_objects=1 if i % SINGLE_OBJECT_EVERY == SINGLE_OBJECT_EVERY - 1 else None)
             for i in range(n)]
@@ -242,8 +265,8 @@ def _build_model(spec, name, out_root, seed, on_step, steps, n_train, t0):
     # the exact Conv3d patch embedding (no CPU fast path): the build stays byte-identical to the shipped weights
     lm = load_model(str(tmp), profile=spec.profile, device="cpu", quant="none", fast_paths=False)
     n = n_train or ZOO_SIZES["train"]
-    train_samples = training_samples(n)
-    val = make_samples(ZOO_SIZES["val"], "val", WORLD_SEED, MAIN_QUESTION_TYPES)
+    train_samples = training_samples(n, spec.world)
+    val = make_samples(ZOO_SIZES["val"], "val", WORLD_SEED, MAIN_QUESTION_TYPES, variant=spec.world)
     cfg = TrainConfig(steps=steps or spec.steps, lr=spec.lr, seed=seed, eval_every=100, freeze_vision=True,
                       grad_clip=100.0, warmup=20, target_score=TARGET_SCORE, latent_weight=spec.latent_weight)
     if spec.kind in ("capimagine", "capimagine-prose"):
@@ -253,14 +276,14 @@ def _build_model(spec, name, out_root, seed, on_step, steps, n_train, t0):
         cache_image_features(lm, exs)  # the vision tower is frozen for every zoo model
         log = train(lm, exs, cfg, on_step=on_step, evaluate=lambda: evaluate_accuracy(lm, val))
         data_counts = {"train_examples": len(exs)}
-    test = make_samples(ZOO_SIZES["test"], "test", WORLD_SEED, MAIN_QUESTION_TYPES)
+    test = make_samples(ZOO_SIZES["test"], "test", WORLD_SEED, MAIN_QUESTION_TYPES, variant=spec.world)
     acc = evaluate_accuracy(lm, test)
     derived = make_samples(ZOO_SIZES["test"], "test", WORLD_SEED, [t for t in QUESTION_TYPES
-                                                                   if t not in MAIN_QUESTION_TYPES])
+                                                                   if t not in MAIN_QUESTION_TYPES], variant=spec.world)
     derived_acc = evaluate_accuracy(lm, derived) if not spec.kind.startswith("capimagine") else None
     held = [s for s in test if s.meta["heldout_combo"]]
     card = {"name": name, "profile": spec.profile, "kind": spec.kind, "base": spec.base, "how": spec.how,
-            "seed": seed, "steps": cfg.steps, "lr": cfg.lr, "batch_size": cfg.batch_size, "data": data_counts,
+            "seed": seed, "world": spec.world, "steps": cfg.steps, "lr": cfg.lr, "batch_size": cfg.batch_size, "data": data_counts,
             "latent_weight": spec.latent_weight if spec.kind == "latent" else None,
             "latent_targets": spec.latent_targets if spec.kind == "latent" else None,
             "test_accuracy": acc, "test_n": len(test), "chance": 0.25, "test_question_types": list(MAIN_QUESTION_TYPES),

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,9 @@ torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------------------------------- hand-built summaries
+Z975 = 1.959963984540054  # standard normal 97.5% quantile
+
+
 def pi_summary(est, lo, hi, n=20, treatment="swap_image"):
     return {"trigger_rate": {"estimate": 1.0}, "latent_source": "fed-back latent vectors",
             "treatments": {treatment: {"n": n, "reference": "image_tokens",
@@ -117,6 +122,42 @@ def test_xz_verdict_follows_the_ratio_ci():
         "inconclusive"
     v = verdict_xz(pi_summary(0.4, 0.3, 0.5), R)
     assert v.evidence["ratio"] == 0.4 and "0.40 [0.30, 0.50]" in v.summary
+
+
+def test_xz_ratio_below_its_resolution_reads_the_share_of_inputs_that_move_the_latents():
+    """toy-bypass's case: latents within round-off on every sample. The ratio's bootstrap interval would be [0, 0];
+    with the resolution floor it reaches resolution / mean reference change (1e-4 / 0.4 = 2.5e-4), and the verdict
+    reads the Wilson interval of 'latents moved' (0 of n: upper end z^2 / (n + z^2)): input-independent at n = 100
+    (0.037 <= 0.10), inconclusive at n = 20 (0.161; need >= 35 = ceil(9 z^2)). A ratio with sampling spread above
+    the floor is read as before."""
+    from latentcheck.audit.verdicts import min_n_for_zero_share
+    from latentcheck.core.summaries import Proportion, Ratio
+
+    def summary(n, num, den):
+        s = pi_summary(0, 0, 0, n=n)
+        tr = s["treatments"]["swap_image"]
+        tr["sensitivity_ratio"] = Ratio.bootstrap(num, den, n_boot=200, resolution=1e-4).to_dict()
+        tr["latents_moved"] = Proportion.of([x > 1e-4 for x in num]).to_dict()
+        tr["move_resolution"] = 1e-4
+        return s
+
+    rng = np.random.default_rng(0)
+    num100, den100 = rng.uniform(0, 2e-7, 100), np.full(100, 0.4)
+    ratio = summary(100, num100, den100)["treatments"]["swap_image"]["sensitivity_ratio"]
+    assert ratio["method"] == "paired_bootstrap_floored" and ratio["hi"] == pytest.approx(2.5e-4)
+    assert ratio["lo"] < ratio["hi"] and ratio["resolution_floor"] == pytest.approx(2.5e-4)
+    v = verdict_xz(summary(100, num100, den100), DEFAULT_RULES)
+    assert v.verdict == "input-independent" and "0/100" in v.summary and "resolution floor" in v.summary
+    assert v.evidence["moved_hi"] == pytest.approx(Z975 ** 2 / (100 + Z975 ** 2))
+    v20 = verdict_xz(summary(20, num100[:20], den100[:20]), DEFAULT_RULES)
+    assert v20.status == "inconclusive" and "need >= 35" in v20.summary
+    assert all(x["verdict"] != "input-independent" for x in v20.evidence["threshold_sweep"])
+    assert min_n_for_zero_share(0.10) == 35 == math.ceil(9 * Z975 ** 2)
+    # genuine (if small) latent changes: not floored, the ratio's own interval decides
+    num, den = rng.uniform(0.001, 0.01, 20), rng.uniform(0.3, 0.5, 20)
+    s = summary(20, num, den)
+    assert s["treatments"]["swap_image"]["sensitivity_ratio"]["method"] == "paired_bootstrap"
+    assert verdict_xz(s, DEFAULT_RULES).verdict == "input-independent"
 
 
 MEAN, SWAP = "shared:source=mean", "swap"
@@ -253,7 +294,10 @@ def bypass_audit(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("audit-bypass")
     ck = tiny_checkpoint("toy", "toy-bypass")
     opts = CommonOptions(model=str(ck), out=str(out), limit=8, quiet=True)
-    rules = merge_rules({"zy": {"require_above_chance": False, "min_samples": 4}, "xz": {"min_samples": 4}})
+    # 8 samples: 0/8 latents moved bounds the share of inputs that move them by 0.32 (Wilson), so the X -> Z null
+    # needs max_moved_share above that here (default 0.10 needs >= 35 samples)
+    rules = merge_rules({"zy": {"require_above_chance": False, "min_samples": 4},
+                         "xz": {"min_samples": 4, "max_moved_share": 0.5}})
     return run_audit(opts, AuditSettings(force_latent=True, report=False, n_boot=200), rules)
 
 
@@ -261,7 +305,11 @@ def test_audit_of_the_negative_control_finds_no_causal_latents(bypass_audit):
     r = bypass_audit
     assert r.kind == "latent" and r.exit_code == 0
     assert r.verdicts["xz"].verdict == "input-independent"
-    assert r.verdicts["xz"].evidence["ratio_hi"] == 0.0  # the span cannot see the input: exactly no change
+    # the span cannot see the input: no latent moves beyond round-off, the ratio's interval ends at its resolution
+    # floor (not a zero-width [0, 0]) and the verdict reads the share that moved (0/8, Wilson [0, 0.32])
+    ev = r.verdicts["xz"].evidence
+    assert ev["ratio_method"] == "paired_bootstrap_floored" and ev["ratio_hi"] == ev["resolution_floor"] > 0
+    assert ev["moved"] == 0 and ev["moved_n"] == 8 and ev["moved_hi"] == pytest.approx(Z975 ** 2 / (8 + Z975 ** 2))
     # every effect is exactly 0, but 8 samples cannot show equivalence within +-5 points: inconclusive, with CIs
     # that are not zero-width and the sample size that would be needed
     zy = r.verdicts["zy"]
@@ -404,7 +452,9 @@ def test_zoo_controls_come_out_as_designed(tmp_path):
     not (docs/audit.md has the full default audit)."""
     from latentcheck.audit.audit import run_zoo_audit
 
-    limits = {"perturb_input": 32, "perturb_latent": 64, "probe": 48, "text_doz": 16, "bench": 16}
+    # perturb_input 40: toy-bypass's latents never move, and 0 of n bounds the share of inputs that move them by
+    # z^2 / (n + z^2) <= 0.10 only from n = 35 on
+    limits = {"perturb_input": 40, "perturb_latent": 64, "probe": 48, "text_doz": 16, "bench": 16}
     res = run_zoo_audit(CommonOptions(out=str(tmp_path), quiet=True, batch_size=16),
                         AuditSettings(limits=limits, report=False, n_boot=500,
                                       stages=["perturb_input", "perturb_latent", "probe"]),

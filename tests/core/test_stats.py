@@ -13,6 +13,9 @@ from latentcheck.core.stats import (
     accuracy_effect,
     bootstrap_ci,
     bootstrap_ratio,
+    discrete_score_interval,
+    discrete_score_statistic,
+    INTERACTION_SUPPORT,
     mcnemar_exact,
     mediation_effects,
     paired_bootstrap_diff,
@@ -232,7 +235,10 @@ def test_mediation_zero_total_effect_and_bad_input():
     w = 1.959963984540054 ** 2 / (4 + 1.959963984540054 ** 2)
     assert res["te"]["estimate"] == 0.0 and (res["te"]["lo"], res["te"]["hi"]) == pytest.approx((-w, w))
     assert (res["te"]["boot_lo"], res["te"]["boot_hi"]) == (0.0, 0.0)  # the bootstrap column collapses
-    assert res["interaction"]["lo"] < 0 < res["interaction"]["hi"]
+    # the interaction contrast is 0 on every sample: the multinomial score interval +-2 z^2 / (4 + z^2)
+    assert res["interaction"]["method"] == "multinomial_score"
+    assert (res["interaction"]["lo"], res["interaction"]["hi"]) == pytest.approx((-2 * w, 2 * w))
+    assert (res["interaction"]["boot_lo"], res["interaction"]["boot_hi"]) == (0.0, 0.0)
     real = mediation_effects(y + 0.5, y + 0.5, y + 0.5, y + 0.5, n_boot=100)  # non-binary: bootstrap only
     assert real["te"] == {"estimate": 0.0, "lo": 0.0, "hi": 0.0, "method": "paired_bootstrap"}
     assert math.isnan(res["proportion_mediated"]["estimate"])
@@ -283,6 +289,61 @@ def test_score_interval_boundaries_are_score_test_boundaries():
     assert z_stat(res["lo"]) == pytest.approx(norm.ppf(0.975), abs=1e-4)
     assert z_stat(res["hi"]) == pytest.approx(-norm.ppf(0.975), abs=1e-4)
     assert tango_statistic(n01, n10, n, res["lo"]) == pytest.approx(norm.ppf(0.975), abs=1e-8)
+
+
+@pytest.mark.parametrize("n01,n10,n", [(25, 28, 618), (1, 7, 21), (0, 0, 10), (3, 0, 10), (10, 0, 10), (5, 5, 10),
+                                        (2, 1, 100), (0, 1, 5)])
+def test_discrete_score_interval_is_tango_on_a_paired_difference(n01, n10, n):
+    """On the support -1..1 of a paired 0/1 difference the multinomial score interval IS Tango's (pinned to R above)."""
+    values = [1] * n01 + [-1] * n10 + [0] * (n - n01 - n10)
+    a, b = paired_score_interval(n01, n10, n), discrete_score_interval(values, (-1, 0, 1))
+    assert (b["lo"], b["hi"]) == pytest.approx((a["lo"], a["hi"]), abs=1e-9)
+    assert b["estimate"] == pytest.approx(a["estimate"]) and b["method"] == "multinomial_score"
+
+
+def test_interaction_interval_all_zero_hand_computed():
+    """Every per-sample interaction contrast 0 (support -2..2): the restricted MLE under mean m puts mass m/2 on 2, the
+    variance is m (2 - m), so Z = sqrt(n) m / sqrt(m (2 - m)) = z gives m = 2 z^2 / (n + z^2): +-0.555 at n = 10,
+    +-0.074 at n = 100 (twice Tango's bound: the contrast can move by 2). Never zero-width."""
+    for n in (10, 100):
+        res = discrete_score_interval(np.zeros(n), INTERACTION_SUPPORT)
+        bound = 2 * Z975 ** 2 / (n + Z975 ** 2)
+        assert (res["lo"], res["hi"]) == pytest.approx((-bound, bound), abs=1e-9)
+    assert discrete_score_interval(np.zeros(10), INTERACTION_SUPPORT)["hi"] == pytest.approx(0.5551, abs=1e-4)
+
+
+def test_discrete_score_boundaries_are_score_test_boundaries():
+    """At each bound, the score statistic with the restricted MLE found by a generic constrained optimiser (SLSQP over
+    the whole simplex, unobserved categories included) equals -+z; the statistic is monotone across the interval."""
+    from scipy.optimize import minimize
+    from scipy.stats import norm
+
+    sup = np.array(INTERACTION_SUPPORT)
+    values = np.array([0] * 30 + [1] * 6 + [-1] * 2 + [2] * 2)  # no -2: an unobserved category
+    counts = np.array([np.sum(values == v) for v in sup], dtype=float)
+    res = discrete_score_interval(values, sup)
+
+    def z_generic(m):
+        obs = counts > 0
+        nll = lambda p: -np.sum(counts[obs] * np.log(np.clip(p[obs], 1e-300, None)))
+        cons = [{"type": "eq", "fun": lambda p: p.sum() - 1}, {"type": "eq", "fun": lambda p: p @ sup - m}]
+        best = None
+        for start in (counts / counts.sum() * 0.9 + 0.02, np.full(5, 0.2)):
+            r = minimize(nll, start, method="SLSQP", bounds=[(0, 1)] * 5, constraints=cons,
+                         options={"ftol": 1e-15, "maxiter": 1000})
+            best = r if best is None or r.fun < best.fun else best
+        var = best.x @ (sup - m) ** 2
+        return np.sqrt(len(values)) * (values.mean() - m) / np.sqrt(var)
+
+    z = norm.ppf(0.975)
+    assert z_generic(res["lo"]) == pytest.approx(z, abs=1e-3)
+    assert z_generic(res["hi"]) == pytest.approx(-z, abs=1e-3)
+    assert discrete_score_statistic(counts, sup, res["lo"]) == pytest.approx(z, abs=1e-8)
+    grid = np.linspace(res["lo"], res["hi"], 25)
+    stats = [discrete_score_statistic(counts, sup, m) for m in grid]
+    assert all(a > b for a, b in zip(stats, stats[1:]))
+    with pytest.raises(LatentcheckError, match="not in the support"):
+        discrete_score_interval([0, 3], sup)
 
 
 def test_tost_needs_enough_samples():

@@ -16,7 +16,7 @@ from latentcheck.core.runner import CommonOptions, TensorStore
 from latentcheck.core.similarity import cosine
 from latentcheck.core.tasks import Task
 from latentcheck.toy.world import make_samples
-from latentcheck.perturb.inputs import _centred_pair_cosine, imagination_span, run_perturb_input
+from latentcheck.perturb.inputs import MOVE_RESOLUTION, _centred_pair_cosine, imagination_span, run_perturb_input
 
 TOL = 1e-5
 
@@ -82,7 +82,16 @@ def test_visibility_none_cuts_the_image_out_of_the_latents_latents_only_keeps_it
             assert e["refs"]["question_tokens"]["rel_l2"] < TOL and e["refs"]["last_prompt_token"]["rel_l2"] < TOL
             assert e["refs"]["image_tokens"]["rel_l2"] > 1e-3  # the image itself did change
     for label in treatments:
-        assert res.summary["treatments"][label]["sensitivity_ratio"]["estimate"] < TOL
+        t = res.summary["treatments"][label]
+        assert t["sensitivity_ratio"]["estimate"] < TOL
+        # no latent moved beyond round-off: the ratio's interval is raised to its resolution floor (resolution /
+        # mean image-token change, from the records) instead of a zero-width [0, 0], and 0/3 moved gets Wilson
+        mean_ref = np.mean([r["treatments"][label]["refs"]["image_tokens"]["rel_l2"] for r in recs])
+        assert t["sensitivity_ratio"]["method"] == "paired_bootstrap_floored"
+        assert t["sensitivity_ratio"]["hi"] == pytest.approx(MOVE_RESOLUTION / mean_ref, rel=1e-6)
+        assert t["sensitivity_ratio"]["hi"] > t["sensitivity_ratio"]["lo"]
+        assert t["latents_moved"]["successes"] == 0 and t["latents_moved"]["n"] == 3
+        assert t["latents_moved"]["hi"] == pytest.approx(1.959963984540054 ** 2 / (3 + 1.959963984540054 ** 2))
     # positive-control rule: only the latent span sees the image -> latents change, the text states do not
     res2, recs2 = _run(tmp_path, lm, treatments, n=3, name="latents_only", image_visibility="latents_only")
     for r in recs2:
@@ -94,6 +103,7 @@ def test_visibility_none_cuts_the_image_out_of_the_latents_latents_only_keeps_it
         s = res2.summary["treatments"][label]["sensitivity_ratio"]
         cut = res.summary["treatments"][label]["sensitivity_ratio"]
         assert s["lo"] > 1e-3 and s["estimate"] > 100 * cut["estimate"]
+        assert s["method"] == "paired_bootstrap" and res2.summary["treatments"][label]["latents_moved"]["successes"] == 3
 
 
 def _colour_latents(v, k=4, h=128):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -324,3 +325,31 @@ def test_binding_world_questions_bind_to_one_of_several_coloured_objects():
     assert make_sample(3, "test", 0, "colour", variant="binding").options == samples[3].options  # deterministic
     v3 = make_sample(3, "test", 0, "colour")
     assert v3.meta["version"] == "3" and v3.options == ["red", "green", "blue", "yellow"]
+
+
+def test_binding_world_files_and_the_default_data_of_a_binding_model(tmp_path, monkeypatch):
+    """write_world(variant="binding") writes the binding world's tasks (its ids, shuffled options, manifest name);
+    without --data, a model trained on the binding world (a zoo spec with world "binding", or a folder whose zoo card
+    says so) gets the
+    binding world's task file and every other model the zoom world's (v3)."""
+    from latentcheck.core.runner import CommonOptions, data_path
+    from latentcheck.toy import zoo
+    from latentcheck.toy.world import BINDING_WORLD_NAME, make_sample, write_world
+
+    out = write_world(tmp_path / "w", n_train=0, n_val=0, n_test=6, variant="binding")
+    recs = [json.loads(line) for line in open(out["paths"]["test"]["tasks"])]
+    assert [r["id"] for r in recs] == [f"toybind-test-{i:06d}" for i in range(6)]
+    assert [r["options"] for r in recs] == [make_sample(i, "test", 0, "colour", variant="binding").options
+                                            for i in range(6)]
+    assert json.loads(open(out["manifest"]).read())["name"] == BINDING_WORLD_NAME
+    monkeypatch.setenv("LATENTCHECK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(zoo, "ZOO_SIZES", {"train": 6, "val": 1, "test": 3})
+    monkeypatch.setitem(zoo.ZOO, "toy-bind-test", dataclasses.replace(zoo.ZOO["toy-mediated"], world="binding"))
+    binding = data_path(CommonOptions(model="toy-bind-test"))
+    assert "toyworld-binding-v1" in binding and json.loads(open(binding).readline())["id"].startswith("toybind-")
+    assert "toyworld-v3" in data_path(CommonOptions(model="toy-latent"))
+    card_dir = tmp_path / "my-binding-model"
+    card_dir.mkdir()
+    (card_dir / "zoo_card.json").write_text(json.dumps({"world": "binding"}))
+    assert data_path(CommonOptions(model=str(card_dir))) == binding
+    assert data_path(CommonOptions(model="toy-latent", data="x.jsonl")) == "x.jsonl"
