@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from latentcheck.core.errors import RecordError
-from latentcheck.core.records import strip_timing
-from latentcheck.core.runner import CommonOptions, load_records, run_records
+from latentcheck.core.records import iter_results, strip_timing
+from latentcheck.core.runner import CommonOptions, run_records
 from latentcheck.core.tasks import BadRecord, Task
 
 
@@ -67,8 +67,8 @@ def test_prefetch_prepares_the_next_block_while_this_one_is_processed(tmp_path):
     inline = Stages()
     res_inline = _run(tmp_path, "inline", inline, prefetch=False)
     assert [e.split(" on ")[0] for e in inline.events] == [f"{s} {b}" for b in range(4) for s in ("prepare", "process")]
-    a = [strip_timing(r) for r in load_records(res.results_path)]
-    b = [strip_timing(r) for r in load_records(res_inline.results_path)]
+    a = [strip_timing(r) for r in iter_results(res.results_path)]
+    b = [strip_timing(r) for r in iter_results(res_inline.results_path)]
     assert a == b and [r["key"] for r in a] == [f"k{i}" for i in range(4)] + ["error@d.jsonl:5"] + \
         [f"k{i}" for i in range(4, 10)]
     assert a[0]["prepared"] == "K0" and a[4]["type"] == "error" and a[4]["field"] == "<line>"
@@ -78,11 +78,11 @@ def test_prefetch_error_surfaces_at_its_block_after_earlier_records_are_written(
     st = Stages(fail_prepare="k7")
     with pytest.raises(RuntimeError, match="prepare failed"):
         _run(tmp_path, "err", st, prefetch=True)
-    done = [r["key"] for r in load_records(str(tmp_path / "err" / "samples.jsonl"))]
+    done = [r["key"] for r in iter_results(str(tmp_path / "err" / "samples.jsonl"))]
     assert done == ["k0", "k1", "k2", "k3", "error@d.jsonl:5", "k4"]  # blocks 0 and 1 kept
     # resume: only what is missing is prepared and processed again, the file is complete and has no duplicate
     st2 = Stages()
     res = _run(tmp_path, "err", st2, prefetch=True, resume=True)
     assert sorted({e.split(" on ")[0] for e in st2.events}) == ["prepare 2", "prepare 3", "process 2", "process 3"]
-    keys = [r["key"] for r in load_records(res.results_path)]
+    keys = [r["key"] for r in iter_results(res.results_path)]
     assert keys == [f"k{i}" for i in range(4)] + ["error@d.jsonl:5"] + [f"k{i}" for i in range(4, 10)]

@@ -141,8 +141,8 @@ USER_ERRORS = [
     ("unknown profile", ["perturb-latent", "--profile", "toy-latnet"],
      "error: unknown profile 'toy-latnet'; built-in profiles: "),
     ("unknown intervention", ["perturb-latent", "--profile", "toy-latent", "-i", "zeros"],
-     "error: unknown intervention 'zeros'; valid: drop, identity, index_mean, length, near_zero, noise, noise_replace, "
-     "replay, reverse, scale, shared, shuffle, swap, zero"),
+     "error: unknown intervention 'zeros'; valid: drop, identity, index_mean, knockout, length, near_zero, noise, "
+     "noise_replace, placeholder, replay, reverse, scale, shared, shuffle, swap, zero"),
     ("unknown intervention parameter", ["perturb-latent", "--profile", "toy-latent", "-i", "noise:sgima=1"],
      "error: intervention 'noise' has no parameter 'sgima'; valid: sigma (default 0.5)"),
     ("unknown treatment", ["perturb-input", "--profile", "toy-latent", "-t", "blurr"],
