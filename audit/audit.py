@@ -49,13 +49,15 @@ from latentcheck.audit.verdicts import (SCHEMA, STAGES, ZOO_AUDIT_MODELS, Verdic
                                        bench_headline, comparison_row, judge, merge_rules,
                                        write_audit)
 import latentcheck.audit.stages  # noqa: F401  (registers the built-in analyses)
+from latentcheck.audit.mechanism import mechanism_row
 from latentcheck.core.analysis import ANALYSES, AnalysisContext
 from latentcheck.core.errors import LatentcheckError
 from latentcheck.core.runner import CommonOptions
 
 # Default samples per stage (``--limit`` overrides every stage). Chosen so the default zoo audit (5 models) stays
 # within 5 minutes on a 2-core CPU machine (measured: docs/audit.md).
-DEFAULT_LIMITS = {"perturb_input": 100, "perturb_latent": 100, "probe": 100, "text_doz": 100, "bench": 100}
+DEFAULT_LIMITS = {"perturb_input": 100, "perturb_latent": 100, "probe": 100, "mechanism": 60, "text_doz": 100,
+                  "bench": 100}  # mechanism: fewer samples (>= 52, what a +-5-point equivalence needs)
 AUDIT_TREATMENTS = ("identity", "swap_image", "swap_question", "noise:std=0.2")
 AUDIT_INTERVENTIONS = ("zero", "noise_replace", "shared:source=mean", "swap")
 AUDIT_MEDIATION = ("image",)
@@ -80,6 +82,7 @@ class AuditSettings:
     treatments: list[str] = field(default_factory=lambda: list(AUDIT_TREATMENTS))
     interventions: list[str] = field(default_factory=lambda: list(AUDIT_INTERVENTIONS))
     mediation: list[str] = field(default_factory=lambda: list(AUDIT_MEDIATION))
+    patch_layers: str | None = "each"  # span patched at each layer from the mediation's counterfactual run (mechanism)
     force_latent: bool = False
     probe_methods: list[str] = field(default_factory=lambda: ["linear"])
     probe_labels: list[str] | None = None
@@ -285,7 +288,8 @@ def run_audit(opts: CommonOptions, settings: AuditSettings | None = None, rules:
              "kind": kind, "data": str(path), "data_chance": chance, "folder": ".",
              "stages": {k: v.to_dict() for k, v in outcomes.items()},
              "verdicts": {k: v.to_dict() for k, v in verdicts.items()},
-             "bench": bench_headline(summaries.get("bench")), "seconds": round(time.perf_counter() - t0, 2)}
+             "bench": bench_headline(summaries.get("bench")), "mechanism": mechanism_row(summaries),
+             "seconds": round(time.perf_counter() - t0, 2)}
     audit = _audit_doc("single", [entry], rules, settings, opts)
     audit_path = write_audit(root, audit)
     if progress is not None:

@@ -29,7 +29,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Which stage's plots illustrate which link, and captions for the analyses' known PNGs (others get their file name).
 LINK_STAGES = {"xz": [("perturb_input", None), ("text_doz", ("similarity", "intra_matrix"))],
                "zy": [("perturb_latent", None), ("text_doz", ("accuracy",))],
-               "encodes": [("probe", None)]}
+               "encodes": [("probe", None)],
+               "mechanism": [("mechanism", None)]}
 CAPTIONS = {
     "inter_instance_raw": "Inter-instance cosine per latent index (raw), then the reference states; panel titles give "
                           "the off-diagonal mean (paper Fig. 2b).",
@@ -48,6 +49,17 @@ CAPTIONS = {
     "behavioural": "Behavioural probe: derived questions answered from the latents alone vs baselines.",
     "similarity": "Geometry per index: inter-instance cosine (raw / centred) and category separability.",
     "intra_matrix": "Imagination hidden states: intra-instance cosine matrix.",
+    "mechanism_effects": "Mechanism arms (fewer samples): accuracy change under the position-preserving placeholder "
+                         "span, the attention knockouts, each forced span length and LEACE erasure / steering (95% CI).",
+    "mechanism_length": "Format: accuracy against the forced span length K' (the model's own K is the baseline).",
+    "attention_image": "Attention mass on the image tokens per decoder layer: latent steps, the latent-start "
+                       "position, the last prompt token and the answer point (bootstrap 95% CI).",
+    "attention_region": "Share of each row's image attention on the target bbox per layer; dashed: the uniform share.",
+    "position_cka": "Linear CKA of each latent step with each image-token position, drawn on the token grid.",
+    "position_target": "Target specificity per latent step: centred cosine with the own target's token states minus "
+                       "with other instances' (95% CI).",
+    "layer_patching_image": "Span patched at one layer from the image-swapped run: accuracy change and the share of "
+                            "answers that follow the counterfactual run.",
 }
 STAGE_CAPTIONS = {("text_doz", "accuracy"): "Text do(Z): accuracy with the model's own imagination vs the corrupted "
                                             "one (Wilson 95% CI).",
@@ -191,6 +203,23 @@ def zoo_figures(audit: dict[str, Any], root: Path) -> list[Figure]:
                            Path(bar_ci(labels, vals, lo, hi, out / "zoo_encodes.png", hline=sum(chance) / len(chance),
                                        hline_label="chance (majority, mean)", title="best latent probe",
                                        ylabel="accuracy"))))
+    items = []
+    for m in audit["models"]:
+        mech = m.get("mechanism") or {}
+        for name, e in (("markers only", (mech.get("format") or {}).get("markers_only")),
+                        ("placeholder", (mech.get("format") or {}).get("placeholder")),
+                        ("knockout answer->span", (mech.get("flow") or {}).get("knockout_answer_span")),
+                        ("LEACE erased", (mech.get("erasure") or {}).get("erased"))):
+            if e and e.get("estimate") is not None:
+                items.append((f"{m['model']}\n{name}", e["estimate"], e["lo"], e["hi"]))
+    labels, vals, lo, hi = _bars(items)
+    if labels:
+        figs.append(Figure("zoo/mechanism", "mechanism", "Mechanism arms per model",
+                           "Accuracy change (95% CI) under markers only (K'=0), the placeholder span, the answer -> span "
+                           "knockout and LEACE erasure of the answer attribute (the mechanism stage's samples).",
+                           Path(forest([lab.replace("\n", " ") for lab in labels], vals, lo, hi,
+                                       out / "zoo_mechanism.png", title="mechanism arms",
+                                       xlabel="accuracy change")), wide=len(labels) > 6))
     bench = [r for r in rows if r.get("bench") and r["bench"].get("accuracy") is not None]
     labels, vals, lo, hi = _bars([(r["model"], r["bench"]["accuracy"], r["bench"]["lo"], r["bench"]["hi"])
                                   for r in bench])
@@ -420,9 +449,29 @@ def _model_section(entry: dict[str, Any], figs: list[Figure], heading: str = "h2
         more = " more" if key is not None and key.section == link else ""
         parts.append(_details(f"{LINK_NAMES[link]}: {n}{more} figure{'s' if n != 1 else ''}",
                               _figure_block(rest, link), anchor("section", entry["model"], link)))
+    if entry.get("mechanism"):
+        n = sum(f.section == "mechanism" for f in rest)
+        parts.append(_details(f"mechanism: tables and {n} figure{'s' if n != 1 else ''}",
+                              _mechanism_tables([entry]) + _figure_block(rest, "mechanism"),
+                              anchor("section", entry["model"], "mechanism")))
     parts.append(_details("stages", _stage_table(entry), anchor("section", entry["model"], "stages")))
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _mechanism_tables(models: list[dict[str, Any]]) -> str:
+    """The mechanism section's tables (audit/mechanism.py): one row per model, the samples each part rests on."""
+    from latentcheck.audit.mechanism import MECHANISM_TABLES, mechanism_cells
+
+    cells = [mechanism_cells(m["model"], m["mechanism"]) for m in models if m.get("mechanism")]
+    if not cells:
+        return ""
+    out = []
+    for title, cols in MECHANISM_TABLES.items():
+        out.append(f'<p class="muted">{_e(title)}</p>' + _table(list(cols), [[c[k] for k in cols] for c in cells]))
+    out.append('<p class="muted">samples: ' + "; ".join(f"{_e(c['model'])}: {_e(c['n'])}" for c in cells) +
+               " (the mechanism arms use fewer samples than the verdict stages; docs/audit.md)</p>")
+    return "".join(out)
 
 
 def build_html(audit: dict[str, Any], figures: dict[str, list[Figure]]) -> str:
@@ -441,6 +490,8 @@ def build_html(audit: dict[str, Any], figures: dict[str, list[Figure]]) -> str:
         toc.append((1, anchor("model", m["model"]), f'{m["model"]}: {m["verdicts"]["overall"]["verdict"]}'))
         toc += [(2, anchor("section", m["model"], link), LINK_NAMES[link]) for link in ("xz", "zy", "encodes")]
         toc.append((2, anchor("section", m["model"], "stages"), "stages"))
+    if multi and any(m.get("mechanism") for m in models):
+        toc.insert(1, (1, "mechanism", "Mechanism"))
     toc += [(1, "verdict-rules", "Verdict rules"), (1, "settings", "Settings")]
     parts.append(_contents(toc))
     by_model = {m["model"]: m for m in models}
@@ -455,6 +506,10 @@ def build_html(audit: dict[str, Any], figures: dict[str, list[Figure]]) -> str:
     parts.append(_table(list(COMPARISON_COLUMNS), cells, raw=True))
     if multi:
         parts.append(_figure_block(figures.get("comparison", []), "comparison"))
+        if any(m.get("mechanism") for m in models):
+            parts.append('<h2 id="mechanism">Mechanism</h2>')
+            parts.append(_mechanism_tables(models))
+            parts.append(_figure_block(figures.get("comparison", []), "mechanism"))
     for m in models:
         parts.append(_model_section(m, figures.get(m["model"], [])))
     parts.append('<h2>Verdict rules and settings</h2>')

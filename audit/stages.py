@@ -33,7 +33,14 @@ def _perturb_latent(ctx: AnalysisContext) -> AnalysisResult:
 
     return run_perturb_latent(ctx.opts, list(ctx.settings.interventions), mediation=list(ctx.settings.mediation),
                               force_latent=ctx.settings.force_latent, n_boot=ctx.settings.n_boot,
-                              plots=ctx.settings.plots, lm=ctx.lm)
+                              plots=ctx.settings.plots, lm=ctx.lm,
+                              patch_layers=ctx.settings.patch_layers if ctx.settings.mediation else None)
+
+
+def _mechanism(ctx: AnalysisContext) -> AnalysisResult:
+    from latentcheck.audit.mechanism import run_mechanism
+
+    return run_mechanism(ctx)
 
 
 def _probe(ctx: AnalysisContext) -> AnalysisResult:
@@ -112,6 +119,10 @@ def _register_builtin() -> None:
         Analysis("probe", STAGE_FOLDERS["probe"], "probe",
                  {"latent": _probe, "text_imagination": _probe_imagination}, default_reason="nothing to probe",
                  description="what the latents (or imagination states) encode"),
+        Analysis("mechanism", STAGE_FOLDERS["mechanism"], "perturb-latent + probe --erase (mechanism arms)",
+                 {"latent": _mechanism, "text_imagination": f"text_imagination model: {NO_LATENTS}"},
+                 default_reason="no latent vectors",
+                 description="mechanism: format vs content, attention knockout, LEACE erasure (fewer samples)"),
         Analysis("text_doz", STAGE_FOLDERS["text_doz"], "caption-imagine intervene",
                  {"text_imagination": _text_doz}, default_reason="no text imagination to rewrite",
                  description="Z -> Y for text imagination: rewrite it, does the answer follow?"),

@@ -17,11 +17,12 @@ from latentcheck.core.errors import LatentcheckError
 
 SCHEMA = "latentcheck.audit/1"
 AUDIT_FILE = "audit.json"
-STAGES = ("perturb_input", "perturb_latent", "probe", "text_doz", "bench")
+STAGES = ("perturb_input", "perturb_latent", "probe", "mechanism", "text_doz", "bench")
 STAGE_FOLDERS = {"perturb_input": "perturb-input", "perturb_latent": "perturb-latent", "probe": "probe",
-                 "text_doz": "text-doz", "bench": "bench"}
+                 "mechanism": "mechanism", "text_doz": "text-doz", "bench": "bench"}
 STAGE_TITLES = {"perturb_input": "perturb-input (X -> Z)", "perturb_latent": "perturb-latent (Z -> Y, mediation)",
-                "probe": "probe (what the latents encode)", "text_doz": "caption-imagine intervene (text do(Z))",
+                "probe": "probe (what the latents encode)",
+                "mechanism": "mechanism (format vs content, knockout, erasure; fewer samples)", "text_doz": "caption-imagine intervene (text do(Z))",
                 "bench": "bench (generic, short)"}
 ZOO_AUDIT_MODELS = ("toy-latent", "toy-capimagine", "toy-mediated", "toy-vector", "toy-bypass")
 LINKS = ("xz", "zy", "encodes")

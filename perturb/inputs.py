@@ -664,7 +664,8 @@ def position_matched(samples: list[tuple[str, dict]], lats: list[np.ndarray], mu
     the CKA with the target tokens' mean state and with the other tokens' mean state (bootstrap ``Estimate`` over
     instances), ``target_specificity`` / ``other_specificity`` (paired ``Effect``: matched minus mismatched centred
     cosine, bootstrap over instances), and ``target_vs_other`` = target minus other specificity (``Effect``): does
-    a latent step carry its own target's states more than the rest of its own image?"""
+    a latent step carry its own target's states more than the rest of its own image?; ``mean_over_steps``: the
+    target specificity of each instance's mean over steps (one pre-specified number)."""
     from collections import Counter
 
     from latentcheck.core.similarity import cka_matrix, linear_cka_ci
@@ -708,10 +709,11 @@ def position_matched(samples: list[tuple[str, dict]], lats: list[np.ndarray], mu
     tgt = np.stack([toks[i][regions[i]].mean(0) for i in trows])
     oth = np.stack([np.delete(toks[i], regions[i], axis=0).mean(0) for i in trows])
     zero = np.zeros(len(trows))
-    steps = []
+    steps, per_step = [], []
     for k in range(K):
         L = np.stack([lats[i][k] for i in trows])
         st, so = _specificity(unit(L), unit(tgt)), _specificity(unit(L), unit(oth))
+        per_step.append(st)
         steps.append({"step": k,
                       "cka_target": Estimate(**linear_cka_ci(L, tgt, n_boot=n_boot, seed=seed), n=len(trows),
                                              method="percentile_bootstrap").to_dict(),
@@ -720,7 +722,8 @@ def position_matched(samples: list[tuple[str, dict]], lats: list[np.ndarray], mu
                       "target_specificity": Effect.paired(zero, st, n_boot=n_boot, seed=seed).to_dict(),
                       "other_specificity": Effect.paired(zero, so, n_boot=n_boot, seed=seed).to_dict(),
                       "target_vs_other": Effect.paired(so, st, n_boot=n_boot, seed=seed).to_dict()})
-    out["target"] = {"n": len(trows), "steps": steps}
+    out["target"] = {"n": len(trows), "steps": steps,  # one pre-specified number: each instance's mean over steps
+                     "mean_over_steps": Effect.paired(zero, np.mean(per_step, 0), n_boot=n_boot, seed=seed).to_dict()}
     return out
 
 

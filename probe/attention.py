@@ -62,8 +62,9 @@ def summarise_attention(records: list[dict], n_boot: int = 2000, seed: int = 0) 
     """Per layer and summary row: image mass, region mass and region share (region / image, over samples whose row
     attends to the image at all) as bootstrap ``Estimate`` records; the uniform baseline (n_region / n_image); the
     contrasts ``region_share`` of the latent rows minus the uniform share, and the latent rows' region mass minus the
-    answer point's and the last prompt token's (paired ``Effect`` records); and per latent step the mean masses
-    (``steps``, for the figure)."""
+    answer point's and the last prompt token's (paired ``Effect`` records) per layer, and ``contrasts_over_layers``
+    (the same contrasts on each sample's mean over layers: one pre-specified number each); and per latent step the
+    mean masses (``steps``, for the figure)."""
     from latentcheck.core.summaries import Effect, Estimate
 
     recs = [r["attention"] for r in records if isinstance(r.get("attention"), dict) and r["attention"].get("image")]
@@ -103,6 +104,23 @@ def summarise_attention(records: list[dict], n_boot: int = 2000, seed: int = 0) 
         for ref in ("answer_point", "last_prompt_token"):
             pr = [(rv[layer], a[layer]) for a, _b, r in lat if (rv := _row_values(r, "region", ref)) is not None]
             contrasts[f"latent_region_vs_{ref}"].append(eff(pr))
+    # one pre-specified number per contrast: per sample the mean over layers (share: over layers where the latent
+    # rows attend to the image at all), then a paired bootstrap over samples
+    shares: dict[str, list] = {"latent_mean": [], "start": []}
+    all_ap = []
+    for r in with_region:
+        for row in shares:
+            a, b = _row_values(r, "region", row), _row_values(r, "image", row)
+            if a is None or b is None:
+                continue
+            ok = b > 1e-12
+            if ok.any():
+                shares[row].append((len(r["region_tokens"]) / r["n_image"], float(np.mean(a[ok] / b[ok]))))
+        a, ap = _row_values(r, "region", "latent_mean"), _row_values(r, "region", "answer_point")
+        if a is not None and ap is not None:
+            all_ap.append((float(np.mean(ap)), float(np.mean(a))))
+    over_layers = {"latent_share_vs_uniform": eff(shares["latent_mean"]),
+                   "start_share_vs_uniform": eff(shares["start"]), "latent_region_vs_answer_point": eff(all_ap)}
     k = min(sum(1 for name in r["labels"] if name.startswith("latent_")) for r in recs)
     steps: dict[str, Any] = {"labels": [f"latent_{j}" for j in range(k)]}
     for key, pool in (("image", recs), ("region", with_region)):
@@ -112,7 +130,7 @@ def summarise_attention(records: list[dict], n_boot: int = 2000, seed: int = 0) 
             steps[key] = arr.mean(0).round(6).tolist()
     return {"n": len(recs), "n_region": len(with_region), "n_layers": n_layers, "heads": "mean over heads",
             "uniform_region_share": est(share),
-            "layers": layers, "contrasts": contrasts, "steps": steps}
+            "layers": layers, "contrasts": contrasts, "contrasts_over_layers": over_layers, "steps": steps}
 
 
 def plot_attention(summary: dict[str, Any], out_dir: str | Path) -> list[str]:

@@ -341,6 +341,19 @@ def test_audit_folder_layout_and_audit_json(bypass_audit):
     assert {k: v.verdict for k, v in again.items()} == {k: v["verdict"] for k, v in m["verdicts"].items()}
 
 
+def test_mechanism_section_of_the_negative_control_is_exactly_null(bypass_audit):
+    """The bypass span sees no input and nothing after it sees the span: the knockouts and the placeholder span change
+    no answer (structural zeros, with intervals that are not zero-width), and the section lands in audit.json."""
+    root = Path(bypass_audit.out)
+    assert bypass_audit.stages["mechanism"].status == "done" and bypass_audit.stages["mechanism"].limit == 8
+    row = load_audit(root)["models"][0]["mechanism"]
+    for e in (row["flow"]["knockout_answer_span"], row["flow"]["knockout_span_image"], row["format"]["placeholder"]):
+        assert e["estimate"] == 0.0 and e["lo"] < 0 < e["hi"], e
+    assert row["n"]["mechanism_arms"] == 8 and [x["k"] for x in row["format"]["length"]] == [0, 1, 2, 8]
+    assert (root / "mechanism" / "plots" / "mechanism_effects.png").exists()
+    assert row["readout"]["attention_n"] == 8 and row["geometry"]["n"] == 8
+
+
 def test_rereading_with_other_rules_changes_the_reading_not_the_result(bypass_audit):
     """A threshold changes how the stored results read (reread), never the stored files."""
     from latentcheck.audit.verdicts import reread
