@@ -182,7 +182,8 @@ def run_mechanism(ctx) -> Any:
                               "probe_after": ((er.get("after") or {}).get("linear")),
                               "chance": (er.get("before") or {}).get("chance"),
                               "erased": effect_of(er.get("erased")), "steered": effect_of(er.get("steered")),
-                              "follows": er.get("follows"), "summary": "probe/summary.json"}
+                              "follows": er.get("follows"), "follows_own": er.get("follows_own"),
+                              "summary": "probe/summary.json"}
         counts["probe"] = pr.counts
         errors += int(pr.errors or 0)
     elif not have_leace:
@@ -317,6 +318,8 @@ def mechanism_cells(model: str, row: dict[str, Any]) -> dict[str, str]:
     er = row.get("erasure") or {}
     before, after = er.get("probe_before") or {}, er.get("probe_after") or {}
     fol = er.get("follows") or {}
+    fol_rate = fol.get("estimate", fol.get("rate"))
+    own = (er.get("follows_own") or {}).get("estimate", fol.get("own_rate"))
     n = row.get("n") or {}
     return {
         "model": model,
@@ -340,10 +343,10 @@ def mechanism_cells(model: str, row: dict[str, Any]) -> dict[str, str]:
         "target specificity": _ci(g.get("target_specificity"), signed=True),
         "label": er.get("label") or ("-" if not er.get("skipped") else "skipped"),
         "probe before -> after (chance)": "-" if not before else
-        f"{_num(before.get('accuracy'))} -> {_num(after.get('accuracy'))} ({_num(er.get('chance'))})",
+        f"{_num(before.get('estimate', before.get('accuracy')))} -> "
+        f"{_num(after.get('estimate', after.get('accuracy')))} ({_num(er.get('chance'))})",
         "erased dAcc": _ci(er.get("erased")), "steered dAcc": _ci(er.get("steered")),
-        "follows steering (own)": "-" if fol.get("rate") is None else
-        f"{_num(fol['rate'])} ({_num(fol.get('own_rate'))})",
+        "follows steering (own)": "-" if fol_rate is None else f"{_num(fol_rate)} ({_num(own)})",
         "reading": er.get("reading") or er.get("skipped") or "-",
         "n": f"arms {n.get('mechanism_arms') or '-'}, stages {n.get('perturb_latent') or '-'}, "
              f"geometry {n.get('geometry') or '-'}",
