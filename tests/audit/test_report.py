@@ -153,13 +153,17 @@ def test_zoo_report_has_the_comparison_figures(audit_dir, tmp_path):
     zoo = {**doc, "kind": "zoo", "models": entries, "comparison": [comparison_row(e) for e in entries]}
     write_audit(root, zoo)
     figs = report_figures(root)
-    assert [f.id for f in figs["comparison"]] == ["zoo/xz", "zoo/zy", "zoo/encodes", "zoo/bench"]
+    ids = ["zoo/xz", "zoo/zy", "zoo/encodes", "zoo/mechanism", "zoo/bench"]
+    assert [f.id for f in figs["comparison"]] == ids
     text = render_report(root).read_text()
     checker = check_html(text)
     images = decoded_images(checker)
-    for fid in ("zoo/xz", "zoo/zy", "zoo/encodes", "zoo/bench"):
+    for fid in ids:
         assert fid in images
-    assert len(checker.images) == 4 + len(figs["model-a"]) + len(figs["model-b"])
+    assert len(checker.images) == len(ids) + len(figs["model-a"]) + len(figs["model-b"])
+    # the mechanism section: its tables once for the comparison and once per model, and the stage's figures
+    assert '<h2 id="mechanism">Mechanism</h2>' in text and text.count("knockout answer-&gt;span dAcc") == 3
+    assert any(f.id == "mechanism/mechanism_effects" for f in figs["model-a"])
     assert len(figs["model-a"]) >= len(REQUIRED)
     assert 'href="#model-model-b"' in text and 'id="model-model-b"' in text
 
