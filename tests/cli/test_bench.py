@@ -47,7 +47,7 @@ def test_default_invocation_uses_toy_split_and_default_model(tiny_checkpoint, ta
     zoo.mkdir()
     (zoo / "toy-latent").symlink_to(tiny_checkpoint("toy", "toy-latent"))
     monkeypatch.setenv("LATENTCHECK_ZOO", str(zoo))
-    monkeypatch.setattr("latentcheck.toy.zoo.default_data", lambda split="test": tasks)
+    monkeypatch.setattr("latentcheck.toy.zoo.default_data", lambda split="test", world="v3": tasks)
     out = tmp_path / "default"
     r = _bench("--limit", "3", "--max-new-tokens", "6", "--out", str(out))
     assert r.exit_code == 0, r.output + repr(r.exception)
