@@ -71,7 +71,7 @@ def test_bench_with_a_judge_turns_hostile_records_into_error_records(ck, tiny_ch
     for s in samples:  # the judge read every sample whose reply the rule could not extract, and only those
         j = s["conditions"]["baseline"]["judge"] if "conditions" in s else s["judge"]
         assert j["used"] is (s.get("extracted", s.get("conditions", {}).get("baseline", {}).get("extracted")) is None)
-    res = json.loads((out / "results.json").read_text())
+    res = json.loads((out / "summary.json").read_text())
     assert res["judge"]["protocol"] == "monet"
 
 

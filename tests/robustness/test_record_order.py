@@ -76,7 +76,7 @@ COMMANDS = {
     "perturb-latent": (["-i", "zero", "-i", "noise:sigma=0.5", "-i", "shared:source=mean", "--force-latent",
                         "--n-boot", "200", "--no-plots"], "summary.json"),
     "perturb-input": (["--force-start", "--n-boot", "200", "--no-plots", "--max-matrix", "6"], "summary.json"),
-    "bench": (["--n-boot", "200", "--max-new-tokens", "4", "-i", "zero", "--force-latent"], "results.json"),
+    "bench": (["--n-boot", "200", "--max-new-tokens", "4", "-i", "zero", "--force-latent"], "summary.json"),
 }
 
 
