@@ -46,7 +46,8 @@ def test_two_cpu_processes_equal_one_process(ck, tmp_path, monkeypatch):
     assert canonical_records(two / "samples.jsonl") == canonical_records(one / "samples.jsonl")
     assert canonical_provenance(two / "samples.jsonl") == canonical_provenance(one / "samples.jsonl")
     assert canonical_summary(two / "summary.json") == canonical_summary(one / "summary.json")
-    assert sorted(p.name for p in two.iterdir()) == sorted(["samples.jsonl", "summary.json", *EXPORTS])  # no shards
+    expected = ["samples.jsonl", "summary.json", "results.json", *EXPORTS]  # no shards
+    assert sorted(p.name for p in two.iterdir()) == sorted(expected)
 
 
 def test_probe_two_processes_equal_one_process(ck, tmp_path, monkeypatch):
