@@ -409,6 +409,10 @@ def fmt_p(p: Any) -> str:
     return fmt_num(p, 3, style="g")
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def fmt_ci(est: Any, lo: Any = None, hi: Any = None, *, digits: int = 2, signed: bool = False, pct: bool = False,
            n: bool = False) -> str:
     """``0.52 [0.41, 0.63]``; ``est`` may be a record or its dict (then lo / hi / n come from it; ``None`` prints
@@ -421,7 +425,11 @@ def fmt_ci(est: Any, lo: Any = None, hi: Any = None, *, digits: int = 2, signed:
     scale = 100.0 if pct else 1.0
     text = fmt_num(est, digits, signed, scale)
     if lo is not None or hi is not None:
-        text += f" [{fmt_num(lo, digits, signed, scale)}, {fmt_num(hi, digits, signed, scale)}]"
+        lo_text, hi_text = fmt_num(lo, digits, signed, scale), fmt_num(hi, digits, signed, scale)
+        if lo_text == hi_text and _finite(lo) and _finite(hi) and hi > lo:
+            # rounding would print an interval of non-zero width as [0.00, 0.00]: show significant digits instead
+            lo_text, hi_text = fmt_num(lo, 2, signed, scale, "g"), fmt_num(hi, 2, signed, scale, "g")
+        text += f" [{lo_text}, {hi_text}]"
     if n and count is not None:
         text += f" (n={count})"
     return text

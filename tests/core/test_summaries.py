@@ -107,6 +107,11 @@ def test_formatters():
     assert fmt_ci(p, pct=True, digits=1, n=True) == "30.0 [10.8, 60.3] (n=10)"
     assert fmt_ci(p.to_dict(), digits=3) == "0.300 [0.108, 0.603]"
     assert fmt_ci(Effect(estimate=-0.1, lo=-0.3, hi=math.inf, n=4), signed=True) == "-0.10 [-0.30, inf]"
+    # an interval of non-zero width never prints as zero-width: rounding that would hide it switches to significant
+    # digits (toy-bypass's floored X -> Z ratio); a truly zero-width one still prints as it is
+    assert fmt_ci(0.0, 1.2e-9, 8.3e-4) == "0.00 [1.2e-09, 0.00083]"
+    assert fmt_ci(0.0, 0.0, 8.3e-4) == "0.00 [0, 0.00083]"
+    assert fmt_ci(0.0, 0.0, 0.0) == "0.00 [0.00, 0.00]"
 
 
 def test_a_stored_summary_of_another_schema_is_refused_in_one_line(tmp_path):
