@@ -10,8 +10,8 @@ Every analysis (perturb-input, perturb-latent, probe, bench, caption-imagine run
   (``ok`` / ``errors`` / ``errors_by_field`` of the samples file; analyses with several files nest theirs),
   ``errors`` and ``exit_code`` (0, or 3 when some records became error records; core/errors.py), ``figures`` (name -> PNG path),
   and the paths (``out_dir``, ``results_path`` = samples.jsonl, ``summary_path``). ``result["key"]`` reads the
-  summary (so code written for the dict-returning analyses keeps working). The CLI renders any result's tail with
-  :func:`latentcheck.cli.render.result_footer`; the audit reads nothing else.
+  summary (so code written for the dict-returning analyses keeps working). The CLI renders any result's final line
+  with :func:`latentcheck.cli.tables.result_line` (per-analysis tables stay in each command's module).
 - :func:`finish` is the common tail of every analysis: write the summary atomically (with the summary schema
   version), attach the figures, build the result. :func:`not_main` is the result of a data-parallel worker (rank > 0,
   which writes no summary).
