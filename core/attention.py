@@ -57,12 +57,10 @@ def rows_weights(query, key, attention_mask, rows, scaling: float):
 
 
 def _capture_forward(module, query, key, value, attention_mask, *args, **kwargs):
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from transformers.models.llama.modeling_llama import eager_attention_forward
+    from latentcheck.core.kvshare import own_attention
 
     state = _STATE.get()
-    inner_name = state.inner if state is not None else "sdpa"
-    inner = ALL_ATTENTION_FUNCTIONS.get_interface(inner_name, eager_attention_forward)
+    inner = own_attention(module, state.inner if state is not None else "sdpa")
     out = inner(module, query, key, value, attention_mask, *args, **kwargs)
     if state is not None:
         if getattr(module, "sliding_window", None):

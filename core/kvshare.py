@@ -16,6 +16,7 @@ copied; a sample's prefix is dropped once none of its rows is left).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from latentcheck.core.errors import LatentcheckError
@@ -260,21 +261,27 @@ def knockout_forward(text_model, embeds, positions, mask, cache, knockout: KeyKn
     return out.last_hidden_state
 
 
+def own_attention(module: Any, name: str):
+    """The attention function a model module runs under implementation ``name``: ``eager`` is the module's own
+    ``eager_attention_forward`` (its modeling file's), any other name is looked up in transformers' registry."""
+    if name == "eager":
+        return sys.modules[type(module).__module__].eager_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ALL_ATTENTION_FUNCTIONS[name]
+
+
 def knockout_attention(module, query, key, value, attention_mask, lc_knockout: KeyKnockout | None = None,
                        lc_base: str = "sdpa", **kwargs: Any):
     """The plain path's attention under knockout: ``attention_mask`` (4-D boolean) with the layer's knocked-out keys
     hidden, then the model's own attention function (``lc_base``: transformers' sdpa, or the model module's eager
     with the mask made additive)."""
-    import sys
-
     import torch
 
     mask = attention_mask if lc_knockout is None else lc_knockout.apply(module.layer_idx, attention_mask)
     if lc_base == "sdpa":
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
-    eager = sys.modules[type(module).__module__].eager_attention_forward
+        return own_attention(module, "sdpa")(module, query, key, value, mask, **kwargs)
+    eager = own_attention(module, "eager")
     additive = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
         ~mask, torch.finfo(query.dtype).min)
     return eager(module, query, key, value, additive, **kwargs)
