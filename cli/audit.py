@@ -120,24 +120,18 @@ def audit_cmd(
     stage: Annotated[Optional[list[str]], typer.Option(
         "--stage", help="Run only these stages (repeatable or comma-separated): perturb_input, perturb_latent, "
                         "probe, text_doz, bench.", rich_help_panel=A)] = None,
-    force_latent: Annotated[bool, typer.Option(
-        "--force-latent", help="Force the latent span (latent-start token / imagination start marker) in every "
-                               "stage: for checkpoints that never emit it on their own (e.g. untrained test models).",
-        rich_help_panel=A)] = False,
+    force_latent: o.ForceLatent = False,
     rules: Annotated[Optional[str], typer.Option(
         "--rules", help="JSON/TOML file overriding verdict thresholds, e.g. {\"zy\": {\"equivalence_margin\": "
                         "0.03}} (defaults: docs/audit.md).", rich_help_panel=A)] = None,
     mlp: Annotated[bool, typer.Option("--mlp", help="Also train MLP probes (slower; default: linear probes only).",
                                       rich_help_panel=A)] = False,
-    corrupt_model: Annotated[Optional[str], typer.Option(
-        "--corrupt-model", help="Local model that rewrites text imaginations for do(Z) (default: the rule "
-                                "corrupter).", rich_help_panel=A)] = None,
+    corrupt_model: o.CorruptModel = None,
     n_boot: o.NBoot = o.N_BOOT,
     threads: o.Threads = None,
     log: o.Log = None,
-    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the analyses' PNGs.", rich_help_panel=A)] = False,
-    no_report: Annotated[bool, typer.Option("--no-report", help="Do not write report.html.",
-                                            rich_help_panel=A)] = False,
+    no_plots: o.NoPlots = False,
+    no_report: o.NoReport = False,
 ) -> None:
     """Is this model's latent imagination causally real? Runs perturb-input, perturb-latent (+ mediation), probe,
     text do(Z) (text-imagination models) and a short bench; judges X -> Z, Z -> Y and what the latents encode;

@@ -92,11 +92,7 @@ def _list_benchmarks() -> None:
 @bench_app.callback(invoke_without_command=True)
 def bench_cmd(
     ctx: typer.Context,
-    benchmark: Annotated[Optional[str], typer.Option(
-        "--benchmark", rich_help_panel=P,
-        help="vstar | hrbench4k | hrbench8k | mme_realworld | mme_realworld_lite | blink[:Sub,...] | vsp | "
-             "tablevqa[:split,...] | generic "
-             "(default: generic on the toy world test split).")] = None,
+    benchmark: o.Benchmark = None,
     variant: Annotated[Optional[str], typer.Option(
         "--variant", rich_help_panel=P, help="Prompt protocol: official | lmms-eval | vlmevalkit | monet | "
                                              "likelihood | profile ... (see --list; default official, generic: "
@@ -107,38 +103,13 @@ def bench_cmd(
         "--intervention", "-i", rich_help_panel=P,
         help="Vector latent intervention, repeatable (e.g. identity, zero, noise:sigma=0.5@0,1, shared:source=mean); "
              "run next to the baseline from one shared prefill.")] = None,
-    judge_model: Annotated[Optional[str], typer.Option(
-        "--judge-model", rich_help_panel=P,
-        help="LLM judge: a local model (path / zoo name), or with --judge-url the served model's name. The protocol "
-             "(--judge-protocol) decides which replies it reads.")] = None,
-    judge_url: Annotated[Optional[str], typer.Option(
-        "--judge-url", rich_help_panel=P,
-        help="OpenAI-compatible endpoint of the judge (vLLM, SGLang, transformers serve, hosted APIs), e.g. "
-             "http://127.0.0.1:8000/v1; needs the openai extra.")] = None,
-    judge_key_env: Annotated[str, typer.Option(
-        "--judge-key-env", rich_help_panel=P, help="Environment variable holding the judge's API key.")
-    ] = "OPENAI_API_KEY",
-    judge_protocol: Annotated[Optional[str], typer.Option(
-        "--judge-protocol", rich_help_panel=P,
-        help="hrbench | blink | vlmevalkit | monet (default: the variant's: HR-Bench official hrbench, BLINK "
-             "official blink, monet variants monet, else vlmevalkit).")] = None,
-    judge_cache: Annotated[Optional[str], typer.Option(
-        "--judge-cache", rich_help_panel=P,
-        help="Reply cache file (default $LATENTCHECK_CACHE/responses.sqlite; 'none' turns it off).")] = None,
-    judge_concurrency: Annotated[int, typer.Option(
-        "--judge-concurrency", rich_help_panel=P, help="Judge requests in flight (openai backend).")] = 4,
-    judge_profile: Annotated[Optional[str], typer.Option(
-        "--judge-profile", rich_help_panel=P, help="Profile of a local judge model (default: auto-detect).")] = None,
-    image_root: Annotated[Optional[str], typer.Option(
-        "--image-root", rich_help_panel=P,
-        help="Folder the image paths are relative to (vsp: default the Mirage repository root found above the "
-             "jsonl; mme_realworld: the JSON's folder).")] = None,
+    judge_model: o.JudgeModel = None, judge_url: o.JudgeUrl = None, judge_key_env: o.JudgeKeyEnv = None,
+    judge_protocol: o.JudgeProtocol = None, judge_cache: o.JudgeCache = None,
+    judge_concurrency: o.JudgeConcurrency = None, judge_profile: o.JudgeProfile = None,
+    image_root: o.ImageRoot = None,
     max_new_tokens: o.MaxNewTokens = None,
-    force_latent: Annotated[bool, typer.Option(
-        "--force-latent", rich_help_panel=P,
-        help="Force the latent-start token as the first generated token.")] = False,
-    no_verify: Annotated[bool, typer.Option(
-        "--no-verify", rich_help_panel=P, help="Skip the MD5 check of distributed TSVs.")] = False,
+    force_latent: o.ForceLatent = False,
+    no_verify: o.NoVerify = False,
     n_boot: o.NBoot = o.N_BOOT,
     list_: Annotated[bool, typer.Option("--list", rich_help_panel=P, help="List benchmarks and variants.")] = False,
     model: o.Model = None, profile: o.Profile = None, data: o.Data = None, out: o.Out = "latentcheck-runs/bench",
@@ -161,17 +132,18 @@ def bench_cmd(
         _list_benchmarks()
         return
     from latentcheck.bench.runner import run_bench
+    from latentcheck.core.backends import DEFAULT_KEY_ENV
 
     decoding = o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens)
     opts = o.common(model, profile, data, out, limit, batch_size, seed, quant, device, quiet, resume, strict,
                     max_pixels, trust_remote_code, decoding=decoding, system=system, threads=threads,
                     max_prompt_tokens=max_prompt_tokens, retry_errors=retry_errors, overwrite=overwrite, log=log)
-    cache = None if (judge_cache or "").lower() == "none" else (judge_cache or True)
     result = run_bench(opts, benchmark, variant, scoring, intervention, judge=judge_model,
                        decoding=decoding, verify=not no_verify,
                        judge_profile=judge_profile, force_latent=force_latent, n_boot=n_boot,
-                       judge_protocol=judge_protocol, judge_url=judge_url, judge_key_env=judge_key_env,
-                       judge_cache=cache, judge_concurrency=judge_concurrency, image_root=image_root)
+                       judge_protocol=judge_protocol, judge_url=judge_url,
+                       judge_key_env=judge_key_env or DEFAULT_KEY_ENV, judge_cache=o.reply_cache(judge_cache),
+                       judge_concurrency=judge_concurrency or 4, image_root=image_root)
     if result["is_main"] and not quiet:
         _render(result)
     if result["exit_code"]:
@@ -186,9 +158,8 @@ def export_tasks_cmd(
     out: Annotated[str, typer.Option("--out", "-o", help="Task JSONL to write (images go to <stem>-images/ "
                                                          "beside it).")],
     limit: o.Limit = None,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the MD5 check of distributed TSVs.")] = False,
-    image_root: Annotated[Optional[str], typer.Option("--image-root", help="Folder image paths are relative to "
-                                                                           "(vsp, mme_realworld).")] = None,
+    no_verify: o.NoVerify = False,
+    image_root: o.ImageRoot = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Write any benchmark as latentcheck task JSONL (gold letter, category, bbox, scoring fields and the official

@@ -50,21 +50,14 @@ def build_data_cmd(
                                                         help="Model that rewrites each chain (local checkpoint, or "
                                                              "served name with --refine-url).")] = None,
     refine_url: Annotated[Optional[str], typer.Option("--refine-url", rich_help_panel=P)] = None,
-    judge_model: Annotated[Optional[str], typer.Option("--judge-model", rich_help_panel=P,
-                                                       help="Model that keeps/drops each sample (local checkpoint, "
-                                                            "or served name with --judge-url).")] = None,
-    judge_url: Annotated[Optional[str], typer.Option("--judge-url", rich_help_panel=P)] = None,
-    key_env: Annotated[str, typer.Option("--key-env", rich_help_panel=P,
-                                         help="Environment variable holding the endpoints' API key.")]
-    = "OPENAI_API_KEY",
+    judge_model: o.JudgeModel = None, judge_url: o.JudgeUrl = None,
+    key_env: o.KeyEnv = "OPENAI_API_KEY",
     concurrency: Annotated[int, typer.Option("--concurrency", rich_help_panel=P,
                                              help="Requests in flight per served model.")] = 8,
     max_retries: Annotated[int, typer.Option("--max-retries", rich_help_panel=P,
                                              help="Retries of a failed request (connection, timeout, 429, 5xx).")]
     = 3,
-    cache: Annotated[Optional[str], typer.Option("--cache", rich_help_panel=P,
-                                                 help="Reply cache file (default $LATENTCHECK_CACHE/responses.sqlite; "
-                                                      "'none' turns it off): a rerun asks nothing twice.")] = None,
+    cache: o.Cache = None,
     prompts: Annotated[Optional[str], typer.Option("--prompts", rich_help_panel=P,
                                                    help="Folder with caption_zoom/caption_edit/refine/judge .txt "
                                                         "(missing files: the packaged ones).")] = None,
@@ -93,7 +86,7 @@ def build_data_cmd(
         input = str(Path(default_data(split)).parent / f"interleaved_{split}.json")
     load_kw = {"profile": profile, "quant": quant, "device": device, "trust_remote_code": trust_remote_code,
                "max_pixels": max_pixels}
-    store = None if (cache or "").lower() == "none" else (cache or True)
+    store = o.reply_cache(cache)
 
     def spec(name: str | None, endpoint: str | None) -> BackendSpec | None:
         if name is None:
@@ -310,9 +303,7 @@ def intervene_cmd(
     corrupter: Annotated[str, typer.Option("--corrupter", rich_help_panel=P,
                                            help="rule (toy colour/shape word swap) | model (--corrupt-model "
                                                 "rewrites) | auto (model if --corrupt-model else rule).")] = "auto",
-    corrupt_model: Annotated[Optional[str], typer.Option("--corrupt-model", rich_help_panel=P,
-                                                         help="Local checkpoint that rewrites the imagination to "
-                                                              "imply a wrong answer.")] = None,
+    corrupt_model: o.CorruptModel = None,
     corrupt_prompt: Annotated[Optional[str], typer.Option("--corrupt-prompt", rich_help_panel=P,
                                                           help="Prompt file (default imagine/prompts/corrupt.txt; "
                                                                "{question} {options} {imagination} {answer}).")]
@@ -329,16 +320,12 @@ def intervene_cmd(
                                                       help="Span judge for --span-rule judge (local checkpoint, or "
                                                            "served name with --span-url).")] = None,
     span_url: Annotated[Optional[str], typer.Option("--span-url", rich_help_panel=P)] = None,
-    key_env: Annotated[str, typer.Option("--key-env", rich_help_panel=P,
-                                         help="Environment variable holding the endpoints' API key.")]
-    = "OPENAI_API_KEY",
-    cache: Annotated[Optional[str], typer.Option("--cache", rich_help_panel=P,
-                                                 help="Reply cache of the model passes (default "
-                                                      "$LATENTCHECK_CACHE/responses.sqlite; 'none': off).")] = None,
+    key_env: o.KeyEnv = "OPENAI_API_KEY",
+    cache: o.Cache = None,
     span_tokens: Annotated[int, typer.Option("--span-tokens", rich_help_panel=P,
                                              help="Imagination tokens per instance in the similarity "
                                                   "analysis.")] = 8,
-    no_plots: Annotated[bool, typer.Option("--no-plots", rich_help_panel=P, help="Skip the PNG plots.")] = False,
+    no_plots: o.NoPlots = False,
     model: o.Model = None, profile: o.Profile = None, data: o.Data = None,
     out: o.Out = "latentcheck-runs/capimagine-intervene", limit: o.Limit = None, batch_size: o.BatchSize = 8,
     seed: o.Seed = 0, quant: o.Quant = "auto", device: o.Device = "auto", quiet: o.Quiet = False,
@@ -361,7 +348,7 @@ def intervene_cmd(
                     retry_errors=retry_errors, overwrite=overwrite, log=log,
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system, threads=threads)
-    store = None if (cache or "").lower() == "none" else (cache or True)
+    store = o.reply_cache(cache)
     s = run_intervene(opts, corrupter=corrupter, corrupt_model=corrupt_model, corrupt_prompt=corrupt_prompt,
                       span_tokens=span_tokens, plots=not no_plots, span_rule=span_rule, span_model=span_model,
                       corrupt_url=corrupt_url, span_url=span_url, backend_kw={"key_env": key_env, "cache": store})

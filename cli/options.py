@@ -64,6 +64,65 @@ TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allo
                                                "(off by default).", rich_help_panel=P)]
 
 
+# Options that several commands take with one meaning: declared once here (lighteval's style), never per command.
+A = "Analysis options"
+ForceLatent = Annotated[bool, typer.Option(
+    "--force-latent/--no-force-latent", "--force-start", rich_help_panel=A,
+    help="Force the latent span (the latent-start token / imagination start marker as the first generated token), "
+         "for checkpoints that do not emit it on their own (--force-start: the older name).")]
+NoPlots = Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.", rich_help_panel=A)]
+NoReport = Annotated[bool, typer.Option("--no-report", help="Do not write report.html.", rich_help_panel=A)]
+CorruptModel = Annotated[Optional[str], typer.Option(
+    "--corrupt-model", rich_help_panel=A,
+    help="Model that rewrites the text imagination to imply a wrong answer (do(Z)); default: the rule corrupter.")]
+B = "Benchmark options"
+Benchmark = Annotated[Optional[str], typer.Option(
+    "--benchmark", rich_help_panel=B,
+    help="vstar | hrbench4k | hrbench8k | mme_realworld | mme_realworld_lite | blink[:Sub,...] | vsp | "
+         "tablevqa[:split,...] | generic (bench: default generic on the toy world test split).")]
+ImageRoot = Annotated[Optional[str], typer.Option(
+    "--image-root", rich_help_panel=B,
+    help="Folder the image paths are relative to (vsp: default the Mirage repository root found above the jsonl; "
+         "mme_realworld: the JSON's folder).")]
+NoVerify = Annotated[bool, typer.Option("--no-verify", help="Skip the MD5 check of distributed TSVs.",
+                                        rich_help_panel=B)]
+J = "LLM judge"
+JudgeModel = Annotated[Optional[str], typer.Option(
+    "--judge-model", rich_help_panel=J,
+    help="LLM judge: a local model (path / zoo name), or with --judge-url the served model's name.")]
+JudgeUrl = Annotated[Optional[str], typer.Option(
+    "--judge-url", rich_help_panel=J,
+    help="OpenAI-compatible endpoint of the judge (vLLM, SGLang, transformers serve, hosted APIs), e.g. "
+         "http://127.0.0.1:8000/v1; needs the openai extra.")]
+JudgeKeyEnv = Annotated[Optional[str], typer.Option(
+    "--judge-key-env", rich_help_panel=J,
+    help="Environment variable holding the judge's API key (default OPENAI_API_KEY).")]
+JudgeProtocol = Annotated[Optional[str], typer.Option(
+    "--judge-protocol", rich_help_panel=J,
+    help="hrbench | blink | vlmevalkit | monet (default: the variant's: HR-Bench official hrbench, BLINK official "
+         "blink, monet variants monet, else vlmevalkit). The protocol decides which replies the judge reads.")]
+JudgeCache = Annotated[Optional[str], typer.Option(
+    "--judge-cache", rich_help_panel=J,
+    help="Reply cache file (default $LATENTCHECK_CACHE/responses.sqlite; 'none' turns it off).")]
+JudgeConcurrency = Annotated[Optional[int], typer.Option(
+    "--judge-concurrency", min=1, rich_help_panel=J, help="Judge requests in flight (openai backend; default 4).")]
+JudgeProfile = Annotated[Optional[str], typer.Option(
+    "--judge-profile", rich_help_panel=J, help="Profile of a local judge model (default: auto-detect).")]
+E = "Served models"
+KeyEnv = Annotated[str, typer.Option("--key-env", rich_help_panel=E,
+                                     help="Environment variable holding the endpoints' API key.")]
+Cache = Annotated[Optional[str], typer.Option(
+    "--cache", rich_help_panel=E,
+    help="Reply cache of the model passes (default $LATENTCHECK_CACHE/responses.sqlite; 'none' turns it off): a "
+         "rerun asks nothing twice.")]
+
+
+def reply_cache(value: str | None) -> str | bool | None:
+    """``--cache`` / ``--judge-cache`` as the backends take it: a file, ``None`` for 'none' (off), ``True`` (the
+    shared default cache) when not given."""
+    return None if (value or "").lower() == "none" else (value or True)
+
+
 def decoding(greedy: bool = False, temperature: float | None = None, top_p: float | None = None,
              top_k: int | None = None, repetition_penalty: float | None = None,
              max_new_tokens: int | None = None) -> dict:

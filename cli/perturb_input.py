@@ -79,10 +79,7 @@ def perturb_input_cmd(
                                                  "input's per-token image states of the --max-matrix samples and "
                                                  "compare each latent step with them position by position.",
                                                  rich_help_panel=A)] = True,
-    force_start: Annotated[bool, typer.Option("--force-latent", "--force-start", help="Force the latent-start token "
-                                              "/ imagination "
-                                              "start marker (for checkpoints that do not emit it).",
-                                              rich_help_panel=A)] = False,
+    force_start: o.ForceLatent = False,
     image_visibility: Annotated[Optional[str], typer.Option("--image-visibility", help="Override the profile's "
                                                             "rule: all | latents_only | none.",
                                                             rich_help_panel=A)] = None,
@@ -91,7 +88,7 @@ def perturb_input_cmd(
                                                        rich_help_panel=A)] = None,
     max_new_tokens: MaxNewTokens = None,
     n_boot: NBoot = N_BOOT,
-    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.", rich_help_panel=A)] = False,
+    no_plots: o.NoPlots = False,
     model: Model = None, profile: Profile = None, data: Data = None, out: Out = "latentcheck-runs/perturb-input",
     limit: Limit = None, batch_size: BatchSize = 8, seed: Seed = 0, quant: Quant = "auto", device: Device = "auto",
     quiet: Quiet = False, resume: Resume = False, strict: Strict = False, max_pixels: MaxPixels = None,

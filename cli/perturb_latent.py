@@ -127,9 +127,7 @@ def perturb_latent_cmd(
     naive: Annotated[bool, typer.Option(
         "--naive", rich_help_panel=P, help="Run every condition as its own generation at batch size 1 (reference "
                                            "way; slow, same answers).")] = False,
-    force_latent: Annotated[bool, typer.Option(
-        "--force-latent", rich_help_panel=P,
-        help="Force the latent-start token as the first generated token.")] = False,
+    force_latent: o.ForceLatent = False,
     image_visibility: Annotated[Optional[str], typer.Option(
         "--image-visibility", rich_help_panel=P, help="Override the profile's image visibility: all | latents_only | "
                                                       "start_only | none.")] = None,
@@ -138,7 +136,7 @@ def perturb_latent_cmd(
         "--calibration", rich_help_panel=P, help="Samples in the calibration pass for shared/index_mean statistics "
                                                  "(default: one block = 4 x batch size).")] = None,
     n_boot: o.NBoot = o.N_BOOT,
-    no_plots: Annotated[bool, typer.Option("--no-plots", rich_help_panel=P, help="Skip the PNG plots.")] = False,
+    no_plots: o.NoPlots = False,
     list_: Annotated[bool, typer.Option("--list", rich_help_panel=P,
                                         help="List the interventions and exit.")] = False,
     model: o.Model = None, profile: o.Profile = None, data: o.Data = None,

@@ -97,8 +97,7 @@ def probe_cmd(
     scoring: Annotated[str, typer.Option("--scoring", help="logprob (argmax of option log-probs at the answer "
                                          "point) | generate (letter extracted from the generated answer).",
                                          rich_help_panel=PP)] = "logprob",
-    force_latent: Annotated[bool, typer.Option("--force-latent/--no-force-latent", help="Force the latent span in "
-                                               "the capture and image runs.", rich_help_panel=PP)] = True,
+    force_latent: o.ForceLatent = True,  # the probe forces by default: every sample has latents to read
     behavioural: Annotated[bool, typer.Option("--behavioural/--no-behavioural", rich_help_panel=PP,
                                               help="Run the behavioural probe.")] = True,
     trained: Annotated[bool, typer.Option("--trained/--no-trained", rich_help_panel=PP,

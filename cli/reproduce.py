@@ -13,7 +13,6 @@ from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
 
 R = "Study options"
-J = "Judge options (override every generating bench step's; as `latentcheck bench`)"
 KEY_WIDTH = 28  # the cell label is wrapped between words so a table fits 80 columns (numbers are never split)
 
 
@@ -72,34 +71,19 @@ def reproduce_cmd(
     resume: o.Resume = False,
     strict: o.Strict = False,
     n_boot: o.NBoot = o.N_BOOT,
-    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the analyses' PNGs.", rich_help_panel=R)] = False,
-    no_report: Annotated[bool, typer.Option("--no-report", help="Do not write report.html.",
-                                            rich_help_panel=R)] = False,
-    judge_model: Annotated[Optional[str], typer.Option(
-        "--judge-model", rich_help_panel=J, help="LLM judge for the bench steps: a local model, or with --judge-url "
-        "the served model's name (the paper judges with an LLM, Monet's protocol).")] = None,
-    judge_url: Annotated[Optional[str], typer.Option(
-        "--judge-url", rich_help_panel=J, help="OpenAI-compatible endpoint of the judge, e.g. "
-        "http://127.0.0.1:8000/v1.")] = None,
-    judge_key_env: Annotated[Optional[str], typer.Option(
-        "--judge-key-env", rich_help_panel=J, help="Environment variable holding the judge's API key (default "
-        "OPENAI_API_KEY).")] = None,
-    judge_protocol: Annotated[Optional[str], typer.Option(
-        "--judge-protocol", rich_help_panel=J, help="hrbench | blink | vlmevalkit | monet (default: each "
-        "variant's).")] = None,
-    judge_cache: Annotated[Optional[str], typer.Option(
-        "--judge-cache", rich_help_panel=J, help="Reply cache file ('none' turns it off).")] = None,
-    judge_concurrency: Annotated[Optional[int], typer.Option(
-        "--judge-concurrency", min=1, rich_help_panel=J, help="Judge requests in flight (openai backend).")] = None,
-    judge_profile: Annotated[Optional[str], typer.Option(
-        "--judge-profile", rich_help_panel=J, help="Profile of a local judge model.")] = None,
+    no_plots: o.NoPlots = False,
+    no_report: o.NoReport = False,
+    judge_model: o.JudgeModel = None, judge_url: o.JudgeUrl = None, judge_key_env: o.JudgeKeyEnv = None,
+    judge_protocol: o.JudgeProtocol = None, judge_cache: o.JudgeCache = None,
+    judge_concurrency: o.JudgeConcurrency = None, judge_profile: o.JudgeProfile = None,
     list_steps: Annotated[bool, typer.Option("--list", help="Print the study's roles and steps and exit.",
                                              rich_help_panel=R)] = False,
 ) -> None:
     """Run a study's steps on your checkpoints (resumable, one model load per model role) and print each of its
     tables with three columns per cell: the paper's value, this run's (95% CI) and the difference. Cells whose model
     or data is not bound are skipped with the reason. Writes reproduce.json, tables.md and report.html.
-    Data-parallel with `--num-processes N` (each process loads each model once and runs a share of every step)."""
+    Data-parallel with `--num-processes N` (each process loads each model once and runs a share of every step).
+    The LLM judge options (as `latentcheck bench`'s) override those of every bench step that generates."""
     from latentcheck.reproduce.run import run_study
     from latentcheck.reproduce.study import load_study
 

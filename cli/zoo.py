@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from latentcheck.cli import options as o
 from latentcheck.cli.app import app, out_console
 
 zoo_app = typer.Typer(help="Build and list the toy zoo (tiny Qwen2.5-VL-class models with known ground truth).",
@@ -19,8 +20,7 @@ def build(out: Annotated[Optional[str], typer.Option("--out", help="Where to wri
                                                      "~/.cache/latentcheck/zoo).")] = None,
           models: Annotated[Optional[str], typer.Option("--models", help="Comma-separated subset (bases are built "
                                                         "first).")] = None,
-          seed: Annotated[int, typer.Option("--seed")] = 0,
-          quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
+          seed: o.Seed = 0, quiet: o.Quiet = False) -> None:
     """Train the zoo reproducibly (seeded) on the toy world."""
     from latentcheck.core.progress import progress_bar
     from latentcheck.toy.zoo import ZOO, build_zoo

@@ -53,3 +53,52 @@ def test_shared_options_have_one_default_everywhere():
         assert set(analyses) <= set(found[name]), (name, sorted(found[name]))
     # the names that used to drift are accepted under the shared names
     assert "perturb-input" in found["--force-latent"] and "perturb-input" in found["--list"]
+
+
+def options_with_help() -> dict[str, dict[str, tuple[object, object]]]:
+    """option name -> {command: (help, default)} of the live CLI."""
+    _register_subcommands()
+    found: dict[str, dict[str, tuple[object, object]]] = {}
+
+    def walk(cmd, path: str) -> None:
+        for p in cmd.params:
+            opts = [n for n in getattr(p, "opts", []) if n.startswith("--")]
+            if opts:
+                found.setdefault(opts[0], {})[path or "(root)"] = (p.help, p.default)
+        for n, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, f"{path} {n}".strip())
+
+    walk(typer.main.get_command(app), "")
+    return found
+
+
+# options whose name several commands take with a different meaning (so a different help), and why
+MEANING_DIFFERS = {
+    "--model": "reproduce / audit bind roles or repeat models", "--profile": "reproduce: per model role",
+    "--data": "reproduce: per data role; train / export-tasks: their own inputs",
+    "--out": "build-data / export-tasks / zoo write files of their own", "--limit": "audit / reproduce: per stage",
+    "--batch-size": "caption-imagine train: the optimizer's global batch", "--list": "what each command lists",
+    "--benchmark": "export-tasks: required", "--scoring": "probe: logprob | generate; bench: the variant's mode",
+    "--intervention": "bench: vector interventions only", "--rules": "report: re-reads a stored audit",
+    "--image-visibility": "perturb-input accepts all | latents_only | none only",
+}
+
+
+def test_an_option_several_commands_take_is_declared_once():
+    """The shared vocabulary (cli/options.py): an option that several commands take has ONE help text and ONE
+    default everywhere (the judge options of bench and reproduce, --no-plots, --force-latent, --cache, ...),
+    unless its meaning differs by command (MEANING_DIFFERS; probe's --force-latent defaults on)."""
+    found = options_with_help()
+    for name, per_command in found.items():
+        if len(per_command) < 2 or name in MEANING_DIFFERS:
+            continue
+        helps = {h for h, _ in per_command.values()}
+        assert len(helps) == 1, (name, per_command)
+        defaults = {repr(d) for c, (_, d) in per_command.items() if not (name == "--force-latent" and c == "probe")}
+        assert len(defaults) == 1, (name, per_command)
+    for name in ("--judge-model", "--judge-url", "--judge-key-env", "--judge-protocol", "--judge-cache",
+                 "--judge-concurrency", "--judge-profile"):
+        assert {"bench", "reproduce"} <= set(found[name]), (name, sorted(found[name]))
+    assert {"perturb-latent", "perturb-input", "probe", "audit", "bench"} <= set(found["--force-latent"])
+    assert {"caption-imagine build-data", "caption-imagine intervene"} <= set(found["--cache"])
+    assert set(MEANING_DIFFERS) <= {n for n, c in found.items() if len(c) > 1}  # no stale exception
