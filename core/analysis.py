@@ -1,24 +1,46 @@
-"""One analysis interface: what every analysis returns, how it ends, and how the audit finds it.
+"""One analysis interface: how every analysis is declared, the one driver that runs it, what it returns, and how
+the audit finds it.
 
-Every analysis (perturb-input, perturb-latent, probe, bench, caption-imagine run / intervene) has the same shape::
+Every analysis (perturb-input, perturb-latent, probe, bench, caption-imagine run / intervene, the audit's mechanism
+stage) is an :class:`AnalysisSpec` run by :func:`run_analysis`, the ONE copy of the skeleton::
 
-    settings -> tasks (core.tasks) -> core.runner.run_records(prepare_block / process_block)  # samples.jsonl
-             -> summarise(records) -> finish(...)                                            # summary, figures
-             -> AnalysisResult
+    run_analysis(spec, opts, lm=None):
+        spec.read_items(opts)                 -> data path, tasks (core.tasks; bad records kept as BadRecord)
+        core.runner.load_for(opts)            -> the model (the one loader; skipped when ``lm`` is given)
+        spec.setup(run)                       -> the model-dependent checks and the block functions
+        for stage in spec.stages(run):        -> one RecordStage per record file, in order
+            core.runner.run_records(...)      -> <out>[/<stage.folder>]/samples.jsonl (resume, error records,
+                                                 progress, data-parallel shards)
+            core.runner.load_records(...)     -> run.records[stage.name], in the canonical record order
+        (a data-parallel worker stops here: not_main)
+        spec.summarise(run)                   -> the summary (typed records of core/summaries.py, as dicts)
+        spec.figures(run, summary)            -> the figures (name -> PNG path, or a list of paths)
+        finish(...)                           -> summary.json, results.json, --log, AnalysisResult
 
+- :class:`AnalysisSpec` is what an analysis writes: its ``command``, ``default_model``, and the hooks above (each
+  with a default but ``stages`` and ``summarise``). A spec instance describes ONE run (its settings are the
+  constructor's arguments; hooks may keep what they build on ``self``). ``stages`` is iterated lazily, so a later
+  stage may be built from an earlier stage's records (probe: the derived questions need the captured latents).
+- :class:`RecordStage` is one record file: its ``name`` (key of ``run.records`` / ``run.counts``), the block
+  function(s) for ``run_records``, the items (default: the run's tasks), the provenance ``config`` added to the
+  options, and the sub-folder of ``--out`` (default: ``--out`` itself).
+- :class:`AnalysisRun` is the driver's state handed to every hook: options, model, data path, items, and per stage
+  the records, counts and file path.
 - :class:`AnalysisResult` is the ONE result type: ``command``, ``summary`` (what summary.json holds), ``counts``
   (``ok`` / ``errors`` / ``errors_by_field`` of the samples file; analyses with several files nest theirs),
-  ``errors`` and ``exit_code`` (0, or 3 when some records became error records; core/errors.py), ``figures`` (name -> PNG path),
-  and the paths (``out_dir``, ``results_path`` = samples.jsonl, ``summary_path``). ``result["key"]`` reads the
-  summary (so code written for the dict-returning analyses keeps working). The CLI renders any result's final line
-  with :func:`latentcheck.cli.tables.result_line` (per-analysis tables stay in each command's module).
-- :func:`finish` is the common tail of every analysis: write the summary atomically (with the summary schema
-  version), attach the figures, build the result. :func:`not_main` is the result of a data-parallel worker (rank > 0,
-  which writes no summary).
+  ``errors`` and ``exit_code`` (0, or 3 when some records became error records; core/errors.py), ``figures``
+  (name -> PNG path), and the paths (``out_dir``, ``results_path`` = samples.jsonl, ``summary_path``).
+  ``result["key"]`` reads the summary (so code written for the dict-returning analyses keeps working). The CLI
+  renders any result's common part (final line, exit code) with :func:`latentcheck.cli.tables.render_result`
+  (per-analysis tables stay in each command's module).
+- :func:`finish` is the common tail (called by the driver): write the summary atomically (with the summary schema
+  version), attach the figures, build the result. :func:`not_main` is the result of a data-parallel worker
+  (rank > 0, which writes no summary).
 - :class:`Analysis` declares an analysis to the audit (registry :data:`ANALYSES`): its stage name and folder, the
-  model kinds it applies to (a reason for the others), and ``run(context) -> AnalysisResult``. An analysis package
-  registers its own entry (``register_analysis``) in the module that runs it, so adding an analysis to the audit is
-  one module; the audit loops over the registry.
+  model kinds it applies to (a reason for the others), and per kind ``spec(context) -> AnalysisSpec`` (the
+  analysis with the audit's settings); :meth:`Analysis.run` runs that spec through :func:`run_analysis` on the
+  audit's model. An analysis package registers its own entry (``register_analysis``), so adding an analysis to the
+  audit is one module; the audit loops over the registry.
 """
 
 from __future__ import annotations
@@ -165,6 +187,132 @@ def not_main(command: str, out_dir: str | Path, results_path: str | None, counts
                           is_main=False)
 
 
+# ------------------------------------------------------------------------------------------------- the one driver
+
+@dataclass
+class RecordStage:
+    """One record file of an analysis (module docstring): what ``core.runner.run_records`` runs for it.
+
+    ``name`` keys ``run.records`` / ``run.counts`` / ``run.paths``; ``process_block`` (and ``prepare_block``,
+    ``prefetch``, ``block_size``, ``on_fresh_start``: see ``run_records``) computes the records; ``items`` are the
+    tasks it runs over (default: the run's items); ``config`` is added to the options in the provenance;
+    ``command`` is the provenance command (default: the analysis's); ``folder`` is a sub-folder of ``--out`` for
+    this file (default: ``--out`` itself)."""
+
+    name: str
+    process_block: Callable[[Any], Any]
+    items: list | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+    command: str | None = None
+    folder: str | None = None
+    description: str | None = None
+    prepare_block: Callable[[list], Any] | None = None
+    prefetch: bool = True
+    block_size: int | None = None
+    on_fresh_start: Callable[[], None] | None = None
+
+
+@dataclass
+class AnalysisRun:
+    """The driver's state, handed to every hook of an :class:`AnalysisSpec`: the options, the model, the data path
+    and items, and per record stage (by name, in the order they ran) its records (main process only; canonical
+    record order), counts and file."""
+
+    opts: Any
+    lm: Any
+    data: str
+    items: list
+    records: dict[str, list[dict]] = field(default_factory=dict)
+    counts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
+    is_main: bool = True
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.opts.out)
+
+    @property
+    def tasks(self) -> list:
+        """The valid tasks of ``items`` (bad records left out), in file order."""
+        from latentcheck.core.tasks import Task
+
+        return [t for t in self.items if isinstance(t, Task)]
+
+
+class AnalysisSpec:
+    """One analysis run, declared (module docstring). Subclasses set ``command`` (and ``default_model``) and
+    implement ``stages`` and ``summarise``; the other hooks have defaults."""
+
+    command: str = ""
+    default_model: str = "toy-latent"
+    results_stage: str | None = "samples"  # the stage whose file is the result's ``results_path`` (None: none)
+
+    def read_items(self, opts) -> tuple[str, list]:
+        """The data path and its items (before the model is loaded): ``--data`` or the default data's test split,
+        read with ``--limit`` / ``--strict``."""
+        from latentcheck.core.runner import data_path, read_all_tasks
+
+        path = data_path(opts)
+        return path, read_all_tasks(path, opts.limit, opts.strict)
+
+    def setup(self, run: AnalysisRun) -> None:
+        """After the model is loaded: check it and build what the block functions need."""
+
+    def stages(self, run: AnalysisRun) -> Iterator[RecordStage] | list[RecordStage]:
+        """The record files, in order (iterated lazily: a stage may read the records of the ones before it)."""
+        raise NotImplementedError
+
+    def summarise(self, run: AnalysisRun) -> dict[str, Any]:
+        """The summary (main process only) from ``run.records``."""
+        raise NotImplementedError
+
+    def figures(self, run: AnalysisRun, summary: dict[str, Any]) -> Mapping[str, str] | list[str] | None:
+        """The figures made from the summary (name -> path, or paths); called last, before the summary is
+        written."""
+        return None
+
+    def counts(self, run: AnalysisRun) -> dict[str, Any]:
+        """The result's counts: the one stage's counts as they are, else ``errors`` (total) and each stage's
+        counts under its name."""
+        if len(run.counts) == 1 and self.results_stage in run.counts:
+            return dict(run.counts[self.results_stage])
+        return {"errors": _count_errors({"stages": run.counts}), **run.counts}
+
+
+def run_analysis(spec: AnalysisSpec, opts, lm=None) -> AnalysisResult:
+    """Run one analysis (module docstring): items, model (``lm``: an already loaded one), every record stage
+    through ``core.runner.run_records`` (resume, error records, data-parallel shards), the records reloaded in the
+    canonical record order, then on the main process the summary, the figures and :func:`finish`. A data-parallel
+    worker returns :func:`not_main` with its shards' counts."""
+    import dataclasses
+
+    from latentcheck.core.runner import load_for, load_records, run_records
+
+    started = time.perf_counter()
+    data, items = spec.read_items(opts)
+    if lm is None:
+        lm = load_for(opts, default=spec.default_model)
+    run = AnalysisRun(opts=opts, lm=lm, data=str(data), items=items, started=started)
+    spec.setup(run)
+    for stage in spec.stages(run):
+        stage_opts = opts if stage.folder is None else dataclasses.replace(opts, out=str(run.out / stage.folder))
+        res = run_records(stage.command or spec.command, stage_opts, {**stage_opts.config(), **stage.config},
+                          lm.describe(), items if stage.items is None else stage.items, stage.process_block,
+                          block_size=stage.block_size, description=stage.description or spec.command,
+                          prepare_block=stage.prepare_block, prefetch=stage.prefetch,
+                          on_fresh_start=stage.on_fresh_start)
+        run.counts[stage.name], run.paths[stage.name] = res.counts, res.results_path
+        run.is_main = run.is_main and res.is_main
+        run.records[stage.name] = load_records(res.results_path) if res.is_main else []
+    results_path = run.paths.get(spec.results_stage) if spec.results_stage else None
+    if not run.is_main:
+        return not_main(spec.command, opts.out, results_path, spec.counts(run))
+    summary = spec.summarise(run)
+    figures = spec.figures(run, summary)
+    return finish(spec.command, opts.out, summary, spec.counts(run), results_path, figures, started=started)
+
+
 # ------------------------------------------------------------------------------------------------- the audit's view
 
 @dataclass
@@ -182,13 +330,14 @@ class AnalysisContext:
 
 @dataclass(frozen=True)
 class Analysis:
-    """An analysis as the audit sees it. ``kinds``: model kind -> how it runs there (the run function, or a reason
-    string when it does not apply); kinds not listed are skipped with ``default_reason``."""
+    """An analysis as the audit sees it. ``kinds``: model kind -> how it runs there (``spec(context) ->
+    AnalysisSpec``: the analysis with the audit's settings, run by :func:`run_analysis` on the audit's model), or a
+    reason string when it does not apply; kinds not listed are skipped with ``default_reason``."""
 
     name: str
     folder: str
     command: str
-    kinds: dict[str, Callable[[AnalysisContext], AnalysisResult] | str]
+    kinds: dict[str, Callable[[AnalysisContext], AnalysisSpec] | str]
     default_reason: str = "nothing to analyse"
     description: str = ""
 
@@ -197,11 +346,16 @@ class Analysis:
         how = self.kinds.get(kind, f"{kind} model: {self.default_reason}")
         return how if isinstance(how, str) else None
 
-    def run(self, ctx: AnalysisContext) -> AnalysisResult:
+    def spec(self, ctx: AnalysisContext) -> AnalysisSpec:
+        """The analysis with the audit's settings for a model of ``ctx.kind``."""
         how = self.kinds.get(ctx.kind)
         if not callable(how):
             raise ValueError(f"{self.name} does not run on {ctx.kind} models")
         return how(ctx)
+
+    def run(self, ctx: AnalysisContext) -> AnalysisResult:
+        """Run it through the one driver, on the audit's model, into ``ctx.opts.out``."""
+        return run_analysis(self.spec(ctx), ctx.opts, lm=ctx.lm)
 
 
 ANALYSES: Registry[Analysis] = Registry("analysis")
@@ -212,5 +366,5 @@ def register_analysis(analysis: Analysis) -> Analysis:
     return ANALYSES.add(analysis.name, analysis)
 
 
-__all__ = ["AnalysisResult", "finish", "not_main", "figures_dict", "Analysis", "AnalysisContext", "ANALYSES",
-           "register_analysis", "SUMMARY_SCHEMA"]
+__all__ = ["AnalysisResult", "finish", "not_main", "figures_dict", "AnalysisSpec", "RecordStage", "AnalysisRun",
+           "run_analysis", "Analysis", "AnalysisContext", "ANALYSES", "register_analysis", "SUMMARY_SCHEMA"]

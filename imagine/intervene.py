@@ -41,12 +41,13 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from latentcheck.core.errors import LatentcheckError, RecordError
-from latentcheck.core.analysis import AnalysisResult, finish, not_main
+from latentcheck.core.analysis import AnalysisResult, AnalysisRun, AnalysisSpec, RecordStage, run_analysis
 from latentcheck.core.runner import CommonOptions
 from latentcheck.core.tasks import LETTERS, Task
 from latentcheck.imagine.run import (DEFAULT_MODEL, answer_of, char_token_range, gold_answer, is_correct,
                                      option_summary, require_text_imagination, split_imagination, task_prompt)
 
+COMMAND = "caption-imagine intervene"
 CORRUPT_PROMPT = Path(__file__).resolve().parent / "prompts" / "corrupt.txt"
 CORRUPT_PLACEHOLDERS = ("question", "options", "imagination", "answer")
 CORRUPTERS = ("auto", "rule", "model")
@@ -586,52 +587,74 @@ def make_plots(summary: dict, folder: str | Path) -> dict[str, str]:
     return paths
 
 
+class CaptionImagineIntervene(AnalysisSpec):
+    """``caption-imagine intervene`` as an analysis (core.analysis.run_analysis): one record stage (imagination
+    hidden states to a TensorStore), the summary with the paired effects, the figures."""
+
+    command = COMMAND
+    default_model = DEFAULT_MODEL
+
+    def __init__(self, corrupter: str = "auto", corrupt_model: str | None = None, corrupt_prompt: str | None = None,
+                 span_tokens: int = 8, plots: bool = True, span_rule: str = "auto", span_model: str | None = None,
+                 corrupt_url: str | None = None, span_url: str | None = None, backend_kw: dict | None = None):
+        if span_tokens < 1:
+            raise LatentcheckError(f"--span-tokens must be >= 1, got {span_tokens}")
+        self.corrupter, self.corrupt_model, self.corrupt_prompt = corrupter, corrupt_model, corrupt_prompt
+        self.span_tokens, self.plots, self.span_rule, self.span_model = span_tokens, plots, span_rule, span_model
+        self.corrupt_url, self.span_url, self.backend_kw = corrupt_url, span_url, backend_kw
+
+    def setup(self, run: AnalysisRun) -> None:
+        from latentcheck.core.engine import Engine
+        from latentcheck.core.runner import TensorStore
+
+        o, lm = run.opts, run.lm
+        require_text_imagination(lm)
+        load_kw = {"quant": o.quant, "device": o.device, "trust_remote_code": o.trust_remote_code}
+        if self.span_rule not in SPAN_RULES:
+            raise LatentcheckError(f"--span-rule must be one of {', '.join(SPAN_RULES)}, got {self.span_rule!r}")
+        self.corr = make_corrupter(self.corrupter, lm, self.corrupt_model, self.corrupt_prompt, o.seed, load_kw,
+                                   o.batch_size, url=self.corrupt_url, backend_kw=self.backend_kw)
+        self.judge = make_span_judge(self.span_model, self.span_url, load_kw, o.batch_size, self.backend_kw) \
+            if self.span_rule == "judge" else None
+        self.engines = {"z": Engine(lm, seed=o.seed, capture_hidden=True), "cont": Engine(lm, seed=o.seed),
+                        "score": Engine(lm, seed=o.seed, capture_logits=True)}
+        self.store = TensorStore(run.out / "tensors")
+
+    def stages(self, run: AnalysisRun) -> list[RecordStage]:
+        o = run.opts
+        config = {"corrupter": self.corrupter, "corrupt_model": self.corrupt_model,
+                  "corrupt_prompt": self.corrupt_prompt, "span_tokens": self.span_tokens, "span_rule": self.span_rule,
+                  "span_model": self.span_model, "corrupt_url": self.corrupt_url, "span_url": self.span_url}
+        return [RecordStage("samples", lambda tasks: intervene_block(run.lm, self.engines, self.corr, tasks, self.store,
+                                                                     self.span_tokens, o.max_pixels, o.batch_size,
+                                                                     self.span_rule, self.judge), config=config)]
+
+    def summarise(self, run: AnalysisRun) -> dict[str, Any]:
+        from latentcheck.core.trigger import trigger_block, warn_trigger
+
+        records = run.records["samples"]
+        keys = [r["key"] for r in records if r.get("type", "sample") == "sample" and "imagination" in r]
+        hidden = {k: v["imagination_hidden"] for k, v in self.store.load(keys).items() if "imagination_hidden" in v}
+        summary = {"command": COMMAND, "model": run.lm.describe(), "data": run.data,
+                   "corrupter": type(self.corr).__name__,
+                   **summarize_intervene(records, hidden, self.span_tokens, run.opts.seed),
+                   "results": run.paths["samples"]}
+        ok = [r for r in records if r.get("type", "sample") == "sample"]
+        summary["latent_trigger"] = trigger_block(  # a closed imagination span in the model's own run (the Z)
+            {"baseline": (["imagination_tokens" in r for r in ok], [r.get("imagination_tokens") or 0 for r in ok])},
+            "baseline", run.lm.profile.kind, "imagination tokens")
+        warn_trigger(summary["latent_trigger"], COMMAND)
+        return summary
+
+    def figures(self, run: AnalysisRun, summary: dict[str, Any]) -> dict[str, str]:
+        summary["plots"] = make_plots(summary, run.out / "plots") if self.plots else {}
+        return summary["plots"]
+
+
 def run_intervene(opts: CommonOptions, corrupter: str = "auto", corrupt_model: str | None = None,
                   corrupt_prompt: str | None = None, span_tokens: int = 8, plots: bool = True,
                   lm=None, span_rule: str = "auto", span_model: str | None = None, corrupt_url: str | None = None,
                   span_url: str | None = None, backend_kw: dict | None = None) -> AnalysisResult:
     """``caption-imagine intervene`` (module docstring). Returns the result (summary also in ``<out>/summary.json``)."""
-    from latentcheck.core.engine import Engine
-    from latentcheck.core.runner import (TensorStore, data_path, load_for, load_records, read_all_tasks,
-                                         run_records)
-
-    if span_tokens < 1:
-        raise LatentcheckError(f"--span-tokens must be >= 1, got {span_tokens}")
-    lm = lm or load_for(opts, default=DEFAULT_MODEL)
-    require_text_imagination(lm)
-    load_kw = {"quant": opts.quant, "device": opts.device, "trust_remote_code": opts.trust_remote_code}
-    if span_rule not in SPAN_RULES:
-        raise LatentcheckError(f"--span-rule must be one of {', '.join(SPAN_RULES)}, got {span_rule!r}")
-    corr = make_corrupter(corrupter, lm, corrupt_model, corrupt_prompt, opts.seed, load_kw, opts.batch_size,
-                          url=corrupt_url, backend_kw=backend_kw)
-    judge = make_span_judge(span_model, span_url, load_kw, opts.batch_size, backend_kw) if span_rule == "judge" \
-        else None
-    path = data_path(opts)
-    items = read_all_tasks(path, opts.limit, opts.strict)
-    engines = {"z": Engine(lm, seed=opts.seed, capture_hidden=True), "cont": Engine(lm, seed=opts.seed),
-               "score": Engine(lm, seed=opts.seed, capture_logits=True)}
-    store = TensorStore(Path(opts.out) / "tensors")
-    config = {**opts.config(), "corrupter": corrupter, "corrupt_model": corrupt_model,
-              "corrupt_prompt": corrupt_prompt, "span_tokens": span_tokens, "span_rule": span_rule,
-              "span_model": span_model, "corrupt_url": corrupt_url, "span_url": span_url}
-    res = run_records("caption-imagine intervene", opts, config, lm.describe(), items,
-                      lambda tasks: intervene_block(lm, engines, corr, tasks, store, span_tokens, opts.max_pixels,
-                                                    opts.batch_size, span_rule, judge),
-                      description="caption-imagine intervene")
-    if not res.is_main:
-        return not_main("caption-imagine intervene", opts.out, res.results_path, res.counts)
-    records = load_records(res.results_path)
-    keys = [r["key"] for r in records if r.get("type", "sample") == "sample" and "imagination" in r]
-    hidden = {k: v["imagination_hidden"] for k, v in store.load(keys).items() if "imagination_hidden" in v}
-    summary = {"command": "caption-imagine intervene", "model": lm.describe(), "data": str(path),
-               "corrupter": type(corr).__name__,
-               **summarize_intervene(records, hidden, span_tokens, opts.seed), "results": res.results_path}
-    from latentcheck.core.trigger import trigger_block, warn_trigger
-
-    ok = [r for r in records if r.get("type", "sample") == "sample"]
-    summary["latent_trigger"] = trigger_block(  # a closed imagination span in the model's own run (the Z to intervene on)
-        {"baseline": (["imagination_tokens" in r for r in ok], [r.get("imagination_tokens") or 0 for r in ok])},
-        "baseline", lm.profile.kind, "imagination tokens")
-    warn_trigger(summary["latent_trigger"], "caption-imagine intervene")
-    summary["plots"] = make_plots(summary, Path(opts.out) / "plots") if plots else {}
-    return finish("caption-imagine intervene", opts.out, summary, res.counts, res.results_path, summary["plots"])
+    return run_analysis(CaptionImagineIntervene(corrupter, corrupt_model, corrupt_prompt, span_tokens, plots,
+                                                span_rule, span_model, corrupt_url, span_url, backend_kw), opts, lm=lm)

@@ -3,9 +3,9 @@
 Plain greedy decoding through the shared engine. Per sample: the imagination spans (text between the profile's
 markers), the final answer (the profile's extractor on the text after the last imagination span), correctness, and —
 for multiple-choice tasks — the option distribution at the answer point (after the imagination end marker and the
-profile's answer prefix, engine convention). Records stream through ``core.runner.run_records`` (resume, error
-records, data-parallel shards); the summary reports accuracy with a Wilson interval, the imagination rate and
-per-category accuracy.
+profile's answer prefix, engine convention). It runs through the one analysis driver (``core.analysis.run_analysis``:
+resume, error records, data-parallel shards); the summary reports accuracy with a Wilson interval, the imagination
+rate and per-category accuracy.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from collections import defaultdict
 from typing import Any
 
 from latentcheck.core.errors import LatentcheckError, RecordError
-from latentcheck.core.analysis import AnalysisResult, finish, not_main
+from latentcheck.core.analysis import AnalysisResult, AnalysisRun, AnalysisSpec, RecordStage, run_analysis
 from latentcheck.core.runner import CommonOptions
 from latentcheck.core.tasks import Task
 
 DEFAULT_MODEL = "toy-capimagine"
+COMMAND = "caption-imagine run"
 
 
 def require_text_imagination(lm) -> tuple[str, str]:
@@ -188,29 +189,38 @@ def summarize_run(records: list[dict]) -> dict[str, Any]:
     }
 
 
+class CaptionImagineRun(AnalysisSpec):
+    """``caption-imagine run`` as an analysis (core.analysis.run_analysis): one record stage, the summary with the
+    imagination trigger block."""
+
+    command = COMMAND
+    default_model = DEFAULT_MODEL
+
+    def setup(self, run: AnalysisRun) -> None:
+        from latentcheck.core.engine import Engine
+
+        require_text_imagination(run.lm)
+        self.engine = Engine(run.lm, seed=run.opts.seed)
+
+    def stages(self, run: AnalysisRun) -> list[RecordStage]:
+        o = run.opts
+        return [RecordStage("samples", lambda tasks: run_block(run.lm, self.engine, tasks, o.max_pixels, o.batch_size))]
+
+    def summarise(self, run: AnalysisRun) -> dict[str, Any]:
+        from latentcheck.core.trigger import trigger_block, warn_trigger
+
+        records = run.records["samples"]
+        summary = {"command": COMMAND, "model": run.lm.describe(), "data": run.data, **summarize_run(records),
+                   "results": run.paths["samples"]}
+        ok = [r for r in records if r.get("type", "sample") == "sample"]
+        summary["latent_trigger"] = trigger_block(
+            {"baseline": ([bool(r.get("has_imagination")) for r in ok],
+                          [r.get("imagination_tokens") or 0 for r in ok])},
+            "baseline", run.lm.profile.kind, "imagination tokens")
+        warn_trigger(summary["latent_trigger"], COMMAND)
+        return summary
+
+
 def run_caption_imagine(opts: CommonOptions, lm=None) -> AnalysisResult:
     """``caption-imagine run`` (module docstring). Returns the result (summary also in ``<out>/summary.json``)."""
-    from latentcheck.core.engine import Engine
-    from latentcheck.core.runner import data_path, load_for, load_records, read_all_tasks, run_records
-
-    lm = lm or load_for(opts, default=DEFAULT_MODEL)
-    require_text_imagination(lm)
-    path = data_path(opts)
-    items = read_all_tasks(path, opts.limit, opts.strict)
-    engine = Engine(lm, seed=opts.seed)
-    res = run_records("caption-imagine run", opts, opts.config(), lm.describe(), items,
-                      lambda tasks: run_block(lm, engine, tasks, opts.max_pixels, opts.batch_size),
-                      description="caption-imagine run")
-    if not res.is_main:
-        return not_main("caption-imagine run", opts.out, res.results_path, res.counts)
-    records = load_records(res.results_path)
-    summary = {"command": "caption-imagine run", "model": lm.describe(), "data": str(path),
-               **summarize_run(records), "results": res.results_path}
-    from latentcheck.core.trigger import trigger_block, warn_trigger
-
-    ok = [r for r in records if r.get("type", "sample") == "sample"]
-    summary["latent_trigger"] = trigger_block(
-        {"baseline": ([bool(r.get("has_imagination")) for r in ok], [r.get("imagination_tokens") or 0 for r in ok])},
-        "baseline", lm.profile.kind, "imagination tokens")
-    warn_trigger(summary["latent_trigger"], "caption-imagine run")
-    return finish("caption-imagine run", opts.out, summary, res.counts, res.results_path)
+    return run_analysis(CaptionImagineRun(), opts, lm=lm)

@@ -38,11 +38,10 @@ from typing import Any, Callable
 import numpy as np
 
 from latentcheck.core.errors import LatentcheckError, RecordError
-from latentcheck.core.analysis import AnalysisResult, finish, not_main
+from latentcheck.core.analysis import AnalysisResult, AnalysisRun, AnalysisSpec, RecordStage, run_analysis
 from latentcheck.core.records import record_order_key
 from latentcheck.core.summaries import Estimate, Proportion, Ratio
-from latentcheck.core.runner import (CommonOptions, TensorStore, data_path, distributed, item_key, load_for,
-                                     read_all_tasks, run_records, save_npz_atomic)
+from latentcheck.core.runner import CommonOptions, TensorStore, distributed, item_key, save_npz_atomic
 from latentcheck.core.tasks import LETTERS, Task
 from latentcheck.core.trigger import warn_trigger
 from latentcheck.perturb.treatments import (REFERENCES, InputVariant, NotApplicable, Treatment, TreatmentContext,
@@ -247,7 +246,7 @@ def clear_tensor_store(out: str | Path) -> None:
 
 
 class _Runner:
-    """Holds the model, engine and per-run settings; ``process_block`` is the per-block function of run_records."""
+    """Holds the model, engine and per-run settings; ``process_block`` is the block function of the record stage."""
 
     def __init__(self, lm, opts: CommonOptions, treatments: list[Treatment], tasks_by_key: dict[str, Task],
                  index_of: dict[str, int], partners: dict[str, str], max_matrix: int, save_tensors: bool,
@@ -399,6 +398,77 @@ class _Runner:
         return rec
 
 
+class PerturbInput(AnalysisSpec):
+    """perturb-input as an analysis (core.analysis.run_analysis): one record stage (tensors to a TensorStore), the
+    summary from the records and the stored tensors, the figures and the inter-instance matrices file. The
+    arguments are :func:`run_perturb_input`'s."""
+
+    command = COMMAND
+
+    def __init__(self, treatments: list[str] | list[Treatment] | None = None, *, max_matrix: int = 64,
+                 save_tensors: bool = False, force_start: bool = False, image_visibility: str | None = None,
+                 max_latents: int | None = None, max_new_tokens: int | None = None, n_boot: int = 2000,
+                 plots: bool = True, latent_override: Callable[[InputVariant], np.ndarray] | None = None,
+                 per_token_refs: bool = True):
+        from latentcheck.perturb.treatments import DEFAULT_TREATMENTS
+
+        if max_matrix < 2:
+            raise LatentcheckError(f"--max-matrix must be at least 2, got {max_matrix}")
+        if image_visibility is not None and image_visibility not in ("all", "latents_only", "none"):
+            raise LatentcheckError(f"--image-visibility must be all, latents_only or none, got {image_visibility!r}")
+        if max_latents is not None and max_latents < 1:
+            raise LatentcheckError(f"--max-latents must be at least 1, got {max_latents}")
+        self.treatments = treatments if treatments and isinstance(treatments[0], Treatment) else \
+            parse_treatments(list(treatments or DEFAULT_TREATMENTS))
+        self.max_matrix, self.save_tensors, self.force_start = max_matrix, save_tensors, force_start
+        self.image_visibility, self.max_latents, self.max_new_tokens = image_visibility, max_latents, max_new_tokens
+        self.n_boot, self.plots, self.latent_override, self.per_token_refs = n_boot, plots, latent_override, \
+            per_token_refs
+
+    def setup(self, run: AnalysisRun) -> None:
+        if self.max_latents is None and not run.lm.profile.is_latent:
+            self.max_latents = DEFAULT_MAX_LATENTS_TEXT
+        keys = [t.id for t in run.tasks]
+        self.order = sorted((item_key(it) for it in run.items), key=record_order_key)  # canonical, not file order
+        self.config = {"treatments": [t.label for t in self.treatments], "max_matrix": self.max_matrix,
+                       "save_tensors": self.save_tensors, "force_start": self.force_start,
+                       "image_visibility": self.image_visibility, "max_latents": self.max_latents,
+                       "max_new_tokens": self.max_new_tokens, "latent_override": self.latent_override is not None,
+                       "per_token_refs": self.per_token_refs}
+        self.runner = _Runner(run.lm, run.opts, self.treatments, {t.id: t for t in run.tasks},
+                              {k: i for i, k in enumerate(self.order)}, partner_map(keys, run.opts.seed),
+                              self.max_matrix, self.save_tensors, self.force_start, self.image_visibility,
+                              self.max_latents, self.max_new_tokens, self.latent_override, self.per_token_refs)
+
+    def stages(self, run: AnalysisRun) -> list[RecordStage]:
+        return [RecordStage("samples", self.runner.process_block, config=self.config,
+                            on_fresh_start=lambda: clear_tensor_store(run.out))]
+
+    def summarise(self, run: AnalysisRun) -> dict[str, Any]:
+        records, lm, seed = run.records["samples"], run.lm, run.opts.seed
+        summary = summarise(records, tensor_dirs(run.out), self.treatments, self.order, self.max_matrix, seed=seed,
+                            n_boot=self.n_boot)
+        config = {**run.opts.config(), **self.config}
+        summary = {"command": COMMAND, "model": lm.describe(), "profile": lm.profile.name, "kind": lm.profile.kind,
+                   "latent_source": latent_source(lm.profile), "counts": run.counts["samples"],
+                   "config": {k: config[k] for k in ("treatments", "max_matrix", "force_start", "image_visibility",
+                                                     "max_latents", "seed")}, **summary}
+        summary["latent_trigger"] = trigger_summary(records, self.treatments, lm.profile)
+        warn_trigger(summary["latent_trigger"], COMMAND)
+        return summary
+
+    def figures(self, run: AnalysisRun, summary: dict[str, Any]) -> list[str]:
+        """The plots (they read the geometry matrices), then the matrices move from the summary to
+        ``inter_instance.npz``."""
+        out = run.out
+        plot_paths = make_plots(summary, out / "plots") if self.plots else []
+        mats = strip_matrices(summary["geometry"])
+        if mats:
+            save_npz_atomic(out / "inter_instance.npz", keys=np.array(summary["geometry"]["keys"]), **mats)
+        summary["plots"] = [str(Path(p).relative_to(out)) for p in plot_paths]
+        return plot_paths
+
+
 def run_perturb_input(opts: CommonOptions, treatments: list[str] | list[Treatment] | None = None, *,
                       max_matrix: int = 64, save_tensors: bool = False, force_start: bool = False,
                       image_visibility: str | None = None, max_latents: int | None = None,
@@ -417,49 +487,11 @@ def run_perturb_input(opts: CommonOptions, treatments: list[str] | list[Treatmen
     of the model's own (latent profiles; oracle tests). ``per_token_refs``: keep the original input's per-token
     image states of the geometry samples for the position-matched comparison (``geometry.position_matched``).
     """
-    from latentcheck.perturb.treatments import DEFAULT_TREATMENTS
-
-    if max_matrix < 2:
-        raise LatentcheckError(f"--max-matrix must be at least 2, got {max_matrix}")
-    if image_visibility is not None and image_visibility not in ("all", "latents_only", "none"):
-        raise LatentcheckError(f"--image-visibility must be all, latents_only or none, got {image_visibility!r}")
-    if max_latents is not None and max_latents < 1:
-        raise LatentcheckError(f"--max-latents must be at least 1, got {max_latents}")
-    parsed = treatments if treatments and isinstance(treatments[0], Treatment) else \
-        parse_treatments(list(treatments or DEFAULT_TREATMENTS))
-    items = read_all_tasks(data_path(opts), opts.limit, opts.strict)
-    lm = lm or load_for(opts)
-    if max_latents is None and not lm.profile.is_latent:
-        max_latents = DEFAULT_MAX_LATENTS_TEXT
-    tasks = [t for t in items if isinstance(t, Task)]
-    keys = [t.id for t in tasks]
-    order = sorted((item_key(it) for it in items), key=record_order_key)  # canonical: not the file's order
-    index_of = {k: i for i, k in enumerate(order)}
-    out = Path(opts.out)
-    config = {**opts.config(), "treatments": [t.label for t in parsed], "max_matrix": max_matrix,
-              "save_tensors": save_tensors, "force_start": force_start, "image_visibility": image_visibility,
-              "max_latents": max_latents, "max_new_tokens": max_new_tokens,
-              "latent_override": latent_override is not None, "per_token_refs": per_token_refs}
-    runner = _Runner(lm, opts, parsed, {t.id: t for t in tasks}, index_of, partner_map(keys, opts.seed),
-                     max_matrix, save_tensors, force_start, image_visibility, max_latents, max_new_tokens,
-                     latent_override, per_token_refs)
-    rr = run_records(COMMAND, opts, config, lm.describe(), items, runner.process_block,
-                     description="perturb-input", on_fresh_start=lambda: clear_tensor_store(out))
-    if not rr.is_main:
-        return not_main(COMMAND, out, rr.results_path, rr.counts)
-    summary = summarise(rr.results_path, tensor_dirs(out), parsed, order, max_matrix, seed=opts.seed, n_boot=n_boot)
-    summary = {"command": COMMAND, "model": lm.describe(), "profile": lm.profile.name, "kind": lm.profile.kind,
-               "latent_source": latent_source(lm.profile), "counts": rr.counts,
-               "config": {k: config[k] for k in ("treatments", "max_matrix", "force_start", "image_visibility",
-                                                 "max_latents", "seed")}, **summary}
-    summary["latent_trigger"] = trigger_summary(rr.results_path, parsed, lm.profile)
-    warn_trigger(summary["latent_trigger"], COMMAND)
-    plot_paths = make_plots(summary, out / "plots") if plots else []
-    mats = strip_matrices(summary["geometry"])
-    if mats:
-        save_npz_atomic(out / "inter_instance.npz", keys=np.array(summary["geometry"]["keys"]), **mats)
-    summary["plots"] = [str(Path(p).relative_to(out)) for p in plot_paths]
-    return finish(COMMAND, out, summary, rr.counts, rr.results_path, plot_paths)
+    return run_analysis(PerturbInput(treatments, max_matrix=max_matrix, save_tensors=save_tensors,
+                                     force_start=force_start, image_visibility=image_visibility,
+                                     max_latents=max_latents, max_new_tokens=max_new_tokens, n_boot=n_boot,
+                                     plots=plots, latent_override=latent_override, per_token_refs=per_token_refs),
+                        opts, lm=lm)
 
 
 # ------------------------------------------------------------------------------------------------ aggregation
@@ -508,16 +540,14 @@ class _IndexMean:
         return [s / c if c else None for s, c in zip(self.sums, self.counts)]
 
 
-def _treatment_stats(records_path: str, treatments: list[Treatment], n_boot: int, seed: int) -> dict[str, Any]:
-    """Per-treatment aggregates streamed from the results file (per-sample scalars only)."""
-    from latentcheck.core.runner import load_records
-
+def _treatment_stats(records: list[dict], treatments: list[Treatment], n_boot: int, seed: int) -> dict[str, Any]:
+    """Per-treatment aggregates of the records (per-sample scalars only)."""
     acc = {t.label: {"cos": _IndexMean(), "rel": _IndexMean(), "cos_s": [], "rel_s": [], "moved": [], "skips": {},
                      "refs": {r: {"cos": [], "rel": []} for r in REFERENCES}, "same": [], "tv": [],
                      "correct": [], "n": 0} for t in treatments}
     n_ok = 0
     orig_correct, triggered, counts = [], [], []
-    for rec in load_records(records_path):
+    for rec in records:
         if rec.get("type") != "sample":
             continue
         n_ok += 1
@@ -819,15 +849,14 @@ def strip_matrices(geo: dict[str, Any]) -> dict[str, np.ndarray]:
     return mats
 
 
-def trigger_summary(records_path: str, treatments: list[Treatment], profile) -> dict | None:
+def trigger_summary(records: list[dict], treatments: list[Treatment], profile) -> dict | None:
     """The fake-null guard block (core/trigger.py): the original input and every treated one; the length is the
     whole latent / imagination span (before --max-latents)."""
-    from latentcheck.core.runner import load_records
     from latentcheck.core.trigger import trigger_block
 
     conds: dict[str, tuple[list, list]] = {"original": ([], [])}
     conds.update({t.label: ([], []) for t in treatments})
-    for rec in load_records(records_path):
+    for rec in records:
         if rec.get("type") != "sample":
             continue
         for name, e in [("original", rec["original"])] + [(t.label, rec["treatments"].get(t.label))
@@ -839,14 +868,12 @@ def trigger_summary(records_path: str, treatments: list[Treatment], profile) -> 
     return trigger_block(conds, "original", profile.kind, unit)
 
 
-def summarise(records_path: str, store_dirs: list[Path], treatments: list[Treatment], order: list[str],
+def summarise(records: list[dict], store_dirs: list[Path], treatments: list[Treatment], order: list[str],
               max_matrix: int, seed: int = 0, n_boot: int = 2000) -> dict[str, Any]:
-    """Aggregates from the results file (streamed) and the tensor store (first ``max_matrix`` samples)."""
-    from latentcheck.core.runner import load_records
-
-    stats = _treatment_stats(records_path, treatments, n_boot, seed)
+    """Aggregates of the records (canonical record order) and the tensor store (first ``max_matrix`` samples)."""
+    stats = _treatment_stats(records, treatments, n_boot, seed)
     ok, cats = set(), {}
-    for rec in load_records(records_path):
+    for rec in records:
         if rec.get("type") == "sample":
             ok.add(rec["key"])
             cats[rec["key"]] = rec.get("category")

@@ -40,10 +40,9 @@ from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.interventions import (REGISTRY, Embeddings, InterventionSpec, LatentStats, parse_spec,
                                             parse_specs, sequence_override)
 from latentcheck.core.profiles import VISIBILITIES
-from latentcheck.core.analysis import AnalysisResult, finish, not_main
+from latentcheck.core.analysis import AnalysisResult, AnalysisRun, AnalysisSpec, RecordStage, run_analysis
 from latentcheck.core.summaries import AccuracyEffect, Estimate, Proportion
-from latentcheck.core.runner import CommonOptions, data_path, error_record, load_for, load_records, \
-    read_all_tasks, run_records, save_npz_atomic
+from latentcheck.core.runner import CommonOptions, error_record, save_npz_atomic
 from latentcheck.core.stats import holm
 from latentcheck.core.records import in_id_order
 from latentcheck.core.tasks import LETTERS, Task
@@ -655,6 +654,120 @@ def make_plots(summary: dict, folder: str | Path) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------- entry point
+class PerturbLatent(AnalysisSpec):
+    """perturb-latent as an analysis (core.analysis.run_analysis): the interventions planned for the model,
+    dataset latent statistics when an intervention needs them (``latent_stats.npz``), one record stage, the
+    summary (interventions, mediation, layer patching) and the figures. The arguments are
+    :func:`run_perturb_latent`'s."""
+
+    command = COMMAND
+
+    def __init__(self, specs: Iterable[str | InterventionSpec] | None = None, *,
+                 sigma_sweep: str | Sequence[float] | None = None, per_index: Iterable[str] = (),
+                 length_sweep: str | Sequence[float] | None = None,
+                 mediation: str | Sequence[str] | None = ("image",),
+                 mediators: str | Sequence[str] | None = MEDIATORS, partner: str = "different_gold",
+                 naive: bool = False, force_latent: bool = False, image_visibility: str | None = None,
+                 max_new_tokens: int | None = None, calibration_size: int | None = None, n_boot: int = 2000,
+                 plots: bool = True, patch_layers: str | Sequence[str] | None = None,
+                 knockout_sweep: str | Sequence[str] | None = None):
+        if image_visibility is not None and image_visibility not in VISIBILITIES:
+            raise LatentcheckError(f"--image-visibility must be one of {', '.join(VISIBILITIES)}, got "
+                                   f"{image_visibility!r}")
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise LatentcheckError("--max-new-tokens must be >= 1")
+        if calibration_size is not None and calibration_size < 1:
+            raise LatentcheckError("--calibration must be >= 1")
+        self.kinds = parse_kinds(mediation)
+        self.meds = parse_mediators(mediators)
+        if partner not in PARTNER_RULES:
+            raise LatentcheckError(f"--partner must be one of {', '.join(PARTNER_RULES)}, got {partner!r}")
+        self.sweep = parse_float_list(sigma_sweep)
+        self.specs, self.per_index, self.length_sweep, self.partner, self.naive = specs, per_index, length_sweep, \
+            partner, naive
+        self.force_latent, self.image_visibility, self.max_new_tokens = force_latent, image_visibility, max_new_tokens
+        self.calibration_size, self.n_boot, self.plots = calibration_size, n_boot, plots
+        self.patch_layers, self.knockout_sweep = patch_layers, knockout_sweep
+
+    def setup(self, run: AnalysisRun) -> None:
+        """The model-dependent plan (profile, layers, K), then the calibration pass when needed."""
+        lm, opts = run.lm, run.opts
+        prof = lm.profile
+        if not prof.is_latent:
+            raise LatentcheckError(f"perturb-latent intervenes on fed-back latent vectors, but profile {prof.name!r} "
+                                   f"is {prof.kind!r}; use a latent profile (for text imagination see perturb-input / "
+                                   "caption-imagine)")
+        lengths = parse_float_list(self.length_sweep, "--length-sweep")
+        if any(not float(k).is_integer() for k in lengths):
+            raise LatentcheckError(f"--length-sweep takes whole numbers of vectors, got {self.length_sweep!r}")
+        self.n_states = len(text_model_of(lm.model).layers) + 1  # span states: input + every decoder layer's output
+        ko = self.knockout_sweep
+        ko_pairs = [x.strip() for x in (ko.split(",") if isinstance(ko, str) else (ko or [])) if x.strip()]
+        planned = plan_interventions(self.specs, self.sweep, list(self.per_index), prof.latent.k,
+                                     length_sweep=lengths, knockout_sweep=ko_pairs, n_layers=self.n_states - 1)
+        self.patch_sets = parse_patch_layers(self.patch_layers, self.n_states)
+        if self.patch_sets and ("span" not in self.meds or not self.kinds):
+            raise LatentcheckError("--patch-layers patches the span from the mediation's counterfactual run: it needs "
+                                   "--mediation image|question and the span mediator (--mediators vectors,span)")
+        self.block = block = max(1, opts.batch_size) * 4
+        settings = PerturbLatentSettings(interventions=[p.to_dict() for p in planned], mediation=self.kinds,
+                                         mediators=self.meds, partner=self.partner, naive=self.naive,
+                                         force_latent=self.force_latent, image_visibility=self.image_visibility,
+                                         max_new_tokens=self.max_new_tokens,
+                                         calibration_size=self.calibration_size or block, n_boot=self.n_boot,
+                                         plots=self.plots, patch_layers=[[lab, ls] for lab, ls in self.patch_sets])
+        tasks = run.tasks
+        ana = _Analysis(lm, opts, planned, settings, tasks, group_size=block)
+        calibration = None
+        if needs_stats(planned):
+            try:
+                stats, calibration = ana.calibrate(in_id_order(tasks), settings.calibration_size)
+            except LatentcheckError as e:
+                if "never entered latent mode" not in str(e):
+                    raise
+                # nothing to calibrate on: drop the interventions that need latent statistics and go on, so the run
+                # measures (and flags) the trigger rate instead of stopping (the fake-null guard reports it)
+                dropped = [p.label for p in planned if p.spec.needs_stats]
+                planned = [p for p in planned if not p.spec.needs_stats]
+                settings.interventions = [p.to_dict() for p in planned]
+                ana = _Analysis(lm, opts, planned, settings, tasks, group_size=block)
+                calibration = {"error": str(e), "dropped_interventions": dropped}
+                warn(f"{COMMAND}: latent mode never triggered on the calibration samples; interventions that need "
+                     f"latent statistics were dropped: {', '.join(dropped)}")
+            else:
+                run.out.mkdir(parents=True, exist_ok=True)
+                save_npz_atomic(run.out / "latent_stats.npz", mean=stats.mean, index_mean=stats.index_mean)
+                calibration["path"] = "latent_stats.npz"
+        self.planned, self.settings, self.ana, self.calibration = planned, settings, ana, calibration
+
+    def stages(self, run: AnalysisRun) -> list[RecordStage]:
+        return [RecordStage("samples", self.ana.process_block, config=asdict(self.settings), block_size=self.block)]
+
+    def summarise(self, run: AnalysisRun) -> dict[str, Any]:
+        seed, n_boot, kinds = run.opts.seed, self.n_boot, self.kinds
+        records = [r for r in run.records["samples"] if r.get("type", "sample") == "sample"]
+        summary: dict[str, Any] = {"command": COMMAND, "model": run.lm.describe(), "data": run.data,
+                                   "counts": run.counts["samples"], "settings": asdict(self.settings),
+                                   "calibration": self.calibration}
+        summary.update(summarise(records, self.planned, seed=seed, n_boot=n_boot))
+        summary["latent_trigger"] = trigger_summary(records, self.planned, run.lm.profile.kind)
+        warn_trigger(summary["latent_trigger"], COMMAND)
+        summary["mediation"] = summarise_mediation(records, kinds, seed=seed, n_boot=n_boot,
+                                                   mediators=self.meds) if kinds else {}
+        summary["layer_patching"] = summarise_layer_patching(records, kinds, self.patch_sets, self.n_states,
+                                                             seed=seed, n_boot=n_boot) if self.patch_sets else {}
+        summary["mediation_partner"] = self.partner
+        summary["mediation_primary_outcome"] = PRIMARY_OUTCOME
+        summary["timing"] = {**{k: round(v, 3) if isinstance(v, float) else v for k, v in self.ana.timing.items()},
+                             "total_s": round(time.perf_counter() - run.started, 3)}
+        return summary
+
+    def figures(self, run: AnalysisRun, summary: dict[str, Any]) -> dict[str, str]:
+        plot_paths = make_plots(summary, run.out / "plots") if self.plots else {}
+        summary["plots"] = {k: str(Path(v).relative_to(run.out)) for k, v in plot_paths.items()}
+        return plot_paths
+
+
 def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSpec] | None = None, *,
                        sigma_sweep: str | Sequence[float] | None = None, per_index: Iterable[str] = (),
                        length_sweep: str | Sequence[float] | None = None,
@@ -667,88 +780,12 @@ def run_perturb_latent(opts: CommonOptions, specs: Iterable[str | InterventionSp
                        knockout_sweep: str | Sequence[str] | None = None, lm=None) -> PerturbLatentResult:
     """Run the Z -> Y interventions and the mediation analysis over a task file; write ``samples.jsonl``,
     ``summary.json`` and ``plots/*.png`` to ``opts.out`` and return the summary (see module docstring)."""
-    t_start = time.perf_counter()
-    if image_visibility is not None and image_visibility not in VISIBILITIES:
-        raise LatentcheckError(f"--image-visibility must be one of {', '.join(VISIBILITIES)}, got {image_visibility!r}")
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise LatentcheckError("--max-new-tokens must be >= 1")
-    if calibration_size is not None and calibration_size < 1:
-        raise LatentcheckError("--calibration must be >= 1")
-    kinds = parse_kinds(mediation)
-    meds = parse_mediators(mediators)
-    if partner not in PARTNER_RULES:
-        raise LatentcheckError(f"--partner must be one of {', '.join(PARTNER_RULES)}, got {partner!r}")
-    sweep = parse_float_list(sigma_sweep)
-    if lm is None:
-        lm = load_for(opts)
-    prof = lm.profile
-    if not prof.is_latent:
-        raise LatentcheckError(f"perturb-latent intervenes on fed-back latent vectors, but profile {prof.name!r} is "
-                               f"{prof.kind!r}; use a latent profile (for text imagination see perturb-input / "
-                               "caption-imagine)")
-    lengths = parse_float_list(length_sweep, "--length-sweep")
-    if any(not float(k).is_integer() for k in lengths):
-        raise LatentcheckError(f"--length-sweep takes whole numbers of vectors, got {length_sweep!r}")
-    n_states = len(text_model_of(lm.model).layers) + 1  # span states: input + every decoder layer's output
-    ko_pairs = [x.strip() for x in (knockout_sweep.split(",") if isinstance(knockout_sweep, str)
-                                    else (knockout_sweep or [])) if x.strip()]
-    planned = plan_interventions(specs, sweep, list(per_index), prof.latent.k, length_sweep=lengths,
-                                 knockout_sweep=ko_pairs, n_layers=n_states - 1)
-    patch_sets = parse_patch_layers(patch_layers, n_states)
-    if patch_sets and ("span" not in meds or not kinds):
-        raise LatentcheckError("--patch-layers patches the span from the mediation's counterfactual run: it needs "
-                               "--mediation image|question and the span mediator (--mediators vectors,span)")
-    block = max(1, opts.batch_size) * 4
-    settings = PerturbLatentSettings(interventions=[p.to_dict() for p in planned], mediation=kinds,
-                                     mediators=meds, partner=partner, naive=naive,
-                                     force_latent=force_latent, image_visibility=image_visibility,
-                                     max_new_tokens=max_new_tokens, calibration_size=calibration_size or block,
-                                     n_boot=n_boot, plots=plots, patch_layers=[[lab, ls] for lab, ls in patch_sets])
-    items = read_all_tasks(data_path(opts), opts.limit, opts.strict)
-    tasks = [t for t in items if isinstance(t, Task)]
-    ana = _Analysis(lm, opts, planned, settings, tasks, group_size=block)
-    calibration = None
-    if needs_stats(planned):
-        try:
-            stats, calibration = ana.calibrate(in_id_order(tasks), settings.calibration_size)
-        except LatentcheckError as e:
-            if "never entered latent mode" not in str(e):
-                raise
-            # nothing to calibrate on: drop the interventions that need latent statistics and go on, so the run
-            # measures (and flags) the trigger rate instead of stopping (the fake-null guard reports it)
-            dropped = [p.label for p in planned if p.spec.needs_stats]
-            planned = [p for p in planned if not p.spec.needs_stats]
-            settings.interventions = [p.to_dict() for p in planned]
-            ana = _Analysis(lm, opts, planned, settings, tasks, group_size=block)
-            calibration = {"error": str(e), "dropped_interventions": dropped}
-            warn(f"{COMMAND}: latent mode never triggered on the calibration samples; interventions that need latent "
-                 f"statistics were dropped: {', '.join(dropped)}")
-        else:
-            Path(opts.out).mkdir(parents=True, exist_ok=True)
-            save_npz_atomic(Path(opts.out) / "latent_stats.npz", mean=stats.mean, index_mean=stats.index_mean)
-            calibration["path"] = "latent_stats.npz"
-    config = {**opts.config(), **asdict(settings)}
-    res = run_records(COMMAND, opts, config, lm.describe(), items, ana.process_block, block_size=block,
-                      description="perturb-latent")
-    if not res.is_main:
-        return not_main(COMMAND, opts.out, res.results_path, res.counts)
-    records = [r for r in load_records(res.results_path) if r.get("type", "sample") == "sample"]
-    summary: dict[str, Any] = {"command": COMMAND, "model": lm.describe(), "data": data_path(opts),
-                               "counts": res.counts, "settings": asdict(settings), "calibration": calibration}
-    summary.update(summarise(records, planned, seed=opts.seed, n_boot=n_boot))
-    summary["latent_trigger"] = trigger_summary(records, planned, lm.profile.kind)
-    warn_trigger(summary["latent_trigger"], COMMAND)
-    summary["mediation"] = summarise_mediation(records, kinds, seed=opts.seed, n_boot=n_boot,
-                                               mediators=meds) if kinds else {}
-    summary["layer_patching"] = summarise_layer_patching(records, kinds, patch_sets, n_states, seed=opts.seed,
-                                                         n_boot=n_boot) if patch_sets else {}
-    summary["mediation_partner"] = partner
-    summary["mediation_primary_outcome"] = PRIMARY_OUTCOME
-    summary["timing"] = {**{k: round(v, 3) if isinstance(v, float) else v for k, v in ana.timing.items()},
-                         "total_s": round(time.perf_counter() - t_start, 3)}
-    plot_paths = make_plots(summary, Path(opts.out) / "plots") if plots else {}
-    summary["plots"] = {k: str(Path(v).relative_to(Path(opts.out))) for k, v in plot_paths.items()}
-    return finish(COMMAND, opts.out, summary, res.counts, res.results_path, plot_paths)
+    return run_analysis(PerturbLatent(specs, sigma_sweep=sigma_sweep, per_index=per_index, length_sweep=length_sweep,
+                                      mediation=mediation, mediators=mediators, partner=partner, naive=naive,
+                                      force_latent=force_latent, image_visibility=image_visibility,
+                                      max_new_tokens=max_new_tokens, calibration_size=calibration_size,
+                                      n_boot=n_boot, plots=plots, patch_layers=patch_layers,
+                                      knockout_sweep=knockout_sweep), opts, lm=lm)
 
 
 def intervention_names() -> list[tuple[str, str, dict, str]]:
