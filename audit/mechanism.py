@@ -3,7 +3,7 @@ the latents look at and say, geometry beyond raw cosine, and encodes vs uses —
 
 Two pieces:
 
-* the ``mechanism`` stage (:func:`run_mechanism`, registered in audit/stages.py; latent models): the arms that the
+* the ``mechanism`` stage (:class:`Mechanism`, registered in audit/stages.py; latent models): the arms that the
   verdict stages do not run, as the existing commands with fewer samples (``DEFAULT_LIMITS["mechanism"]``) in their
   own Holm family so the Z -> Y verdict's family is unchanged: perturb-latent with the position-preserving
   ``placeholder``, the attention knockouts answer -> span and span -> image (all layers) and a span-length sweep
@@ -22,6 +22,8 @@ import dataclasses
 import math
 from pathlib import Path
 from typing import Any
+
+from latentcheck.core.analysis import AnalysisRun, AnalysisSpec
 
 MECHANISM_ARMS = ("placeholder", "knockout:query=answer,key=span,layers=all",
                   "knockout:query=span,key=image,layers=all")
@@ -122,75 +124,98 @@ def _erase_label(tasks) -> str:
     return "answer"
 
 
-def run_mechanism(ctx) -> Any:
-    """The mechanism stage (module docstring): perturb-latent's mechanism arms and probe ``--erase`` into
-    ``<folder>/perturb-latent`` and ``<folder>/probe``; ``summary.json`` with their effects; plots."""
-    from latentcheck.core.analysis import finish
-    from latentcheck.core.runner import data_path, read_all_tasks
-    from latentcheck.core.tasks import Task
-    from latentcheck.perturb.latents import run_perturb_latent
+class Mechanism(AnalysisSpec):
+    """The mechanism stage (module docstring) as an analysis: no record file of its own; its summary runs
+    perturb-latent's mechanism arms and probe ``--erase`` through the same driver (``core.analysis.run_analysis``)
+    into ``<folder>/perturb-latent`` and ``<folder>/probe`` and collects their effects; plots."""
 
-    o, s, lm = ctx.opts, ctx.settings, ctx.lm
-    out = Path(o.out)
-    k = int(lm.profile.latent.k or 0) or 4
-    sweep = length_sweep_for(k)
-    pl = run_perturb_latent(dataclasses.replace(o, out=str(out / "perturb-latent")), list(MECHANISM_ARMS),
-                            length_sweep=sweep, mediation=[], force_latent=s.force_latent, n_boot=s.n_boot,
-                            plots=s.plots, lm=lm)
-    rows = _rows_by_label(pl.summary)
-    summary: dict[str, Any] = {"command": "mechanism", "model": lm.describe(), "K": k, "length_sweep": sweep,
-                               "perturb_latent": "perturb-latent/summary.json",
-                               "multiplicity": "Holm over this stage's perturb-latent rows (not the verdict stage's)"}
-    summary["n"] = int((pl.counts or {}).get("ok") or 0)
-    summary["baseline_accuracy"] = _proportion(pl.summary.get("baseline"))
-    summary["arms"] = {arm: {"name": ARM_NAMES[arm], "effect": effect_of(_find(rows, arm)),
-                             "accuracy": accuracy_of(_find(rows, arm))} for arm in MECHANISM_ARMS}
-    by_k = {r.get("x"): r for r in rows.values() if r.get("group") == "length_sweep"}
-    summary["length"] = [{"k": kk, "accuracy": accuracy_of(by_k.get(float(kk))), "effect": effect_of(by_k.get(float(kk)))}
-                         for kk in sweep]
-    counts: dict[str, Any] = {"perturb_latent": pl.counts}
-    errors = int((pl.counts or {}).get("errors", 0) or 0)
-    # encodes vs uses: LEACE erasure and steering (optional extra)
-    try:
-        import concept_erasure  # noqa: F401
-        have_leace = True
-    except ImportError:
-        have_leace = False
-    pr = None
-    if have_leace:
-        from latentcheck.core.errors import LatentcheckError
-        from latentcheck.probe.behavioural import ProbeOptions, run_probe
-        from latentcheck.probe.trained import ProbeConfig
+    command = "mechanism"
+    results_stage = None
 
-        tasks = [t for t in read_all_tasks(data_path(o), o.limit, False) if isinstance(t, Task)]
-        label = _erase_label(tasks)
+    def __init__(self, settings: Any):
+        self.settings = settings
+
+    def read_items(self, opts) -> tuple[str, list]:
+        from latentcheck.core.runner import data_path, read_all_tasks
+
+        path = data_path(opts)
+        return path, read_all_tasks(path, opts.limit, False)
+
+    def stages(self, run: AnalysisRun) -> list:
+        return []
+
+    def summarise(self, run: AnalysisRun) -> dict[str, Any]:
+        from latentcheck.core.analysis import run_analysis
+        from latentcheck.perturb.latents import PerturbLatent
+
+        o, s, lm, out = run.opts, self.settings, run.lm, run.out
+        k = int(lm.profile.latent.k or 0) or 4
+        sweep = length_sweep_for(k)
+        pl = run_analysis(PerturbLatent(list(MECHANISM_ARMS), length_sweep=sweep, mediation=[],
+                                        force_latent=s.force_latent, n_boot=s.n_boot, plots=s.plots),
+                          dataclasses.replace(o, out=str(out / "perturb-latent")), lm=lm)
+        rows = _rows_by_label(pl.summary)
+        summary: dict[str, Any] = {"command": "mechanism", "model": lm.describe(), "K": k, "length_sweep": sweep,
+                                   "perturb_latent": "perturb-latent/summary.json",
+                                   "multiplicity": "Holm over this stage's perturb-latent rows (not the verdict "
+                                                   "stage's)"}
+        summary["n"] = int((pl.counts or {}).get("ok") or 0)
+        summary["baseline_accuracy"] = _proportion(pl.summary.get("baseline"))
+        summary["arms"] = {arm: {"name": ARM_NAMES[arm], "effect": effect_of(_find(rows, arm)),
+                                 "accuracy": accuracy_of(_find(rows, arm))} for arm in MECHANISM_ARMS}
+        by_k = {r.get("x"): r for r in rows.values() if r.get("group") == "length_sweep"}
+        summary["length"] = [{"k": kk, "accuracy": accuracy_of(by_k.get(float(kk))),
+                              "effect": effect_of(by_k.get(float(kk)))} for kk in sweep]
+        counts: dict[str, Any] = {"perturb_latent": pl.counts}
+        errors = int((pl.counts or {}).get("errors", 0) or 0)
+        # encodes vs uses: LEACE erasure and steering (optional extra)
         try:
-            pr = run_probe(dataclasses.replace(o, out=str(out / "probe")),
-                           ProbeOptions(behavioural=False, trained=False, attention=False, erase=label,
-                                        force_latent=True, n_boot=s.n_boot,
-                                        probe=ProbeConfig(methods=("linear",), control=False, seed=o.seed,
-                                                          n_boot=s.n_boot)), lm=lm)
-        except LatentcheckError as e:  # e.g. one label value only: the erasure cannot be fitted on these samples
-            if o.strict:
-                raise
-            pr = None
-            summary["erasure"] = {"label": label, "skipped": f"erasure not run: {e}"}
-    if have_leace and pr is not None:
-        er = pr.summary.get("erasure") or {}
-        summary["erasure"] = {"label": label, "reading": er.get("reading"), "n": er.get("n"),
-                              "probe_before": ((er.get("before") or {}).get("linear")),
-                              "probe_after": ((er.get("after") or {}).get("linear")),
-                              "chance": (er.get("before") or {}).get("chance"),
-                              "erased": effect_of(er.get("erased")), "steered": effect_of(er.get("steered")),
-                              "follows": er.get("follows"), "follows_own": er.get("follows_own"),
-                              "summary": "probe/summary.json"}
-        counts["probe"] = pr.counts
-        errors += int(pr.errors or 0)
-    elif not have_leace:
-        summary["erasure"] = {"skipped": "concept erasure needs the optional extra: pip install 'latentcheck[mech]'"}
-    plots = plot_mechanism(summary, out / "plots") if s.plots else []
-    summary["plots"] = [str(Path(p).relative_to(out)) for p in plots]
-    return finish("mechanism", out, summary, {"ok": summary["n"], "errors": errors, **counts}, None, plots)
+            import concept_erasure  # noqa: F401
+            have_leace = True
+        except ImportError:
+            have_leace = False
+        pr = None
+        if have_leace:
+            from latentcheck.core.errors import LatentcheckError
+            from latentcheck.probe.behavioural import Probe, ProbeOptions
+            from latentcheck.probe.trained import ProbeConfig
+
+            label = _erase_label(run.tasks)
+            try:
+                pr = run_analysis(Probe(ProbeOptions(behavioural=False, trained=False, attention=False, erase=label,
+                                                     force_latent=True, n_boot=s.n_boot,
+                                                     probe=ProbeConfig(methods=("linear",), control=False,
+                                                                       seed=o.seed, n_boot=s.n_boot))),
+                                  dataclasses.replace(o, out=str(out / "probe")), lm=lm)
+            except LatentcheckError as e:  # e.g. one label value only: the erasure cannot be fitted on these samples
+                if o.strict:
+                    raise
+                pr = None
+                summary["erasure"] = {"label": label, "skipped": f"erasure not run: {e}"}
+        if have_leace and pr is not None:
+            er = pr.summary.get("erasure") or {}
+            summary["erasure"] = {"label": label, "reading": er.get("reading"), "n": er.get("n"),
+                                  "probe_before": ((er.get("before") or {}).get("linear")),
+                                  "probe_after": ((er.get("after") or {}).get("linear")),
+                                  "chance": (er.get("before") or {}).get("chance"),
+                                  "erased": effect_of(er.get("erased")), "steered": effect_of(er.get("steered")),
+                                  "follows": er.get("follows"), "follows_own": er.get("follows_own"),
+                                  "summary": "probe/summary.json"}
+            counts["probe"] = pr.counts
+            errors += int(pr.errors or 0)
+        elif not have_leace:
+            summary["erasure"] = {"skipped": "concept erasure needs the optional extra: pip install "
+                                             "'latentcheck[mech]'"}
+        self.result_counts = {"ok": summary["n"], "errors": errors, **counts}
+        return summary
+
+    def figures(self, run: AnalysisRun, summary: dict[str, Any]) -> list[str]:
+        plots = plot_mechanism(summary, run.out / "plots") if self.settings.plots else []
+        summary["plots"] = [str(Path(p).relative_to(run.out)) for p in plots]
+        return plots
+
+    def counts(self, run: AnalysisRun) -> dict[str, Any]:
+        return self.result_counts
 
 
 def plot_mechanism(summary: dict[str, Any], folder: Path) -> list[str]:
@@ -354,4 +379,4 @@ def mechanism_cells(model: str, row: dict[str, Any]) -> dict[str, str]:
 
 
 __all__ = ["MECHANISM_ARMS", "MECHANISM_TABLES", "length_sweep_for", "mechanism_cells", "mechanism_row",
-           "run_mechanism", "effect_of", "accuracy_of"]
+           "Mechanism", "effect_of", "accuracy_of"]

@@ -1,6 +1,7 @@
 """`latentcheck bench`: run a benchmark protocol (bench/registry.py) on a model, under interventions.
 
-Per sample, through the one runner loop (``core.runner.run_records``: resume, error records, progress, shards):
+Per sample, through the one analysis driver and its loop (``core.analysis.run_analysis`` -> ``core.runner.run_records``:
+resume, error records, progress, shards):
 
 * **generate** scoring: the variant's user text (``Benchmark.prompt``), its system prompt (None = the model's
   default) and ALL the sample's images (BLINK: ``meta["images"]``) go through ``build_prompt``; the baseline and every
@@ -50,9 +51,9 @@ from latentcheck.bench.scoring import result_record
 from latentcheck.core.errors import LatentcheckError, RecordError
 from latentcheck.core.answers import read_trace
 from latentcheck.core.interventions import InterventionSpec, LatentStats, parse_specs
-from latentcheck.core.analysis import AnalysisResult, finish, not_main
+from latentcheck.core.analysis import AnalysisResult, AnalysisRun, AnalysisSpec, RecordStage, run_analysis
 from latentcheck.core.records import in_id_order
-from latentcheck.core.runner import CommonOptions, data_path, error_record, load_for, load_records, run_records
+from latentcheck.core.runner import CommonOptions, data_path, error_record
 from latentcheck.core.summaries import AccuracyEffect, Proportion
 from latentcheck.core.tasks import LETTERS, Task, decode_image
 from latentcheck.core.trigger import warn_trigger
@@ -487,6 +488,140 @@ def _needs_stats(specs: list[InterventionSpec]) -> bool:
     return any(s.needs_stats for s in specs)
 
 
+class BenchRun(AnalysisSpec):
+    """A benchmark as an analysis (core.analysis.run_analysis): the benchmark's own reader and checksum for the
+    items, the judge and protocol for the model, one record stage (prepared one block ahead on a GPU), the summary
+    with the official-number status. The arguments are :func:`run_bench`'s."""
+
+    command = COMMAND
+
+    def __init__(self, benchmark: str | Benchmark | None = None, variant: str | None = None,
+                 scoring: str | None = None, interventions: Iterable[str | InterventionSpec] | None = None,
+                 judge: str | Judge | None = None, *, decoding: dict[str, Any] | None = None, verify: bool = True,
+                 judge_profile: str | None = None, calibration_size: int | None = None, force_latent: bool = False,
+                 n_boot: int = 2000, judge_protocol: str | None = None, judge_url: str | None = None,
+                 judge_key_env: str = DEFAULT_KEY_ENV, judge_cache: str | bool | None = True,
+                 judge_concurrency: int = 4, image_root: str | None = None):
+        from latentcheck.core.profiles import DecodingSpec
+
+        bench = get_benchmark(benchmark) if isinstance(benchmark, str) else (benchmark or get_benchmark("generic"))
+        if image_root is not None:
+            import inspect
+
+            if "image_root" not in inspect.signature(bench.loader).parameters:
+                raise LatentcheckError(f"--image-root does not apply to {bench.name!r} (its loader takes no image "
+                                       "root)")
+            bench = bench.with_options(image_root=image_root)
+        self.specs = _plan(interventions)
+        bad = set(decoding or {}) - set(DecodingSpec.__dataclass_fields__)
+        if bad:
+            raise LatentcheckError(f"unknown decoding setting(s) {sorted(bad)}; known: "
+                                   f"{', '.join(DecodingSpec.__dataclass_fields__)}")
+        if (decoding or {}).get("max_new_tokens") is not None and decoding["max_new_tokens"] < 1:
+            raise LatentcheckError("--max-new-tokens must be >= 1")
+        self.bench, self.variant, self.scoring, self.judge, self.decoding = bench, variant, scoring, judge, decoding
+        self.verify, self.judge_profile, self.calibration_size = verify, judge_profile, calibration_size
+        self.force_latent, self.n_boot, self.judge_protocol, self.judge_url = force_latent, n_boot, judge_protocol, \
+            judge_url
+        self.judge_key_env, self.judge_cache, self.judge_concurrency = judge_key_env, judge_cache, judge_concurrency
+
+    def read_items(self, opts: CommonOptions) -> tuple[str, list]:
+        """The benchmark's reader (checksum first when ``verify``); images cached locally."""
+        bench = self.bench
+        if not bench.default_data and not opts.data:
+            defaults = " and ".join(b.name for b in BENCHMARKS.values() if b.default_data)
+            raise LatentcheckError(f"--data is required for benchmark {bench.name!r} (the toy world default applies "
+                                   f"to {defaults} only)")
+        path = opts.data if opts.data else data_path(opts)
+        self.md5 = bench.verify(path) if self.verify else None
+        cache = _image_cache()
+        items = [localize_task(it, cache) if isinstance(it, Task) else it
+                 for it in bench.load(path, limit=opts.limit, strict=opts.strict, verify=False)]
+        tasks = [t for t in items if isinstance(t, Task)]
+        if bench.needs_gold and tasks and all(t.answer is None for t in tasks):
+            raise LatentcheckError(f"{path}: none of the {len(tasks)} tasks has a gold answer (BLINK's test split "
+                                   "hides them: score it on the official server); refusing to report a score")
+        return path, items
+
+    def setup(self, run: AnalysisRun) -> None:
+        lm, opts, specs, judge = run.lm, run.opts, self.specs, self.judge
+        bench = self.bench = replace(self.bench, variants={**self.bench.variants, PROFILE_VARIANT: profile_variant(lm)})
+        variant, mode = resolve_protocol(bench, self.variant, self.scoring)
+        if specs and mode != "generate":
+            raise LatentcheckError("--intervention needs generation scoring (likelihood ranking never decodes "
+                                   "latents)")
+        if specs and not lm.profile.is_latent:
+            raise LatentcheckError(f"--intervention perturbs fed-back latent vectors, but profile {lm.profile.name!r} "
+                                   f"is {lm.profile.kind!r}")
+        if judge is not None and mode != "generate":
+            raise LatentcheckError("--judge-model applies to generation scoring only (likelihood needs no "
+                                   "extraction)")
+        dec = replace(lm.profile.decoding, **{k: v for k, v in (self.decoding or {}).items() if v is not None})
+        v = bench.variant(variant)
+        if judge is None and self.judge_url is not None:
+            raise LatentcheckError("--judge-url needs --judge-model (the served model's name)")
+        if isinstance(judge, str) or (judge is not None and not isinstance(judge, Judge)):
+            from latentcheck.core.backends import make_backend
+
+            protocol = get_protocol(self.judge_protocol or v.judge or "vlmevalkit")
+            if self.judge_url is not None:
+                backend = make_backend("openai", judge, base_url=self.judge_url, key_env=self.judge_key_env,
+                                       concurrency=self.judge_concurrency, cache=self.judge_cache)
+            else:
+                backend = make_backend("local", judge, batch_size=opts.batch_size, cache=self.judge_cache,
+                                       load_kw={"profile": self.judge_profile, "quant": opts.quant,
+                                                "device": opts.device, "trust_remote_code": opts.trust_remote_code})
+            judge = Judge(backend, protocol)
+        self.block = block = max(1, opts.batch_size) * 4
+        subtasks = bench.loader_kwargs.get("subtasks")
+        self.settings = BenchSettings(benchmark=bench.name + (":" + ",".join(subtasks) if subtasks else ""),
+                                      variant=variant, scoring=mode, interventions=[s.to_dict() for s in specs],
+                                      decoding=asdict(dec), judge=None if judge is None else judge.describe(),
+                                      verify=self.verify, calibration_size=(self.calibration_size or block)
+                                      if _needs_stats(specs) else None, force_latent=self.force_latent)
+        self.run = _BenchRun(lm, opts, bench, variant, mode, specs, dec, judge, self.force_latent)
+        self.calibration = self.run.calibrate(in_id_order(run.tasks), self.settings.calibration_size) \
+            if _needs_stats(specs) else None
+        self.variant_name, self.mode, self.v, self.dec, self.judge = variant, mode, v, dec, judge
+
+    def stages(self, run: AnalysisRun) -> list[RecordStage]:
+        # on CPU the preparation thread competes with the model for the GIL and the cores: no gain measured
+        # (docs/performance.md); on a GPU it hides image decoding behind the forward passes
+        return [RecordStage("samples", self.run.process_block, config=asdict(self.settings), block_size=self.block,
+                            prepare_block=self.run.prepare_block, prefetch=run.lm.device != "cpu",
+                            description=f"bench {self.bench.name}")]
+
+    def summarise(self, run: AnalysisRun) -> dict[str, Any]:
+        bench, opts, lm, specs, v, mode, judge = self.bench, run.opts, run.lm, self.specs, self.v, self.mode, self.judge
+        records = [r for r in run.records["samples"] if r.get("type", "sample") in ("sample", "error")]
+        conditions = ["baseline"] + [s.label for s in specs]
+        per = summarise(bench, records, conditions, seed=opts.seed, n_boot=self.n_boot)
+        unscored = [r.get("record") or r.get("key") for r in records
+                    if r.get("type") == "error" and r.get("id") is None]
+        summary: dict[str, Any] = {
+            "command": COMMAND, "benchmark": bench.name, "description": bench.description,
+            "subtasks": bench.loader_kwargs.get("subtasks"),
+            "variant": {"name": self.variant_name, "source": v.source, "mode": v.mode, "extractor": v.extractor,
+                        "system_prompt": v.system_prompt if opts.system is None else opts.system},
+            "scoring": mode, "extractor": v.extractor if mode == "generate" else None,
+            "judge": None if judge is None else judge.describe(),
+            "model": lm.describe(),
+            "processor": {"max_pixels": lm.info.get("max_pixels"), "min_pixels": lm.info.get("min_pixels")},
+            "decoding": asdict(self.dec) if mode == "generate" else None, "batch_size": opts.batch_size,
+            "seed": opts.seed, "data": {"path": run.data, "md5": self.md5, "limit": opts.limit},
+            "chance": {"official": bench.chance, "these_samples": bench.chance_for(run.tasks)},
+            "interventions": [s.to_dict() | {"label": s.label} for s in specs], "calibration": self.calibration,
+            "counts": run.counts["samples"], "scores": per["baseline"]["scores"],
+            "scores_rule": per["baseline"]["scores_rule"],
+            "official": official_status(bench, v, mode, judge, opts.limit, per["baseline"], unscored),
+            "errors": {"counted_wrong": per["baseline"]["errors"], "unreadable_rows": unscored},
+            "conditions": per,
+            "latent_trigger": trigger_summary(records, conditions, lm.profile.kind) if mode == "generate" else None,
+            "timing": {"total_s": round(time.perf_counter() - run.started, 3)}}
+        warn_trigger(summary["latent_trigger"], COMMAND)
+        return summary
+
+
 def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, variant: str | None = None,
               scoring: str | None = None, interventions: Iterable[str | InterventionSpec] | None = None,
               judge: str | Judge | None = None, *, decoding: dict[str, Any] | None = None, verify: bool = True,
@@ -508,106 +643,11 @@ def run_bench(opts: CommonOptions, benchmark: str | Benchmark | None = None, var
     ``$LATENTCHECK_CACHE/responses.sqlite``, a path, or None). ``force_latent`` forces the latent-start token as the
     first generated token (latent profiles).
     """
-    from latentcheck.core.profiles import DecodingSpec
-
-    t_start = time.perf_counter()
-    bench = get_benchmark(benchmark) if isinstance(benchmark, str) else (benchmark or get_benchmark("generic"))
-    if image_root is not None:
-        import inspect
-
-        if "image_root" not in inspect.signature(bench.loader).parameters:
-            raise LatentcheckError(f"--image-root does not apply to {bench.name!r} (its loader takes no image root)")
-        bench = bench.with_options(image_root=image_root)
-    if not bench.default_data and not opts.data:
-        defaults = " and ".join(b.name for b in BENCHMARKS.values() if b.default_data)
-        raise LatentcheckError(f"--data is required for benchmark {bench.name!r} (the toy world default applies to "
-                               f"{defaults} only)")
-    specs = _plan(interventions)
-    bad = set(decoding or {}) - set(DecodingSpec.__dataclass_fields__)
-    if bad:
-        raise LatentcheckError(f"unknown decoding setting(s) {sorted(bad)}; known: "
-                               f"{', '.join(DecodingSpec.__dataclass_fields__)}")
-    if (decoding or {}).get("max_new_tokens") is not None and decoding["max_new_tokens"] < 1:
-        raise LatentcheckError("--max-new-tokens must be >= 1")
-    if lm is None:
-        lm = load_for(opts)
-    bench = replace(bench, variants={**bench.variants, PROFILE_VARIANT: profile_variant(lm)})
-    variant, mode = resolve_protocol(bench, variant, scoring)
-    if specs and mode != "generate":
-        raise LatentcheckError("--intervention needs generation scoring (likelihood ranking never decodes latents)")
-    if specs and not lm.profile.is_latent:
-        raise LatentcheckError(f"--intervention perturbs fed-back latent vectors, but profile {lm.profile.name!r} is "
-                               f"{lm.profile.kind!r}")
-    if judge is not None and mode != "generate":
-        raise LatentcheckError("--judge-model applies to generation scoring only (likelihood needs no extraction)")
-    dec = replace(lm.profile.decoding, **{k: v for k, v in (decoding or {}).items() if v is not None})
-    v = bench.variant(variant)
-    if judge is None and judge_url is not None:
-        raise LatentcheckError("--judge-url needs --judge-model (the served model's name)")
-    if isinstance(judge, str) or (judge is not None and not isinstance(judge, Judge)):
-        from latentcheck.core.backends import make_backend
-
-        protocol = get_protocol(judge_protocol or v.judge or "vlmevalkit")
-        if judge_url is not None:
-            backend = make_backend("openai", judge, base_url=judge_url, key_env=judge_key_env,
-                                   concurrency=judge_concurrency, cache=judge_cache)
-        else:
-            backend = make_backend("local", judge, batch_size=opts.batch_size, cache=judge_cache,
-                                   load_kw={"profile": judge_profile, "quant": opts.quant, "device": opts.device,
-                                            "trust_remote_code": opts.trust_remote_code})
-        judge = Judge(backend, protocol)
-    path = opts.data if opts.data else data_path(opts)
-    md5 = bench.verify(path) if verify else None
-    cache = _image_cache()
-    items = [localize_task(it, cache) if isinstance(it, Task) else it
-             for it in bench.load(path, limit=opts.limit, strict=opts.strict, verify=False)]
-    tasks = [t for t in items if isinstance(t, Task)]
-    if bench.needs_gold and tasks and all(t.answer is None for t in tasks):
-        raise LatentcheckError(f"{path}: none of the {len(tasks)} tasks has a gold answer (BLINK's test split hides "
-                               "them: score it on the official server); refusing to report a score")
-    block = max(1, opts.batch_size) * 4
-    subtasks = bench.loader_kwargs.get("subtasks")
-    settings = BenchSettings(benchmark=bench.name + (":" + ",".join(subtasks) if subtasks else ""),
-                             variant=variant, scoring=mode, interventions=[s.to_dict() for s in specs],
-                             decoding=asdict(dec), judge=None if judge is None else judge.describe(),
-                             verify=verify, calibration_size=(calibration_size or block) if _needs_stats(specs)
-                             else None, force_latent=force_latent)
-    run = _BenchRun(lm, opts, bench, variant, mode, specs, dec, judge, force_latent)
-    calibration = run.calibrate(in_id_order(tasks), settings.calibration_size) if _needs_stats(specs) else None
-    config = {**opts.config(), **asdict(settings)}
-    res = run_records(COMMAND, opts, config, lm.describe(), items, run.process_block, block_size=block,
-                      # on CPU the preparation thread competes with the model for the GIL and the cores: no gain
-                      # measured (docs/performance.md); on a GPU it hides image decoding behind the forward passes
-                      prepare_block=run.prepare_block, prefetch=lm.device != "cpu",
-                      description=f"bench {bench.name}")
-    if not res.is_main:
-        return not_main(COMMAND, opts.out, res.results_path, res.counts)
-    records = [r for r in load_records(res.results_path) if r.get("type", "sample") in ("sample", "error")]
-    conditions = ["baseline"] + [s.label for s in specs]
-    per = summarise(bench, records, conditions, seed=opts.seed, n_boot=n_boot)
-    unscored = [r.get("record") or r.get("key") for r in records if r.get("type") == "error" and r.get("id") is None]
-    summary: dict[str, Any] = {
-        "command": COMMAND, "benchmark": bench.name, "description": bench.description,
-        "subtasks": bench.loader_kwargs.get("subtasks"),
-        "variant": {"name": variant, "source": v.source, "mode": v.mode, "extractor": v.extractor,
-                    "system_prompt": v.system_prompt if opts.system is None else opts.system},
-        "scoring": mode, "extractor": v.extractor if mode == "generate" else None,
-        "judge": None if judge is None else judge.describe(),
-        "model": lm.describe(),
-        "processor": {"max_pixels": lm.info.get("max_pixels"), "min_pixels": lm.info.get("min_pixels")},
-        "decoding": asdict(dec) if mode == "generate" else None, "batch_size": opts.batch_size, "seed": opts.seed,
-        "data": {"path": str(path), "md5": md5, "limit": opts.limit},
-        "chance": {"official": bench.chance, "these_samples": bench.chance_for(tasks)},
-        "interventions": [s.to_dict() | {"label": s.label} for s in specs], "calibration": calibration,
-        "counts": res.counts, "scores": per["baseline"]["scores"],
-        "scores_rule": per["baseline"]["scores_rule"],
-        "official": official_status(bench, v, mode, judge, opts.limit, per["baseline"], unscored),
-        "errors": {"counted_wrong": per["baseline"]["errors"], "unreadable_rows": unscored},
-        "conditions": per,
-        "latent_trigger": trigger_summary(records, conditions, lm.profile.kind) if mode == "generate" else None,
-        "timing": {"total_s": round(time.perf_counter() - t_start, 3)}}
-    warn_trigger(summary["latent_trigger"], COMMAND)
-    return finish(COMMAND, opts.out, summary, res.counts, res.results_path)
+    return run_analysis(BenchRun(benchmark, variant, scoring, interventions, judge, decoding=decoding, verify=verify,
+                                 judge_profile=judge_profile, calibration_size=calibration_size,
+                                 force_latent=force_latent, n_boot=n_boot, judge_protocol=judge_protocol,
+                                 judge_url=judge_url, judge_key_env=judge_key_env, judge_cache=judge_cache,
+                                 judge_concurrency=judge_concurrency, image_root=image_root), opts, lm=lm)
 
 
 def official_status(bench: Benchmark, v: PromptVariant, mode: str, judge: Judge | None, limit: int | None,

@@ -28,14 +28,13 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from latentcheck.core.errors import LatentcheckError, RecordError
-from latentcheck.core.analysis import AnalysisResult, finish, not_main
-from latentcheck.core.runner import (CommonOptions, TensorStore, data_path, error_record, load_for,
-                                     load_records, read_all_tasks, run_records)
+from latentcheck.core.analysis import AnalysisResult, AnalysisRun, AnalysisSpec, RecordStage, finish, run_analysis
+from latentcheck.core.runner import CommonOptions, TensorStore, data_path, error_record
 from latentcheck.core.records import in_id_order
 from latentcheck.core.summaries import AccuracyEffect, Effect, Proportion
 from latentcheck.core.tasks import LETTERS, BadRecord, Task, read_tasks, validate_record
@@ -374,6 +373,89 @@ def _tensor_dir(root: Path) -> Path:
     return root / CAPTURE_DIR / TENSOR_DIR
 
 
+class Probe(AnalysisSpec):
+    """The probe as an analysis (core.analysis.run_analysis), two record stages: ``capture`` (the sources, latents
+    to a TensorStore, ``<out>/capture/samples.jsonl``) and then, built from the captured latents, ``behavioural``
+    (the derived questions, ``<out>/samples.jsonl``); the summary adds the optional erasure arm (run on the model,
+    ``erasure_samples.json``), the trained probes and geometry, and makes the figures with them."""
+
+    command = COMMAND
+    results_stage = None  # two record files: the result names neither (counts nest per stage)
+
+    def __init__(self, popts: ProbeOptions | None = None):
+        self.popts = popts or ProbeOptions()
+
+    def setup(self, run: AnalysisRun) -> None:
+        from latentcheck.core.engine import Engine
+
+        lm = run.lm
+        if not lm.profile.is_latent:
+            raise LatentcheckError(f"profile {lm.profile.name!r} is {lm.profile.kind}: the probe needs a "
+                                   "latent-reasoning model (one whose profile feeds latent vectors)")
+        # the valid tasks in the canonical record-id order: the mean latent, erasure, trained probes (their splits)
+        # and every statistic see the samples in one order whatever the file's order (results files keep input order)
+        self.sources = in_id_order(run.tasks)
+        self.engine = Engine(lm, seed=run.opts.seed)
+        self.tdir = _tensor_dir(run.out)
+        self.store = TensorStore(self.tdir)
+        self.origin: str | None = None
+
+    def _clear_tensors(self) -> None:
+        """A fresh run replaces the results file, so it replaces the tensors too; called by run_records once this
+        process holds the results file's lock; every data-parallel process deletes, and a barrier stops early
+        writers."""
+        for f in self.tdir.glob("*.npz"):
+            f.unlink(missing_ok=True)
+
+    def stages(self, run: AnalysisRun) -> Iterator[RecordStage]:
+        from latentcheck.core.interventions import LatentStats
+
+        o, popts, lm, sources = run.opts, self.popts, run.lm, self.sources
+        yield RecordStage("capture", lambda block: capture_block(self.engine, lm, block, self.store,
+                                                                 popts.force_latent, o.batch_size, popts.attention),
+                          config={"force_latent": popts.force_latent, "attention": popts.attention},
+                          command="probe.capture", folder=CAPTURE_DIR, description="probe: capture",
+                          on_fresh_start=self._clear_tensors)
+        self.tensors = tensors = self.store.load([t.id for t in sources])
+        if not popts.behavioural:
+            return
+        derived, self.origin = load_derived(run.data, popts.derived, sources, o.strict)
+        if derived is None:
+            return
+        all_ids = {t.id for t in read_tasks(run.data) if isinstance(t, Task)} if o.limit else {t.id for t in sources}
+        derived = select_derived(derived, {t.id for t in sources}, all_ids)
+        lat = {t.id: tensors[t.id]["latents"] for t in sources if "latents" in tensors.get(t.id, {})}
+        stats = LatentStats.from_latents(list(lat.values()))  # record-id order: the same float sums every run
+        ctx = BehaviouralContext(sources={t.id: t for t in sources}, latents=lat, mean_latent=stats.mean, seed=o.seed,
+                                 force_latent=popts.force_latent, batch_size=o.batch_size)
+        yield RecordStage("behavioural", lambda block: behavioural_block(self.engine, lm, block, ctx), items=derived,
+                          config={"force_latent": popts.force_latent, "derived": self.origin},
+                          command="probe.behavioural", description="probe: derived questions")
+
+    def summarise(self, run: AnalysisRun) -> dict[str, Any]:
+        o, popts, sources, tensors = run.opts, self.popts, self.sources, self.tensors
+        summary: dict[str, Any] = {"command": "probe", "model": run.lm.describe(), "data": run.data,
+                                   "options": {"scoring": popts.scoring, "force_latent": popts.force_latent}}
+        if popts.behavioural:
+            summary["derived"] = self.origin
+        if popts.erase:
+            from latentcheck.core.records import write_json_atomic
+            from latentcheck.probe.erasure import erasure_block, summarise_erasure
+
+            lat = {t.id: tensors[t.id]["latents"] for t in sources if "latents" in tensors.get(t.id, {})}
+            er_records, check = erasure_block(self.engine, run.lm, sources, lat, popts.erase, o.seed, o.batch_size,
+                                              popts.probe)
+            write_json_atomic(run.out / "erasure_samples.json", er_records)
+            summary["erasure"] = summarise_erasure(er_records, check, o.seed, popts.n_boot)
+        summary["counts"] = dict(run.counts)
+        self.plots = _complete(o, popts, summary, run.records["capture"], run.records.get("behavioural", []),
+                               tensors, {t.id: t for t in sources})
+        return summary
+
+    def figures(self, run: AnalysisRun, summary: dict[str, Any]) -> list[str]:
+        return self.plots
+
+
 def run_probe(opts: CommonOptions, popts: ProbeOptions | None = None, lm=None) -> ProbeResult:
     """The whole probe (capture -> behavioural -> trained probes + geometry -> summary.json + plots); with
     ``popts.from_cache`` only the trained probes / geometry are recomputed from a previous run's states.
@@ -381,81 +463,14 @@ def run_probe(opts: CommonOptions, popts: ProbeOptions | None = None, lm=None) -
     popts = popts or ProbeOptions()
     if popts.from_cache:
         return _run_from_cache(opts, popts)
-    from latentcheck.core.engine import Engine
-    from latentcheck.core.interventions import LatentStats
-
-    out = Path(opts.out)
-    lm = lm or load_for(opts, default="toy-latent")
-    if not lm.profile.is_latent:
-        raise LatentcheckError(f"profile {lm.profile.name!r} is {lm.profile.kind}: the probe needs a latent-reasoning "
-                               "model (one whose profile feeds latent vectors)")
-    data = data_path(opts)
-    items = read_all_tasks(data, opts.limit, opts.strict)
-    # the valid tasks in the canonical record-id order: the mean latent, erasure, trained probes (their splits) and
-    # every statistic see the samples in one order whatever the file's order (the results files keep input order)
-    sources = in_id_order(t for t in items if isinstance(t, Task))
-    engine = Engine(lm, seed=opts.seed)
-    # ---- stage 1: capture
-    tdir = _tensor_dir(out)
-
-    def clear_tensors() -> None:  # a fresh run replaces the results file, so it replaces the tensors too; called
-        for f in tdir.glob("*.npz"):  # by run_records once this process holds the results file's lock; every
-            f.unlink(missing_ok=True)  # data-parallel process deletes, and a barrier stops early writers
-
-    store = TensorStore(tdir)
-    cap_opts = dataclasses.replace(opts, out=str(out / CAPTURE_DIR))
-    cap_cfg = {**cap_opts.config(), "force_latent": popts.force_latent, "attention": popts.attention}
-    cap = run_records("probe.capture", cap_opts, cap_cfg, lm.describe(), items,
-                      lambda block: capture_block(engine, lm, block, store, popts.force_latent, opts.batch_size,
-                                                  popts.attention),
-                      description="probe: capture", on_fresh_start=clear_tensors)
-    cap_records = load_records(cap.results_path) if cap.is_main else []
-    ok_keys = [t.id for t in sources]
-    tensors = store.load(ok_keys)
-    # ---- stage 2: behavioural
-    summary: dict[str, Any] = {"command": "probe", "model": lm.describe(), "data": data,
-                               "options": {"scoring": popts.scoring, "force_latent": popts.force_latent}}
-    counts: dict[str, Any] = {"capture": cap.counts}
-    beh_records: list[dict] = []
-    is_main = cap.is_main
-    if popts.behavioural:
-        derived, origin = load_derived(data, popts.derived, sources, opts.strict)
-        summary["derived"] = origin
-        if derived is not None:
-            all_ids = {t.id for t in read_tasks(data) if isinstance(t, Task)} if opts.limit else \
-                {t.id for t in sources}
-            derived = select_derived(derived, {t.id for t in sources}, all_ids)
-            lat = {t.id: tensors[t.id]["latents"] for t in sources if "latents" in tensors.get(t.id, {})}
-            stats = LatentStats.from_latents(list(lat.values()))  # record-id order: the same float sums every run
-            ctx = BehaviouralContext(sources={t.id: t for t in sources},
-                                     latents=lat, mean_latent=stats.mean, seed=opts.seed,
-                                     force_latent=popts.force_latent, batch_size=opts.batch_size)
-            beh_cfg = {**opts.config(), "force_latent": popts.force_latent, "derived": origin}
-            beh = run_records("probe.behavioural", opts, beh_cfg, lm.describe(), derived,
-                              lambda block: behavioural_block(engine, lm, block, ctx),
-                              description="probe: derived questions")
-            counts["behavioural"] = beh.counts
-            is_main = is_main and beh.is_main
-            if beh.is_main:
-                beh_records = load_records(beh.results_path)
-    if not is_main:
-        return not_main(COMMAND, opts.out, None, counts)
-    if popts.erase:
-        from latentcheck.core.records import write_json_atomic
-        from latentcheck.probe.erasure import erasure_block, summarise_erasure
-
-        lat = {t.id: tensors[t.id]["latents"] for t in sources if "latents" in tensors.get(t.id, {})}
-        er_records, check = erasure_block(engine, lm, sources, lat, popts.erase, opts.seed, opts.batch_size,
-                                          popts.probe)
-        write_json_atomic(out / "erasure_samples.json", er_records)
-        summary["erasure"] = summarise_erasure(er_records, check, opts.seed, popts.n_boot)
-    summary["counts"] = counts
-    return _finish(opts, popts, summary, cap_records, beh_records, tensors, {t.id: t for t in sources})
+    return run_analysis(Probe(popts), opts, lm=lm)
 
 
-def _finish(opts: CommonOptions, popts: ProbeOptions, summary: dict[str, Any], cap_records: list[dict],
-            beh_records: list[dict], tensors: dict[str, dict[str, np.ndarray]], tasks: dict[str, Task]
-            ) -> ProbeResult:
+def _complete(opts: CommonOptions, popts: ProbeOptions, summary: dict[str, Any], cap_records: list[dict],
+              beh_records: list[dict], tensors: dict[str, dict[str, np.ndarray]], tasks: dict[str, Task]
+              ) -> list[str]:
+    """Add the capture, behavioural and trained-probe parts to ``summary`` (their figures made on the way, the
+    trained probes' inside ``analyse_states``); returns the figure paths."""
     plot_dir = Path(opts.out) / "plots"
     plots: list[str] = []
     summary["capture"] = summarise_capture(cap_records)
@@ -483,9 +498,8 @@ def _finish(opts: CommonOptions, popts: ProbeOptions, summary: dict[str, Any], c
         else:
             summary["trained"] = {"skipped": "no captured states"}
     summary["plots"] = plots
-    errors = sum(int((c or {}).get("errors", 0)) for c in summary.get("counts", {}).values())
-    summary["errors"] = errors
-    return finish(COMMAND, opts.out, summary, {"errors": errors, **summary.get("counts", {})}, None, plots)
+    summary["errors"] = sum(int((c or {}).get("errors", 0)) for c in summary.get("counts", {}).values())
+    return plots
 
 
 def _run_from_cache(opts: CommonOptions, popts: ProbeOptions) -> ProbeResult:
@@ -517,4 +531,5 @@ def _run_from_cache(opts: CommonOptions, popts: ProbeOptions) -> ProbeResult:
     summary: dict[str, Any] = {"command": "probe", "from_cache": str(root), "model": prov.get("model"), "data": data,
                                "options": {"scoring": popts.scoring}}
     popts = dataclasses.replace(popts, behavioural=bool(beh_records))
-    return _finish(opts, popts, summary, cap_records, beh_records, tensors, tasks)
+    plots = _complete(opts, popts, summary, cap_records, beh_records, tensors, tasks)
+    return finish(COMMAND, opts.out, summary, {"errors": summary["errors"], **summary.get("counts", {})}, None, plots)
