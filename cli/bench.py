@@ -10,7 +10,7 @@ from rich.table import Table
 
 from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
-from latentcheck.cli.tables import run_line
+from latentcheck.cli.tables import render_result
 from latentcheck.core.errors import EXIT_ERROR_RECORDS
 from latentcheck.core.summaries import fmt_ci, fmt_num, fmt_p, fmt_pct
 
@@ -68,9 +68,6 @@ def _render(r: dict) -> None:
     if errs:
         console.print(f"{len(errs)} sample(s) could not be run and count as wrong: {', '.join(map(str, errs[:10]))}",
                       highlight=False)
-    counts = r["counts"]
-    console.print(run_line(counts, r["results_path"], results=r["summary_path"]), highlight=False, soft_wrap=True,
-                  markup=False)
 
 
 def _list_benchmarks() -> None:
@@ -144,10 +141,9 @@ def bench_cmd(
                        judge_protocol=judge_protocol, judge_url=judge_url,
                        judge_key_env=judge_key_env or DEFAULT_KEY_ENV, judge_cache=o.reply_cache(judge_cache),
                        judge_concurrency=judge_concurrency or 4, image_root=image_root)
-    if result["is_main"] and not quiet:
+    if result.is_main and not quiet:
         _render(result)
-    if result["exit_code"]:
-        raise typer.Exit(result["exit_code"])
+    render_result(result, console)
 
 
 @bench_app.command("export-tasks")

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
-from latentcheck.cli.tables import result_line
+from latentcheck.cli.tables import render_result
 from latentcheck.core.summaries import fmt_ci, fmt_p, fmt_pct
 from latentcheck.core.errors import EXIT_ERROR_RECORDS, LatentcheckError
 
@@ -279,9 +279,7 @@ def run_cmd(
                     decoding=o.decoding(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens),
                     system=system, threads=threads)
     s = run_caption_imagine(opts)
-    if not s.get("is_main", True):
-        return
-    if not quiet:
+    if s.is_main and not quiet:
         t = Table(title=f"caption-imagine run: {s['model'].get('id')} (profile {s['model'].get('profile')})")
         for c in ("subset", "accuracy % [95% CI]", "option argmax % [95% CI]"):
             t.add_column(c, justify="left" if c == "subset" else "right")
@@ -292,9 +290,7 @@ def run_cmd(
         out_console.print(t)
         console.print(f"imagination rate {fmt_pct(s['imagination_rate'])}%, mean span "
                       f"{s['mean_imagination_tokens'] or 0:.1f} tokens", highlight=False)
-    console.print(result_line(s), highlight=False, soft_wrap=True, markup=False)  # also under --quiet
-    if s["n_errors"]:
-        raise typer.Exit(EXIT_ERROR_RECORDS)
+    render_result(s, console)
 
 
 # ----------------------------------------------------------------------------------------------- intervene
@@ -352,9 +348,7 @@ def intervene_cmd(
     s = run_intervene(opts, corrupter=corrupter, corrupt_model=corrupt_model, corrupt_prompt=corrupt_prompt,
                       span_tokens=span_tokens, plots=not no_plots, span_rule=span_rule, span_model=span_model,
                       corrupt_url=corrupt_url, span_url=span_url, backend_kw={"key_env": key_env, "cache": store})
-    if not s.get("is_main", True):
-        return
-    if not quiet:
+    if s.is_main and not quiet:
         t = Table(title=f"caption-imagine intervene: {s['model'].get('id')} ({s['corrupter']}), "
                         f"{s['n_intervened']}/{s['n_samples']} intervened")
         for c in ("outcome", "clean %", "do(Z) %", "delta pts [95% CI]", "McNemar p", "flips"):
@@ -386,7 +380,4 @@ def intervene_cmd(
         if s["skip_reasons"]:
             console.print("not intervened: " + "; ".join(f"{n} x {r}" for r, n in s["skip_reasons"].items()),
                           highlight=False)
-    console.print(result_line(s, plots=", ".join(s.plots) or None), highlight=False, soft_wrap=True,
-                  markup=False)  # also under --quiet
-    if s["n_errors"]:
-        raise typer.Exit(EXIT_ERROR_RECORDS)
+    render_result(s, console)

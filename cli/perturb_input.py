@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from latentcheck.cli.app import app, console, out_console
-from latentcheck.cli.tables import run_line
+from latentcheck.cli.tables import render_result
 from latentcheck.cli import options as o
 from latentcheck.cli.options import (N_BOOT, BatchSize, Data, Device, Limit, MaxNewTokens, MaxPixels, Model, NBoot,
                                      Out, Profile, Quant, Quiet, Resume, Seed, Strict, Threads, TrustRemoteCode,
                                      common)
-from latentcheck.core.errors import EXIT_ERROR_RECORDS
 from latentcheck.core.summaries import fmt_ci, fmt_num
 
 A = "perturb-input options"
@@ -117,12 +115,7 @@ def perturb_input_cmd(
                             image_visibility=image_visibility, max_latents=max_latents,
                             max_new_tokens=max_new_tokens, n_boot=n_boot, plots=not no_plots,
                             per_token_refs=per_token_refs)
-    if res.is_main:
-        if not quiet:
-            out_console.print(results_table(res.summary))
-            out_console.print(geometry_table(res.summary))
-        console.print(run_line(res.counts, res.results_path, summary=res.summary_path,
-                               plots=f"{len(res.plots)} PNG in {Path(res.summary_path).parent / 'plots'}"
-                               if res.plots else None), highlight=False, soft_wrap=True, markup=False)
-    if res.counts.get("errors"):
-        raise typer.Exit(EXIT_ERROR_RECORDS)
+    if res.is_main and not quiet:
+        out_console.print(results_table(res.summary))
+        out_console.print(geometry_table(res.summary))
+    render_result(res, console)

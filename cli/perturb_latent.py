@@ -9,20 +9,10 @@ from rich.table import Table
 
 from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
-from latentcheck.cli.tables import run_line
+from latentcheck.cli.tables import render_result
 from latentcheck.core.summaries import fmt_ci, fmt_num, fmt_p
 
 P = "perturb-latent options"
-
-
-def _render(result, quiet: bool = False) -> None:
-    """The tables (not with ``quiet``) and the final line (always)."""
-    s = result.summary
-    if not quiet:
-        _tables(s)
-    console.print(run_line(s["counts"], result.results_path, summary=result.summary_path,
-                           plots=", ".join(s.get("plots", {}).values()) or "none"),
-                  highlight=False, soft_wrap=True, markup=False)
 
 
 def _tables(s: dict) -> None:
@@ -176,7 +166,6 @@ def perturb_latent_cmd(
                                 image_visibility=image_visibility, max_new_tokens=max_new_tokens,
                                 calibration_size=calibration, n_boot=n_boot, plots=not no_plots,
                                 patch_layers=patch_layers, knockout_sweep=knockout_sweep)
-    if result.is_main:
-        _render(result, quiet)
-    if result.exit_code:
-        raise typer.Exit(result.exit_code)
+    if result.is_main and not quiet:
+        _tables(result.summary)
+    render_result(result, console)

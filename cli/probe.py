@@ -9,8 +9,7 @@ from rich.table import Table
 
 from latentcheck.cli import options as o
 from latentcheck.cli.app import app, console, out_console
-from latentcheck.cli.tables import result_line
-from latentcheck.core.errors import EXIT_ERROR_RECORDS
+from latentcheck.cli.tables import render_result
 from latentcheck.core.summaries import fmt_ci, fmt_num, fmt_p, fmt_pct
 
 PP = "Probe options"
@@ -129,10 +128,8 @@ def probe_cmd(
                          force_latent=force_latent, behavioural=behavioural, trained=trained, erase=erase,
                          attention=attention, probe=ProbeConfig(n_splits=splits, mlp_hidden=(mlp_hidden,), seed=seed))
     res = run_probe(opts, popts)
-    if not res.is_main:
-        return
     s = res.summary
-    if not quiet:
+    if res.is_main and not quiet:
         beh = s.get("behavioural") or {}
         if "arms" in beh:
             out_console.print(_behavioural_table(beh))
@@ -142,6 +139,4 @@ def probe_cmd(
             out_console.print(_trained_table(s["trained"]))
         if "K" in (s.get("similarity") or {}):
             out_console.print(_similarity_table(s["similarity"]))
-    console.print(result_line(res), highlight=False, soft_wrap=True, markup=False)  # also under --quiet
-    if res.errors:
-        raise typer.Exit(EXIT_ERROR_RECORDS)
+    render_result(res, console)

@@ -11,6 +11,7 @@ Every console of the CLI fits its tables (:class:`FittingConsole`), so a command
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -156,8 +157,30 @@ def run_line(counts: dict, results_path: str | None, **where: str | None) -> str
     return line
 
 
+def figures_note(figures: list[str]) -> str | None:
+    """The figures of a run in a few words: ``3 PNG in DIR`` when they share one folder, else their paths."""
+    if not figures:
+        return None
+    folders = {str(Path(f).parent) for f in figures}
+    return f"{len(figures)} PNG in {folders.pop()}" if len(folders) == 1 else ", ".join(figures)
+
+
 def result_line(result: Any, **where: str | None) -> str:
-    """The final line of any analysis's :class:`~latentcheck.core.analysis.AnalysisResult` (printed also under
-    ``--quiet``): :func:`run_line` over its counts (nested counts summed) with its summary and results.json."""
+    """The final line of any analysis's :class:`~latentcheck.core.analysis.AnalysisResult`: :func:`run_line` over
+    its counts (nested counts summed) with its summary, results.json and figures."""
     return run_line({"ok": result.ok, "errors": result.errors}, result.results_path, summary=result.summary_path,
-                    results=result.lmms_path, **where)
+                    results=result.lmms_path, plots=figures_note(result.plots), **where)
+
+
+def render_result(result: Any, console: Console) -> None:
+    """The common end of every analysis command, for any :class:`~latentcheck.core.analysis.AnalysisResult`: on the
+    main process the final line (:func:`result_line`: counts, the first error record, summary, results.json,
+    figures; printed also under ``--quiet``), then the exit code (``typer.Exit``: 3 when some records became error
+    records; on a data-parallel worker its shard's). The per-analysis tables stay in each command's module and are
+    printed before this."""
+    import typer
+
+    if result.is_main:
+        console.print(result_line(result), highlight=False, soft_wrap=True, markup=False)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)

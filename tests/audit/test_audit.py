@@ -405,20 +405,25 @@ def test_a_failing_stage_is_recorded_and_the_audit_completes(tiny_checkpoint, tm
 
 
 def test_the_audit_loops_over_registered_analyses(tiny_checkpoint, tmp_path):
-    """An analysis registered from outside the audit (as a plugin would) runs as one more stage, in its own folder,
-    on the audit's model; the built-in verdicts do not depend on it."""
-    from latentcheck.core.analysis import ANALYSES, Analysis, finish, register_analysis
-    from latentcheck.core.runner import data_path, read_all_tasks
+    """An analysis registered from outside the audit (as a plugin would: one spec) runs as one more stage, through
+    the one driver, in its own folder, on the audit's model; the built-in verdicts do not depend on it."""
+    from latentcheck.core.analysis import ANALYSES, Analysis, AnalysisSpec, RecordStage, register_analysis
 
     seen = {}
 
-    def count_options(ctx):
-        seen["lm"], seen["out"] = ctx.lm, ctx.opts.out
-        items = read_all_tasks(data_path(ctx.opts), ctx.opts.limit, False)
-        summary = {"command": "count-options", "n": len(items), "options": sum(len(t.options) for t in items)}
-        return finish("count-options", ctx.opts.out, summary, {"total": len(items), "ok": len(items), "errors": 0})
+    class CountOptions(AnalysisSpec):
+        command = "count-options"
 
-    register_analysis(Analysis("count_options", "count-options", "count-options", {"latent": count_options}))
+        def stages(self, run):
+            seen["lm"], seen["out"] = run.lm, run.opts.out
+            return [RecordStage("samples", lambda tasks: [{"key": t.id, "options": len(t.options)} for t in tasks])]
+
+        def summarise(self, run):
+            records = run.records["samples"]
+            return {"command": "count-options", "n": len(records), "options": sum(r["options"] for r in records)}
+
+    register_analysis(Analysis("count_options", "count-options", "count-options",
+                               {"latent": lambda ctx: CountOptions()}))
     try:
         ck = tiny_checkpoint("toy", "toy-bypass")
         opts = CommonOptions(model=str(ck), out=str(tmp_path / "a"), limit=3, quiet=True)
@@ -431,6 +436,7 @@ def test_the_audit_loops_over_registered_analyses(tiny_checkpoint, tmp_path):
     assert json.loads((tmp_path / "a" / st.summary).read_text()) == {"command": "count-options", "n": 3,
                                                                      "options": 12, "schema": "latentcheck.summary/3"}
     assert seen["out"] == str(tmp_path / "a" / "count-options") and seen["lm"] is not None
+    assert (tmp_path / "a" / "count-options" / "samples.jsonl").exists()  # its record stage ran through the driver
     assert r.verdicts["xz"].status == "untestable"  # no perturb-input stage ran
 
 
