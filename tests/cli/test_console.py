@@ -120,12 +120,19 @@ def test_quiet_prints_only_the_final_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("samples: 2 ok, 0 errors"), r.stderr
 
 
+# the common final line of every analysis (cli.tables.render_result): counts, samples file, summary, results.json
+FINAL = r"samples: {n} ok, 0 errors -> .*samples\.jsonl; summary: .*summary\.json; results: .*results\.json"
 QUIET_FINAL_LINES = {
+    "perturb-input": (("perturb-input", "--limit", "2", "-t", "noise", "--n-boot", "50", "--no-plots"),
+                      FINAL.format(n=2)),
+    "perturb-latent": (("perturb-latent", "--limit", "2", "-i", "zero", "--mediation", "none", "--n-boot", "50",
+                        "--no-plots"), FINAL.format(n=2)),
     "probe": (("probe", "--limit", "6", "--splits", "2", "--label", "category", "--no-trained"),
-              r"samples: \d+ ok, 0 errors; summary: .*summary\.json; results: .*results\.json"),
-    "caption-imagine run": (("caption-imagine", "run", "--limit", "2"),
-                            r"samples: 2 ok, 0 errors -> .*samples\.jsonl; summary: .*summary\.json; "
-                            r"results: .*results\.json"),
+              r"samples: \d+ ok, 0 errors; summary: .*summary\.json; results: .*results\.json; "
+              r"plots: \d+ PNG in .*plots"),
+    "bench": (("bench", "--limit", "2", "--n-boot", "50"), FINAL.format(n=2)),
+    "caption-imagine run": (("caption-imagine", "run", "--limit", "2"), FINAL.format(n=2)),
+    "caption-imagine intervene": (("caption-imagine", "intervene", "--limit", "2", "--no-plots"), FINAL.format(n=2)),
     "audit": (("audit", "-m", "toy-bypass", "--limit", "4", "--stage", "perturb_input", "--n-boot", "50",
                "--no-report", "--no-plots"),
               r"audit: toy-bypass: (causally real|not causally real|inconclusive|[a-z ]+) -> .*audit\.json; \d+ s"),

@@ -172,14 +172,23 @@ def test_run_analysis_chains_record_stages(tmp_path):
     assert read_results(tmp_path / "run" / "samples.jsonl")[0]["command"] == "two"
 
 
+ANALYSIS_MODULES = ("latentcheck.perturb.inputs", "latentcheck.perturb.latents", "latentcheck.probe.behavioural",
+                    "latentcheck.bench.runner", "latentcheck.imagine.run", "latentcheck.imagine.intervene",
+                    "latentcheck.audit.mechanism")
+
+
 def test_every_registered_analysis_runs_through_the_driver(monkeypatch, tmp_path):
     """Each audit entry hands the driver a spec for every kind it runs on, and Analysis.run calls run_analysis with
     it on the audit's model (no entry runs the analysis itself)."""
+    import importlib
     import types
 
     import latentcheck.audit.stages  # noqa: F401 - registers the built-in analyses
     from latentcheck.audit.audit import AuditSettings
     from latentcheck.core import analysis as core_analysis
+
+    for module in ANALYSIS_MODULES:  # imported before the patch, so they keep the real driver
+        importlib.import_module(module)
 
     calls = []
     monkeypatch.setattr(core_analysis, "run_analysis",
