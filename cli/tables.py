@@ -137,23 +137,25 @@ class FittingConsole(Console):
         super().print(*fitted, **kwargs)
 
 
-def run_line(counts: dict, results_path: str | None, **where: str | None) -> str:
+def run_line(counts: dict, results_path: str | None, record_files: list[str] | None = None, **where: str | None) -> str:
     """The final line of a run: ``samples: 38 ok, 2 errors -> DIR/samples.jsonl; ...``, plus the first error's record,
-    field and reason when there are errors (the rest are in the results file)."""
+    field and reason when there are errors (the rest are in the results file). ``record_files``: where to look for
+    the error records (default: the results file; an analysis with several record files names them all)."""
     line = f"samples: {counts.get('ok', 0)} ok, {counts.get('errors', 0)} errors"
     if results_path:
         line += f" -> {results_path}"
     for name, value in where.items():
         if value:
             line += f"; {name}: {value}"
-    if counts.get("errors") and results_path:
+    files = record_files or ([results_path] if results_path else [])
+    if counts.get("errors") and files:
         from latentcheck.core.records import first_error
 
-        err = first_error(results_path)
+        err = next((e for e in map(first_error, files) if e is not None), None)
         if err is not None:
             more = counts["errors"] - 1
             line += (f"\nfirst error: {err.get('record')}, field '{err.get('field')}': {err.get('message')}"
-                     + (f" (and {more} more: the error records in {results_path})" if more > 0 else ""))
+                     + (f" (and {more} more: the error records in {', '.join(files)})" if more > 0 else ""))
     return line
 
 
@@ -168,8 +170,9 @@ def figures_note(figures: list[str]) -> str | None:
 def result_line(result: Any, **where: str | None) -> str:
     """The final line of any analysis's :class:`~latentcheck.core.analysis.AnalysisResult`: :func:`run_line` over
     its counts (nested counts summed) with its summary, results.json and figures."""
-    return run_line({"ok": result.ok, "errors": result.errors}, result.results_path, summary=result.summary_path,
-                    results=result.lmms_path, plots=figures_note(result.plots), **where)
+    return run_line({"ok": result.ok, "errors": result.errors}, result.results_path,
+                    list(result.record_files.values()) or None, summary=result.summary_path, results=result.lmms_path,
+                    plots=figures_note(result.plots), **where)
 
 
 def render_result(result: Any, console: Console) -> None:

@@ -29,7 +29,8 @@ stage) is an :class:`AnalysisSpec` run by :func:`run_analysis`, the ONE copy of 
 - :class:`AnalysisResult` is the ONE result type: ``command``, ``summary`` (what summary.json holds), ``counts``
   (``ok`` / ``errors`` / ``errors_by_field`` of the samples file; analyses with several files nest theirs),
   ``errors`` and ``exit_code`` (0, or 3 when some records became error records; core/errors.py), ``figures``
-  (name -> PNG path), and the paths (``out_dir``, ``results_path`` = samples.jsonl, ``summary_path``).
+  (name -> PNG path), and the paths (``out_dir``, ``results_path`` = samples.jsonl, ``summary_path``,
+  ``record_files``: every record stage's file).
   ``result["key"]`` reads the summary (so code written for the dict-returning analyses keeps working). The CLI
   renders any result's common part (final line, exit code) with :func:`latentcheck.cli.tables.render_result`
   (per-analysis tables stay in each command's module).
@@ -74,6 +75,7 @@ class AnalysisResult:
     summary_path: str | None = None
     figures: dict[str, str] = field(default_factory=dict)
     lmms_path: str | None = None  # results.json: the same numbers in lmms-eval's shape (core/lmms.py)
+    record_files: dict[str, str] = field(default_factory=dict)  # record stage -> its samples.jsonl (run_analysis)
     is_main: bool = True
     seconds: float = 0.0
 
@@ -307,10 +309,13 @@ def run_analysis(spec: AnalysisSpec, opts, lm=None) -> AnalysisResult:
         run.records[stage.name] = load_records(res.results_path) if res.is_main else []
     results_path = run.paths.get(spec.results_stage) if spec.results_stage else None
     if not run.is_main:
-        return not_main(spec.command, opts.out, results_path, spec.counts(run))
-    summary = spec.summarise(run)
-    figures = spec.figures(run, summary)
-    return finish(spec.command, opts.out, summary, spec.counts(run), results_path, figures, started=started)
+        result = not_main(spec.command, opts.out, results_path, spec.counts(run))
+    else:
+        summary = spec.summarise(run)
+        figures = spec.figures(run, summary)
+        result = finish(spec.command, opts.out, summary, spec.counts(run), results_path, figures, started=started)
+    result.record_files = dict(run.paths)
+    return result
 
 
 # ------------------------------------------------------------------------------------------------- the audit's view

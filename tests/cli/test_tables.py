@@ -108,3 +108,46 @@ def test_no_width_splits_a_value(width):
 def test_fit_table_leaves_a_fitting_table_alone():
     t, _ = perturb_latent_like()
     assert fit_table(t, 500, FittingConsole(width=500)) is t
+
+
+def test_render_result_is_the_common_end_of_every_analysis_command(tmp_path):
+    """render_result: the final line (counts, samples file, summary, results.json, figures) and the first error record
+    of whichever record file holds it (an analysis with two files, like the probe), then exit 3; a clean result
+    returns; a data-parallel worker prints nothing but keeps its shard's exit code."""
+    import typer
+
+    from latentcheck.cli.tables import render_result
+    from latentcheck.core.analysis import AnalysisResult, not_main
+
+    from latentcheck.core.records import ResultWriter, provenance
+
+    first = tmp_path / "capture" / "samples.jsonl"
+    second = tmp_path / "samples.jsonl"
+    first.parent.mkdir()
+    with ResultWriter(first, provenance("probe.capture", {}, None)) as w:
+        w.write({"key": "a"})
+    with ResultWriter(second, provenance("probe.behavioural", {}, None)) as w:
+        w.write_error("b-d", "d.jsonl:2 (id=b-d)", "options", "empty")
+    res = AnalysisResult("probe", counts={"errors": 1, "capture": {"ok": 1, "errors": 0},
+                                          "behavioural": {"ok": 0, "errors": 1}},
+                         summary_path=str(tmp_path / "summary.json"), lmms_path=str(tmp_path / "results.json"),
+                         figures={"a": str(tmp_path / "plots" / "a.png"), "b": str(tmp_path / "plots" / "b.png")},
+                         record_files={"capture": str(first), "behavioural": str(second)})
+    out = io.StringIO()
+    console = FittingConsole(file=out, width=300)
+    with pytest.raises(typer.Exit) as e:
+        render_result(res, console)
+    assert e.value.exit_code == 3
+    assert out.getvalue().splitlines() == [
+        f"samples: 1 ok, 1 errors; summary: {tmp_path}/summary.json; results: {tmp_path}/results.json; "
+        f"plots: 2 PNG in {tmp_path}/plots",
+        "first error: d.jsonl:2 (id=b-d), field 'options': empty"]
+    clean = AnalysisResult("bench", counts={"ok": 2, "errors": 0}, results_path=str(first))
+    out.truncate(0), out.seek(0)
+    render_result(clean, console)
+    assert out.getvalue() == f"samples: 2 ok, 0 errors -> {first}\n"
+    worker = not_main("bench", tmp_path, str(first), {"ok": 1, "errors": 1})
+    out.truncate(0), out.seek(0)
+    with pytest.raises(typer.Exit) as e:
+        render_result(worker, console)
+    assert e.value.exit_code == 3 and out.getvalue() == ""
