@@ -1,6 +1,6 @@
 """latentcheck: causal analysis of latent visual reasoning in multimodal LLMs."""
 
-__version__ = "0.1.0"
+from latentcheck.core import __version__  # noqa: E402,F401  (defined in core/, which imports nothing above it)
 
 from latentcheck import toy as _toy  # noqa: E402,F401  registers the toy zoo's names and the toy world as default data
 

@@ -228,8 +228,9 @@ def benchmark(model: Any = None, tasks: Any = None, benchmark: str | None = None
     """Score a benchmark (``benchmark`` = a registry name such as ``"vstar"`` or ``"blink:Counting"``, read from
     ``tasks`` = its file/folder; or ``None`` = generic tasks: a list / iterable / ``datasets.Dataset`` / JSONL), with
     optional latent ``interventions``. ``kwargs``: the common options and run_bench's own (``variant``,
-    ``scoring``, ``judge``, ``decoding``, ``force_latent`` ...). ``result.summary["scores"]``; ``to_pandas()``: one
-    row per sample and condition. The lmms-eval-shaped results are ``result.lmms_path`` (results.json)."""
+    ``scoring``, ``judge``, ``decoding``, ``force_latent`` ...). ``result.summary["scores"]``: the official number
+    as a ``Score`` record (``estimate`` with its interval; the benchmark's whole breakdown under ``official``);
+    ``to_pandas()``: one row per sample and condition. The lmms-eval-shaped results are ``result.lmms_path`` (results.json)."""
     from latentcheck.bench.runner import run_bench
 
     decoding = kwargs.pop("decoding", None)  # bench's own decoding overrides (run_bench(decoding=...))

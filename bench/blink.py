@@ -150,16 +150,21 @@ def prompt_vlmevalkit(task: Task) -> str:
     return vlmevalkit_mcq_prompt(task.question, task.options)
 
 
+def subtask_of(result: dict[str, Any]) -> str:
+    """The BLINK sub-task a result belongs to (its group in the official Total)."""
+    st = field(result, "sub_task") or result.get("category")
+    if st is None:
+        raise LatentcheckError(f"result {result.get('id', '?')!r} has no sub_task / category (needed for scoring)")
+    return str(st)
+
+
 def score_blink(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Accuracy per sub-task; ``accuracy`` = unweighted mean over the sub-tasks present (official Total);
     ``micro_accuracy`` = pooled accuracy (what lmms-eval reports)."""
     rs = list(results)
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rs:
-        st = field(r, "sub_task") or r.get("category")
-        if st is None:
-            raise LatentcheckError(f"result {r.get('id', '?')!r} has no sub_task / category (needed for scoring)")
-        groups.setdefault(str(st), []).append(r)
+        groups.setdefault(subtask_of(r), []).append(r)
     per = {st: accuracy(v) for st, v in groups.items()}
     macro = sum(v["accuracy"] for v in per.values()) / len(per) if per else None
     missing = [st for st in BLINK_SUBTASKS if st not in per]
@@ -169,5 +174,5 @@ def score_blink(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
             "not_comparable": reasons}
 
 
-__all__ = ["load_blink", "prompt_official", "prompt_lmms_eval", "prompt_vlmevalkit", "score_blink",
+__all__ = ["load_blink", "prompt_official", "prompt_lmms_eval", "prompt_vlmevalkit", "score_blink", "subtask_of",
            "BLINK_SUBTASKS", "PAPER_SUBTASKS"]

@@ -69,6 +69,11 @@ def prompt_lmms_eval(task: Task) -> str:
     return f"{task.question.strip()}\n{opts}Answer the option letter directly."
 
 
+def cycle_group_of(result: dict[str, Any]) -> str:
+    """The cycle group of a result (the official cycle average is the mean over these groups)."""
+    return str(required_field(result, "cycle_category"))
+
+
 def score_hrbench(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Cycle-averaged accuracy exactly as VLMEvalKit ``report_acc_hrbench`` (and the DreamMr fork) computes it.
 
@@ -81,7 +86,7 @@ def score_hrbench(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
     rs = list(results)
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rs:
-        groups[str(required_field(r, "cycle_category"))].append(r)
+        groups[cycle_group_of(r)].append(r)
     per_cycle: dict[str, dict[str, float]] = {}
     counts: dict[str, dict[str, int]] = {}
     for g, grs in groups.items():
@@ -106,4 +111,4 @@ def score_hrbench(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
             "not_comparable": reasons}
 
 
-__all__ = ["load_hrbench", "prompt_official", "prompt_lmms_eval", "score_hrbench", "HRBENCH_MD5"]
+__all__ = ["load_hrbench", "prompt_official", "prompt_lmms_eval", "score_hrbench", "cycle_group_of", "HRBENCH_MD5"]

@@ -434,7 +434,8 @@ def _acc_ci(results: list[dict]) -> dict[str, Any]:
 
 def summarise(bench: Benchmark, records: list[dict], conditions: Sequence[str], seed: int = 0,
               n_boot: int = 2000) -> dict[str, Any]:
-    """Per condition: the benchmark's official scores, micro accuracy with a Wilson 95% CI overall and per
+    """Per condition: the benchmark's official score (a ``Score``: the authors' number, its interval and their whole
+    breakdown under ``official``), micro accuracy with a Wilson 95% CI overall and per
     category, latency overall and per category, and (interventions) the paired effect against the baseline."""
     out: dict[str, Any] = {}
     base = condition_results(records, "baseline")
@@ -447,8 +448,8 @@ def summarise(bench: Benchmark, records: list[dict], conditions: Sequence[str], 
         rule = [{**r, "correct": r.get("correct_rule", r.get("correct"))} for r in rs]
         judged = [r for r in rs if (r.get("judge") or {}).get("used")]
         entry: dict[str, Any] = {
-            "scores": bench.score(rs) if rs else None, "accuracy": _acc_ci(rs),
-            "scores_rule": bench.score(rule) if rs else None, "accuracy_rule": _acc_ci(rule),
+            "scores": bench.official_score(rs).to_dict() if rs else None, "accuracy": _acc_ci(rs),
+            "scores_rule": bench.official_score(rule).to_dict() if rs else None, "accuracy_rule": _acc_ci(rule),
             "judge": {"asked": len(judged), "errors": sum(bool(r["judge"].get("error")) for r in judged),
                       "cached": sum(bool(r["judge"].get("cached")) for r in judged),
                       "changed": sum(r.get("correct") != r.get("correct_rule") for r in judged)},
@@ -664,7 +665,7 @@ def official_status(bench: Benchmark, v: PromptVariant, mode: str, judge: Judge 
     if limit is not None:
         reasons.append(f"--limit {limit}: a subset of the benchmark")
     scores = base.get("scores") or {}
-    for r in scores.get("not_comparable", []):
+    for r in (scores.get("official") or {}).get("not_comparable", []):
         reasons.append(r)
     if unscored:
         reasons.append(f"{len(unscored)} row(s) could not be read at all and are not in any denominator: "

@@ -176,9 +176,13 @@ def silence_libraries(quiet: bool) -> None:
 def _is_click(e: BaseException, name: str) -> bool:
     """``e`` is click's or typer's own copy (typer >= 0.20 vendors click as ``typer._click`` and defines some, e.g.
     ``Abort``, in ``typer.exceptions``) of exception ``name``."""
-    import click
+    kinds = []
+    try:  # click itself: typer < 0.20 is built on it; newer typer vendors it, so it may not be installed
+        import click
 
-    kinds = [getattr(click.exceptions, name, None)]
+        kinds.append(getattr(click.exceptions, name, None))
+    except ImportError:  # pragma: no cover - click is not a dependency of latentcheck (nor of typer >= 0.20)
+        pass
     try:
         from typer._click import exceptions as typer_click
         kinds.append(getattr(typer_click, name, None))

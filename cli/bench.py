@@ -46,21 +46,21 @@ def _render(r: dict) -> None:
                           fmt_num(lc["tokens"], 1),
                           fmt_num(lc["latent_steps"], 1), str(lc["judge_used"]))
     out_console.print(t)
-    scores = r.get("scores") or {}
-    headline = scores.get("accuracy")
-    if headline is not None:
-        console.print(f"official score ({r['benchmark']}): {fmt_pct(headline)}"
+    scores = r.get("scores") or {}  # a Score record: the official number with its interval (core/summaries.py)
+    official = scores.get("official") or {}
+    if scores.get("estimate") is not None:
+        console.print(f"official score ({r['benchmark']}): {fmt_ci(scores, digits=1, pct=True)}"
                       + (f"; chance {fmt_pct(r['chance']['these_samples'])}" if r["chance"].get("these_samples")
                          else "")
-                      + (f"; paper overall {fmt_pct(scores['paper_overall'])}"
-                         if scores.get("paper_overall") is not None
+                      + (f"; paper overall {fmt_pct(official['paper_overall'])}"
+                         if official.get("paper_overall") is not None
                          else ""), highlight=False)
     if r.get("judge"):
         j = r["conditions"]["baseline"]["judge"]
-        rule = (r.get("scores_rule") or {}).get("accuracy")
+        rule = r.get("scores_rule") or {}
         console.print(f"judge {r['judge']['protocol']} ({r['judge']['backend'].get('model')}): asked {j['asked']} "
-                      f"({j['cached']} from cache, {j['errors']} errors); rule-based score {fmt_pct(rule)}",
-                      highlight=False)
+                      f"({j['cached']} from cache, {j['errors']} errors); rule-based score "
+                      f"{fmt_ci(rule, digits=1, pct=True)}", highlight=False)
     off = r.get("official") or {}
     if off and not off.get("comparable"):
         console.print("not the official number: " + "; ".join(off.get("reasons", [])), highlight=False)

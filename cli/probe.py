@@ -63,7 +63,7 @@ def _similarity_table(sim: dict) -> Table:
     for i in range(sim.get("K", 0)):
         sep = sim.get("separability")
         t.add_row(str(i), fmt_num(sim["inter_raw"][i], 3, style="g"), fmt_num(sim["inter_centred"][i], 3, style="g"),
-                  fmt_pct(sep[i]["accuracy"]) if sep else "-", fmt_num(sim["effective_rank"][i], 3, style="g"))
+                  fmt_pct(sep[i]["estimate"]) if sep else "-", fmt_num(sim["effective_rank"][i], 3, style="g"))
     return t
 
 

@@ -93,13 +93,14 @@ def _total(counts: Mapping[str, Any], key: str) -> int | None:
 
 
 def _is_accuracy(path: list[str], kind: str) -> bool:
-    return kind == "accuracy" or any("accuracy" in str(p) for p in path[-1:])
+    """Accuracies (and a benchmark's official ``scores``, a Score record) are higher-is-better."""
+    return kind == "accuracy" or any("accuracy" in str(p) or str(p) in ("scores", "scores_rule") for p in path[-1:])
 
 
 def lmms_results(command: str, summary: Mapping[str, Any], counts: Mapping[str, Any] | None = None,
                  provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The lmms-eval-shaped dict of one analysis run (module docstring)."""
-    from latentcheck import __version__
+    from latentcheck.core import __version__
 
     task = task_name(command, summary)
     prov = dict(provenance or {})

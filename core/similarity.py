@@ -19,11 +19,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import NearestCentroid
 
 from latentcheck.core.errors import LatentcheckError
+from latentcheck.core.summaries import FoldAccuracy
 
 DEFAULT_ZERO_TOL = 1e-12
 # Centred vectors shorter than this fraction of the data's scale count as zero (rounding residue of X - mean).
@@ -270,8 +271,10 @@ def nearest_centroid_accuracy(X, labels, n_splits: int = 5, seed: int = 0, metri
     (zero rows match nothing in particular and go to the first class); ``metric="euclidean"``:
     sklearn ``NearestCentroid``. Folds: ``StratifiedKFold(n_splits, shuffle=True, random_state=seed)``,
     with n_splits lowered to the smallest class size. Centre X first (``mean_centred``) to correct
-    anisotropy for the cosine metric. Returns dict(accuracy, std, per_fold, n_splits, chance) where
-    chance is the majority-class rate.
+    anisotropy for the cosine metric. Returns a :class:`core.summaries.FoldAccuracy` as its dict:
+    ``estimate`` = the mean fold accuracy (``cross_val_score``'s), ``std``, ``per_fold``, ``n_splits``,
+    ``chance`` (the majority-class rate) and the Wilson interval of the pooled out-of-fold hits (``successes`` of
+    ``n``).
     """
     arr = _as_array(X, "X", 2)
     y = np.asarray(labels)
@@ -294,14 +297,11 @@ def nearest_centroid_accuracy(X, labels, n_splits: int = 5, seed: int = 0, metri
     splits = int(min(n_splits, counts.min()))
     model = _CosineNearestCentroid() if metric == "cosine" else NearestCentroid()
     folds = StratifiedKFold(n_splits=splits, shuffle=True, random_state=seed)
-    scores = cross_val_score(model, arr, y, cv=folds)
-    return {
-        "accuracy": float(scores.mean()),
-        "std": float(scores.std()),
-        "per_fold": [float(s) for s in scores],
-        "n_splits": splits,
-        "chance": float(counts.max() / counts.sum()),
-    }
+    hits = []  # (correct, size) per fold: cross_val_score's folds and scores, plus the counts the interval needs
+    for train, test in folds.split(arr, y):
+        fitted = clone(model).fit(arr[train], y[train])
+        hits.append((int(np.sum(fitted.predict(arr[test]) == y[test])), len(test)))
+    return FoldAccuracy.from_folds(hits, chance=float(counts.max() / counts.sum())).to_dict()
 
 
 # ------------------------------------------------------------------------------ beyond raw cosine (issue #24)

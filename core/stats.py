@@ -136,6 +136,38 @@ def wilson_ci(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float
     return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
+def mean_of_proportions_ci(counts, alpha: float = 0.05, dependent: bool = False) -> dict:
+    """Interval for the unweighted mean of K proportions ``k_i / n_i`` (``counts``: (k_i, n_i) pairs, n_i >= 1) --
+    a benchmark's macro average over sub-tasks, or HR-Bench's average over cycle groups. Never zero-width.
+
+    - groups of different samples (``dependent=False``): MOVER with Wilson limits (Zou & Donner 2008, Newcombe's
+      method for sums of independent proportions): with Wilson limits (l_i, u_i) of each p_i and m = mean p_i,
+      lo = m - sqrt(sum (p_i - l_i)^2) / K, hi = m + sqrt(sum (u_i - p_i)^2) / K (``method = "mover_wilson"``);
+    - groups that repeat the same questions (``dependent=True``): Bonferroni -- each p_i's Wilson interval at
+      alpha / K, and the mean of the lower / upper limits, which covers the mean whatever the groups' dependence
+      (``method = "bonferroni_wilson"``; conservative).
+
+    Returns ``{"estimate", "lo", "hi", "n" (sum n_i), "k" (number of groups), "method"}``."""
+    pairs = [(int(k), int(n)) for k, n in counts]
+    if not pairs:
+        raise LatentcheckError("mean_of_proportions_ci: need at least one group")
+    if any(n < 1 for _, n in pairs):
+        raise LatentcheckError("mean_of_proportions_ci: every group needs n >= 1")
+    K = len(pairs)
+    ps = [k / n for k, n in pairs]
+    m = sum(ps) / K
+    if dependent:
+        lims = [wilson_ci(k, n, alpha / K) for k, n in pairs]
+        lo, hi, method = sum(l for l, _ in lims) / K, sum(u for _, u in lims) / K, "bonferroni_wilson"
+    else:
+        lims = [wilson_ci(k, n, alpha) for k, n in pairs]
+        lo = m - math.sqrt(sum((p - l) ** 2 for p, (l, _) in zip(ps, lims))) / K
+        hi = m + math.sqrt(sum((u - p) ** 2 for p, (_, u) in zip(ps, lims))) / K
+        method = "mover_wilson"
+    return {"estimate": m, "lo": max(0.0, min(m, lo)), "hi": min(1.0, max(m, hi)), "n": sum(n for _, n in pairs),
+            "k": K, "method": method}
+
+
 def bootstrap_ci(
     values,
     statistic: Callable = np.mean,

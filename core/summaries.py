@@ -16,6 +16,13 @@ Records (all frozen dataclasses, keyword-only, built by the classmethods that ca
 ``Estimate``       any quantity with an interval (``Estimate.bootstrap(values)``: percentile bootstrap of the mean)
 ``Proportion``     k of n with a Wilson interval (``Proportion.wilson(k, n)``, ``Proportion.of(flags)``);
                    extra field ``successes``
+``TriggerRate``    a Proportion of samples whose latent mode ran (``TriggerRate.of_samples(flags, lengths)``);
+                   extra ``mean_length`` / ``mean_length_all`` (the ``latent_trigger`` block, core/trigger.py)
+``FoldAccuracy``   a cross-validated accuracy (mean of the folds; Wilson on the pooled out-of-fold hits); extra
+                   ``successes``, ``std``, ``per_fold``, ``n_splits``, ``chance``
+``Score``          a benchmark's official number exactly as its scorer gives it (``official[metric]``), its
+                   ``aggregation`` (micro / macro / group_average), an interval where it is a proportion or a mean
+                   of proportions (``Score.micro``, ``Score.mean_of``); ``official`` = the scorer's whole output
 ``Ratio``          mean(num) / mean(den), paired bootstrap (``Ratio.bootstrap(num, den)``); extra ``n_undefined``
 ``Effect``         a contrast (difference) with an interval and optionally a test: ``p_value``, ``test``
                    (``Effect.paired(a, b)`` = mean(b) - mean(a), paired bootstrap)
@@ -27,11 +34,13 @@ Records (all frozen dataclasses, keyword-only, built by the classmethods that ca
 Serialisation is the same everywhere: ``record.to_dict()`` (nested records become dicts, field order = declaration
 order) and ``Record.from_dict(d)`` (unknown keys are an error; missing optional fields take their default), and
 ``core.records.write_json_atomic`` / ``to_jsonable`` accept the records themselves. Every summary written through
-``core.analysis.finish`` carries ``"schema": SUMMARY_SCHEMA`` (``latentcheck.summary/3``; files without the key are
+``core.analysis.finish`` carries ``"schema": SUMMARY_SCHEMA`` (``latentcheck.summary/4``; files without the key are
 version 1). Version 2 made perturb-input's and perturb-latent's intervals these records; version 3 the accuracy dicts
 (``accuracy, lo, hi, n, correct`` -> ``Proportion``), the flat paired-accuracy rows (``delta, delta_lo, delta_hi,
-mcnemar_p, n01, n10`` -> ``AccuracyEffect``) and the mediation entries (-> ``Mediation``); docs/architecture.md has
-the field-by-field table. A stored summary is read back only through :func:`read_summary`, which refuses another
+mcnemar_p, n01, n10`` -> ``AccuracyEffect``) and the mediation entries (-> ``Mediation``); version 4 the rest (the
+``latent_trigger`` block -> ``TriggerRate``, bench ``scores`` -> ``Score``, probe ``by_category`` -> ``Proportion``,
+the nearest-centroid separability -> ``FoldAccuracy``, perturb-latent ``curves`` -> lists of records);
+docs/architecture.md has the field-by-field tables. A stored summary is read back only through :func:`read_summary`, which refuses another
 schema version in one line (rerunning the analysis with ``--resume`` rewrites it from the kept samples).
 
 Extending (e.g. multiplicity-adjusted p-values, equivalence tests, minimum detectable effects): add a field with a
@@ -55,7 +64,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 from latentcheck.core.errors import LatentcheckError
 
-SUMMARY_SCHEMA = "latentcheck.summary/3"
+SUMMARY_SCHEMA = "latentcheck.summary/4"
 SUMMARY_SCHEMA_FAMILY = "latentcheck.summary/"
 
 
@@ -99,7 +108,21 @@ METHODS: dict[str, str] = {
                          "generalisation of Tango's; the mediation interaction; never zero-width)",
     "bonferroni_score": "conservative: the TE, NDE and NIE score intervals at alpha/3 combined (the interaction in "
                         "summaries written before the multinomial score interval; read, no longer written)",
+    "mover_wilson": "unweighted mean of proportions of different samples: MOVER with each one's Wilson limits "
+                    "(a macro average over sub-tasks)",
+    "bonferroni_wilson": "unweighted mean of proportions that may depend on each other (the same questions in "
+                         "every group): the mean of their Wilson limits at alpha / K (conservative)",
+    "wilson_pooled_folds": "Wilson interval of the pooled out-of-fold hits of a cross-validation (each sample "
+                           "predicted once); the estimate is the mean of the fold accuracies",
     "none": "no interval (lo / hi are None)",
+}
+
+# How a benchmark's official number aggregates its samples (the Score record's ``aggregation``).
+AGGREGATIONS: dict[str, str] = {
+    "micro": "correct samples / samples (a proportion: Wilson interval)",
+    "macro": "unweighted mean of the accuracies of groups of different samples (sub-tasks, splits: MOVER-Wilson)",
+    "group_average": "unweighted mean of the accuracies of groups that repeat the same questions (HR-Bench's cycle "
+                     "groups: Bonferroni-Wilson, valid under any dependence)",
 }
 
 
@@ -231,6 +254,105 @@ class Proportion(Estimate):
         """The proportion of truthy ``flags``."""
         flags = [bool(f) for f in flags]
         return cls.wilson(sum(flags), len(flags), alpha)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerRate(Proportion):
+    """How often latent mode (or an imagination span) ran in one condition (core/trigger.py): ``successes`` of
+    ``n`` samples triggered (Wilson interval), ``mean_length`` = mean latent length over the samples that triggered,
+    ``mean_length_all`` = over all samples."""
+
+    kind: ClassVar[str] = "trigger_rate"
+    mean_length: float | None = None
+    mean_length_all: float | None = None
+
+    @classmethod
+    def of_samples(cls, flags: Sequence[Any], lengths: Sequence[float], alpha: float = 0.05) -> "TriggerRate":
+        """From the samples' triggered flags and latent lengths (paired by index)."""
+        flags = [bool(f) for f in flags]
+        p = Proportion.of(flags, alpha)
+        trig = [float(x) for f, x in zip(flags, lengths) if f]
+        return cls(estimate=p.estimate, lo=p.lo, hi=p.hi, n=p.n, successes=p.successes,
+                   mean_length=sum(trig) / len(trig) if trig else None,
+                   mean_length_all=sum(float(x) for x in lengths) / len(flags) if flags else None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FoldAccuracy(Estimate):
+    """A cross-validated classification accuracy (the nearest-centroid task separability): ``estimate`` = the mean of
+    the fold accuracies (sklearn's ``cross_val_score``), ``std`` / ``per_fold`` / ``n_splits`` over the folds,
+    ``chance`` = the majority-class rate; the interval is Wilson's on the pooled out-of-fold hits (``successes`` of
+    ``n``: every sample is predicted once), which equals the estimate's own proportion when the folds are of equal
+    size."""
+
+    kind: ClassVar[str] = "fold_accuracy"
+    method: str = "wilson_pooled_folds"
+    successes: int = 0
+    std: float | None = None
+    per_fold: list[float] | None = None
+    n_splits: int | None = None
+    chance: float | None = None
+
+    @classmethod
+    def from_folds(cls, fold_hits: Sequence[tuple[int, int]], chance: float | None = None,
+                   alpha: float = 0.05) -> "FoldAccuracy":
+        """From (hits, size) per fold."""
+        import numpy as np
+
+        acc = np.array([h / m for h, m in fold_hits], dtype=float)
+        k, n = sum(int(h) for h, _ in fold_hits), sum(int(m) for _, m in fold_hits)
+        p = Proportion.wilson(k, n, alpha)
+        return cls(estimate=float(acc.mean()), lo=p.lo, hi=p.hi, n=n, successes=k, std=float(acc.std()),
+                   per_fold=[float(a) for a in acc], n_splits=len(fold_hits), chance=chance)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Score(Estimate):
+    """A benchmark's official number: ``estimate`` is exactly what the benchmark authors' scoring code gives
+    (``official[metric]``), ``aggregation`` how it pools the samples (:data:`AGGREGATIONS`), with an interval where
+    it is a proportion (``micro``: Wilson on ``successes`` of ``n``) or a mean of proportions (``macro`` /
+    ``group_average``: ``parts`` holds each group's Proportion; ``core.stats.mean_of_proportions_ci``).
+    ``official`` is the scorer's whole output, untouched (per-category breakdowns, secondary numbers such as
+    TableVQA's ``paper_overall``, ``not_comparable`` reasons)."""
+
+    kind: ClassVar[str] = "score"
+    method: str = "wilson"
+    metric: str = "accuracy"
+    aggregation: str = "micro"
+    successes: int | None = None
+    parts: dict[str, Proportion] | None = None
+    official: dict[str, Any] | None = None
+
+    @classmethod
+    def micro(cls, official: Mapping[str, Any], successes: int, n: int, metric: str = "accuracy",
+              alpha: float = 0.05) -> "Score":
+        """A pooled accuracy: the official value with the Wilson interval of ``successes`` of ``n``."""
+        p = Proportion.wilson(successes, n, alpha)
+        return cls(estimate=official.get(metric), lo=p.lo, hi=p.hi, n=p.n, successes=p.successes, metric=metric,
+                   aggregation="micro", official=dict(official))
+
+    @classmethod
+    def mean_of(cls, official: Mapping[str, Any], parts: Mapping[str, tuple[int, int]], aggregation: str = "macro",
+                metric: str = "accuracy", alpha: float = 0.05) -> "Score":
+        """An unweighted mean of the groups' accuracies (``parts``: group -> (correct, n)): the official value with
+        MOVER-Wilson (``macro``: groups of different samples) or Bonferroni-Wilson (``group_average``: groups that
+        repeat the same questions) limits."""
+        from latentcheck.core.stats import mean_of_proportions_ci
+
+        if aggregation not in ("macro", "group_average"):
+            raise LatentcheckError(f"Score.mean_of: aggregation must be macro or group_average, got {aggregation!r}")
+        ci = mean_of_proportions_ci(list(parts.values()), alpha, dependent=aggregation == "group_average")
+        return cls(estimate=official.get(metric), lo=ci["lo"], hi=ci["hi"], n=ci["n"], method=ci["method"],
+                   metric=metric, aggregation=aggregation,
+                   parts={g: Proportion.wilson(k, n, alpha) for g, (k, n) in parts.items()}, official=dict(official))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "$"):
+        rec = super().from_dict(data, where)
+        if isinstance(rec, Score) and rec.parts:
+            rec = dataclasses.replace(rec, parts={g: Proportion.from_dict(v, f"{where}.parts.{g}")
+                                                  for g, v in rec.parts.items()})
+        return rec
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -370,7 +492,8 @@ class Mediation(Record):
 
 # name -> record type, for readers that rebuild records from a summary by kind
 RECORD_TYPES: dict[str, type[Record]] = {
-    t.kind: t for t in (Estimate, Proportion, Ratio, Effect, AccuracyEffect, Mediation)}
+    t.kind: t for t in (Estimate, Proportion, TriggerRate, FoldAccuracy, Score, Ratio, Effect, AccuracyEffect,
+                        Mediation)}
 
 
 def from_dict(kind: str, data: Mapping[str, Any], where: str = "$") -> Record:
@@ -436,6 +559,7 @@ def fmt_ci(est: Any, lo: Any = None, hi: Any = None, *, digits: int = 2, signed:
 
 
 __all__ = [
-    "SUMMARY_SCHEMA", "summary_schema_problem", "read_summary", "METHODS", "Record", "Estimate", "Proportion", "Ratio", "Effect", "AccuracyEffect", "Mediation",
+    "SUMMARY_SCHEMA", "summary_schema_problem", "read_summary", "METHODS", "AGGREGATIONS", "Record", "Estimate",
+    "Proportion", "TriggerRate", "FoldAccuracy", "Score", "Ratio", "Effect", "AccuracyEffect", "Mediation",
     "RECORD_TYPES", "from_dict", "fmt_num", "fmt_pct", "fmt_p", "fmt_ci", "MISSING",
 ]

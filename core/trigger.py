@@ -2,8 +2,8 @@
 
 An intervention on latents that were never produced changes nothing, so a low trigger rate turns every latent
 analysis into a fake null (latent-models.md s11.3, Monet#20). Every analysis summary therefore carries a
-``latent_trigger`` block (:func:`trigger_block`): per condition the number of samples, the trigger rate with its
-Wilson interval, and the mean latent length (fed vectors / imagination tokens) over the samples that triggered and
+``latent_trigger`` block (:func:`trigger_block`): per condition a ``TriggerRate`` record (core/summaries.py): the
+number of samples, the trigger rate with its Wilson interval, and the mean latent length (fed vectors / imagination tokens) over the samples that triggered and
 over all samples. When the baseline rate is below :data:`MIN_TRIGGER_RATE` the block carries a ``warning`` and the
 command prints it loudly (:func:`warn_trigger`); the audit refuses X -> Z / Z -> Y verdicts on such runs.
 """
@@ -16,16 +16,12 @@ MIN_TRIGGER_RATE = 0.8  # baseline trigger rate below which latent results are f
 
 
 def trigger_stats(flags: Sequence[bool], lengths: Sequence[float]) -> dict[str, Any]:
-    """n, triggered, rate [Wilson lo, hi], mean length over triggered samples and over all samples."""
-    from latentcheck.core.stats import wilson_ci
+    """One condition's :class:`core.summaries.TriggerRate` as its dict: ``estimate`` = the trigger rate,
+    ``successes`` of ``n`` triggered [Wilson ``lo``, ``hi``], ``mean_length`` over the samples that triggered and
+    ``mean_length_all`` over all samples."""
+    from latentcheck.core.summaries import TriggerRate
 
-    n = len(flags)
-    k = int(sum(bool(f) for f in flags))
-    lo, hi = wilson_ci(k, n) if n else (None, None)
-    trig = [float(x) for f, x in zip(flags, lengths) if f]
-    return {"n": n, "triggered": k, "rate": k / n if n else None, "lo": lo, "hi": hi,
-            "mean_length": sum(trig) / len(trig) if trig else None,
-            "mean_length_all": sum(float(x) for x in lengths) / n if n else None}
+    return TriggerRate.of_samples(flags, lengths).to_dict()
 
 
 def trigger_block(conditions: Mapping[str, tuple[Sequence[bool], Sequence[float]]], baseline: str, kind: str,
@@ -39,8 +35,8 @@ def trigger_block(conditions: Mapping[str, tuple[Sequence[bool], Sequence[float]
     base = stats.get(baseline) or {}
     what = "an imagination span" if kind == "text_imagination" else "latent mode"
     warning = None
-    if base.get("n") and base["rate"] < threshold:
-        warning = (f"{what} triggered in {base['rate']:.0%} of {base['n']} {baseline} samples (< {threshold:.0%}): "
+    if base.get("n") and base["estimate"] < threshold:
+        warning = (f"{what} triggered in {base['estimate']:.0%} of {base['n']} {baseline} samples (< {threshold:.0%}): "
                    "interventions on latents that never ran are fake nulls; check the profile or pass "
                    "--force-latent")
     return {"baseline": baseline, "unit": unit, "threshold": threshold, "conditions": stats, "warning": warning}
@@ -51,7 +47,7 @@ def baseline_rate(block: Mapping[str, Any] | None) -> tuple[float | None, int | 
     if not block:
         return None, None
     b = (block.get("conditions") or {}).get(block.get("baseline")) or {}
-    return b.get("rate"), b.get("n")
+    return b.get("estimate"), b.get("n")
 
 
 def warn_trigger(block: Mapping[str, Any] | None, command: str, quiet: bool = False) -> None:

@@ -581,11 +581,10 @@ def summarise(records: list[dict], planned: Sequence[PlannedIntervention], seed:
     groups = sorted({p.group for p in planned if p.group != "spec"})
     for g in groups:
         rs = [r for r in rows if r["group"] == g and r["n"]]
-        accs = [r["effect"]["cond"] for r in rs]
+        # one point per row: the intervened accuracy (the row's effect.cond Proportion) and the change in log p(gold)
+        # (the row's Estimate, None when not measured)
         curves[g] = {"x": [r["x"] for r in rs], "labels": [r["label"] for r in rs],
-                     "accuracy": [a["estimate"] for a in accs], "accuracy_lo": [a["lo"] for a in accs],
-                     "accuracy_hi": [a["hi"] for a in accs],
-                     "d_logp_gold": [(r["d_logp_gold"] or {}).get("estimate") for r in rs]}
+                     "accuracy": [r["effect"]["cond"] for r in rs], "d_logp_gold": [r["d_logp_gold"] for r in rs]}
     return {"baseline": baseline, "interventions": rows, "curves": curves,
             "multiplicity": {"method": "holm", "family": "every intervention row of this run (exact McNemar p)",
                              "m": int(sum(1 for x in adjusted if not math.isnan(x)))}}
@@ -629,8 +628,9 @@ def make_plots(summary: dict, folder: str | Path) -> dict[str, str]:
         if not c["x"]:
             continue
         x = c["x"]
-        series = {"intervened": c["accuracy"], "baseline": [b["accuracy"]["estimate"]] * len(x)}
-        bands = {"intervened": (c["accuracy_lo"], c["accuracy_hi"])}
+        series = {"intervened": [a["estimate"] for a in c["accuracy"]],
+                  "baseline": [b["accuracy"]["estimate"]] * len(x)}
+        bands = {"intervened": ([a["lo"] for a in c["accuracy"]], [a["hi"] for a in c["accuracy"]])}
         if g == "sigma_sweep":
             name, xlabel, title = "sigma_sweep", "sigma (noise norm / latent norm)", "accuracy vs additive noise"
         elif g == "length_sweep":

@@ -332,10 +332,9 @@ def summarise_behavioural(records: list[dict], scoring: str = "logprob", seed: i
         comps[f"latents_vs_{a}"] = paired(corr[a], corr["latents"])
     res["comparisons"] = comps
     cats = sorted({str(r.get("category")) for r in ok})
-    if len(cats) > 1:
+    if len(cats) > 1:  # per category and arm: a Proportion (n = the category's samples)
         res["by_category"] = {c: {a: _acc(np.array([r["arms"][a][field_] for r in ok if str(r.get("category")) == c]))
-                                  ["estimate"] for a in arms} | {"n": sum(str(r.get("category")) == c for r in ok)}
-                              for c in cats}
+                                  for a in arms} for c in cats}
     return res
 
 

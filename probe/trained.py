@@ -380,7 +380,7 @@ def plot_similarity(sim: dict[str, Any], out_dir: str | Path) -> list[str]:
     K = sim["K"]
     series = {"inter-instance cos (raw)": sim["inter_raw"], "inter-instance cos (centred)": sim["inter_centred"]}
     if "separability" in sim:
-        series["category separability (NC acc)"] = [s["accuracy"] for s in sim["separability"]]
+        series["category separability (NC acc)"] = [s["estimate"] for s in sim["separability"]]
     return [lines(list(range(K)), series, Path(out_dir) / "similarity.png", title="latent geometry per index",
                   xlabel="latent index", ylabel="cosine / accuracy")]
 

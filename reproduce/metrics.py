@@ -3,9 +3,11 @@
 A metric is ``name`` or ``name@argument`` (an intervention label, a treatment, a category, a probe arm, a latent
 index). Every metric returns a :class:`~latentcheck.core.summaries.Estimate` (estimate, lo, hi, n) or raises
 :class:`MetricUnavailable` with the reason, which the table shows in place of the number. Summaries are read through
-``core.summaries.read_summary`` (schema ``latentcheck.summary/3`` only: another version is refused there, in one
-line), so the numbers are typed records with ``estimate``; the one exception is a benchmark's official aggregation
-(``scores``), whose keys each benchmark defines (``accuracy`` / ``n`` / ``correct``).
+``core.summaries.read_summary`` (schema ``latentcheck.summary/4`` only: another version is refused there, in one
+line), so the numbers are typed records with ``estimate``. A benchmark's official number (``scores``) is a ``Score``
+record (its interval: Wilson, or the interval of a mean of proportions); the breakdown below it
+(``scores.official``: per category / sub-task / split) is each benchmark's own (``accuracy`` / ``n`` / ``correct``),
+read with a Wilson interval where the number is that proportion.
 
 =================  ==========================  =================================================================
 analysis           metric                      meaning
@@ -20,7 +22,7 @@ perturb-input      ``intra_adjacent@K``        raw intra-instance cosine of late
 perturb-input      ``sensitivity@TREATMENT``   latent change / reference change under a treatment (ratio, CI)
 probe              ``arm@ARM``                 behavioural probe accuracy of an arm (latents, image, text_only,
                                                shared, noise, random)
-bench              ``accuracy``                the benchmark's headline score (official aggregation)
+bench              ``accuracy``                the benchmark's headline score (official aggregation, its CI)
 bench              ``accuracy@CATEGORY``       a category's / sub-task's / split's score (HR-Bench: ``single``,
                                                ``cross`` of its cycle average)
 bench              ``score@KEY``               another top-level score (TableVQA ``paper_overall``)
@@ -155,8 +157,9 @@ def _probe_arm(s: dict, arg: str | None) -> Estimate:
 
 
 def _score(obj: dict, what: str) -> Estimate:
-    """A bench score: ``accuracy`` with a Wilson CI from ``correct`` / ``n`` when the score is that proportion (an
-    official aggregation that is not, e.g. HR-Bench's cycle average, keeps its value and has no interval here)."""
+    """A part of a benchmark's official breakdown: ``accuracy`` with a Wilson CI from ``correct`` / ``n`` when the
+    number is that proportion (a part that is not, e.g. one of HR-Bench's per-category cycle averages, keeps its
+    value and has no interval here)."""
     if "estimate" in obj:
         return as_estimate(obj, what)
     acc, n, k = _num(obj.get("accuracy")), obj.get("n"), obj.get("correct")
@@ -172,10 +175,11 @@ def _score(obj: dict, what: str) -> Estimate:
 
 def _bench_accuracy(s: dict, arg: str | None) -> Estimate:
     scores = _get(s, "scores")
-    if arg is None:
-        return _score(scores, "accuracy")
+    if arg is None:  # the Score record: the official number and its interval
+        return as_estimate(scores, "accuracy")
+    official = scores.get("official") or {}
     for key in ("per_category", "per_subtask", "per_split", "average"):
-        cats = scores.get(key)
+        cats = official.get(key)
         if isinstance(cats, dict) and arg in cats:
             v = cats[arg]
             return _score(v, f"accuracy@{arg}") if isinstance(v, dict) else as_estimate(v, f"accuracy@{arg}")
@@ -183,7 +187,7 @@ def _bench_accuracy(s: dict, arg: str | None) -> Estimate:
 
 
 def _bench_score(s: dict, arg: str | None) -> Estimate:
-    return as_estimate(_get(s, "scores", arg), f"score@{arg}")
+    return as_estimate(_get(s, "scores", "official", arg), f"score@{arg}")
 
 
 def _iv(s: dict, key: str, arg: str | None) -> Estimate:

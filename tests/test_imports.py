@@ -8,7 +8,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "cli", "perturb", "probe", "imagine", "bench", "audit", "toy", "reproduce")
 ABOVE_CORE = ("latentcheck.cli", "latentcheck.perturb", "latentcheck.probe", "latentcheck.imagine",
-              "latentcheck.bench", "latentcheck.audit", "latentcheck.toy", "latentcheck.reproduce")
+              "latentcheck.bench", "latentcheck.audit", "latentcheck.toy", "latentcheck.reproduce",
+              "latentcheck.api", "latentcheck.__main__")
+TOP_MODULES = ("api", "__main__")  # the Python API and `python -m latentcheck`: above everything
 
 
 def module_name(path: Path) -> str:
@@ -18,6 +20,7 @@ def module_name(path: Path) -> str:
 
 def modules() -> dict[str, Path]:
     found = {"latentcheck": ROOT / "__init__.py"}
+    found.update({f"latentcheck.{m}": ROOT / f"{m}.py" for m in TOP_MODULES})
     for pkg in PACKAGES:
         for p in (ROOT / pkg).rglob("*.py"):
             found[module_name(p)] = p
@@ -94,3 +97,57 @@ def test_checker_detects_a_circle_and_a_layer_breach():
     g = {"latentcheck.core.a": {"latentcheck.toy.b"}, "latentcheck.toy.b": {"latentcheck.core.a"}}
     assert cycles(g) == [["latentcheck.core.a", "latentcheck.toy.b"]]
     assert cycles({"x": {"y"}, "y": set()}) == []
+
+
+# ------------------------------------------------------------------------------------- dependencies as used
+IMPORT_TO_DIST = {"PIL": "pillow", "sklearn": "scikit-learn", "concept_erasure": "concept-erasure",
+                  "huggingface_hub": "huggingface_hub"}
+# imported, but deliberately not a dependency (each import sits in a try / except ImportError), and why
+OPTIONAL_IMPORTS = {"click": "typer < 0.20 is built on it; newer typer vendors it (cli/app.py, cli/options.py)"}
+
+
+def _declared() -> tuple[set[str], set[str]]:
+    """(core dependencies, every optional extra's) of pyproject.toml, as distribution names."""
+    import re
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+    def names(reqs):
+        return {re.split(r"[<>=!;\[ ]", r, maxsplit=1)[0].strip().lower() for r in reqs}
+
+    extras = set().union(*(names(v) for v in project["optional-dependencies"].values()))
+    return names(project["dependencies"]), extras
+
+
+def _third_party_imports() -> dict[str, set[str]]:
+    import sys
+
+    found: dict[str, set[str]] = {}
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            for m in mods:
+                top = m.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in ("latentcheck", "__future__"):
+                    found.setdefault(top, set()).add(name)
+    return found
+
+
+def test_dependencies_are_declared_as_used():
+    """Every third-party package the shipped modules import is declared in pyproject.toml (a core dependency or an
+    optional extra), except the listed optional imports; every core dependency is imported somewhere (nothing
+    declared and unused)."""
+    core, extras = _declared()
+    used = _third_party_imports()
+    undeclared = sorted(m for m in used if IMPORT_TO_DIST.get(m, m).lower() not in core | extras
+                        and m not in OPTIONAL_IMPORTS)
+    assert undeclared == [], {m: sorted(used[m]) for m in undeclared}
+    imported = {IMPORT_TO_DIST.get(m, m).lower() for m in used}
+    unused = sorted(core - imported)
+    assert unused == [], unused

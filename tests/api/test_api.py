@@ -135,7 +135,7 @@ def test_bench_from_python_equals_the_file_path(samples, hf_model, tmp_path):
     assert isinstance(res, latentcheck.AnalysisResult) and res.counts["ok"] == 6 and res.command == "bench"
     df = res.to_pandas()
     base = df[df.section == "baseline"]
-    assert len(base) == 6 and base.correct.mean() == pytest.approx(res.summary["scores"]["accuracy"])
+    assert len(base) == 6 and base.correct.mean() == pytest.approx(res.summary["scores"]["estimate"])
     assert sorted(df[df.section == "interventions"].condition.unique()) == ["zero"]
     assert json.loads(Path(res.lmms_path).read_text())["results"]["generic"]["alias"] == "generic"
     data = tmp_path / "tasks.jsonl"

@@ -434,7 +434,7 @@ def test_the_audit_loops_over_registered_analyses(tiny_checkpoint, tmp_path):
     assert list(r.stages) == ["bench", "count_options"] and st.status == "done"
     assert st.summary == "count-options/summary.json" and st.counts["ok"] == 3
     assert json.loads((tmp_path / "a" / st.summary).read_text()) == {"command": "count-options", "n": 3,
-                                                                     "options": 12, "schema": "latentcheck.summary/3"}
+                                                                     "options": 12, "schema": "latentcheck.summary/4"}
     assert seen["out"] == str(tmp_path / "a" / "count-options") and seen["lm"] is not None
     assert (tmp_path / "a" / "count-options" / "samples.jsonl").exists()  # its record stage ran through the driver
     assert r.verdicts["xz"].status == "untestable"  # no perturb-input stage ran

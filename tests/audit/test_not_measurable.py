@@ -32,8 +32,9 @@ def test_latent_mode_that_never_triggers_is_not_measurable(tmp_path, capsys):
         s = json.loads((Path(opts.out) / folder / "summary.json").read_text())
         block = s["latent_trigger"]
         assert block["warning"] and len(block["conditions"]) > 1
-        for c in block["conditions"].values():
-            assert c["rate"] == 0.0 and c["mean_length_all"] == 0.0 and c["mean_length"] is None
+        for c in block["conditions"].values():  # a TriggerRate record: 0 of n triggered, Wilson [0, hi > 0]
+            assert c["estimate"] == 0.0 and c["successes"] == 0 and c["method"] == "wilson"
+            assert c["lo"] == 0.0 and c["hi"] > 0 and c["mean_length_all"] == 0.0 and c["mean_length"] is None
 
 
 def test_forced_latent_mode_is_measurable(tmp_path, capsys):

@@ -74,9 +74,9 @@ def test_hrbench_official_judge_through_transformers_serve_with_cache(transforme
         assert j["judge"] == {"backend": "openai", "model": transformers_server.model,
                               "base_url": transformers_server.base_url}
         assert s["correct"] is parse_yes_no(j["reply"], tasks[s["id"]])  # the judge decides, not the rule
-    assert res["scores"]["accuracy"] == pytest.approx(_cycle_average(samples))
+    assert res["scores"]["estimate"] == pytest.approx(_cycle_average(samples))
     rule = [dict(s, correct=s["correct_rule"]) for s in samples]
-    assert res["scores_rule"]["accuracy"] == pytest.approx(_cycle_average(rule))  # side by side
+    assert res["scores_rule"]["estimate"] == pytest.approx(_cycle_average(rule))  # side by side
     assert res["judge"]["protocol"] == "hrbench" and res["judge"]["params"]["top_k"] == 40
     assert res["official"]["comparable"] is True, res["official"]["reasons"]
     assert res["conditions"]["baseline"]["judge"] == {"asked": 4, "errors": 0, "cached": 0,

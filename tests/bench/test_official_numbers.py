@@ -194,9 +194,10 @@ def test_vstar_error_row_counts_in_the_official_denominator(load_tiny, tmp_path,
     (root / "test_questions.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     res = run_bench(_opts(tmp_path, root), _always_a_bench("vstar", "generate"), "generate",
                     lm=load_tiny("toy", "toy-direct"), decoding={"max_new_tokens": 1})
-    assert res["scores"]["accuracy"] == pytest.approx(2 / 5)
-    assert res["scores"]["per_category"]["direct_attributes"]["accuracy"] == pytest.approx(1 / 3)
-    assert res["scores"]["per_category"]["relative_position"]["accuracy"] == pytest.approx(1 / 2)
+    assert res["scores"]["estimate"] == res["scores"]["official"]["accuracy"] == pytest.approx(2 / 5)
+    assert (res["scores"]["successes"], res["scores"]["n"], res["scores"]["aggregation"]) == (2, 5, "micro")
+    assert res["scores"]["official"]["per_category"]["direct_attributes"]["accuracy"] == pytest.approx(1 / 3)
+    assert res["scores"]["official"]["per_category"]["relative_position"]["accuracy"] == pytest.approx(1 / 2)
     assert res["errors"]["counted_wrong"] == ["2"] and res["exit_code"] == 3
     _, recs = read_results(res["results_path"])
     err = [r for r in recs if r["type"] == "error"]
@@ -223,13 +224,15 @@ def test_hrbench_full_and_partial_run_vlmevalkit_average(load_tiny, tmp_path, im
     lm = load_tiny("toy", "toy-direct")
     full = run_bench(_opts(tmp_path, tsv, "full"), bench, "official", lm=lm, verify=False,
                      decoding={"max_new_tokens": 1})
-    s = full["scores"]
-    assert s["accuracy"] == pytest.approx(3 / 4)
+    s = full["scores"]["official"]
+    assert full["scores"]["estimate"] == s["accuracy"] == pytest.approx(3 / 4)
+    assert full["scores"]["aggregation"] == "group_average" and full["scores"]["method"] == "bonferroni_wilson"
     assert s["average"] == pytest.approx({"all": 0.75, "single": 0.75, "cross": 0.75})
     assert s["not_comparable"] == []
     part = run_bench(_opts(tmp_path, tsv, "part", limit=5), bench, "official", lm=lm, verify=False,
                      decoding={"max_new_tokens": 1})
-    p = part["scores"]
+    p = part["scores"]["official"]
+    assert part["scores"]["estimate"] == p["accuracy"] == pytest.approx(7 / 8)
     assert p["average"] == pytest.approx({"all": 7 / 8, "single": 0.75, "cross": 0.5})
     assert p["plain_accuracy"] == pytest.approx(4 / 5) and p["n_per_cycle"] == {"c0": 4, "c1": 1}
     reasons = " ".join(part["official"]["reasons"])

@@ -198,7 +198,9 @@ def test_bench_end_to_end(load_tiny, tmp_path, tvqa_dir):
     for r in recs:  # every stored verdict is the official matcher applied to the stored prediction
         assert r["correct"] == tablevqa_is_correct(tasks[r["key"]], r["pred"])
         assert r["meta"]["split"] == tasks[r["key"]].category
-    scores = res["conditions"]["baseline"]["scores"]
+    score = res["conditions"]["baseline"]["scores"]
+    scores = score["official"]
+    assert score["estimate"] == scores["accuracy"] and score["successes"] == sum(r["correct"] for r in recs)
     assert set(scores["per_split"]) == {"vwtq", "vwtq_syn", "vtabfact", "fintabnetqa"}
     assert scores["paper_overall"] is not None and scores["accuracy"] == pytest.approx(
         sum(r["correct"] for r in recs) / len(recs))

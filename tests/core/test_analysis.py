@@ -28,7 +28,7 @@ def test_finish_writes_the_summary_and_reads_like_it(tmp_path):
     res = finish("demo", tmp_path, summary, {"total": 4, "ok": 4, "errors": 0}, str(tmp_path / "samples.jsonl"),
                  [str(tmp_path / "plots" / "a.png")])
     assert json.loads((tmp_path / "summary.json").read_text()) == {**summary, "nan": None,
-                                                                   "schema": "latentcheck.summary/3"}
+                                                                   "schema": "latentcheck.summary/4"}
     assert res.summary_path == str(tmp_path / "summary.json") and res.figures == {"a": str(tmp_path / "plots/a.png")}
     assert res["accuracy"]["n"] == 4 and res["summary_path"] == res.summary_path and res["exit_code"] == 0
     assert "accuracy" in res and res.get("missing", 7) == 7 and list(res) == ["command", "accuracy", "nan", "schema"]

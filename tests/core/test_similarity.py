@@ -199,12 +199,32 @@ def test_nearest_centroid_separable_and_chance():
     X = dirs[labels] * rng.uniform(0.5, 5.0, size=(60, 1)) + rng.normal(0, 0.05, size=(60, 8))
     for metric in ("cosine", "euclidean"):
         res = nearest_centroid_accuracy(X, labels, metric=metric)
-        assert res["accuracy"] == 1.0 and res["n_splits"] == 5 and len(res["per_fold"]) == 5
+        assert res["estimate"] == 1.0 and res["n_splits"] == 5 and len(res["per_fold"]) == 5
         assert res["chance"] == pytest.approx(1 / 3)
+        # a FoldAccuracy record: 60 of 60 out-of-fold hits, Wilson [60 / (60 + z^2), 1] (never zero-width)
+        assert (res["successes"], res["n"], res["method"]) == (60, 60, "wilson_pooled_folds")
+        assert res["lo"] == pytest.approx(60 / (60 + 1.959964 ** 2), abs=1e-6) and res["hi"] == 1.0
     noise = rng.normal(size=(200, 8))
     shuffled = rng.permutation(np.repeat(["x", "y"], 100))
     res = nearest_centroid_accuracy(noise, shuffled, seed=2)
-    assert 0.35 <= res["accuracy"] <= 0.65
+    assert 0.35 <= res["estimate"] <= 0.65
+
+
+def test_nearest_centroid_one_outlier_in_unequal_folds():
+    """11 samples (6 of class a along e1, 5 of class b along e2, one more 'a' pointing along e2): the outlier is
+    always classified b, every other sample right. 5 stratified folds of sizes 3, 2, 2, 2, 2: the estimate is the
+    mean fold accuracy, 1 - 1/(5*3) or 1 - 1/(5*2) depending on the fold the outlier falls in; the interval is
+    Wilson's on the pooled 10 of 11 hits: centre (10/11 + z^2/22) / (1 + z^2/11), = 0.8032047 -+ 0.1805631: [0.6226416, 0.9837679]."""
+    e1, e2 = np.eye(4)[0], np.eye(4)[1]
+    rng = np.random.default_rng(0)
+    X = np.stack([e1] * 5 + [e2] + [e2] * 5) + rng.normal(0, 0.01, size=(11, 4))
+    labels = ["a"] * 6 + ["b"] * 5
+    for seed in range(4):
+        res = nearest_centroid_accuracy(X, labels, seed=seed)
+        assert (res["successes"], res["n"], res["n_splits"]) == (10, 11, 5)
+        assert min(abs(res["estimate"] - v) for v in (1 - 1 / 15, 1 - 1 / 10)) < 1e-12
+        assert res["estimate"] == pytest.approx(sum(res["per_fold"]) / 5)
+        assert res["lo"] == pytest.approx(0.6226416, abs=1e-6) and res["hi"] == pytest.approx(0.9837679, abs=1e-6)
 
 
 def test_nearest_centroid_cosine_ignores_row_scale():

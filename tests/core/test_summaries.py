@@ -63,7 +63,7 @@ def test_round_trip_through_summary_json(tmp_path):
            "ratio": Ratio(estimate=math.inf, lo=1.0, hi=math.inf, n=3, n_undefined=1)}
     path = write_json_atomic(tmp_path / "summary.json", rec)
     back = json.loads(path.read_text())
-    assert back["schema"] == "latentcheck.summary/3"
+    assert back["schema"] == "latentcheck.summary/4"
     assert back["acc"] == rec["acc"].to_dict()
     assert AccuracyEffect.from_dict(back["acc"]) == rec["acc"]
     assert back["ratio"]["estimate"] is None and back["ratio"]["hi"] is None  # inf -> null, as every record file
@@ -79,7 +79,8 @@ def test_from_dict_errors_name_the_place():
         Effect.from_dict({"lo": 0.1})
     with pytest.raises(LatentcheckError, match="unknown summary record kind"):
         from_dict("bogus", {})
-    assert set(RECORD_TYPES) == {"estimate", "proportion", "ratio", "effect", "accuracy_effect", "mediation"}
+    assert set(RECORD_TYPES) == {"estimate", "proportion", "trigger_rate", "fold_accuracy", "score", "ratio", "effect",
+                                 "accuracy_effect", "mediation"}
 
 
 def test_extending_a_record_keeps_old_readers_working():
@@ -134,3 +135,41 @@ def test_a_stored_summary_of_another_schema_is_refused_in_one_line(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(LatentcheckError, match="bad.json: not valid JSON"):
         read_summary(tmp_path / "bad.json")
+
+
+def test_a_version_3_summary_is_refused_because_version_4_moved_its_numbers(tmp_path):
+    """Version 4 typed what /3 left as plain dicts (the latent_trigger block, bench scores, probe by_category, the
+    separability, perturb-latent curves): a /3 reader would misread a /4 file (the trigger rate it looks up under
+    ``rate`` is now ``estimate``: the fake-null guard would see no rate and stay silent), and this version would
+    misread a /3 file the same way -- so a /3 summary is refused in one line naming the file and both schemas."""
+    from latentcheck.core.errors import LatentcheckError
+    from latentcheck.core.summaries import read_summary
+    from latentcheck.core.trigger import baseline_rate, trigger_block
+
+    v3_block = {"baseline": "baseline", "conditions": {"baseline": {"n": 10, "triggered": 1, "rate": 0.1,
+                                                                    "lo": 0.018, "hi": 0.404}}}
+    v4_block = trigger_block({"baseline": ([True] + [False] * 9, [4] + [0] * 9)}, "baseline", "latent")
+    assert baseline_rate(v4_block) == (0.1, 10) and v4_block["warning"]
+    assert baseline_rate(v3_block) == (None, 10)  # what reading the other version's shape would give
+    old = write_json_atomic(tmp_path / "v3" / "summary.json", {"schema": "latentcheck.summary/3",
+                                                                "latent_trigger": v3_block})
+    with pytest.raises(LatentcheckError) as e:
+        read_summary(old)
+    msg = str(e.value)
+    assert "\n" not in msg and str(old) in msg and "latentcheck.summary/3 is not latentcheck.summary/4" in msg
+    assert "--resume" in msg
+
+
+def test_trigger_rate_record_by_hand():
+    """3 of 4 samples triggered with lengths 4, 2, 0 (not triggered), 3: rate 0.75 with Wilson [0.30064, 0.95441],
+    mean length over the triggered (4 + 2 + 3) / 3 = 3, over all 9 / 4 = 2.25; no samples: every number None."""
+    from latentcheck.core.summaries import TriggerRate
+    from latentcheck.core.trigger import trigger_stats
+
+    t = trigger_stats([True, True, False, True], [4, 2, 0, 3])
+    assert (t["estimate"], t["successes"], t["n"], t["method"]) == (0.75, 3, 4, "wilson")
+    assert (t["lo"], t["hi"]) == pytest.approx((0.30064, 0.95441), abs=1e-5)
+    assert (t["mean_length"], t["mean_length_all"]) == (3.0, 2.25)
+    assert TriggerRate.from_dict(t) == TriggerRate.of_samples([True, True, False, True], [4, 2, 0, 3])
+    empty = trigger_stats([], [])
+    assert (empty["estimate"], empty["lo"], empty["hi"], empty["n"], empty["mean_length_all"]) == (None,) * 3 + (0, None)

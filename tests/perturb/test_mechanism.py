@@ -120,6 +120,11 @@ def test_knockout_sweep_plans_one_knockout_per_layer_and_plots_a_curve(load_tiny
     curve = res.summary["curves"]["knockout_sweep:answer-span"]
     assert curve["x"] == [float(i) for i in range(n_layers)] and len(curve["accuracy"]) == n_layers
     assert [r["kind"] for r in res.summary["interventions"]] == ["attention"] * n_layers
+    # each point of a curve is its row's typed records: the intervened accuracy's Proportion (with its Wilson
+    # interval) and the log p(gold) change's Estimate
+    rows = res.summary["interventions"]
+    assert curve["accuracy"] == [r["effect"]["cond"] for r in rows] and curve["accuracy"][0]["method"] == "wilson"
+    assert curve["d_logp_gold"] == [r["d_logp_gold"] for r in rows]
     assert (tmp_path / "out" / res.summary["plots"]["knockout_sweep_answer_span"]).exists()
 
 

@@ -96,7 +96,9 @@ def test_summary_statistics_match_hand_counts():
     c = s["comparisons"]["noise_vs_random"]
     assert (c["n01"], c["n10"]) == (0, 1)
     assert s["vs_chance"]["image"]["estimate"] == pytest.approx(0.75)
-    assert s["by_category"]["shape"]["latents"] == 3 / 4 and s["by_category"]["shape"]["n"] == 4
+    shape = s["by_category"]["shape"]["latents"]  # a Proportion: 3 of 4, Wilson (hand: [0.30064, 0.95441])
+    assert (shape["estimate"], shape["successes"], shape["n"], shape["method"]) == (3 / 4, 3, 4, "wilson")
+    assert shape["lo"] == pytest.approx(0.30064, abs=1e-5) and shape["hi"] == pytest.approx(0.95441, abs=1e-5)
     assert s["no_answer"]["latents"] == 0
     assert summarise_behavioural(recs, scoring="generate", n_boot=50)["arms"]["latents"]["estimate"] == 0.0
     assert "skipped" in summarise_behavioural(recs[-1:])

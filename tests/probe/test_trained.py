@@ -150,6 +150,6 @@ def test_similarity_stats_on_hand_built_latents():
     for k, across in zip(range(K), (-0.6, -15 / 17)):
         wa = sim["within_across"][k]
         assert wa["within"] == pytest.approx(1.0) and wa["across"] == pytest.approx(across)
-        assert sim["separability"][k]["accuracy"] == 1.0
+        assert sim["separability"][k]["estimate"] == 1.0
     assert sim["effective_rank"][0] == pytest.approx(1.0)  # one direction of variation (a - b)
-    assert sim["references"]["image_tokens"]["separability"]["accuracy"] == 1.0
+    assert sim["references"]["image_tokens"]["separability"]["estimate"] == 1.0

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from latentcheck.core.runner import CommonOptions
-from latentcheck.core.summaries import SUMMARY_SCHEMA
+from latentcheck.core.summaries import SUMMARY_SCHEMA, Score
 from latentcheck.reproduce.run import run_study
 from latentcheck.reproduce.study import load_study
 
@@ -106,8 +106,8 @@ cells = [{ step = "b", metric = "accuracy", paper = 50.0, provenance = "table" }
     res = run_study(load_study(str(study_file)), CommonOptions(out=str(tmp_path / "run"), resume=True), report=False)
     assert res.steps["b"].status == "skipped" and "not bound" in res.steps["b"].reason
     (tmp_path / "run" / "steps" / "b" / "step.json").unlink()
-    (run / "results.json").write_text(json.dumps({"scores": {"n": 10, "correct": 9, "accuracy": 0.9},
-                                                  "schema": SUMMARY_SCHEMA}))
+    (run / "results.json").write_text(json.dumps({"scores": Score.micro({"n": 10, "correct": 9, "accuracy": 0.9}, 9,
+                                                                        10).to_dict(), "schema": SUMMARY_SCHEMA}))
     res = run_study(load_study(str(study_file)), CommonOptions(out=str(tmp_path / "run"), resume=True), report=False)
     assert res.steps["b"].status == "done" and res.steps["b"].extra.get("adopted") is True
     cell = res.tables[0].rows[0][1][0]

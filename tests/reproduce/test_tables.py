@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from latentcheck.core.errors import LatentcheckError
-from latentcheck.core.summaries import SUMMARY_SCHEMA
+from latentcheck.core.summaries import SUMMARY_SCHEMA, Score
 from latentcheck.reproduce.study import load_study, packaged_studies
 from latentcheck.reproduce.tables import build_tables, markdown
 
@@ -63,7 +63,7 @@ def _write_run(out: Path) -> None:
           "interventions": [{"label": "zero", "n": 40, "effect": {"delta": {"estimate": -0.3, "lo": -0.45, "hi": -0.15,
                                                                             "n": 40}}},
                             {"label": "noise:sigma=2.0", "n": 0}]}
-    bn = {"scores": {"n": 20, "correct": 10, "accuracy": 0.5}}
+    bn = {"scores": Score.micro({"n": 20, "correct": 10, "accuracy": 0.5}, 10, 20).to_dict()}
     for sid, summ in (("pl", pl), ("bn", bn)):
         d = out / "steps" / sid
         (d / "run").mkdir(parents=True)
@@ -84,7 +84,7 @@ def test_cells_paper_run_difference_marks_and_reasons(tmp_path):
     # 75% [60, 86] vs paper 80: inside the CI -> no mark; difference -5 points
     assert base_a.ours.estimate == pytest.approx(75.0) and base_a.difference == pytest.approx(-5.0)
     assert base_a.excludes_paper is False
-    # bench 10/20 = 50%: Wilson CI computed from the counts; paper 50 (figure) is inside
+    # bench 10/20 = 50%: the Score's Wilson CI (from the counts); paper 50 (figure) is inside
     assert base_b.ours.lo == pytest.approx(100 * 0.2993, abs=0.01) and base_b.provenance == "figure"
     assert base_b.excludes_paper is False
     # delta -30 [-45, -15] vs paper -1: outside -> marked
@@ -176,9 +176,10 @@ def test_table3_sub_category_cells_from_a_fake_run_folder(tmp_path):
                                           [r["corrupt"]["correct"] for r in recs]).to_dict(),
           "per_category": per_category_effects(recs)}
     old_iv = {"effect": iv["effect"]}  # no per_category
-    bench = {"scores": {"n": 15, "correct": 12, "accuracy": 0.8,
-                        "per_category": {"direct_attributes": {"n": 10, "correct": 8, "accuracy": 0.8},
-                                         "relative_position": {"n": 5, "correct": 4, "accuracy": 0.8}}}}
+    bench = {"scores": Score.micro({"n": 15, "correct": 12, "accuracy": 0.8,
+                                    "per_category": {"direct_attributes": {"n": 10, "correct": 8, "accuracy": 0.8},
+                                                     "relative_position": {"n": 5, "correct": 4, "accuracy": 0.8}}},
+                                   12, 15).to_dict()}
     out = tmp_path / "run"
     for sid, summ in (("t3_vstar", iv), ("t3_hrbench4k", old_iv), ("t1_qwen2_5_vl_vstar", bench)):
         d = out / "steps" / sid
