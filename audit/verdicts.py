@@ -24,7 +24,7 @@ STAGE_TITLES = {"perturb_input": "perturb-input (X -> Z)", "perturb_latent": "pe
                 "probe": "probe (what the latents encode)",
                 "mechanism": "mechanism (format vs content, knockout, erasure; fewer samples)", "text_doz": "caption-imagine intervene (text do(Z))",
                 "bench": "bench (generic, short)"}
-ZOO_AUDIT_MODELS = ("toy-latent", "toy-capimagine", "toy-mediated", "toy-vector", "toy-bypass")
+ZOO_AUDIT_MODELS = ("toy-latent", "toy-capimagine", "toy-mediated", "toy-vector", "toy-binding", "toy-bypass")
 LINKS = ("xz", "zy", "encodes")
 LINK_NAMES = {"xz": "X -> Z", "zy": "Z -> Y", "encodes": "what latents encode", "overall": "overall"}
 

@@ -137,7 +137,7 @@ def audit_cmd(
     text do(Z) (text-imagination models) and a short bench; judges X -> Z, Z -> Y and what the latents encode;
     writes a report folder (report.html, audit.json, one subfolder per analysis). Several --model: side by side,
     one subfolder per model. Without --model: the toy zoo (toy-latent, toy-capimagine, toy-mediated, toy-vector,
-    toy-bypass) side by side."""
+    toy-binding, toy-bypass) side by side."""
     from latentcheck.audit.audit import ZOO_THREADS, AuditSettings, run_audit, run_zoo_audit
     from latentcheck.audit.verdicts import load_audit, load_rules
 

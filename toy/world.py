@@ -189,13 +189,22 @@ def _pick_target(rng: np.random.Generator, question_type: str, split: str) -> tu
 
 
 # The binding variant (a separate world, ``BINDING_WORLD_NAME``; version 3 above is unchanged and the shipped zoo is
-# trained on it): every object is drawn in its own colour, the question names ONE of them by its shape (drawn
-# uniformly among the objects, not always the same "target"), and the options come in a seeded shuffled order. A model
-# must read the question to know which object is asked about, so a question swap changes the right answer and
-# question mediation tests something.
+# trained on it): every object is drawn in its own colour, the question names ONE of them (drawn uniformly among the
+# objects, not always the same "target") and the options come in a seeded shuffled order (the answer letter moves
+# too). A model must read the question to know which object is asked about and read the options to find the letter,
+# so a question swap changes the right answer and question mediation tests something. Version 2 asks the shape of the
+# object named by its colour (version 1 asked the colour of the object named by its shape, which the 2-layer zoo
+# model binds far worse: docs/zoo.md).
 BINDING_WORLD_NAME = "latentcheck-toy-binding"
-BINDING_WORLD_VERSION = "1"
+BINDING_WORLD_VERSION = "2"
+BINDING_MAIN_QUESTION_TYPES = ("shape",)
+BINDING_CURRICULUM = (1, 2, 3)  # objects per training image, in turn (the zoo's toy-binding recipe)
 VARIANTS = ("v3", "binding")
+
+
+def main_question_types(variant: str = "v3") -> tuple[str, ...]:
+    """The question type(s) a world's task files ask (the other trained type is the probe's derived question)."""
+    return BINDING_MAIN_QUESTION_TYPES if variant == "binding" else MAIN_QUESTION_TYPES
 
 
 def make_sample(index: int, split: str = "train", seed: int = 0, question_type: str | None = None,
@@ -208,7 +217,7 @@ def make_sample(index: int, split: str = "train", seed: int = 0, question_type: 
     if variant not in VARIANTS:
         raise LatentcheckError(f"toy world: unknown variant {variant!r} (expected one of {', '.join(VARIANTS)})")
     if variant == "binding":
-        return _binding_sample(index, split, seed, question_type or "colour", n_objects)
+        return _binding_sample(index, split, seed, question_type or BINDING_MAIN_QUESTION_TYPES[0], n_objects)
     _check_args(index, split, question_type or QUESTION_TYPES[0])
     if question_type is None:
         question_type = QUESTION_TYPES[int(index) % len(QUESTION_TYPES)]
@@ -309,7 +318,9 @@ def _binding_sample(index: int, split: str, seed: int, question_type: str, n_obj
     cx, cy, cw, ch = crop_box = _crop_box(target["bbox"])
     crop = image.crop((cx, cy, cx + cw, cy + ch)).resize((CROP_OUTPUT_SIZE, CROP_OUTPUT_SIZE),
                                                          Image.Resampling.BICUBIC)
-    options = [_OPTIONS[question_type][i] for i in rng.permutation(len(_OPTIONS[question_type]))]
+    options = list(_OPTIONS[question_type])
+    shuffle = np.random.default_rng([int(seed), _SPLIT_CODE[split], index, 0x5F])  # a stream of its own
+    options = [options[i] for i in shuffle.permutation(len(options))]
     answer_text = target[_ANSWER_FIELD[question_type]]
     meta = {"world": BINDING_WORLD_NAME, "version": BINDING_WORLD_VERSION, "variant": "binding", "split": split,
             "seed": int(seed), "index": index, "question_type": question_type, "target": target,
@@ -414,7 +425,7 @@ def write_world(out_dir: str | os.PathLike, n_train: int, n_val: int, n_test: in
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "crops" / split).mkdir(parents=True, exist_ok=True)
         tasks, derived, monet, mirage = [], [], [], []
-        for sample in make_samples(n, split, seed, MAIN_QUESTION_TYPES, variant=variant):
+        for sample in make_samples(n, split, seed, main_question_types(variant), variant=variant):
             image_rel = f"images/{split}/{sample.id}.png"
             crop_rel = f"crops/{split}/{sample.id}.png"
             sample.image.save(root / image_rel)
@@ -442,7 +453,7 @@ def write_world(out_dir: str | os.PathLike, n_train: int, n_val: int, n_test: in
         "object_size_range": list(OBJECT_SIZE_RANGE), "max_offset": MAX_OFFSET, "noise_std": NOISE_STD,
         "crop_size": CROP_SIZE, "crop_output_size": CROP_OUTPUT_SIZE,
         "shapes": list(SHAPES), "colours": {c: list(COLOUR_RGB[c]) for c in COLOURS}, "quadrants": list(QUADRANTS),
-        "question_types": list(QUESTION_TYPES), "main_question_types": list(MAIN_QUESTION_TYPES),
+        "question_types": list(QUESTION_TYPES), "main_question_types": list(main_question_types(variant)),
         "heldout_combos": [list(c) for c in HELDOUT_COMBOS],
     }
     manifest_path = root / "world.json"

@@ -48,8 +48,10 @@ class ZooSpec:
     lr: float
     how: str
     latent_weight: float = 1.0
-    latent_targets: str = "rows"  # rows: crop tokens pooled by row, one per latent; centre: the crop-centre mean
+    latent_targets: str = "rows"  # rows: crop tokens pooled by row; centre: the crop-centre mean; object: the asked
+    # object's own merged token in the main image
     world: str = "v3"  # the toy world's variant it is trained and evaluated on (toy/world.py VARIANTS)
+    n_train: int | None = None  # training samples (None: ZOO_SIZES["train"])
 
 
 ZOO: dict[str, ZooSpec] = {s.name: s for s in [
@@ -64,6 +66,11 @@ ZOO: dict[str, ZooSpec] = {s.name: s for s in [
             "toy-mediated + latent SFT with the image visible only to the latent-start position, which no later "
             "position sees (vector-mediated control: the image reaches the answer only through the fed vectors); "
             "latents supervised toward the crop centre", 1.0, "centre"),
+    ZooSpec("toy-binding", "latent", "toy-binding", "toy-mediated", 8000, 1e-3,
+            "toy-mediated fine-tuned on the binding world (the shape of the object the question names by its colour, "
+            "among 1-3 objects in their own colours; options in shuffled order); only the latent span may attend to "
+            "the image; latents supervised toward the asked object's own merged image token (question-reading "
+            "control)", 3.0, "object", "binding", 24000),
     ZooSpec("toy-bypass", "latent", "toy-bypass", "toy-direct", 300, 1e-3,
             "base + latent SFT; the span cannot see the input and nothing after it can see the span "
             "(negative control)"),
@@ -136,28 +143,39 @@ def default_data(split: str = "test", world: str = "v3") -> Path:
 def training_samples(n: int, world: str = "v3"):
     """The zoo's training set: toy-world train samples, every SINGLE_OBJECT_EVERY-th with the target alone
     (a curriculum: tiny models trained from scratch find the target far sooner with some distractor-free images).
-    ``world="binding"``: the binding world's colour questions (the asked object must be found by its shape)."""
-    from latentcheck.toy.world import MAIN_QUESTION_TYPES, QUESTION_TYPES, make_sample
+    ``world="binding"``: the binding world's shape questions (the asked object must be found by its colour) on
+    images of 1, 2 and 3 objects in turn (``BINDING_CURRICULUM``)."""
+    from latentcheck.toy.world import BINDING_CURRICULUM, QUESTION_TYPES, main_question_types, make_sample
 
     if world == "binding":
-        return [make_sample(i, "train", WORLD_SEED, MAIN_QUESTION_TYPES[0], variant="binding",
-                            n_objects=1 if i % SINGLE_OBJECT_EVERY == SINGLE_OBJECT_EVERY - 1 else None)
+        return [make_sample(i, "train", WORLD_SEED, main_question_types(world)[0], variant="binding",
+                            n_objects=BINDING_CURRICULUM[i % len(BINDING_CURRICULUM)])
                 for i in range(n)]
     return [make_sample(i, "train", WORLD_SEED, QUESTION_TYPES[i % len(QUESTION_TYPES)],
                         n_objects=1 if i % SINGLE_OBJECT_EVERY == SINGLE_OBJECT_EVERY - 1 else None)
             for i in range(n)]
 
 
-def _latent_targets(lm, crops, k: int, mode: str = "rows"):
-    """Mirage stage-1 style targets from the crop's merged visual tokens: ``rows`` average-pools them into k groups
-    (one per latent); ``centre`` gives every latent the mean of the central 2x2 tokens (the target itself)."""
+def _latent_targets(lm, samples, k: int, mode: str = "rows"):
+    """Mirage stage-1 style targets: ``rows`` average-pools the crop's merged visual tokens into k groups (one per
+    latent); ``centre`` gives every latent the mean of the crop's central 2x2 tokens (the target itself);
+    ``object`` gives every latent the main image's merged token of the asked object's cell (the binding world: the
+    grid is aligned to the merged tokens, raster order)."""
     import torch
 
     from latentcheck.core.fastpaths import image_inputs
 
-    pixel_values, grid = image_inputs(lm.processor.image_processor, crops)
+    images = [s.image for s in samples] if mode == "object" else [s.crop for s in samples]
+    pixel_values, grid = image_inputs(lm.processor.image_processor, images)
     with torch.no_grad():
         feats = lm.model.model.get_image_features(pixel_values, grid).pooler_output
+    if mode == "object":
+        out = []
+        for s, f in zip(samples, feats):
+            g = int(round(f.shape[0] ** 0.5))
+            row, col = s.meta["target"]["cell"]
+            out.append(f.view(g, g, -1)[row * g // 4, col * g // 4].reshape(1, -1).expand(k, -1).clone())
+        return out
     if mode == "centre":
         g = int(round(feats[0].shape[0] ** 0.5))
         return [f.view(g, g, -1)[g // 4: g - g // 4, g // 4: g - g // 4].reshape(-1, f.shape[-1]).mean(0,
@@ -175,7 +193,7 @@ def build_examples(lm, samples, kind: str, k: int = 4, targets_from=None, latent
     tok = lm.tokenizer
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     exs = []
-    targets = _latent_targets(targets_from or lm, [s.crop for s in samples], k, latent_targets) \
+    targets = _latent_targets(targets_from or lm, samples, k, latent_targets) \
         if kind == "latent" else None
     for i, s in enumerate(samples):
         task = Task(id=s.id, question=s.question, options=s.options, answer=s.answer)
@@ -191,7 +209,8 @@ def build_examples(lm, samples, kind: str, k: int = 4, targets_from=None, latent
 
 
 def cache_image_features(lm, examples, batch: int = 64) -> None:
-    """Attach the (frozen) vision tower's output to each example's prompt, so training skips the vision forward."""
+    """Attach the (frozen) vision tower's output to each example's prompt, so training skips the vision forward,
+    and drop the pixels (the engine uses the cached features)."""
     import torch
 
     from latentcheck.core.engine import Engine
@@ -203,6 +222,7 @@ def cache_image_features(lm, examples, batch: int = 64) -> None:
             chunk = prompts[i:i + batch]
             for p, f in zip(chunk, eng.image_features(chunk)):
                 p.image_embeds = f.detach()
+                p.pixel_values = None  # the engine reads the cached features; the pixels were ~90% of the memory
 
 
 def evaluate_accuracy(lm, samples, batch_size: int = 32, **request_kw) -> float:
@@ -245,7 +265,7 @@ def _build_model(spec, name, out_root, seed, on_step, steps, n_train, t0):
 
     from latentcheck.core.loader import load_model
     from latentcheck.toy.tiny import build_tiny_checkpoint
-    from latentcheck.toy.world import MAIN_QUESTION_TYPES, QUESTION_TYPES, make_samples
+    from latentcheck.toy.world import QUESTION_TYPES, main_question_types, make_samples
     from latentcheck.core.training import TrainConfig, train
 
     out = out_root / name
@@ -264,9 +284,10 @@ def _build_model(spec, name, out_root, seed, on_step, steps, n_train, t0):
     torch.manual_seed(seed)
     # the exact Conv3d patch embedding (no CPU fast path): the build stays byte-identical to the shipped weights
     lm = load_model(str(tmp), profile=spec.profile, device="cpu", quant="none", fast_paths=False)
-    n = n_train or ZOO_SIZES["train"]
+    n = n_train or spec.n_train or ZOO_SIZES["train"]
     train_samples = training_samples(n, spec.world)
-    val = make_samples(ZOO_SIZES["val"], "val", WORLD_SEED, MAIN_QUESTION_TYPES, variant=spec.world)
+    main_types = main_question_types(spec.world)
+    val = make_samples(ZOO_SIZES["val"], "val", WORLD_SEED, main_types, variant=spec.world)
     cfg = TrainConfig(steps=steps or spec.steps, lr=spec.lr, seed=seed, eval_every=100, freeze_vision=True,
                       grad_clip=100.0, warmup=20, target_score=TARGET_SCORE, latent_weight=spec.latent_weight)
     if spec.kind in ("capimagine", "capimagine-prose"):
@@ -276,17 +297,17 @@ def _build_model(spec, name, out_root, seed, on_step, steps, n_train, t0):
         cache_image_features(lm, exs)  # the vision tower is frozen for every zoo model
         log = train(lm, exs, cfg, on_step=on_step, evaluate=lambda: evaluate_accuracy(lm, val))
         data_counts = {"train_examples": len(exs)}
-    test = make_samples(ZOO_SIZES["test"], "test", WORLD_SEED, MAIN_QUESTION_TYPES, variant=spec.world)
+    test = make_samples(ZOO_SIZES["test"], "test", WORLD_SEED, main_types, variant=spec.world)
     acc = evaluate_accuracy(lm, test)
     derived = make_samples(ZOO_SIZES["test"], "test", WORLD_SEED, [t for t in QUESTION_TYPES
-                                                                   if t not in MAIN_QUESTION_TYPES], variant=spec.world)
+                                                                   if t not in main_types], variant=spec.world)
     derived_acc = evaluate_accuracy(lm, derived) if not spec.kind.startswith("capimagine") else None
     held = [s for s in test if s.meta["heldout_combo"]]
     card = {"name": name, "profile": spec.profile, "kind": spec.kind, "base": spec.base, "how": spec.how,
             "seed": seed, "world": spec.world, "steps": cfg.steps, "lr": cfg.lr, "batch_size": cfg.batch_size, "data": data_counts,
             "latent_weight": spec.latent_weight if spec.kind == "latent" else None,
             "latent_targets": spec.latent_targets if spec.kind == "latent" else None,
-            "test_accuracy": acc, "test_n": len(test), "chance": 0.25, "test_question_types": list(MAIN_QUESTION_TYPES),
+            "test_accuracy": acc, "test_n": len(test), "chance": 0.25, "test_question_types": list(main_types),
             "derived_accuracy": derived_acc,
             "heldout_combo_accuracy": evaluate_accuracy(lm, held) if held else None, "heldout_n": len(held),
             "val_curve": log.get("evals", []), "stopped_at": log.get("reached_target_at"),

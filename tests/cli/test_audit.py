@@ -62,11 +62,11 @@ def test_report_rerenders_from_saved_results_without_a_model(tmp_path, tiny_chec
 
 
 def test_audit_without_a_model_compares_the_zoo(tmp_path, tiny_checkpoint, monkeypatch):
-    """No --model: the four zoo models side by side (here tiny random stand-ins in $LATENTCHECK_ZOO)."""
+    """No --model: the zoo's six audited models side by side (here tiny random stand-ins in $LATENTCHECK_ZOO)."""
     import shutil
 
     zoo = tmp_path / "zoo"
-    for name in ("toy-latent", "toy-capimagine", "toy-mediated", "toy-vector", "toy-bypass"):
+    for name in ("toy-latent", "toy-capimagine", "toy-mediated", "toy-vector", "toy-binding", "toy-bypass"):
         shutil.copytree(tiny_checkpoint("toy", name), zoo / name)
     monkeypatch.setenv("LATENTCHECK_ZOO", str(zoo))
     out = tmp_path / "audit"
@@ -76,16 +76,20 @@ def test_audit_without_a_model_compares_the_zoo(tmp_path, tiny_checkpoint, monke
     assert "comparison" in res.output
     doc = json.loads((out / "audit.json").read_text())
     assert doc["kind"] == "zoo" and [m["model"] for m in doc["models"]] == \
-        ["toy-latent", "toy-capimagine", "toy-mediated", "toy-vector", "toy-bypass"]
-    assert [r["kind"] for r in doc["comparison"]] == ["latent", "text_imagination", "latent", "latent", "latent"]
-    bypass = doc["comparison"][4]
+        ["toy-latent", "toy-capimagine", "toy-mediated", "toy-vector", "toy-binding", "toy-bypass"]
+    assert [r["kind"] for r in doc["comparison"]] == ["latent", "text_imagination", "latent", "latent", "latent",
+                                                      "latent"]
+    # the binding control is audited on its own world's tasks
+    keys = [json.loads(line).get("key") for line in (out / "toy-binding" / "perturb-input" / "samples.jsonl").open()]
+    assert [k for k in keys if k] and all(k.startswith("toybind-") for k in keys if k)
+    bypass = doc["comparison"][5]
     # 4 samples: the ratio is exactly 0, but a null needs >= 10 samples under the default rules
     assert bypass["xz"]["verdict"] == "inconclusive" and bypass["overall"] == "inconclusive"
-    assert "n too small" in doc["models"][4]["verdicts"]["xz"]["summary"]
+    assert "n too small" in doc["models"][5]["verdicts"]["xz"]["summary"]
     for m in doc["models"]:
         assert (out / m["folder"] / "audit.json").exists() and (out / m["folder"] / "report.html").exists()
     html = (out / "report.html").read_text()
-    assert 'data-figure="zoo/xz"' in html and html.count('id="model-') == 5
+    assert 'data-figure="zoo/xz"' in html and html.count('id="model-') == 6
 
 
 def test_audit_several_real_models_side_by_side(tmp_path, tiny_checkpoint):

@@ -298,31 +298,35 @@ def test_n_objects_override_for_the_training_curriculum():
 
 
 def test_binding_world_questions_bind_to_one_of_several_coloured_objects():
-    """The binding variant: every object in its own colour, the question names one of them (not always the same
-    one), options in a seeded shuffled order; version 3 (the zoo's world) is unchanged by it."""
+    """The binding variant (v2): every object in its own colour, the question names one of them by its colour (not
+    always the same one) and asks its shape, options in a seeded shuffled order; version 3 (the zoo's world) is
+    unchanged."""
     from latentcheck.core.tasks import LETTERS
-    from latentcheck.toy.world import BINDING_WORLD_NAME, COLOUR_RGB, make_sample, make_samples
+    from latentcheck.toy.world import (BINDING_WORLD_NAME, BINDING_WORLD_VERSION, COLOUR_RGB, SHAPES,
+                                       main_question_types, make_sample, make_samples)
 
-    samples = make_samples(60, "test", 0, ("colour",), variant="binding")
-    orders, asked, gold_changes = set(), set(), 0
+    assert main_question_types("binding") == ("shape",) and main_question_types() == ("colour",)
+    samples = make_samples(60, "test", 0, main_question_types("binding"), variant="binding")
+    asked, answers, orders = set(), set(), set()
     for s in samples:
         objs = [s.meta["target"], *s.meta["distractors"]]
-        assert s.meta["world"] == BINDING_WORLD_NAME and len({o["colour"] for o in objs}) == len(objs) == 3
+        assert s.meta["world"] == BINDING_WORLD_NAME and s.meta["version"] == BINDING_WORLD_VERSION == "2"
+        assert len({o["colour"] for o in objs}) == len({o["shape"] for o in objs}) == len(objs) == 3
         assert all(o["colour"] in COLOUR_RGB for o in objs)  # no grey distractors
-        assert s.question == f"What colour is the {s.meta['target']['shape']}?"
-        assert s.options[LETTERS.index(s.answer)] == s.meta["target"]["colour"]
+        assert s.question == f"What shape is the {s.meta['target']['colour']} object?"
+        assert sorted(s.options) == sorted(SHAPES) and s.options[LETTERS.index(s.answer)] == s.meta["target"]["shape"]
+        orders.add(tuple(s.options))
         px = np.asarray(s.image).reshape(-1, 3)
         for o in objs:  # each object is drawn in its exact colour
             assert (px == np.asarray(COLOUR_RGB[o["colour"]])).all(1).any()
-        orders.add(tuple(s.options))
         asked.add(s.meta["asked_index"])
-    assert len(orders) > 5 and asked == {0, 1, 2}
-    # a question swap (another object's shape on the same image) changes the right answer
-    for s in samples:
-        other = s.meta["distractors"][0]
-        gold_changes += other["colour"] != s.meta["target"]["colour"]
-    assert gold_changes == len(samples)
-    assert make_sample(3, "test", 0, "colour", variant="binding").options == samples[3].options  # deterministic
+        answers.add(s.answer)
+    assert asked == {0, 1, 2} and answers == set("ABCD") and len(orders) > 10
+    # asking about another object of the same image (its colour) changes the right answer on every sample
+    assert all(s.meta["distractors"][0]["shape"] != s.meta["target"]["shape"] for s in samples)
+    assert make_sample(3, "test", 0, variant="binding").meta == samples[3].meta  # deterministic, shape by default
+    assert [make_sample(i, "train", 0, variant="binding", n_objects=1).meta["distractors"] for i in range(3)] == \
+        [[], [], []]
     v3 = make_sample(3, "test", 0, "colour")
     assert v3.meta["version"] == "3" and v3.options == ["red", "green", "blue", "yellow"]
 
@@ -339,14 +343,14 @@ def test_binding_world_files_and_the_default_data_of_a_binding_model(tmp_path, m
     out = write_world(tmp_path / "w", n_train=0, n_val=0, n_test=6, variant="binding")
     recs = [json.loads(line) for line in open(out["paths"]["test"]["tasks"])]
     assert [r["id"] for r in recs] == [f"toybind-test-{i:06d}" for i in range(6)]
-    assert [r["options"] for r in recs] == [make_sample(i, "test", 0, "colour", variant="binding").options
-                                            for i in range(6)]
+    assert [(r["question"], r["options"]) for r in recs] == [
+        (s.question, s.options) for s in (make_sample(i, "test", 0, "shape", variant="binding") for i in range(6))]
     assert json.loads(open(out["manifest"]).read())["name"] == BINDING_WORLD_NAME
     monkeypatch.setenv("LATENTCHECK_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(zoo, "ZOO_SIZES", {"train": 6, "val": 1, "test": 3})
     monkeypatch.setitem(zoo.ZOO, "toy-bind-test", dataclasses.replace(zoo.ZOO["toy-mediated"], world="binding"))
     binding = data_path(CommonOptions(model="toy-bind-test"))
-    assert "toyworld-binding-v1" in binding and json.loads(open(binding).readline())["id"].startswith("toybind-")
+    assert "toyworld-binding-v2" in binding and json.loads(open(binding).readline())["id"].startswith("toybind-")
     assert "toyworld-v3" in data_path(CommonOptions(model="toy-latent"))
     card_dir = tmp_path / "my-binding-model"
     card_dir.mkdir()
