@@ -36,6 +36,7 @@ WORLD_SEED = 0
 ZOO_SIZES = {"train": 6000, "val": 200, "test": 400}
 SINGLE_OBJECT_EVERY = 3  # curriculum: every 3rd training image shows only the target (see docs/zoo.md)
 TARGET_SCORE = 0.97  # stop training once validation accuracy reaches this
+EXAMPLE_CHUNK = 1024  # training examples built (and their visual features cached) per chunk; a multiple of 64
 
 
 @dataclass
@@ -156,7 +157,7 @@ def training_samples(n: int, world: str = "v3"):
             for i in range(n)]
 
 
-def _latent_targets(lm, samples, k: int, mode: str = "rows"):
+def _latent_targets(lm, samples, k: int, mode: str = "rows", batch: int = 64):
     """Mirage stage-1 style targets: ``rows`` average-pools the crop's merged visual tokens into k groups (one per
     latent); ``centre`` gives every latent the mean of the crop's central 2x2 tokens (the target itself);
     ``object`` gives every latent the main image's merged token of the asked object's cell (the binding world: the
@@ -166,9 +167,11 @@ def _latent_targets(lm, samples, k: int, mode: str = "rows"):
     from latentcheck.core.fastpaths import image_inputs
 
     images = [s.image for s in samples] if mode == "object" else [s.crop for s in samples]
-    pixel_values, grid = image_inputs(lm.processor.image_processor, images)
+    feats = []
     with torch.no_grad():
-        feats = lm.model.model.get_image_features(pixel_values, grid).pooler_output
+        for i in range(0, len(images), batch):  # chunks: bit-identical to one batch here (measured), far less memory
+            pixel_values, grid = image_inputs(lm.processor.image_processor, images[i:i + batch])
+            feats += list(lm.model.model.get_image_features(pixel_values, grid).pooler_output)
     if mode == "object":
         out = []
         for s, f in zip(samples, feats):
@@ -293,8 +296,12 @@ def _build_model(spec, name, out_root, seed, on_step, steps, n_train, t0):
     if spec.kind in ("capimagine", "capimagine-prose"):
         log, data_counts = _train_capimagine(lm, tmp, cfg, on_step, n, prose=spec.kind == "capimagine-prose")
     else:
-        exs = build_examples(lm, train_samples, spec.kind, latent_targets=spec.latent_targets)
-        cache_image_features(lm, exs)  # the vision tower is frozen for every zoo model
+        exs = []
+        for i in range(0, len(train_samples), EXAMPLE_CHUNK):  # the pixels of one chunk at a time in memory
+            chunk = build_examples(lm, train_samples[i:i + EXAMPLE_CHUNK], spec.kind,
+                                   latent_targets=spec.latent_targets)
+            cache_image_features(lm, chunk)  # the vision tower is frozen for every zoo model
+            exs += chunk
         log = train(lm, exs, cfg, on_step=on_step, evaluate=lambda: evaluate_accuracy(lm, val))
         data_counts = {"train_examples": len(exs)}
     test = make_samples(ZOO_SIZES["test"], "test", WORLD_SEED, main_types, variant=spec.world)

@@ -465,10 +465,12 @@ def _zoo_built(*names: str) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _zoo_built("toy-mediated", "toy-bypass"), reason="the trained toy zoo is not built")
+@pytest.mark.skipif(not _zoo_built("toy-mediated", "toy-bypass", "toy-binding"),
+                    reason="the trained toy zoo is not built")
 def test_zoo_controls_come_out_as_designed(tmp_path):
     """Default rules, small limits: the positive control's latents mediate the answer, the negative control's do
-    not (docs/audit.md has the full default audit)."""
+    not, and the binding control (audited on its own world) is causally real too (docs/audit.md has the full default
+    audit)."""
     from latentcheck.audit.audit import run_zoo_audit
 
     # perturb_input 40: toy-bypass's latents never move, and 0 of n bounds the share of inputs that move them by
@@ -477,8 +479,10 @@ def test_zoo_controls_come_out_as_designed(tmp_path):
     res = run_zoo_audit(CommonOptions(out=str(tmp_path), quiet=True, batch_size=16),
                         AuditSettings(limits=limits, report=False, n_boot=500,
                                       stages=["perturb_input", "perturb_latent", "probe"]),
-                        models=["toy-mediated", "toy-bypass"])
+                        models=["toy-mediated", "toy-bypass", "toy-binding"])
     v = {r.model: r.verdicts for r in res.results}
+    assert [v["toy-binding"][k].verdict for k in ("xz", "zy", "overall")] == \
+        ["input-dependent", "causal", "causally real"], {k: x.summary for k, x in v["toy-binding"].items()}
     assert v["toy-mediated"]["zy"].verdict == "causal", v["toy-mediated"]["zy"].summary
     assert v["toy-mediated"]["xz"].verdict == "input-dependent", v["toy-mediated"]["xz"].summary
     assert v["toy-bypass"]["zy"].verdict == "not causal", v["toy-bypass"]["zy"].summary
