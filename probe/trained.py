@@ -87,12 +87,12 @@ def label_value(task: Task, spec: str) -> str | None:
 
 
 def default_labels(tasks: Iterable[Task]) -> list[str]:
-    """Toy-world tasks: colour, shape, quadrant of the target, answer option, asked attribute's value.
-    Other data: ``category`` and ``answer`` (whichever is present)."""
-    from latentcheck.toy.world import WORLD_NAME
+    """Toy-world tasks (the zoom world or the binding world): colour, shape, quadrant of the target (the asked
+    object), answer option, asked attribute's value. Other data: ``category`` and ``answer`` (whichever is present)."""
+    from latentcheck.toy.world import BINDING_WORLD_NAME, WORLD_NAME
 
     tasks = list(tasks)
-    if tasks and all(t.meta.get("world") == WORLD_NAME for t in tasks):
+    if tasks and all(t.meta.get("world") in (WORLD_NAME, BINDING_WORLD_NAME) for t in tasks):
         return list(TOY_LABELS)
     out = [s for s in ("category", "answer") if any(label_value(t, s) is not None for t in tasks)]
     if not out:

@@ -105,6 +105,8 @@ def test_label_values_and_groups():
     assert default_labels([_task(0)]) == ["category", "answer"]
     assert default_labels([_task(0, meta={"world": "latentcheck-toy-zoom"})])[:3] == [
         "meta.target.colour", "meta.target.shape", "meta.target.quadrant"]
+    # the binding world too: the asked attribute's value, not only the (shuffled) option letter
+    assert default_labels([_task(0, meta={"world": "latentcheck-toy-binding"})])[-1] == "meta.answer_text"
 
 
 def test_run_trained_probes_reads_each_latent_index_and_reference():
