@@ -184,3 +184,27 @@ def test_question_swap_moves_the_latents_of_the_binding_control_only(tmp_path):
     b, m = rows["toy-binding"], rows["toy-mediated"]
     assert b["latent_rel_l2"]["lo"] > 0.4 and m["latent_rel_l2"]["hi"] < 0.15, (b["latent_rel_l2"], m["latent_rel_l2"])
     assert b["answer_changed"]["lo"] > 0.3 and m["answer_changed"]["hi"] < 0.3
+
+
+def test_object_latent_targets_are_the_asked_objects_own_merged_token():
+    """latent_targets="object": every latent's target is the main image's merged visual token of the asked object's
+    cell (raster order), computed here image by image; the batched computation gives the same tensors at any batch
+    size."""
+    import torch
+
+    from latentcheck.core.fastpaths import image_inputs
+    from latentcheck.core.loader import load_model
+    from latentcheck.toy.world import GRID
+
+    lm = load_model(str(zoo.PACKAGED / "toy-mediated"), profile="toy-mediated", fast_paths=False)
+    samples = make_samples(6, "train", 0, ("shape",), variant="binding")
+    assert any(r != c for r, c in (s.meta["target"]["cell"] for s in samples))  # a transposed index would show
+    targets = zoo._latent_targets(lm, samples, 4, "object")
+    assert all(torch.equal(a, b) for a, b in zip(targets, zoo._latent_targets(lm, samples, 4, "object", batch=4)))
+    for s, t in zip(samples, targets):
+        pv, grid = image_inputs(lm.processor.image_processor, [s.image])
+        with torch.no_grad():
+            feats = lm.model.model.get_image_features(pv, grid).pooler_output[0]
+        row, col = s.meta["target"]["cell"]
+        assert feats.shape[0] == GRID * GRID and t.shape == (4, feats.shape[1])
+        assert torch.allclose(t, feats[row * GRID + col].expand(4, -1), atol=1e-5)
