@@ -318,9 +318,8 @@ def _binding_sample(index: int, split: str, seed: int, question_type: str, n_obj
     cx, cy, cw, ch = crop_box = _crop_box(target["bbox"])
     crop = image.crop((cx, cy, cx + cw, cy + ch)).resize((CROP_OUTPUT_SIZE, CROP_OUTPUT_SIZE),
                                                          Image.Resampling.BICUBIC)
-    options = list(_OPTIONS[question_type])
-    shuffle = np.random.default_rng([int(seed), _SPLIT_CODE[split], index, 0x5F])  # a stream of its own
-    options = [options[i] for i in shuffle.permutation(len(options))]
+    order_rng = np.random.default_rng([int(seed), _SPLIT_CODE[split], index, 0x5F])  # a stream of its own
+    options = [_OPTIONS[question_type][i] for i in order_rng.permutation(len(_OPTIONS[question_type]))]
     answer_text = target[_ANSWER_FIELD[question_type]]
     meta = {"world": BINDING_WORLD_NAME, "version": BINDING_WORLD_VERSION, "variant": "binding", "split": split,
             "seed": int(seed), "index": index, "question_type": question_type, "target": target,

@@ -165,6 +165,7 @@ def _latent_targets(lm, samples, k: int, mode: str = "rows", batch: int = 64):
     import torch
 
     from latentcheck.core.fastpaths import image_inputs
+    from latentcheck.toy.world import GRID
 
     images = [s.image for s in samples] if mode == "object" else [s.crop for s in samples]
     feats = []
@@ -172,13 +173,9 @@ def _latent_targets(lm, samples, k: int, mode: str = "rows", batch: int = 64):
         for i in range(0, len(images), batch):  # chunks: bit-identical to one batch here (measured), far less memory
             pixel_values, grid = image_inputs(lm.processor.image_processor, images[i:i + batch])
             feats += list(lm.model.model.get_image_features(pixel_values, grid).pooler_output)
-    if mode == "object":
-        out = []
-        for s, f in zip(samples, feats):
-            g = int(round(f.shape[0] ** 0.5))
-            row, col = s.meta["target"]["cell"]
-            out.append(f.view(g, g, -1)[row * g // 4, col * g // 4].reshape(1, -1).expand(k, -1).clone())
-        return out
+    if mode == "object":  # one merged token per grid cell, raster order
+        return [f[s.meta["target"]["cell"][0] * GRID + s.meta["target"]["cell"][1]].expand(k, -1).clone()
+                for s, f in zip(samples, feats)]
     if mode == "centre":
         g = int(round(feats[0].shape[0] ** 0.5))
         return [f.view(g, g, -1)[g // 4: g - g // 4, g // 4: g - g // 4].reshape(-1, f.shape[-1]).mean(0,
